@@ -1,0 +1,505 @@
+"""The YAML config: parsed once, validated whole, frozen.
+
+Every error names the key path, the bad value and what is allowed, so a user can fix the file
+without reading code. Relative paths are resolved against the config file's folder, so a config
+means the same thing whether it runs from a shell or from systemd.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+DEFAULT_MODEL_ID = "HuggingFaceTB/SmolVLM2-256M-Video-Instruct"
+DEFAULT_TASKS = ("caption", "tags")
+DEFAULT_OUTPUTS = ("json", "txt")
+POLICIES = ("merge", "skip", "overwrite")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+LOG_FORMATS = ("auto", "console", "json")
+POLLING = ("auto", "on", "off")
+
+
+class ConfigError(Exception):
+    """One or more problems in a config file; ``str()`` lists each on its own line."""
+
+    def __init__(self, problems: list[str], source: str | None = None):
+        self.problems = problems
+        self.source = source
+        head = f"invalid config {source}:" if source else "invalid config:"
+        super().__init__("\n".join([head] + [f"  {p}" for p in problems]))
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    """How the processor resizes and tiles an image; None means 'the processor's own default'."""
+
+    longest_edge: int | None = None
+    max_image_size: int | None = None
+    splitting: bool | None = None
+
+    def over(self, base: "ImageSettings") -> "ImageSettings":
+        """These settings laid over ``base``: ours win where set."""
+        return ImageSettings(
+            longest_edge=self.longest_edge if self.longest_edge is not None else base.longest_edge,
+            max_image_size=self.max_image_size if self.max_image_size is not None else base.max_image_size,
+            splitting=self.splitting if self.splitting is not None else base.splitting,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"longest_edge": self.longest_edge, "max_image_size": self.max_image_size,
+                "splitting": self.splitting}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    id: str = DEFAULT_MODEL_ID
+    path: Path | None = None
+    revision: str | None = None
+    dtype: str = "auto"
+    device: str = "auto"
+    attn_implementation: str | None = None
+    local_files_only: bool = False
+    image: ImageSettings = ImageSettings()
+    preload: bool = True
+    threads: int | None = None
+
+    @property
+    def source(self) -> str:
+        """What from_pretrained is given: the local folder when set, else the hub id."""
+        return str(self.path) if self.path else self.id
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """Per-task settings; None fields fall back to the plugin's defaults."""
+
+    prompt: str | None = None
+    max_new_tokens: int | None = None
+    image: ImageSettings = ImageSettings()
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def over(self, base: "TaskConfig") -> "TaskConfig":
+        return TaskConfig(
+            prompt=self.prompt if self.prompt is not None else base.prompt,
+            max_new_tokens=self.max_new_tokens if self.max_new_tokens is not None else base.max_new_tokens,
+            image=self.image.over(base.image),
+            options={**base.options, **self.options},
+        )
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    policy: str = "merge"
+    output_dir: Path | None = None
+    json_suffix: str = ".smolvlm.json"
+    ocr_suffix: str = ".txt"
+    caption_txt: bool = False
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    path: Path
+    recursive: bool = True
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    tasks: tuple[str, ...] = DEFAULT_TASKS
+    task_overrides: dict[str, TaskConfig] = field(default_factory=dict)
+    outputs: tuple[str, ...] = DEFAULT_OUTPUTS
+    output: OutputConfig = OutputConfig()
+    polling: str = "auto"
+    poll_interval: float = 10.0
+    settle_seconds: float = 2.0
+    max_settle_seconds: float = 600.0
+
+    def contains(self, path: Path) -> bool:
+        try:
+            rel = path.resolve().relative_to(self.path.resolve())
+        except ValueError:
+            return False
+        return self.recursive or len(rel.parts) == 1
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    db: Path = field(default_factory=lambda: default_state_dir() / "journal.sqlite")
+    max_attempts: int = 5
+    retry_base_seconds: float = 30.0
+    retry_max_seconds: float = 3600.0
+    lease_seconds: float = 900.0
+    item_timeout: float = 1800.0
+    rescan_interval: float = 300.0
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "info"
+    format: str = "auto"
+
+
+@dataclass(frozen=True)
+class MediaConfig:
+    max_pixels: int = 100_000_000
+    max_bytes: int = 4 * 1024**3
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    max_batch: int | None = None  # None: an automatic default per device
+    prefetch: int = 4
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = ModelConfig()
+    tasks: dict[str, TaskConfig] = field(default_factory=dict)
+    watches: tuple[WatchConfig, ...] = ()
+    outputs: OutputConfig = OutputConfig()
+    state: StateConfig = field(default_factory=StateConfig)
+    logging: LoggingConfig = LoggingConfig()
+    media: MediaConfig = MediaConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    plugins: tuple[str, ...] = ()
+    source: Path | None = None
+
+    def task_config(self, name: str, watch: WatchConfig | None = None) -> TaskConfig:
+        """The settings a task runs with in a watch: the watch's overrides over the global ones."""
+        base = self.tasks.get(name, TaskConfig())
+        if watch and name in watch.task_overrides:
+            return watch.task_overrides[name].over(base)
+        return base
+
+    def watch_for(self, path: Path) -> WatchConfig | None:
+        """The most specific watch a file lies in (the deepest folder wins)."""
+        hits = [w for w in self.watches if w.contains(path)]
+        return max(hits, key=lambda w: len(w.path.resolve().parts)) if hits else None
+
+
+def default_state_dir() -> Path:
+    """$STATE_DIRECTORY under systemd, else the XDG state dir."""
+    if os.environ.get("STATE_DIRECTORY"):
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "smolvlm-watch"
+
+
+# --- parsing -----------------------------------------------------------------------------------
+
+class _Reader:
+    """Walks a YAML mapping, collecting problems (with key paths) instead of stopping at the first."""
+
+    def __init__(self, base_dir: Path):
+        self.base_dir = base_dir
+        self.problems: list[str] = []
+
+    def fail(self, where: str, message: str) -> None:
+        self.problems.append(f"{where}: {message}")
+
+    def mapping(self, value: Any, where: str, known: tuple[str, ...]) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.fail(where, f"expected a mapping, got {_show(value)}")
+            return {}
+        for key in value:
+            if key not in known:
+                self.fail(f"{where}.{key}" if where else str(key),
+                          f"unknown key (known: {', '.join(known)})")
+        return value
+
+    def get(self, data: dict, key: str, where: str, kind: Callable[[Any], bool], expect: str,
+            default: Any = None) -> Any:
+        if key not in data or data[key] is None:
+            return default
+        value = data[key]
+        if not kind(value):
+            self.fail(_join(where, key), f"expected {expect}, got {_show(value)}")
+            return default
+        return value
+
+    def choice(self, data: dict, key: str, where: str, allowed: tuple[str, ...], default: str) -> str:
+        value = data.get(key, default)
+        if value is None:
+            return default
+        if value not in allowed:
+            self.fail(_join(where, key), f"{_show(value)} is not allowed (allowed: {', '.join(allowed)})")
+            return default
+        return value
+
+    def number(self, data: dict, key: str, where: str, default: Any, minimum: float = 0,
+               integer: bool = False) -> Any:
+        kind = (lambda v: isinstance(v, int) and not isinstance(v, bool)) if integer else _is_number
+        value = self.get(data, key, where, kind, "an integer" if integer else "a number", default)
+        if value is not None and value < minimum:
+            self.fail(_join(where, key), f"{_show(value)} is too small (minimum {minimum})")
+            return default
+        return value
+
+    def path(self, data: dict, key: str, where: str, default: Path | None = None) -> Path | None:
+        value = self.get(data, key, where, lambda v: isinstance(v, str) and v != "", "a path", None)
+        if value is None:
+            return default
+        p = Path(os.path.expandvars(value)).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p)
+
+    def strings(self, data: dict, key: str, where: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = data.get(key)
+        if value is None:
+            return default
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.fail(_join(where, key), f"expected a list of strings, got {_show(value)}")
+            return default
+        return tuple(value)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_bool(v: Any) -> bool:
+    return isinstance(v, bool)
+
+
+def _join(where: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{where}[{key}]"
+    return f"{where}.{key}" if where else key
+
+
+def _show(value: Any) -> str:
+    return repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
+
+
+_IMAGE_KEYS = ("longest_edge", "max_image_size", "image_splitting")
+
+
+def _image(r: _Reader, data: dict, where: str) -> ImageSettings:
+    return ImageSettings(
+        longest_edge=r.number(data, "longest_edge", where, None, minimum=1, integer=True),
+        max_image_size=r.number(data, "max_image_size", where, None, minimum=1, integer=True),
+        splitting=r.get(data, "image_splitting", where, _is_bool, "true or false"),
+    )
+
+
+def _model(r: _Reader, raw: Any) -> ModelConfig:
+    known = ("id", "path", "revision", "dtype", "device", "attn_implementation", "local_files_only",
+             "preload", "threads", "backend") + _IMAGE_KEYS
+    data = r.mapping(raw, "model", known)
+    backend = r.choice(data, "backend", "model", ("transformers",), "transformers")
+    del backend  # only one backend so far; the key is reserved so configs stay forward-compatible
+    return ModelConfig(
+        id=r.get(data, "id", "model", lambda v: isinstance(v, str) and v != "", "a hub id", DEFAULT_MODEL_ID),
+        path=r.path(data, "path", "model"),
+        revision=r.get(data, "revision", "model", lambda v: isinstance(v, str), "a string"),
+        dtype=r.choice(data, "dtype", "model", DTYPES, "auto"),
+        device=r.choice(data, "device", "model", DEVICES, "auto"),
+        attn_implementation=r.get(data, "attn_implementation", "model", lambda v: isinstance(v, str), "a string"),
+        local_files_only=r.get(data, "local_files_only", "model", _is_bool, "true or false", False),
+        image=_image(r, data, "model"),
+        preload=r.get(data, "preload", "model", _is_bool, "true or false", True),
+        threads=r.number(data, "threads", "model", None, minimum=1, integer=True),
+    )
+
+
+def _task(r: _Reader, raw: Any, where: str) -> TaskConfig:
+    data = r.mapping(raw, where, ("prompt", "max_new_tokens", "options") + _IMAGE_KEYS)
+    return TaskConfig(
+        prompt=r.get(data, "prompt", where, lambda v: isinstance(v, str) and v.strip() != "", "a non-empty string"),
+        max_new_tokens=r.number(data, "max_new_tokens", where, None, minimum=1, integer=True),
+        image=_image(r, data, where),
+        options=r.get(data, "options", where, lambda v: isinstance(v, dict), "a mapping", {}),
+    )
+
+
+_OUTPUT_KEYS = ("policy", "output_dir", "json_suffix", "ocr_suffix", "caption_txt")
+
+
+def _output(r: _Reader, data: dict, where: str, base: OutputConfig) -> OutputConfig:
+    suffix = lambda v: isinstance(v, str) and v.startswith(".") and "/" not in v  # noqa: E731
+    return OutputConfig(
+        policy=r.choice(data, "policy", where, POLICIES, base.policy),
+        output_dir=r.path(data, "output_dir", where, base.output_dir),
+        json_suffix=r.get(data, "json_suffix", where, suffix, "a suffix starting with '.'", base.json_suffix),
+        ocr_suffix=r.get(data, "ocr_suffix", where, suffix, "a suffix starting with '.'", base.ocr_suffix),
+        caption_txt=r.get(data, "caption_txt", where, _is_bool, "true or false", base.caption_txt),
+    )
+
+
+def _watch_tasks(r: _Reader, data: dict, where: str) -> tuple[tuple[str, ...], dict[str, TaskConfig]]:
+    """Watch tasks are names, or one-key mappings carrying that task's overrides for this watch."""
+    raw = data.get("tasks")
+    if raw is None:
+        return DEFAULT_TASKS, {}
+    if not isinstance(raw, list) or not raw:
+        r.fail(_join(where, "tasks"), f"expected a non-empty list of task names, got {_show(raw)}")
+        return DEFAULT_TASKS, {}
+    names, overrides = [], {}
+    for i, item in enumerate(raw):
+        here = _join(_join(where, "tasks"), i)
+        if isinstance(item, str):
+            names.append(item)
+        elif isinstance(item, dict) and len(item) == 1:
+            (name, settings), = item.items()
+            names.append(str(name))
+            overrides[str(name)] = _task(r, settings, f"{here}.{name}")
+        else:
+            r.fail(here, f"expected a task name or {{name: {{settings}}}}, got {_show(item)}")
+    return tuple(names), overrides
+
+
+def _watch(r: _Reader, raw: Any, where: str, outputs: OutputConfig) -> WatchConfig | None:
+    if isinstance(raw, str):
+        raw = {"path": raw}
+    known = ("path", "recursive", "include", "exclude", "tasks", "outputs", "polling", "poll_interval",
+             "settle_seconds", "max_settle_seconds") + _OUTPUT_KEYS
+    data = r.mapping(raw, where, known)
+    path = r.path(data, "path", where)
+    if path is None:
+        r.fail(_join(where, "path"), "missing: every watch needs the folder it watches")
+        return None
+    tasks, overrides = _watch_tasks(r, data, where)
+    return WatchConfig(
+        path=path,
+        recursive=r.get(data, "recursive", where, _is_bool, "true or false", True),
+        include=r.strings(data, "include", where, ()),
+        exclude=r.strings(data, "exclude", where, ()),
+        tasks=tasks,
+        task_overrides=overrides,
+        outputs=r.strings(data, "outputs", where, DEFAULT_OUTPUTS),
+        output=_output(r, data, where, outputs),
+        polling=r.choice(data, "polling", where, POLLING, "auto"),
+        poll_interval=r.number(data, "poll_interval", where, 10.0, minimum=0.1),
+        settle_seconds=r.number(data, "settle_seconds", where, 2.0),
+        max_settle_seconds=r.number(data, "max_settle_seconds", where, 600.0, minimum=1),
+    )
+
+
+def _state(r: _Reader, raw: Any) -> StateConfig:
+    d = StateConfig()
+    keys = ("db", "max_attempts", "retry_base_seconds", "retry_max_seconds", "lease_seconds",
+            "item_timeout", "rescan_interval")
+    data = r.mapping(raw, "state", keys)
+    return StateConfig(
+        db=r.path(data, "db", "state", d.db),
+        max_attempts=r.number(data, "max_attempts", "state", d.max_attempts, minimum=1, integer=True),
+        retry_base_seconds=r.number(data, "retry_base_seconds", "state", d.retry_base_seconds),
+        retry_max_seconds=r.number(data, "retry_max_seconds", "state", d.retry_max_seconds),
+        lease_seconds=r.number(data, "lease_seconds", "state", d.lease_seconds, minimum=1),
+        item_timeout=r.number(data, "item_timeout", "state", d.item_timeout, minimum=1),
+        rescan_interval=r.number(data, "rescan_interval", "state", d.rescan_interval, minimum=1),
+    )
+
+
+_TOP_KEYS = ("model", "tasks", "watches", "outputs", "state", "logging", "media", "runtime", "plugins")
+
+
+def parse(data: Any, base_dir: Path, source: Path | None = None) -> Config:
+    """Validate a loaded YAML document into a Config, or raise ConfigError listing every problem."""
+    r = _Reader(base_dir)
+    top = r.mapping(data, "", _TOP_KEYS) if data is not None else {}
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(r.problems, str(source) if source else None)
+    outputs = _output(r, r.mapping(top.get("outputs"), "outputs", _OUTPUT_KEYS), "outputs", OutputConfig())
+    tasks_raw = r.mapping(top.get("tasks"), "tasks", tuple(top.get("tasks") or ()))
+    raw_watches = top.get("watches") or []
+    if not isinstance(raw_watches, list):
+        r.fail("watches", f"expected a list of watches, got {_show(raw_watches)}")
+        raw_watches = []
+    watches = [_watch(r, w, f"watches[{i}]", outputs) for i, w in enumerate(raw_watches)]
+    log = r.mapping(top.get("logging"), "logging", ("level", "format"))
+    media = r.mapping(top.get("media"), "media", ("max_pixels", "max_bytes"))
+    runtime = r.mapping(top.get("runtime"), "runtime", ("max_batch", "prefetch"))
+    config = Config(
+        model=_model(r, top.get("model")),
+        tasks={str(k): _task(r, v, f"tasks.{k}") for k, v in tasks_raw.items()},
+        watches=tuple(w for w in watches if w is not None),
+        outputs=outputs,
+        state=_state(r, top.get("state")),
+        logging=LoggingConfig(
+            level=r.choice(log, "level", "logging", ("debug", "info", "warning", "error"), "info"),
+            format=r.choice(log, "format", "logging", LOG_FORMATS, "auto"),
+        ),
+        media=MediaConfig(
+            max_pixels=r.number(media, "max_pixels", "media", MediaConfig.max_pixels, minimum=1, integer=True),
+            max_bytes=r.number(media, "max_bytes", "media", MediaConfig.max_bytes, minimum=1, integer=True),
+        ),
+        runtime=RuntimeConfig(
+            max_batch=r.number(runtime, "max_batch", "runtime", None, minimum=1, integer=True),
+            prefetch=r.number(runtime, "prefetch", "runtime", 4, minimum=1, integer=True),
+        ),
+        plugins=r.strings(top, "plugins", "plugins", ()),
+        source=source,
+    )
+    if r.problems:
+        raise ConfigError(r.problems, str(source) if source else None)
+    return config
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate a config file; every failure is a ConfigError naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"cannot read the file: {exc.strerror or exc}"], str(path)) from None
+    except UnicodeDecodeError:
+        raise ConfigError(["the file is not UTF-8 text"], str(path)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{where}not valid YAML ({problem})"], str(path)) from None
+    return parse(data, path.resolve().parent, path.resolve())
+
+
+def check_names(config: Config, tasks: set[str], writers: set[str]) -> None:
+    """Reject task and writer names no plugin provides; run after plugins are loaded."""
+    problems = []
+    for name in config.tasks:
+        if name not in tasks:
+            problems.append(f"tasks.{name}: unknown task {name!r} (known: {', '.join(sorted(tasks))})")
+    for i, watch in enumerate(config.watches):
+        for j, name in enumerate(watch.tasks):
+            if name not in tasks:
+                problems.append(f"watches[{i}].tasks[{j}]: unknown task {name!r} (known: {', '.join(sorted(tasks))})")
+        for j, name in enumerate(watch.outputs):
+            if name not in writers:
+                problems.append(
+                    f"watches[{i}].outputs[{j}]: unknown output {name!r} (known: {', '.join(sorted(writers))})")
+    if problems:
+        raise ConfigError(problems, str(config.source) if config.source else None)
+
+
+def with_model(config: Config, model: str) -> Config:
+    """The config with ``--model`` applied: an existing folder is a local path, anything else a hub id."""
+    if Path(model).expanduser().is_dir():
+        m = replace(config.model, path=Path(model).expanduser().resolve())
+    else:
+        m = replace(config.model, id=model, path=None)
+    return replace(config, model=m)
+
+
+def resolved(config: Config) -> dict[str, Any]:
+    """The config as plain data, every default filled in: what ``config check`` prints."""
+    def plain(value: Any) -> Any:
+        if hasattr(value, "__dataclass_fields__"):
+            return {k: plain(getattr(value, k)) for k in value.__dataclass_fields__}
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, Path):
+            return str(value)
+        return value
+
+    out = plain(config)
+    out.pop("source", None)
+    return out

@@ -1,0 +1,47 @@
+"""The plugin hooks. Each hook's docstring is its reference manual.
+
+Plugins implement hooks with ``@smolvlm_watch.hookimpl`` and are found three ways: the built-ins
+listed in ``smolvlm_watch.plugins.DEFAULT_PLUGINS``, installed packages that declare an entry
+point in the ``smolvlm_watch`` group, and modules named in the config's ``plugins:`` list.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from pluggy import HookimplMarker, HookspecMarker
+
+hookspec = HookspecMarker("smolvlm_watch")
+hookimpl = HookimplMarker("smolvlm_watch")
+
+
+@hookspec
+def register_tasks(register: Callable) -> None:
+    """Register task plugins: the questions asked about each file.
+
+    Call ``register(task)`` once per task, with an instance of a subclass of
+    ``smolvlm_watch.tasks.Task``. The task's ``name`` is what configs list under a watch's
+    ``tasks``; it must be unique across all plugins (a clash fails at start with both names).
+    Return value: ignored.
+
+    A task only describes the work: ``requests(media, spec)`` returns the runtime requests to run
+    for a file (conversation, generation and image settings) and ``parse(answers, spec)`` turns
+    the model's answers into the JSON-able result stored in the sidecar. The runner calls each
+    task itself, so an exception in one task is recorded as that task's ``error`` and the other
+    tasks of the file still run.
+    """
+
+
+@hookspec
+def register_writers(register: Callable) -> None:
+    """Register output writers: the sidecar files written for each processed file.
+
+    Call ``register(writer)`` once per writer, with an instance of a subclass of
+    ``smolvlm_watch.sidecar.Writer``. Its ``name`` is what configs list under a watch's
+    ``outputs``; it must be unique across all plugins. Return value: ignored.
+
+    ``writer.write(record, target)`` receives the finished ``SidecarRecord`` (source, model, and
+    each task's result or error) and a ``Target`` saying where outputs go and which files the
+    previous run wrote; it writes atomically through ``target.write_text`` and returns the paths
+    it wrote. A writer never overwrites a file smolvlm-watch did not write.
+    """

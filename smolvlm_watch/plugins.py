@@ -1,0 +1,122 @@
+"""Finding and loading plugins; the registry of tasks and writers they provide.
+
+Built-ins are registered by module name, third-party plugins through the ``smolvlm_watch``
+entry-point group, extra modules by dotted name from the config. A plugin that fails to import
+or to register fails the start with its name in the error, never mid-run.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Iterable
+
+import pluggy
+
+from . import hookspecs
+
+DEFAULT_PLUGINS = (
+    "smolvlm_watch_plugins.caption",
+    "smolvlm_watch_plugins.ocr",
+    "smolvlm_watch_plugins.tags",
+    "smolvlm_watch_plugins.ask",
+    "smolvlm_watch_plugins.writers",
+)
+
+# Tests set this so plugins installed in the environment never leak into a test run.
+LOAD_ENTRYPOINTS_ENV = "SMOLVLM_WATCH_LOAD_ENTRYPOINTS"
+
+
+class PluginError(Exception):
+    """A plugin could not be loaded or registered; the message names it."""
+
+
+@dataclass(frozen=True)
+class Provided:
+    """A task or writer with the plugin that registered it."""
+
+    name: str
+    plugin: str
+    version: str
+    obj: object
+
+
+class Registry:
+    """The plugin manager plus the tasks and writers its plugins registered."""
+
+    def __init__(self, extra_modules: Iterable[str] = (), entrypoints: bool | None = None):
+        self.pm = pluggy.PluginManager("smolvlm_watch")
+        self.pm.add_hookspecs(hookspecs)
+        self.tasks: dict[str, Provided] = {}
+        self.writers: dict[str, Provided] = {}
+        for name in DEFAULT_PLUGINS:
+            self._register_module(name)
+        if entrypoints is None:
+            entrypoints = os.environ.get(LOAD_ENTRYPOINTS_ENV, "1") != "0"
+        if entrypoints:
+            self._load_entrypoints()
+        for name in extra_modules:
+            self._register_module(name)
+        self._collect()
+
+    def _register_module(self, name: str) -> None:
+        try:
+            module = importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001
+            raise PluginError(f"plugin {name!r} failed to import: {type(exc).__name__}: {exc}") from exc
+        if self.pm.get_plugin(name) is None:
+            self.pm.register(module, name)
+
+    def _load_entrypoints(self) -> None:
+        for ep in metadata.entry_points(group="smolvlm_watch"):
+            if self.pm.get_plugin(ep.name) is not None:
+                continue
+            try:
+                plugin = ep.load()
+            except Exception as exc:  # noqa: BLE001
+                raise PluginError(f"plugin {ep.name!r} (entry point {ep.value}) failed to load: "
+                                  f"{type(exc).__name__}: {exc}") from exc
+            self.pm.register(plugin, ep.name)
+
+    def register(self, plugin: object, name: str) -> None:
+        """Register one more plugin object (tests and embedding applications use this)."""
+        self.pm.register(plugin, name)
+        self._collect()
+
+    def _collect(self) -> None:
+        self.tasks, self.writers = {}, {}
+        for hook, kind, table in ((self.pm.hook.register_tasks, "task", self.tasks),
+                                  (self.pm.hook.register_writers, "writer", self.writers)):
+            for impl in hook.get_hookimpls():
+                plugin_name = self.pm.get_name(impl.plugin) or repr(impl.plugin)
+                register = lambda obj, _t=table, _k=kind, _p=plugin_name: self._add(_t, _k, _p, obj)  # noqa: E731
+                try:
+                    impl.function(*([register] if impl.argnames else []))
+                except PluginError:
+                    raise
+                except Exception as exc:  # noqa: BLE001
+                    raise PluginError(f"plugin {plugin_name!r} failed to register its {kind}s: "
+                                      f"{type(exc).__name__}: {exc}") from exc
+
+    def _add(self, table: dict[str, Provided], kind: str, plugin: str, obj: object) -> None:
+        name = getattr(obj, "name", None)
+        if not isinstance(name, str) or not name:
+            raise PluginError(f"plugin {plugin!r} registered a {kind} without a name: {obj!r}")
+        if name in table:
+            raise PluginError(f"{kind} {name!r} is registered twice: by {table[name].plugin!r} and by {plugin!r}")
+        version = str(getattr(obj, "version", None) or _distribution_version(plugin))
+        table[name] = Provided(name=name, plugin=plugin, version=version, obj=obj)
+
+
+def _distribution_version(plugin: str) -> str:
+    top = plugin.split(".")[0]
+    if top in ("smolvlm_watch", "smolvlm_watch_plugins"):
+        from . import __version__
+
+        return __version__
+    try:
+        return metadata.version(top)
+    except metadata.PackageNotFoundError:
+        return "0"

@@ -1,0 +1,328 @@
+"""The one shared SmolVLM2: loaded once, lazily, and run on lists of requests.
+
+Plugins say *what* to ask (a conversation, generation settings, image settings); this module
+decides *how*: it groups requests that can share a forward pass, left-pads them into batches and
+runs ``generate`` once per batch. Greedy decoding of a left-padded batch gives token-for-token the
+same answers as one request at a time, so batching is invisible outside this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from PIL import Image
+
+from .config import ImageSettings, ModelConfig, RuntimeConfig
+
+
+class ModelLoadError(Exception):
+    """The model could not be loaded; the message says which, why, and how to fix it."""
+
+
+class InferenceError(Exception):
+    """A request failed in the model. ``transient`` ones (out of memory) may pass on retry."""
+
+    def __init__(self, message: str, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How to decode: greedy, bounded, with a loop guard so a degenerate answer ends."""
+
+    max_new_tokens: int = 256
+    min_new_tokens: int | None = None
+    loop_guard: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"max_new_tokens": self.max_new_tokens, "min_new_tokens": self.min_new_tokens,
+                "do_sample": False, "loop_guard": self.loop_guard}
+
+
+@dataclass(frozen=True)
+class Request:
+    """One question about one or more images: a chat conversation in transformers' format whose
+    image items stand for ``images`` in order."""
+
+    images: tuple[Image.Image, ...]
+    messages: tuple[dict[str, Any], ...]
+    generation: GenerationSettings = GenerationSettings()
+    image: ImageSettings = ImageSettings()
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    token_ids: tuple[int, ...] = ()
+    prompt_tokens: int = 0
+    seconds: float = 0.0
+    error: InferenceError | None = None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the sidecar's ``model`` records."""
+
+    id: str
+    revision: str | None
+    dtype: str
+    device: str
+    backend: str = "transformers"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "revision": self.revision, "dtype": self.dtype, "device": self.device,
+                "backend": self.backend}
+
+
+def question(prompt: str, images: int = 1) -> tuple[dict[str, Any], ...]:
+    """The user turn SmolVLM2 is trained on: the images first, then the text."""
+    content = [{"type": "image"} for _ in range(images)] + [{"type": "text", "text": prompt}]
+    return ({"role": "user", "content": content},)
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short stable hash of settings; equal fingerprints mean an equal result would be computed."""
+    blob = json.dumps(parts, sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+class LoopGuard:
+    """A StoppingCriteria that ends a sequence once its tail is one short unit repeated many times.
+
+    It only cuts an answer short, never changes a token, so guarded output is always a prefix of
+    unguarded greedy output.
+    """
+
+    def __init__(self, prompt_len: int, max_period: int = 8, min_span: int = 24, min_repeats: int = 4):
+        self.prompt_len = prompt_len
+        self.max_period = max_period
+        self.min_span = min_span
+        self.min_repeats = min_repeats
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        generated = input_ids[:, self.prompt_len:]
+        for period in range(1, self.max_period + 1):
+            span = max(self.min_span, period * self.min_repeats)
+            span -= span % period
+            if generated.shape[1] < span:
+                break
+            tail = generated[:, -span:]
+            done |= (tail == tail[:, -period:].repeat(1, span // period)).all(dim=1)
+        return done
+
+
+class Runtime:
+    """Owns the processor and model. Thread-safe to call, but meant for one worker thread."""
+
+    def __init__(self, model: ModelConfig, runtime: RuntimeConfig | None = None):
+        self.config = model
+        self.runtime_config = runtime or RuntimeConfig()
+        self._lock = threading.Lock()
+        self.processor = None
+        self.model = None
+        self.device: str | None = None
+        self.dtype: str | None = None
+        self.vision_passes = 0
+
+    @property
+    def loaded(self) -> bool:
+        return self.model is not None
+
+    def info(self) -> ModelInfo:
+        """Model identity for sidecars; device and dtype as resolved (before loading: as configured)."""
+        return ModelInfo(id=self.config.source, revision=self.config.revision,
+                         dtype=self.dtype or self._pick_dtype_name(), device=self.device or self._pick_device())
+
+    # --- loading -------------------------------------------------------------------------------
+
+    def _pick_device(self) -> str:
+        if self.config.device != "auto":
+            return self.config.device
+        import torch
+
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+
+    def _pick_dtype_name(self) -> str:
+        if self.config.dtype != "auto":
+            return self.config.dtype
+        device = self._pick_device()
+        if device == "cuda":
+            import torch
+
+            return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        return "float16" if device == "mps" else "float32"
+
+    def load(self) -> None:
+        """Load processor and model once; later calls return at once."""
+        with self._lock:
+            if self.model is not None:
+                return
+            self._load()
+
+    def _load(self) -> None:
+        import torch
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        if self.config.threads:
+            torch.set_num_threads(self.config.threads)
+        device, dtype = self._pick_device(), self._pick_dtype_name()
+        if device == "cuda" and not torch.cuda.is_available():
+            raise ModelLoadError(f"model.device is 'cuda' but no CUDA device is available "
+                                 f"(torch {torch.__version__}); set model.device: cpu or auto")
+        kwargs: dict[str, Any] = dict(revision=self.config.revision, local_files_only=self.config.local_files_only,
+                                      trust_remote_code=False)
+        source = self.config.source
+        try:
+            processor = AutoProcessor.from_pretrained(source, **kwargs)
+            model = AutoModelForImageTextToText.from_pretrained(
+                source, dtype=getattr(torch, dtype), use_safetensors=True,
+                attn_implementation=self.config.attn_implementation or "sdpa", **kwargs)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes one actionable message
+            raise ModelLoadError(self._explain_load_failure(source, exc)) from exc
+        self.processor = processor
+        self.model = model.to(device).eval()
+        self.device, self.dtype = device, dtype
+        self._count_vision_passes()
+
+    def _explain_load_failure(self, source: str, exc: Exception) -> str:
+        local = self.config.path is not None
+        why = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        if local and not os.path.isdir(source):
+            why = "the folder does not exist"
+        elif local:
+            why = (f"the folder has no loadable model ({why}); it needs config.json, model.safetensors and the "
+                   "processor files that save_pretrained writes")
+        offline = os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "TRUE", "yes")
+        hint = ("point model.path at a local folder holding the model (download it once elsewhere with "
+                f"`huggingface-cli download {self.config.id} --local-dir DIR`, or build an offline test model "
+                "with `python -m smolvlm_watch.testing tiny-model DIR`)")
+        if not local and (offline or self.config.local_files_only):
+            why = f"offline mode is on and the model is not in the local cache ({why})"
+        return f"cannot load model {source!r}: {why}. Fix: {hint}."
+
+    def _count_vision_passes(self) -> None:
+        """Count vision-tower forwards: the benchmark and tests check images are encoded once."""
+        vision = getattr(getattr(self.model, "model", self.model), "vision_model", None)
+        if vision is None:
+            return
+
+        def hook(*_args: Any) -> None:
+            self.vision_passes += 1
+
+        vision.register_forward_hook(hook)
+
+    # --- inference -----------------------------------------------------------------------------
+
+    def _image_kwargs(self, settings: ImageSettings) -> dict[str, Any]:
+        s = settings.over(self.config.image)
+        kwargs: dict[str, Any] = {}
+        if s.longest_edge is not None:
+            kwargs["size"] = {"longest_edge": s.longest_edge}
+        if s.max_image_size is not None:
+            kwargs["max_image_size"] = {"longest_edge": s.max_image_size}
+        if s.splitting is not None:
+            kwargs["do_image_splitting"] = s.splitting
+        return kwargs
+
+    def prompt(self, request: Request) -> str:
+        return self.processor.apply_chat_template(list(request.messages), add_generation_prompt=True,
+                                                  tokenize=False)
+
+    def encode(self, requests: Sequence[Request]):
+        """Processor inputs for requests sharing image settings, left-padded into one batch."""
+        self.load()
+        prompts = [self.prompt(r) for r in requests]
+        images = [list(r.images) for r in requests]
+        has_images = any(images)
+        inputs = self.processor(text=prompts, images=images if has_images else None, padding=True,
+                                return_tensors="pt", **self._image_kwargs(requests[0].image))
+        return inputs.to(self.device)
+
+    def max_batch(self) -> int:
+        if self.runtime_config.max_batch:
+            return self.runtime_config.max_batch
+        return 16 if self.device == "cuda" else 4
+
+    def generate(self, requests: Sequence[Request]) -> list[Answer]:
+        """Answer every request; a request that fails gets an Answer with ``error``, never an
+        exception, so one bad input cannot take its batch-mates down with it."""
+        if not requests:
+            return []
+        self.load()
+        answers: list[Answer | None] = [None] * len(requests)
+        for batch in self._plan(requests):
+            for index, answer in zip(batch, self._run_batch([requests[i] for i in batch])):
+                answers[index] = answer
+        return [a for a in answers if a is not None]
+
+    def _plan(self, requests: Sequence[Request]) -> list[list[int]]:
+        """Group requests that can be padded together (same image settings, same image count,
+        same generation settings), bounded by max_batch, keeping the first-seen order."""
+        groups: dict[Any, list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault((r.image, len(r.images), r.generation), []).append(i)
+        size = self.max_batch()
+        return [idx[k:k + size] for idx in groups.values() for k in range(0, len(idx), size)]
+
+    def _run_batch(self, batch: list[Request]) -> list[Answer]:
+        try:
+            return self._generate(batch)
+        except Exception as exc:  # noqa: BLE001
+            if len(batch) > 1:  # find out which request is to blame: run them one at a time
+                return [a for r in batch for a in self._run_batch([r])]
+            return [Answer(text="", error=_inference_error(exc))]
+
+    def _generate(self, batch: list[Request]) -> list[Answer]:
+        import torch
+        from transformers import StoppingCriteriaList
+
+        start = time.perf_counter()
+        inputs = self.encode(batch)
+        prompt_len = inputs["input_ids"].shape[1]
+        gen = batch[0].generation
+        kwargs: dict[str, Any] = dict(max_new_tokens=gen.max_new_tokens, do_sample=False)
+        if gen.min_new_tokens:
+            kwargs["min_new_tokens"] = gen.min_new_tokens
+        if gen.loop_guard:
+            kwargs["stopping_criteria"] = StoppingCriteriaList([LoopGuard(prompt_len)])
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, **kwargs)
+        seconds = (time.perf_counter() - start) / len(batch)
+        tokenizer = self.processor.tokenizer
+        special = {tokenizer.pad_token_id, tokenizer.eos_token_id}
+        answers = []
+        for row, mask in zip(out[:, prompt_len:].tolist(), inputs["attention_mask"].sum(dim=1).tolist()):
+            ids = tuple(_until_end(row, special))
+            text = tokenizer.decode(list(ids), skip_special_tokens=True)
+            answers.append(Answer(text=text, token_ids=ids, prompt_tokens=int(mask), seconds=seconds))
+        return answers
+
+
+def _until_end(ids: list[int], stop: set[int]) -> list[int]:
+    """Generated ids up to (not including) the first end or padding token."""
+    for i, t in enumerate(ids):
+        if t in stop:
+            return ids[:i]
+    return ids
+
+
+def _inference_error(exc: Exception) -> InferenceError:
+    text = f"{type(exc).__name__}: {exc}".strip()
+    transient = "out of memory" in text.lower()
+    return InferenceError(f"inference failed: {text.splitlines()[0]}", transient=transient)

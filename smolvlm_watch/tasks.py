@@ -1,0 +1,150 @@
+"""Tasks: what to ask the model about a file, and how to read its answer.
+
+A task never touches the model. It turns a decoded file into runtime requests and the runtime's
+answers into a result; ``run_tasks`` gathers every task's requests for a file into ONE list for
+the runtime (so it can batch them) and calls each task's hooks itself, so a failing task is
+recorded as that task's error while the others complete.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from .config import ImageSettings, TaskConfig
+from .media import Media
+from .runtime import Answer, GenerationSettings, Request, Runtime, fingerprint, question
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A task's effective settings for one watch: config laid over the plugin's defaults."""
+
+    prompt: str
+    max_new_tokens: int
+    image: ImageSettings
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def generation(self) -> GenerationSettings:
+        return GenerationSettings(max_new_tokens=self.max_new_tokens,
+                                  min_new_tokens=self.options.get("min_new_tokens"),
+                                  loop_guard=self.options.get("loop_guard", True))
+
+
+class Task:
+    """Base class for task plugins. Subclasses set the class attributes and may override
+    ``requests`` (to ask several questions) and ``parse`` (to structure the answer)."""
+
+    name: str = ""
+    version: str = "1"
+    description: str = ""
+    default_prompt: str = ""
+    default_max_new_tokens: int = 256
+    default_image: ImageSettings = ImageSettings()
+    default_options: dict[str, Any] = {}
+    media_kinds: frozenset[str] = frozenset({"image"})
+
+    def spec(self, config: TaskConfig) -> TaskSpec:
+        return TaskSpec(
+            prompt=config.prompt or self.default_prompt,
+            max_new_tokens=config.max_new_tokens or self.default_max_new_tokens,
+            image=config.image.over(self.default_image),
+            options={**self.default_options, **config.options},
+        )
+
+    def requests(self, media: Media, spec: TaskSpec) -> list[Request]:
+        """The questions to ask about ``media``: by default the prompt once about its first image."""
+        return [Request(images=media.images[:1], messages=question(spec.prompt), generation=spec.generation,
+                        image=spec.image)]
+
+    def parse(self, answers: Sequence[Answer], spec: TaskSpec) -> Any:
+        """The result stored in the sidecar: by default the first answer's text, trimmed."""
+        return answers[0].text.strip()
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A task chosen for a file, with its settings and the fingerprint of everything that shapes
+    its result (plugin version, prompt, generation and image settings, model)."""
+
+    task: Task
+    spec: TaskSpec
+    plugin: str
+    plugin_version: str
+    fingerprint: str
+
+
+def plan(task: Task, config: TaskConfig, plugin: str, plugin_version: str, model_id: str,
+         model_revision: str | None, model_image: ImageSettings) -> Planned:
+    spec = task.spec(config)
+    fp = fingerprint(task.name, plugin, plugin_version, spec.prompt, spec.generation.as_dict(),
+                     spec.image.over(model_image).as_dict(), spec.options, model_id, model_revision)
+    return Planned(task=task, spec=spec, plugin=plugin, plugin_version=plugin_version, fingerprint=fp)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One task's entry in the sidecar: a result, or an error, or a reason it was skipped."""
+
+    name: str
+    data: dict[str, Any]
+
+    @property
+    def ok(self) -> bool:
+        return "error" not in self.data and "skipped" not in self.data
+
+
+def _error(p: Planned, message: str, transient: bool = False) -> Outcome:
+    data = {"error": message, "plugin": p.plugin, "plugin_version": p.plugin_version, "fingerprint": p.fingerprint}
+    if transient:
+        data["transient"] = True
+    return Outcome(p.task.name, data)
+
+
+def run_tasks(media: Media, planned: Sequence[Planned], runtime: Runtime) -> list[Outcome]:
+    """Run every planned task on one decoded file; one runtime call for all their requests."""
+    outcomes: dict[str, Outcome] = {}
+    asked: list[tuple[Planned, list[Request]]] = []
+    for p in planned:
+        if media.kind not in p.task.media_kinds:
+            outcomes[p.task.name] = Outcome(p.task.name, {
+                "skipped": f"task {p.task.name!r} does not accept {media.kind} files",
+                "plugin": p.plugin, "plugin_version": p.plugin_version})
+            continue
+        try:
+            asked.append((p, list(p.task.requests(media, p.spec))))
+        except Exception as exc:  # noqa: BLE001 - a broken task must not stop the others
+            outcomes[p.task.name] = _error(p, f"{type(exc).__name__} in {p.task.name}.requests: {exc}")
+    flat = [r for _, reqs in asked for r in reqs]
+    start = time.perf_counter()
+    answers = runtime.generate(flat)
+    total = time.perf_counter() - start
+    pos = 0
+    for p, reqs in asked:
+        mine, pos = answers[pos:pos + len(reqs)], pos + len(reqs)
+        outcomes[p.task.name] = _finish(p, reqs, mine, total / max(len(flat), 1) * len(reqs))
+    return [outcomes[p.task.name] for p in planned]
+
+
+def _finish(p: Planned, reqs: list[Request], answers: list[Answer], seconds: float) -> Outcome:
+    failed = [a.error for a in answers if a.error is not None]
+    if failed:
+        return _error(p, str(failed[0]), transient=failed[0].transient)
+    try:
+        result = p.task.parse(answers, p.spec)
+    except Exception as exc:  # noqa: BLE001
+        return _error(p, f"{type(exc).__name__} in {p.task.name}.parse: {exc}")
+    raw: Any = answers[0].text if len(answers) == 1 else [a.text for a in answers]
+    return Outcome(p.task.name, {
+        "result": result,
+        "raw": raw,
+        "prompt": p.spec.prompt,
+        "generation": {**p.spec.generation.as_dict(), "image": p.spec.image.as_dict()},
+        "plugin": p.plugin,
+        "plugin_version": p.plugin_version,
+        "seconds": round(seconds, 4),
+        "fingerprint": p.fingerprint,
+        "tokens": sum(len(a.token_ids) for a in answers),
+    })

@@ -1,0 +1,239 @@
+"""Offline SmolVLM models and sample media, built with the real transformers classes.
+
+No weights can be downloaded where this project is developed and tested, so tests and benchmarks
+run on models built here and saved with ``save_pretrained``; they load back through exactly the
+same ``from_pretrained`` path a hub model takes. ``tiny-model`` is for tests (seconds to build,
+meaningless text); ``--preset`` gives the published SmolVLM2 shapes with random weights, which
+cost the same compute as the real models and so are what the benchmarks use.
+
+    python -m smolvlm_watch.testing tiny-model DIR [--preset 256M|500M|2.2B]
+    python -m smolvlm_watch.testing samples DIR [--count N]
+    python -m smolvlm_watch.testing demo DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from pathlib import Path
+
+# SmolVLM2's chat template, as transformers' SmolVLM processing tests carry it. It has no video
+# branch: for a video conversation SmolVLMProcessor.apply_chat_template swaps in its own.
+CHAT_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}"
+    "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}"
+    "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<end_of_utterance>",
+    "<fake_token_around_image>",
+    "<image>",
+    "<global-img>",
+    "<video>",
+] + [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]
+
+# A few lines the BPE learns merges from; byte-level, so any text (Cyrillic, emoji) still encodes.
+_CORPUS = [
+    "User: Describe this image in detail. Assistant: A photo of a red car parked on a street.",
+    "Extract all text from this image. Keep the line breaks.",
+    "List keywords for this image, comma separated: cat, dog, tree, sky, beach, mountain.",
+    "Frame from 00:01: You are provided the following series of frames from a video.",
+    "Опиши это изображение. Извлеки весь текст. Кошка сидит на окне.",
+    "How many people are in this image? There are two people.",
+]
+
+# Published SmolVLM2 shapes (text: Llama; vision: SigLIP), random weights.
+PRESETS: dict[str, dict] = {
+    "256M": dict(
+        text=dict(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                  intermediate_size=1536, vocab_size=49280, tie_word_embeddings=True),
+        vision=dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                    image_size=512, patch_size=16),
+        scale_factor=4, longest_edge=2048, max_image_size=512,
+    ),
+    "500M": dict(
+        text=dict(hidden_size=960, num_hidden_layers=32, num_attention_heads=15, num_key_value_heads=5,
+                  intermediate_size=2560, vocab_size=49280, tie_word_embeddings=True),
+        vision=dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                    image_size=512, patch_size=16),
+        scale_factor=4, longest_edge=2048, max_image_size=512,
+    ),
+    "2.2B": dict(
+        text=dict(hidden_size=2048, num_hidden_layers=24, num_attention_heads=32, num_key_value_heads=32,
+                  intermediate_size=8192, vocab_size=49280, tie_word_embeddings=False),
+        vision=dict(hidden_size=1152, num_hidden_layers=27, num_attention_heads=16, intermediate_size=4304,
+                    image_size=384, patch_size=14),
+        scale_factor=3, longest_edge=1536, max_image_size=384,
+    ),
+    "tiny": dict(
+        text=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  intermediate_size=128, tie_word_embeddings=False),
+        vision=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                    image_size=64, patch_size=8),
+        scale_factor=4, longest_edge=256, max_image_size=64,
+    ),
+}
+
+
+def build_tokenizer(vocab_size: int | None = None):
+    """A byte-level BPE holding SmolVLM's special tokens, padded on the left as batching needs."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(_CORPUS, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        unk_token="<|endoftext|>",
+        bos_token="<|im_start|>",
+        eos_token="<end_of_utterance>",
+        pad_token="<|im_end|>",
+        padding_side="left",
+        extra_special_tokens={
+            "fake_image_token": "<fake_token_around_image>",
+            "image_token": "<image>",
+            "global_image_token": "<global-img>",
+            "end_of_utterance_token": "<end_of_utterance>",
+            "video_token": "<video>",
+        },
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_model(out_dir: str | Path, preset: str = "tiny", seed: int = 0) -> Path:
+    """Build a SmolVLM with the real classes and save processor + model with ``save_pretrained``."""
+    import torch
+    from transformers import (
+        SmolVLMConfig,
+        SmolVLMForConditionalGeneration,
+        SmolVLMImageProcessor,
+        SmolVLMProcessor,
+        SmolVLMVideoProcessor,
+    )
+
+    spec = PRESETS[preset]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer()
+    text = dict(spec["text"], model_type="llama")
+    if preset == "tiny":
+        text["vocab_size"] = len(tokenizer)
+    ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in
+           (("bos", "<|im_start|>"), ("eos", "<end_of_utterance>"), ("pad", "<|im_end|>"))}
+    text.update(bos_token_id=ids["bos"], eos_token_id=ids["eos"], pad_token_id=ids["pad"])
+    config = SmolVLMConfig(
+        text_config=text,
+        vision_config=dict(spec["vision"]),
+        scale_factor=spec["scale_factor"],
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        tie_word_embeddings=text["tie_word_embeddings"],
+    )
+    torch.manual_seed(seed)
+    model = SmolVLMForConditionalGeneration(config).eval()
+    gen = model.generation_config
+    gen.bos_token_id, gen.eos_token_id, gen.pad_token_id = ids["bos"], ids["eos"], ids["pad"]
+
+    size = {"longest_edge": spec["longest_edge"]}
+    tile = {"longest_edge": spec["max_image_size"]}
+    image_processor = SmolVLMImageProcessor(size=size, max_image_size=tile)
+    video_processor = SmolVLMVideoProcessor(
+        size=tile, max_image_size=tile,
+        video_sampling={"fps": 1, "max_frames": 64, "video_size": tile},
+    )
+    vcfg = spec["vision"]
+    image_seq_len = int((vcfg["image_size"] // vcfg["patch_size"]) ** 2 / spec["scale_factor"] ** 2)
+    processor = SmolVLMProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor,
+        image_seq_len=image_seq_len, chat_template=CHAT_TEMPLATE,
+    )
+    processor.save_pretrained(out)
+    model.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+def sample_images(out_dir: str | Path, count: int = 6, seed: int = 0) -> list[Path]:
+    """Seeded sample photos in the formats users drop (JPEG, PNG, WebP), with shapes and text."""
+    from PIL import Image, ImageDraw
+
+    rng = random.Random(seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    formats = [("jpg", "JPEG"), ("png", "PNG"), ("webp", "WEBP")]
+    paths = []
+    for i in range(count):
+        w, h = rng.choice([(640, 480), (480, 640), (800, 600), (320, 320)])
+        img = Image.new("RGB", (w, h), tuple(rng.randrange(256) for _ in range(3)))
+        draw = ImageDraw.Draw(img)
+        for _ in range(6):
+            x0, y0 = rng.randrange(w), rng.randrange(h)
+            box = (x0, y0, x0 + rng.randrange(20, 200), y0 + rng.randrange(20, 200))
+            draw.ellipse(box, fill=tuple(rng.randrange(256) for _ in range(3)))
+        draw.text((10, 10), f"Sample {i + 1}", fill=(0, 0, 0))
+        ext, fmt = formats[i % len(formats)]
+        path = out / f"sample-{i + 1:02d}.{ext}"
+        img.save(path, fmt)
+        paths.append(path)
+    return paths
+
+
+def demo(root: str | Path) -> int:
+    """Build the tiny model, generate samples and process them: the offline first run."""
+    from . import cli
+
+    root = Path(root).resolve()
+    model_dir = root / "tiny-model"
+    if not (model_dir / "config.json").exists():
+        print(f"building the tiny offline model in {model_dir} ...")
+        build_model(model_dir)
+    images = sample_images(root / "images")
+    code = cli.main(["process", str(root / "images"), "--model", str(model_dir),
+                     "--task", "caption", "--task", "tags", "--task", "ocr"])
+    print("\nsidecars written (tiny random model: the text is meaningless, the pipeline is real):")
+    for img in images:
+        print(f"  {img.with_name(img.name + '.smolvlm.json')}")
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m smolvlm_watch.testing", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("tiny-model", help="build an offline SmolVLM (tiny, or a published shape)")
+    p.add_argument("dir")
+    p.add_argument("--preset", choices=[k for k in PRESETS if k != "tiny"], default=None)
+    p.add_argument("--seed", type=int, default=0)
+    s = sub.add_parser("samples", help="write seeded sample images")
+    s.add_argument("dir")
+    s.add_argument("--count", type=int, default=6)
+    d = sub.add_parser("demo", help="build the tiny model and process sample images")
+    d.add_argument("dir")
+    args = parser.parse_args(argv)
+    if args.command == "tiny-model":
+        out = build_model(args.dir, args.preset or "tiny", args.seed)
+        print(out)
+    elif args.command == "samples":
+        for path in sample_images(args.dir, args.count):
+            print(path)
+    else:
+        return demo(args.dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Shared fixtures: one tiny SmolVLM built with the real transformers classes per test session."""
+
+from __future__ import annotations
+
+import os
+
+# Before torch is imported anywhere: the tiny model is fastest (and never stalls) on one thread,
+# and installed third-party plugins must not leak into the tests.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ["SMOLVLM_WATCH_LOAD_ENTRYPOINTS"] = "0"
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    from smolvlm_watch.testing import build_model
+
+    return build_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture
+def write_config(tmp_path):
+    """Write a YAML config into tmp_path and return its path."""
+
+    def write(text: str, name: str = "config.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    return write
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
+    from smolvlm_watch.cli import main
+
+    def run(*args: str):
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def make_image(path: Path, size=(96, 64), color=(200, 40, 40), fmt: str | None = None, **save) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path, fmt or None, **save)
+    return path
+
+
+def read_sidecar(media: Path) -> dict:
+    return json.loads(media.with_name(media.name + ".smolvlm.json").read_text(encoding="utf-8"))

@@ -1,0 +1,181 @@
+"""End to end: `smolvlm-watch process` on real files with the tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from PIL import Image
+
+from conftest import make_image, read_sidecar
+
+SIDECAR_KEYS = {"schema", "generator", "source", "model", "tasks", "created", "outputs"}
+SOURCE_KEYS = {"path", "size", "mtime", "sha256", "kind", "width", "height"}
+TASK_KEYS = {"result", "raw", "prompt", "generation", "plugin", "plugin_version", "seconds"}
+
+
+def _mixed_folder(root: Path) -> Path:
+    folder = root / "inbox"
+    make_image(folder / "a.png", (80, 60))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° CW to display
+    img = Image.new("RGB", (120, 40), (10, 200, 10))
+    img.save(folder / "rotated.jpg", "JPEG", exif=exif.tobytes())
+    make_image(folder / "c.webp", (64, 64), fmt="WEBP")
+    make_image(folder / "really-png.jpg", (50, 70), fmt="PNG")
+    make_image(folder / "sub" / "deeper" / "nested.png", (40, 40))
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00garbage" * 20)
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "notes.md").write_text("not media, ignored in folders")
+    return folder
+
+
+def test_process_folder_writes_expected_sidecars_and_reports_failures(tmp_path, tiny_model, run_cli):
+    folder = _mixed_folder(tmp_path)
+    code, out, _ = run_cli("process", folder, "--model", tiny_model, "--task", "caption", "--task", "tags",
+                           "--task", "ocr", "--json")
+    assert code == 1
+    report = json.loads(out)
+    good = ["a.png", "c.webp", "really-png.jpg", "rotated.jpg", "sub/deeper/nested.png"]
+    assert sorted(str(Path(p).relative_to(folder)) for p in report["done"]) == good
+    assert report["skipped"] == []
+    failed = {Path(f["path"]).name: f["error"] for f in report["failed"]}
+    assert set(failed) == {"corrupt.jpg", "empty.png"}
+    assert failed["empty.png"] == "empty file (0 bytes)"
+    assert failed["corrupt.jpg"].startswith("corrupt or truncated image")
+
+    written = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if ".smolvlm" in p.name or
+                     p.name.endswith(".txt"))
+    assert written == sorted([f"{n}.smolvlm.json" for n in good] + [f"{n}.txt" for n in good])
+    for name in good:
+        doc = read_sidecar(folder / name)
+        assert set(doc) == SIDECAR_KEYS
+        assert set(doc["source"]) == SOURCE_KEYS and doc["source"]["kind"] == "image"
+        assert doc["schema"] == 1
+        assert doc["model"] == {"id": str(tiny_model), "revision": None, "dtype": "float32", "device": "cpu",
+                                "backend": "transformers"}
+        assert set(doc["tasks"]) == {"caption", "tags", "ocr"}
+        for entry in doc["tasks"].values():
+            assert TASK_KEYS <= set(entry)
+        assert isinstance(doc["tasks"]["tags"]["result"], list)
+        assert (folder / f"{name}.txt").read_text(encoding="utf-8") == doc["tasks"]["ocr"]["result"]
+    # EXIF orientation 6 turns the stored 120x40 into an upright 40x120.
+    assert (read_sidecar(folder / "rotated.jpg")["source"]["width"],
+            read_sidecar(folder / "rotated.jpg")["source"]["height"]) == (40, 120)
+    assert read_sidecar(folder / "really-png.jpg")["source"]["width"] == 50
+
+
+def test_second_run_skips_current_sidecars_and_force_reruns(tmp_path, tiny_model, run_cli):
+    img = make_image(tmp_path / "one.png")
+    code, out, _ = run_cli("process", img, "--model", tiny_model, "--task", "caption", "--json")
+    assert code == 0 and json.loads(out)["done"] == [str(img)]
+    first = read_sidecar(img)
+    code, out, _ = run_cli("process", img, "--model", tiny_model, "--task", "caption", "--json")
+    assert json.loads(out) == {"done": [], "skipped": [str(img)], "failed": []}
+    assert read_sidecar(img) == first
+    code, out, _ = run_cli("process", img, "--model", tiny_model, "--task", "caption", "--json", "--force")
+    assert json.loads(out)["done"] == [str(img)]
+
+
+def test_merge_runs_only_the_new_task_and_keeps_the_others(tmp_path, tiny_model, run_cli):
+    img = make_image(tmp_path / "one.png")
+    run_cli("process", img, "--model", tiny_model, "--task", "caption")
+    caption = read_sidecar(img)["tasks"]["caption"]
+    code, out, _ = run_cli("process", img, "--model", tiny_model, "--task", "caption", "--task", "tags", "--json")
+    assert json.loads(out)["done"] == [str(img)]
+    doc = read_sidecar(img)
+    assert doc["tasks"]["caption"] == caption  # kept, not recomputed
+    assert set(doc["tasks"]) == {"caption", "tags"}
+
+
+def test_changed_content_reruns_everything(tmp_path, tiny_model, run_cli):
+    img = make_image(tmp_path / "one.png", color=(1, 2, 3))
+    run_cli("process", img, "--model", tiny_model, "--task", "caption")
+    before = read_sidecar(img)["source"]["sha256"]
+    make_image(img, color=(250, 250, 250))
+    code, out, _ = run_cli("process", img, "--model", tiny_model, "--task", "caption", "--json")
+    assert json.loads(out)["done"] == [str(img)]
+    assert read_sidecar(img)["source"]["sha256"] != before
+
+
+def test_foreign_files_are_never_overwritten(tmp_path, tiny_model, run_cli):
+    img = make_image(tmp_path / "one.png")
+    foreign_json = tmp_path / "one.png.smolvlm.json"
+    foreign_json.write_text('{"mine": true}')
+    code, out, _ = run_cli("process", img, "--model", tiny_model, "--task", "caption", "--json")
+    assert code == 1
+    assert "is not a smolvlm-watch sidecar" in json.loads(out)["failed"][0]["error"]
+    assert foreign_json.read_text() == '{"mine": true}'
+
+    img2 = make_image(tmp_path / "two.png")
+    foreign_txt = tmp_path / "two.png.txt"
+    foreign_txt.write_text("a person's notes")
+    code, out, _ = run_cli("process", img2, "--model", tiny_model, "--task", "ocr", "--json")
+    assert code == 1
+    assert "was not written by smolvlm-watch" in json.loads(out)["failed"][0]["error"]
+    assert foreign_txt.read_text() == "a person's notes"
+
+
+def test_our_own_txt_is_rewritten_but_an_edited_one_is_not(tmp_path, tiny_model, run_cli):
+    img = make_image(tmp_path / "one.png")
+    run_cli("process", img, "--model", tiny_model, "--task", "ocr")
+    txt = tmp_path / "one.png.txt"
+    code, out, _ = run_cli("process", img, "--model", tiny_model, "--task", "ocr", "--force", "--json")
+    assert code == 0
+    txt.write_text("corrected by hand")
+    code, out, _ = run_cli("process", img, "--model", tiny_model, "--task", "ocr", "--force", "--json")
+    assert code == 1 and txt.read_text() == "corrected by hand"
+
+
+def test_output_dir_mirrors_the_tree(tmp_path, tiny_model, run_cli, write_config):
+    make_image(tmp_path / "inbox" / "x" / "deep.png")
+    cfg = write_config(f"""
+model: {{path: {tiny_model}}}
+watches:
+  - path: ./inbox
+    tasks: [caption]
+    outputs: [json]
+    output_dir: ./mirror
+""")
+    code, out, _ = run_cli("process", tmp_path / "inbox", "-c", cfg, "--json")
+    assert code == 0, out
+    assert (tmp_path / "mirror" / "x" / "deep.png.smolvlm.json").is_file()
+    assert not (tmp_path / "inbox" / "x" / "deep.png.smolvlm.json").exists()
+
+
+def test_missing_model_gives_clear_error(tmp_path, run_cli):
+    img = make_image(tmp_path / "one.png")
+    code, out, err = run_cli("process", img, "--model", "nobody/no-such-model", "--task", "caption")
+    assert code == 1
+    assert "cannot load model 'nobody/no-such-model'" in err
+    assert "model.path" in err
+
+
+def test_missing_path_is_reported(tmp_path, tiny_model, run_cli):
+    code, out, _ = run_cli("process", tmp_path / "nope.png", "--model", tiny_model, "--json")
+    assert code == 1
+    assert json.loads(out)["failed"] == [{"path": str(tmp_path / "nope.png"), "error": "no such file or directory"}]
+
+
+def test_fifty_mixed_images(tmp_path, tiny_model, run_cli, write_config):
+    from smolvlm_watch.testing import sample_images
+
+    folder = tmp_path / "inbox"
+    images = sample_images(folder, count=50, seed=3)
+    cfg = write_config(f"""
+model: {{path: {tiny_model}}}
+tasks:
+  caption: {{max_new_tokens: 8}}
+  tags: {{max_new_tokens: 8}}
+watches:
+  - path: ./inbox
+    tasks: [caption, tags]
+    outputs: [json]
+""")
+    code, out, _ = run_cli("process", folder, "-c", cfg, "--json")
+    assert code == 0
+    assert sorted(json.loads(out)["done"]) == sorted(str(p) for p in images)
+    for img in images:
+        doc = read_sidecar(img)
+        assert doc["source"]["sha256"] and set(doc["tasks"]) == {"caption", "tags"}
+        assert doc["tasks"]["caption"]["generation"]["max_new_tokens"] == 8
