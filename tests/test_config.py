@@ -1,0 +1,122 @@
+"""Config validation: precise messages, exit 2, nothing processed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import make_image
+from smolvlm_watch import config as configmod
+
+MINIMAL = """
+model: {path: ./models/tiny}
+tasks:
+  ask: {prompt: "How many people are in this image?"}
+watches:
+  - path: ./inbox
+    recursive: true
+    tasks: [caption, tags, ocr]
+    outputs: [json, txt]
+state: {db: ./state/journal.sqlite}
+"""
+
+
+def test_minimal_contract_shape_resolves(write_config, run_cli, tmp_path):
+    cfg = write_config(MINIMAL)
+    code, out, err = run_cli("config", "check", cfg)
+    assert code == 0, err
+    assert f"path: {tmp_path / 'inbox'}" in out
+    config = configmod.load(cfg)
+    assert config.model.path == tmp_path / "models" / "tiny"
+    assert config.watches[0].tasks == ("caption", "tags", "ocr")
+    assert config.watches[0].outputs == ("json", "txt")
+    assert config.state.db == tmp_path / "state" / "journal.sqlite"
+    assert config.tasks["ask"].prompt == "How many people are in this image?"
+
+
+def test_a_config_with_only_a_folder_works(write_config, tmp_path):
+    config = configmod.load(write_config("watches: [./photos]\n"))
+    assert config.watches[0].path == tmp_path / "photos"
+    assert config.model.id == "HuggingFaceTB/SmolVLM2-256M-Video-Instruct"
+    assert config.watches[0].tasks == ("caption", "tags")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("watches:\n  - path: ./in\n  - path: ./in2\n    tasks: [capton]\n",
+     "watches[1].tasks[0]: unknown task 'capton' (known: ask, caption, ocr, tags)"),
+    ("watches:\n  - path: ./in\n    outputs: [json, yaml]\n",
+     "watches[0].outputs[1]: unknown output 'yaml' (known: json, txt)"),
+    ("model: {dtype: float8}\n", "model.dtype: 'float8' is not allowed (allowed: auto, float32, float16, bfloat16)"),
+    ("model: {device: tpu}\n", "model.device: 'tpu' is not allowed (allowed: auto, cpu, cuda, mps)"),
+    ("model: {pth: ./x}\n", "model.pth: unknown key (known: id, path, revision"),
+    ("tasks:\n  caption: {max_new_tokens: -3}\n", "tasks.caption.max_new_tokens: -3 is too small (minimum 1)"),
+    ("tasks:\n  caption: {max_new_tokens: many}\n", "tasks.caption.max_new_tokens: expected an integer, got 'many'"),
+    ("watches:\n  - recursive: true\n", "watches[0].path: missing: every watch needs the folder it watches"),
+    ("watches: ./in\n", "watches: expected a list of watches, got './in'"),
+    ("watches:\n  - path: ./in\n    policy: clobber\n",
+     "watches[0].policy: 'clobber' is not allowed (allowed: merge, skip, overwrite)"),
+    ("colour: blue\n", "colour: unknown key (known: model, tasks, watches"),
+    ("model: [1, 2\n", "not valid YAML"),
+    ("- just\n- a list\n", "expected a mapping, got list"),
+    ("tasks:\n  nope: {prompt: hi}\n", "tasks.nope: unknown task 'nope'"),
+    ("plugins: [no_such_module_xyz]\n", "plugin 'no_such_module_xyz' failed to import"),
+])
+def test_bad_config_gives_precise_message_and_exit_2(write_config, run_cli, tmp_path, text, message):
+    cfg = write_config(text)
+    code, out, err = run_cli("config", "check", cfg)
+    assert code == 2
+    assert message in err
+    assert str(cfg) in err or "plugin" in message
+
+
+def test_bad_config_processes_nothing(write_config, run_cli, tmp_path, tiny_model):
+    img = make_image(tmp_path / "inbox" / "a.png")
+    cfg = write_config(f"model: {{path: {tiny_model}}}\nwatches:\n  - path: ./inbox\n    tasks: [capton]\n")
+    code, out, err = run_cli("process", tmp_path / "inbox", "-c", cfg, "--json")
+    assert code == 2
+    assert "watches[0].tasks[0]: unknown task 'capton'" in err
+    assert out == ""
+    assert not (tmp_path / "inbox" / "a.png.smolvlm.json").exists()
+
+
+def test_unknown_task_on_command_line(run_cli, tmp_path, tiny_model):
+    code, _, err = run_cli("process", tmp_path, "--model", tiny_model, "--task", "nope")
+    assert code == 2 and "unknown task 'nope'" in err
+
+
+def test_missing_config_file(run_cli, tmp_path):
+    code, _, err = run_cli("config", "check", tmp_path / "absent.yaml")
+    assert code == 2 and "cannot read the file" in err and "absent.yaml" in err
+
+
+def test_watch_task_overrides_and_most_specific_watch(write_config, tmp_path):
+    config = configmod.load(write_config("""
+tasks:
+  ask: {prompt: "global?"}
+watches:
+  - path: ./lib
+  - path: ./lib/scans
+    tasks:
+      - ocr
+      - ask: {prompt: "Is this an invoice?", max_new_tokens: 5}
+"""))
+    watch = config.watch_for(tmp_path / "lib" / "scans" / "x.png")
+    assert watch.path == tmp_path / "lib" / "scans"
+    assert config.task_config("ask", watch).prompt == "Is this an invoice?"
+    assert config.task_config("ask", config.watches[0]).prompt == "global?"
+    assert config.watch_for(tmp_path / "elsewhere.png") is None
+
+
+def test_config_check_prints_resolved_defaults(write_config, run_cli):
+    code, out, _ = run_cli("config", "check", write_config("watches: [./in]\n"))
+    assert code == 0
+    assert "settle_seconds: 2.0" in out and "policy: merge" in out
+
+
+def test_example_config_is_valid(run_cli):
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "config.example.yaml"
+    code, out, err = run_cli("config", "check", example)
+    assert code == 0, err

@@ -1,0 +1,155 @@
+"""Plugins: hook documentation, entry points, config-named modules, isolation of failures."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import make_image, read_sidecar
+from smolvlm_watch import hookspecs
+from smolvlm_watch.plugins import PluginError, Registry
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_every_hook_is_documented_in_its_docstring_and_readme():
+    registry = Registry(entrypoints=False)
+    names = [n for n in dir(registry.pm.hook) if not n.startswith("_")]
+    assert set(names) >= {"register_tasks", "register_writers"}
+    readme = README.read_text(encoding="utf-8")
+    for name in names:
+        spec = getattr(hookspecs, name)
+        doc = inspect.getdoc(spec) or ""
+        assert "Return value" in doc and "register(" in doc, f"hook {name} lacks a reference docstring"
+        signature = f"{name}({', '.join(inspect.signature(spec).parameters)})"
+        assert signature in readme, f"README does not document the hook {signature}"
+
+
+def test_builtin_tasks_and_writers(run_cli):
+    code, out, _ = run_cli("plugins", "--json")
+    rows = {(r["kind"], r["name"]): r for r in json.loads(out)}
+    assert set(rows) == {("task", "caption"), ("task", "ocr"), ("task", "tags"), ("task", "ask"),
+                         ("writer", "json"), ("writer", "txt")}
+    assert rows[("task", "caption")]["plugin"] == "smolvlm_watch_plugins.caption"
+
+
+def _make_distribution(root: Path, module: str, body: str) -> Path:
+    """A real installed-looking distribution: a module plus .dist-info with an entry point."""
+    root.mkdir(parents=True)
+    (root / f"{module}.py").write_text(textwrap.dedent(body))
+    info = root / f"{module.replace('_', '-')}-1.2.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 1.2.3\n")
+    (info / "entry_points.txt").write_text(f"[smolvlm_watch]\n{module} = {module}\n")
+    return root
+
+
+THIRD_PARTY = '''
+from smolvlm_watch import hookimpl
+from smolvlm_watch.tasks import Task
+
+class Colours(Task):
+    name = "colours"
+    version = "0.4"
+    default_prompt = "Which colours dominate this image?"
+    default_max_new_tokens = 6
+
+    def parse(self, answers, spec):
+        return {"answer": answers[0].text, "tokens": len(answers[0].token_ids)}
+
+@hookimpl
+def register_tasks(register):
+    register(Colours())
+'''
+
+
+def test_third_party_plugin_through_entry_point_runs_end_to_end(tmp_path, tiny_model, run_cli, monkeypatch):
+    site = _make_distribution(tmp_path / "site", "smolvlm_colours", THIRD_PARTY)
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("SMOLVLM_WATCH_LOAD_ENTRYPOINTS", "1")
+    img = make_image(tmp_path / "in" / "a.png")
+    code, out, err = run_cli("process", img, "--model", tiny_model, "--task", "colours", "--task", "caption",
+                             "--json")
+    assert code == 0, err
+    entry = read_sidecar(img)["tasks"]["colours"]
+    assert entry["plugin"] == "smolvlm_colours" and entry["plugin_version"] == "0.4"
+    assert entry["result"]["tokens"] == 6 and entry["prompt"] == "Which colours dominate this image?"
+    code, out, _ = run_cli("plugins", "--json")
+    assert any(r["name"] == "colours" and r["plugin"] == "smolvlm_colours" for r in json.loads(out))
+    sys.modules.pop("smolvlm_colours", None)
+
+
+def test_failing_task_is_recorded_and_others_complete(tmp_path, tiny_model, run_cli, write_config, monkeypatch):
+    (tmp_path / "brokentask.py").write_text(textwrap.dedent('''
+        from smolvlm_watch import hookimpl
+        from smolvlm_watch.tasks import Task
+
+        class Broken(Task):
+            name = "broken"
+            default_prompt = "x"
+            def parse(self, answers, spec):
+                raise RuntimeError("parser exploded")
+
+        @hookimpl
+        def register_tasks(register):
+            register(Broken())
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    make_image(tmp_path / "inbox" / "a.png")
+    cfg = write_config(f"""
+model: {{path: {tiny_model}}}
+plugins: [brokentask]
+tasks: {{broken: {{max_new_tokens: 4}}, caption: {{max_new_tokens: 4}}}}
+watches: [{{path: ./inbox, tasks: [broken, caption], outputs: [json]}}]
+""")
+    code, out, _ = run_cli("process", tmp_path / "inbox", "-c", cfg, "--json")
+    assert code == 1
+    assert json.loads(out)["failed"][0]["error"] == "broken: RuntimeError in broken.parse: parser exploded"
+    doc = read_sidecar(tmp_path / "inbox" / "a.png")
+    assert doc["tasks"]["broken"]["error"] == "RuntimeError in broken.parse: parser exploded"
+    assert "result" in doc["tasks"]["caption"]
+    sys.modules.pop("brokentask", None)
+
+
+def test_broken_plugin_fails_at_start_with_its_name(tmp_path, monkeypatch, run_cli, write_config):
+    (tmp_path / "badplugin.py").write_text("raise ImportError('needs libfoo')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = write_config("plugins: [badplugin]\nwatches: [./in]\n")
+    code, _, err = run_cli("config", "check", cfg)
+    assert code == 2
+    assert "plugin 'badplugin' failed to import: ImportError: needs libfoo" in err
+
+
+def test_duplicate_task_names_are_refused():
+    from smolvlm_watch import hookimpl
+    from smolvlm_watch_plugins.caption import Caption
+
+    class Again:
+        @hookimpl
+        def register_tasks(self, register):
+            register(Caption())
+
+    registry = Registry(entrypoints=False)
+    with pytest.raises(PluginError, match="task 'caption' is registered twice"):
+        registry.register(Again(), "again")
+
+
+def test_tags_parser():
+    from smolvlm_watch_plugins.tags import parse_tags
+
+    assert parse_tags("Cat, dog; CAT\n- Tree\n2. blue sky.", 10) == ["cat", "dog", "tree", "blue sky"]
+    assert parse_tags("a, b, c, d", 2) == ["a", "b"]
+    assert parse_tags("cat, dog, whale", 10, vocabulary=["Dog", "whale"]) == ["dog", "whale"]
+    assert parse_tags("Кошка, 🐈 Кот", 5) == ["кошка", "кот"]
+
+
+def test_ask_without_a_question_is_a_task_error(tmp_path, tiny_model, run_cli):
+    img = make_image(tmp_path / "a.png")
+    code, out, _ = run_cli("process", img, "--model", tiny_model, "--task", "ask", "--json")
+    assert code == 1
+    assert "no question configured: set tasks.ask.prompt" in json.loads(out)["failed"][0]["error"]
