@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(func=cmd_plugins)
 
+    from . import service  # the daemon's commands live beside the daemon
+
+    service.add_commands(sub)
 
 
 

@@ -30,6 +30,7 @@ class FileResult:
     outputs: tuple[str, ...] = ()
     seconds: float = 0.0
     tasks_run: tuple[str, ...] = ()
+    sha256: str | None = None
 
 
 class Pipeline:
@@ -83,7 +84,7 @@ class Pipeline:
         same_content = existing is not None and (existing.get("source") or {}).get("sha256") == sha
         todo = planned if force or not same_content else [p for p in planned if not _current(existing, p)]
         if not todo:
-            return FileResult(str(path), "skipped", seconds=time.perf_counter() - start)
+            return FileResult(str(path), "skipped", seconds=time.perf_counter() - start, sha256=sha)
         media = load(path, max_pixels=self.config.media.max_pixels, max_bytes=self.config.media.max_bytes)
         outcomes = run_tasks(media, todo, self.runtime)
         kept = dict(existing["tasks"]) if same_content and output.policy == "merge" else {}
@@ -96,7 +97,7 @@ class Pipeline:
             str(path), "failed" if errors else "done", "; ".join(errors) or None,
             transient=bool(errors) and all(o.data.get("transient") for o in outcomes if "error" in o.data),
             outputs=tuple(str(p) for p in written), seconds=time.perf_counter() - start,
-            tasks_run=tuple(p.task.name for p in todo),
+            tasks_run=tuple(p.task.name for p in todo), sha256=media.info.sha256,
         )
 
     def _write(self, record: SidecarRecord, target: Target, existing: dict[str, Any] | None,

@@ -183,3 +183,40 @@ class Writer:
     def write(self, record: SidecarRecord, target: Target) -> dict[Path, str]:
         """Write this writer's files; return each path written with its sha256."""
         raise NotImplementedError
+
+
+def _renamed(name: str, old: Path, new: Path) -> str:
+    """An output's name for the new media name: outputs are ``{name}{suffix}`` or ``{stem}{suffix}``."""
+    if name.startswith(old.name):
+        return new.name + name[len(old.name):]
+    if name.startswith(old.stem):
+        return new.stem + name[len(old.stem):]
+    return name
+
+
+def relocate(old: Target, new: Target, source: dict[str, Any]) -> list[Path]:  # source: updated fields
+    """Move a renamed file's sidecars along with it instead of running the model again.
+
+    Every output the old JSON sidecar records (and still holds our bytes) is moved to the new
+    name, then the JSON is rewritten with the new ``source`` and removed from the old place.
+    Returns the new paths; an empty list when there was nothing of ours to move.
+    """
+    doc = read_json(old.json_path)
+    if doc is None or new.json_path.exists():
+        return []
+    moved: dict[str, str] = {}
+    placed = []
+    for name, digest in (doc.get("outputs") or {}).items():
+        src = old.folder / name
+        dst = new.folder / _renamed(name, old.media, new.media)
+        if not src.exists() or sha256_bytes(src.read_bytes()) != digest or dst.exists():
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dst)
+        moved[dst.name] = digest
+        placed.append(dst)
+    doc["source"] = {**(doc.get("source") or {}), **source}
+    doc["outputs"] = moved
+    atomic_write(new.json_path, (json.dumps(doc, ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
+    old.json_path.unlink(missing_ok=True)
+    return [new.json_path] + placed

@@ -1,16 +1,28 @@
-"""Finding the files to process: the filter and the folder scan.
+"""Finding the files to process: filter, scan, stability tracker and observers.
 
-The filter decides what counts as input (media extensions, default ignores merged with the
-watch's include/exclude globs, never our own sidecars or temp files); the scan walks a watch
-without descending into excluded folders. The live observer builds on both.
+As in paperless-ngx's consumer, each part is small and named: the filter decides what counts as
+input (media extensions, default ignores merged with the watch's include/exclude globs, never our
+own sidecars or temp files); the scan walks a watch without descending into excluded folders;
+watchdog's thread only reports candidate paths to the stability tracker; the health check
+restarts dead observers. The daemon (service.py) owns the loop that ties them together.
 """
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
+import stat
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
 
 from .config import WatchConfig
 from .sidecar import TEMP_PREFIX
@@ -62,27 +74,36 @@ class MediaFilter:
 
     def accepts(self, path: Path) -> bool:
         """Whether a file is input for this watch (by name alone; content is checked on decode)."""
+        return self.reason(path) is None
+
+    def reason(self, path: Path) -> str | None:
+        """Why a file is not input for this watch, or None when it is."""
         name = path.name
-        if name.startswith(".") or name.endswith(self.json_suffix):
-            return False
-        if any(fnmatch.fnmatch(name, g) for g in DEFAULT_IGNORED_FILES):
-            return False
+        if name.startswith("."):
+            return "hidden file"
+        if name.endswith(self.json_suffix) or name.startswith(TEMP_PREFIX):
+            return "a smolvlm-watch sidecar or temp file"
+        for pattern in DEFAULT_IGNORED_FILES:
+            if fnmatch.fnmatch(name, pattern):
+                return f"ignored by default ({pattern})"
         if path.suffix.lower() not in MEDIA_EXTENSIONS:
-            return False
+            return f"extension {path.suffix or '(none)'!r} is not a media extension"
         rel = self._rel(path)
         if rel is None:
-            return False
+            return f"outside the watched folder {self.root}"
         parts = rel.split("/")
         if len(parts) > 1 and not self.recursive:
-            return False
+            return "in a subfolder of a non-recursive watch"
         parent = self.root
         for part in parts[:-1]:
             parent = parent / part
             if not self.accepts_dir(parent):
-                return False
+                return f"inside an ignored or excluded folder ({parent})"
         if self.include and not any(fnmatch.fnmatch(rel, g) or fnmatch.fnmatch(name, g) for g in self.include):
-            return False
-        return not self._excluded(rel, name)
+            return f"matches none of the include globs {list(self.include)}"
+        if self._excluded(rel, name):
+            return f"matches an exclude glob {list(self.exclude)}"
+        return None
 
 
 def scan(watch: WatchConfig, media_filter: MediaFilter | None = None) -> Iterator[Path]:
@@ -95,3 +116,234 @@ def scan(watch: WatchConfig, media_filter: MediaFilter | None = None) -> Iterato
             path = here / name
             if f.accepts(path) and path.is_file():
                 yield path
+
+
+# --- live watching -----------------------------------------------------------------------------
+
+NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "sshfs", "afs", "ncpfs", "glusterfs", "ceph",
+              "davfs", "virtiofs", "vboxsf", "fuseblk"}
+
+
+class StabilityTracker:
+    """Holds candidate paths until they are quiet: no event for ``settle`` seconds, size and mtime
+    unchanged between two looks, and still a regular file. After ``max_wait`` a still-changing
+    file is taken anyway (and reported as such); a vanished file is dropped silently."""
+
+    def __init__(self, settle: float, max_wait: float):
+        self.settle, self.max_wait = settle, max_wait
+        self._lock = threading.Lock()
+        self._seen: dict[Path, list] = {}  # path -> [first_seen, last_event, last_stat]
+
+    def touch(self, path: Path, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            entry = self._seen.get(path)
+            if entry is None:
+                self._seen[path] = [now, now, None]
+            else:
+                entry[1] = now
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def due(self, now: float | None = None) -> list[tuple[Path, bool]]:
+        """Paths ready to hand over, each with ``forced`` (taken at max_wait while still changing)."""
+        now = time.monotonic() if now is None else now
+        ready = []
+        with self._lock:
+            for path, entry in list(self._seen.items()):
+                first, last, previous = entry
+                if now - last < self.settle and now - first < self.max_wait:
+                    continue
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    del self._seen[path]
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    del self._seen[path]
+                    continue
+                current = (st.st_size, st.st_mtime_ns)
+                forced = now - first >= self.max_wait
+                if current == previous or forced:
+                    del self._seen[path]
+                    ready.append((path, forced and current != previous))
+                else:
+                    entry[1], entry[2] = now, current
+        return ready
+
+
+class _Handler(FileSystemEventHandler):
+    """Runs in watchdog's thread: only reports candidate paths, never does work."""
+
+    def __init__(self, media_filter: MediaFilter, report: Callable[[Path], None],
+                 report_dir: Callable[[Path], None]):
+        self.filter, self.report, self.report_dir = media_filter, report, report_dir
+
+    def _file(self, raw: str | bytes) -> None:
+        path = Path(os.fsdecode(raw))
+        if self.filter.accepts(path):
+            self.report(path)
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type not in ("created", "modified", "closed", "moved"):
+            return
+        raw = event.dest_path if event.event_type == "moved" else event.src_path
+        if event.is_directory:
+            if event.event_type in ("created", "moved"):
+                self.report_dir(Path(os.fsdecode(raw)))
+            return
+        self._file(raw)
+
+
+def filesystem_type(path: Path, mounts_file: str = "/proc/self/mounts") -> str | None:
+    """The file system type of the mount holding ``path`` (longest mount point prefix)."""
+    try:
+        lines = Path(mounts_file).read_text().splitlines()
+    except OSError:
+        return None
+    target = str(path.resolve())
+    best, fstype = "", None
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        mnt = parts[1].replace("\\040", " ")
+        if (target == mnt or target.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
+            best, fstype = mnt, parts[2]
+    return fstype
+
+
+def is_network_fs(fstype: str | None) -> bool:
+    return bool(fstype) and (fstype in NETWORK_FS or fstype.startswith("fuse"))
+
+
+def max_user_watches() -> int | None:
+    try:
+        return int(Path("/proc/sys/fs/inotify/max_user_watches").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def count_dirs(watch: WatchConfig, media_filter: MediaFilter, limit: int) -> int:
+    """Folders a recursive native watch would need (stops counting past ``limit``)."""
+    n = 0
+    for folder, dirs, _ in os.walk(watch.path):
+        n += 1
+        if n > limit:
+            break
+        here = Path(folder)
+        dirs[:] = [d for d in dirs if watch.recursive and media_filter.accepts_dir(here / d)]
+    return n
+
+
+@dataclass
+class ArmedWatch:
+    """One watch's observer, filter and tracker, and the mode it runs in."""
+
+    watch: WatchConfig
+    filter: MediaFilter
+    tracker: StabilityTracker
+    mode: str = "native"
+    reason: str = ""
+    observer: BaseObserver | None = None
+    available: bool = True
+
+
+class WatchSet:
+    """Arms every watch with a suitable observer and keeps them alive (the health check)."""
+
+    def __init__(self, watches: tuple[WatchConfig, ...], on_dir: Callable[[ArmedWatch, Path], None],
+                 log: Any):
+        self.log = log
+        self.on_dir = on_dir
+        self.armed = [ArmedWatch(w, MediaFilter(w), StabilityTracker(w.settle_seconds, w.max_settle_seconds))
+                      for w in watches]
+
+    def start(self) -> None:
+        for armed in self.armed:
+            self._arm(armed)
+
+    def _choose_mode(self, armed: ArmedWatch) -> tuple[str, str]:
+        w = armed.watch
+        if w.polling == "on":
+            return "polling", "polling: on"
+        if w.polling == "off":
+            return "native", "polling: off"
+        fstype = filesystem_type(w.path)
+        if is_network_fs(fstype):
+            return "polling", f"{fstype} file system delivers no change events"
+        limit = max_user_watches()
+        if limit is not None:
+            dirs = count_dirs(w, armed.filter, limit)
+            if dirs > limit:
+                self.log.warning("inotify_limit", watch=str(w.path), dirs=f">{limit}", max_user_watches=limit,
+                                 fix="sudo sysctl fs.inotify.max_user_watches=524288 (and in /etc/sysctl.d/)")
+                return "polling", f"more folders than fs.inotify.max_user_watches={limit}"
+        return "native", f"{fstype or 'local'} file system"
+
+    def _arm(self, armed: ArmedWatch) -> None:
+        w = armed.watch
+        if not w.path.is_dir():
+            armed.available, armed.observer = False, None
+            self.log.error("watch_unavailable", watch=str(w.path), error="folder does not exist or is not mounted")
+            return
+        armed.available = True
+        mode, reason = self._choose_mode(armed)
+        try:
+            armed.observer = self._start_observer(armed, mode)
+        except OSError as exc:
+            if mode != "native" or exc.errno not in (errno.ENOSPC, errno.EMFILE):
+                raise
+            self.log.warning("inotify_failed_falling_back_to_polling", watch=str(w.path), error=str(exc),
+                             fix="sudo sysctl fs.inotify.max_user_watches=524288 fs.inotify.max_user_instances=1024")
+            mode, reason = "polling", f"inotify failed: {exc.strerror or exc}"
+            armed.observer = self._start_observer(armed, mode)
+        armed.mode, armed.reason = mode, reason
+        self.log.info("watch_armed", watch=str(w.path), mode=mode, reason=reason)
+
+    def _start_observer(self, armed: ArmedWatch, mode: str) -> BaseObserver:
+        w = armed.watch
+        observer = PollingObserver(timeout=w.poll_interval) if mode == "polling" else Observer()
+        handler = _Handler(armed.filter, armed.tracker.touch, lambda d: self.on_dir(armed, d))
+        try:
+            observer.schedule(handler, str(w.path), recursive=w.recursive)
+            observer.start()
+        except BaseException:
+            observer.stop()
+            raise
+        return observer
+
+    def healthy(self) -> bool:
+        """Restart observers whose thread died or whose folder came back; True when all run.
+        A vanished folder is marked unavailable, never taken as 'every file was deleted'."""
+        ok = True
+        for armed in self.armed:
+            present = armed.watch.path.is_dir()
+            alive = armed.observer is not None and armed.observer.is_alive()
+            if present and alive and armed.available:
+                continue
+            if not present:
+                if armed.available:
+                    self.log.error("watch_unavailable", watch=str(armed.watch.path),
+                                   error="folder vanished (unmounted?); waiting for it to return")
+                self._stop(armed)
+                armed.available = False
+                ok = False
+                continue
+            self.log.warning("observer_restarted", watch=str(armed.watch.path),
+                             reason="observer thread died" if armed.available else "folder is back")
+            self._stop(armed)
+            self._arm(armed)
+            self.on_dir(armed, armed.watch.path)  # catch up on what happened meanwhile
+        return ok
+
+    def _stop(self, armed: ArmedWatch) -> None:
+        if armed.observer is not None:
+            armed.observer.stop()
+            armed.observer.join(timeout=5)
+            armed.observer = None
+
+    def stop(self) -> None:
+        for armed in self.armed:
+            self._stop(armed)
