@@ -359,6 +359,8 @@ def _watch(r: _Reader, raw: Any, where: str, outputs: OutputConfig) -> WatchConf
     known = ("path", "recursive", "include", "exclude", "tasks", "outputs", "polling", "poll_interval",
              "settle_seconds", "max_settle_seconds") + _OUTPUT_KEYS
     data = r.mapping(raw, where, known)
+    if isinstance(data.get("polling"), bool):  # YAML 1.1 reads a bare on/off as a boolean
+        data = {**data, "polling": "on" if data["polling"] else "off"}
     path = r.path(data, "path", where)
     if path is None:
         r.fail(_join(where, "path"), "missing: every watch needs the folder it watches")

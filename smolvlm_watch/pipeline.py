@@ -93,9 +93,9 @@ class Pipeline:
                                extra=dict(media.sidecar_extra))
         written = self._write(record, target, existing, watch)
         errors = [f"{o.name}: {o.data['error']}" for o in outcomes if "error" in o.data]
+        # A task error (out of memory, a flaky plugin) may pass next time: retried, then quarantined.
         return FileResult(
-            str(path), "failed" if errors else "done", "; ".join(errors) or None,
-            transient=bool(errors) and all(o.data.get("transient") for o in outcomes if "error" in o.data),
+            str(path), "failed" if errors else "done", "; ".join(errors) or None, transient=bool(errors),
             outputs=tuple(str(p) for p in written), seconds=time.perf_counter() - start,
             tasks_run=tuple(p.task.name for p in todo), sha256=media.info.sha256,
         )

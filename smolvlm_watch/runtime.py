@@ -26,11 +26,7 @@ class ModelLoadError(Exception):
 
 
 class InferenceError(Exception):
-    """A request failed in the model. ``transient`` ones (out of memory) may pass on retry."""
-
-    def __init__(self, message: str, transient: bool = False):
-        super().__init__(message)
-        self.transient = transient
+    """A request failed in the model (out of memory, a shape the model rejects)."""
 
 
 @dataclass(frozen=True)
@@ -324,5 +320,4 @@ def _until_end(ids: list[int], stop: set[int]) -> list[int]:
 
 def _inference_error(exc: Exception) -> InferenceError:
     text = f"{type(exc).__name__}: {exc}".strip()
-    transient = "out of memory" in text.lower()
-    return InferenceError(f"inference failed: {text.splitlines()[0]}", transient=transient)
+    return InferenceError(f"inference failed: {text.splitlines()[0]}")

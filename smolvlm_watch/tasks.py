@@ -96,11 +96,9 @@ class Outcome:
         return "error" not in self.data and "skipped" not in self.data
 
 
-def _error(p: Planned, message: str, transient: bool = False) -> Outcome:
-    data = {"error": message, "plugin": p.plugin, "plugin_version": p.plugin_version, "fingerprint": p.fingerprint}
-    if transient:
-        data["transient"] = True
-    return Outcome(p.task.name, data)
+def _error(p: Planned, message: str) -> Outcome:
+    return Outcome(p.task.name, {"error": message, "plugin": p.plugin, "plugin_version": p.plugin_version,
+                                 "fingerprint": p.fingerprint})
 
 
 def run_tasks(media: Media, planned: Sequence[Planned], runtime: Runtime) -> list[Outcome]:
@@ -131,7 +129,7 @@ def run_tasks(media: Media, planned: Sequence[Planned], runtime: Runtime) -> lis
 def _finish(p: Planned, reqs: list[Request], answers: list[Answer], seconds: float) -> Outcome:
     failed = [a.error for a in answers if a.error is not None]
     if failed:
-        return _error(p, str(failed[0]), transient=failed[0].transient)
+        return _error(p, str(failed[0]))
     try:
         result = p.task.parse(answers, p.spec)
     except Exception as exc:  # noqa: BLE001

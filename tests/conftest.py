@@ -12,10 +12,16 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import json  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
+
+from smolvlm_watch import logs  # noqa: E402
+
+# In-process daemons log to the real stderr (fd 2, captured per test), never into a test's stdout.
+logs.configure("info", "console", stream=sys.__stderr__)
 
 
 @pytest.fixture(scope="session")

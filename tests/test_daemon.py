@@ -1,0 +1,371 @@
+"""The daemon with the real watchdog observer on real folders and the tiny model."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import make_image, read_sidecar
+from smolvlm_watch import service, watcher
+from smolvlm_watch.journal import Journal, JournalLocked
+
+
+def wait_for(predicate, timeout=30.0, interval=0.05, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def daemon_config(tmp_path: Path, tiny_model: Path, extra_watch: str = "", extra: str = "",
+                  tasks: str = "[caption]", outputs: str = "[json]") -> Path:
+    (tmp_path / "inbox").mkdir(exist_ok=True)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(textwrap.dedent(f"""\
+        model: {{path: {tiny_model}, threads: 1}}
+        tasks:
+          caption: {{max_new_tokens: 2}}
+          ocr: {{max_new_tokens: 2, image_splitting: false}}
+        watches:
+          - path: ./inbox
+            tasks: {tasks}
+            outputs: {outputs}
+            settle_seconds: 0.3
+            poll_interval: 0.3
+        {textwrap.indent(extra_watch, '  ')}
+        state: {{db: ./state/journal.sqlite, retry_base_seconds: 0.05, max_attempts: 3}}
+        logging: {{format: json}}
+        """) + extra)
+    return cfg
+
+
+class InProcess:
+    """The daemon in this process: start() arms everything, supervise() runs in a thread."""
+
+    def __init__(self, cfg: Path):
+        config, registry = service.load_checked(cfg)
+        self.daemon = service.Daemon(cfg)
+        self.daemon.start(config, registry)
+        self.thread = threading.Thread(target=self.daemon.supervise, daemon=True)
+        self.thread.start()
+
+    @property
+    def journal(self) -> Journal:
+        return self.daemon.journal
+
+    def state(self, path: Path) -> str | None:
+        job = self.journal.get(str(path))
+        return job.state if job else None
+
+    def wait_done(self, paths, timeout=60.0):
+        wait_for(lambda: all(self.state(p) == "done" for p in paths), timeout, what=f"{len(paths)} files done")
+
+    def stop(self):
+        self.daemon.stop_event.set()
+        self.thread.join(10)
+        self.daemon.shutdown()
+
+
+@pytest.fixture
+def running(tmp_path, tiny_model):
+    started = []
+
+    def start(cfg: Path | None = None) -> InProcess:
+        d = InProcess(cfg or daemon_config(tmp_path, tiny_model))
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        if d.thread.is_alive():
+            d.stop()
+
+
+def test_slow_copy_is_processed_once_after_it_ends(tmp_path, running):
+    d = running()
+    src = make_image(tmp_path / "src.png", (300, 300), fmt="PNG")
+    data = src.read_bytes()
+    dst = tmp_path / "inbox" / "slow.png"
+    chunks = [data[i:i + len(data) // 8 + 1] for i in range(0, len(data), len(data) // 8 + 1)]
+    with open(dst, "wb") as f:
+        for chunk in chunks:  # ~2 s of writing, each pause shorter than settle_seconds
+            f.write(chunk)
+            f.flush()
+            time.sleep(0.25)
+            assert d.state(dst) is None, "taken before the copy ended"
+    d.wait_done([dst])
+    time.sleep(1.0)
+    job = d.journal.get(str(dst))
+    assert job.attempts == 0 and d.daemon.runtime.vision_passes == 1
+    assert read_sidecar(dst)["source"]["sha256"] == job.sha256 and job.size == len(data)
+
+
+def test_part_file_then_rename_is_processed_once_under_final_name(tmp_path, running):
+    d = running()
+    part = tmp_path / "inbox" / "photo.png.part"
+    make_image(part, fmt="PNG")
+    time.sleep(0.8)
+    final = tmp_path / "inbox" / "photo.png"
+    part.rename(final)
+    d.wait_done([final])
+    assert d.journal.get(str(part)) is None
+    assert sorted(p.name for p in (tmp_path / "inbox").iterdir()) == ["photo.png", "photo.png.smolvlm.json"]
+    assert d.daemon.runtime.vision_passes == 1
+
+
+def test_burst_of_500_files_is_processed_exactly_once_each(tmp_path, running):
+    d = running()
+    paths = []
+    for i in range(500):
+        paths.append(make_image(tmp_path / "inbox" / f"b{i:03d}.png", (16, 16), (i % 256, 0, 0), fmt="PNG"))
+    d.wait_done(paths, timeout=240)
+    time.sleep(0.5)
+    assert d.daemon.runtime.vision_passes == 500
+    assert d.journal.counts()["done"] == 500
+    assert all(j.attempts == 0 for j in d.journal.jobs())
+    assert len(list((tmp_path / "inbox").glob("*.smolvlm.json"))) == 500
+
+
+def test_files_dropped_while_stopped_are_processed_after_start(tmp_path, running):
+    d = running()
+    first = make_image(tmp_path / "inbox" / "first.png")
+    d.wait_done([first])
+    d.stop()
+    later = [make_image(tmp_path / "inbox" / "sub" / f"later{i}.png", color=(i, 9, 9)) for i in range(3)]
+    first.unlink()
+    d2 = running()
+    d2.wait_done(later)
+    assert d2.state(first) == "gone"
+
+
+def test_renamed_file_keeps_its_sidecars_without_a_model_run(tmp_path, running, tiny_model):
+    d = running(daemon_config(tmp_path, tiny_model, tasks="[caption, ocr]", outputs="[json, txt]"))
+    img = make_image(tmp_path / "inbox" / "before.png")
+    d.wait_done([img])
+    passes = d.daemon.runtime.vision_passes
+    original = read_sidecar(img)
+    after = tmp_path / "inbox" / "after.png"
+    img.rename(after)
+    d.wait_done([after])
+    assert d.daemon.runtime.vision_passes == passes
+    moved = read_sidecar(after)
+    assert moved["tasks"] == original["tasks"] and moved["source"]["path"] == str(after)
+    assert (tmp_path / "inbox" / "after.png.txt").read_text() == original["tasks"]["ocr"]["result"]
+    assert sorted(p.name for p in (tmp_path / "inbox").iterdir()) == [
+        "after.png", "after.png.smolvlm.json", "after.png.txt"]
+
+
+def test_polling_mode(tmp_path, running, tiny_model):
+    cfg = daemon_config(tmp_path, tiny_model)
+    cfg.write_text(cfg.read_text().replace("settle_seconds: 0.3", "settle_seconds: 0.3\n    polling: on\n"
+                                           "    poll_interval: 0.2"))
+    d = running(cfg)
+    assert d.daemon.watches.armed[0].mode == "polling"
+    img = make_image(tmp_path / "inbox" / "polled.png")
+    d.wait_done([img])
+
+
+def test_inotify_limit_falls_back_to_polling(tmp_path, running, monkeypatch):
+    monkeypatch.setattr(watcher, "max_user_watches", lambda: 1)
+    (tmp_path / "inbox" / "a" / "b").mkdir(parents=True)
+    d = running()
+    armed = d.daemon.watches.armed[0]
+    assert armed.mode == "polling" and "max_user_watches=1" in armed.reason
+    img = make_image(tmp_path / "inbox" / "a" / "b" / "deep.png")
+    d.wait_done([img], timeout=30)
+
+
+def test_inotify_enospc_at_start_falls_back_to_polling(tmp_path, running, monkeypatch):
+    from watchdog.observers import Observer
+
+    def refuse(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "inotify watch limit reached")
+
+    monkeypatch.setattr(type(Observer()), "schedule", refuse)
+    d = running()
+    armed = d.daemon.watches.armed[0]
+    assert armed.mode == "polling" and "inotify failed" in armed.reason
+
+
+def test_poison_file_is_quarantined_while_others_complete(tmp_path, running, tiny_model, monkeypatch):
+    (tmp_path / "poisontask.py").write_text(textwrap.dedent('''
+        from smolvlm_watch import hookimpl
+        from smolvlm_watch.tasks import Task
+
+        class Picky(Task):
+            name = "picky"
+            default_prompt = "x"
+            default_max_new_tokens = 1
+            def requests(self, media, spec):
+                if media.info.path.endswith("poison.png"):
+                    raise RuntimeError("this file always breaks the task")
+                return super().requests(media, spec)
+
+        @hookimpl
+        def register_tasks(register):
+            register(Picky())
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = daemon_config(tmp_path, tiny_model, tasks="[picky]", extra="plugins: [poisontask]\n")
+    d = running(cfg)
+    poison = make_image(tmp_path / "inbox" / "poison.png")
+    good = [make_image(tmp_path / "inbox" / f"good{i}.png") for i in range(3)]
+    d.wait_done(good)
+    wait_for(lambda: d.state(poison) == "quarantined", 30, what="quarantine")
+    job = d.journal.get(str(poison))
+    assert job.attempts == 3
+    assert job.last_error == "picky: RuntimeError in picky.requests: this file always breaks the task"
+    sys.modules.pop("poisontask", None)
+
+
+def test_undecodable_file_fails_at_once_and_retry_requeues(tmp_path, running, run_cli):
+    d = running()
+    bad = tmp_path / "inbox" / "bad.jpg"
+    bad.write_bytes(b"not an image at all")
+    wait_for(lambda: d.state(bad) == "failed", 20, what="failure")
+    assert d.journal.get(str(bad)).attempts == 1
+    make_image(bad, fmt="PNG")  # fixed (the new mtime also requeues it; retry does so explicitly)
+    n = d.journal.requeue("path = ?", (str(bad),))
+    assert n == 1
+    d.wait_done([bad])
+
+
+def test_second_daemon_on_the_same_db_refuses(tmp_path, running, tiny_model):
+    d = running()
+    with pytest.raises(JournalLocked, match="another smolvlm-watch daemon .* is using the state database"):
+        Journal(d.daemon.config.state.db, exclusive=True)
+
+
+def test_status_explain_backfill_retry_commands(tmp_path, running, run_cli, tiny_model):
+    d = running()
+    img = make_image(tmp_path / "inbox" / "one.png")
+    bad = tmp_path / "inbox" / "bad.png"
+    bad.write_bytes(b"junk")
+    d.wait_done([img])
+    wait_for(lambda: d.state(bad) == "failed", 20)
+    cfg = tmp_path / "config.yaml"
+    d.daemon._write_meta()
+    code, out, _ = run_cli("status", "-c", cfg, "--json")
+    status = json.loads(out)
+    assert code == 0 and status["daemon_running"] is True and status["model_loaded"] is True
+    assert status["queue"]["done"] == 1 and status["queue"]["failed"] == 1
+    assert status["failures"][0]["path"] == str(bad) and "not a supported image" in status["failures"][0]["error"]
+    assert status["watches"][0]["mode"] == "native"
+
+    code, out, _ = run_cli("explain", "-c", cfg, img)
+    assert "filter: accepted" in out and "journal: done" in out and "verdict: up to date; nothing to do" in out
+    code, out, _ = run_cli("explain", "-c", cfg, tmp_path / "inbox" / "._one.png")
+    assert "not input: hidden file" in out
+    code, out, _ = run_cli("explain", "-c", cfg, tmp_path / "elsewhere.png")
+    assert code == 1 and "outside every configured watch" in out
+
+    d.stop()
+    cfg.write_text(cfg.read_text().replace("max_new_tokens: 2}", "max_new_tokens: 3}", 1))
+    code, out, _ = run_cli("explain", "-c", cfg, img)
+    assert "results are stale" in out
+    code, out, _ = run_cli("backfill", "-c", cfg, "--stale")
+    assert "queued 1 file(s)" in out
+    code, out, _ = run_cli("retry", "-c", cfg, "--all")
+    assert "re-queued 1 failed file(s)" in out
+    journal = Journal(tmp_path / "state" / "journal.sqlite")
+    assert journal.get(str(img)).state == "pending" and journal.get(str(bad)).state == "pending"
+    journal.close()
+    make_image(tmp_path / "inbox" / "new.png")
+    code, out, _ = run_cli("backfill", "-c", cfg, "--missing")
+    assert "queued 1 file(s)" in out
+
+
+# --- the daemon as a real subprocess -------------------------------------------------------------
+
+def spawn(cfg: Path, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "smolvlm_watch.cli", "run", "-c", str(cfg)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **(env or {})}, cwd=cfg.parent)
+
+
+def journal_states(db: Path) -> dict[str, str]:
+    if not db.exists():
+        return {}
+    j = Journal(db)
+    try:
+        return {job.path: job.state for job in j.jobs()}
+    finally:
+        j.close()
+
+
+def test_kill_9_mid_run_then_restart_leaves_exactly_one_complete_sidecar_set(tmp_path, tiny_model):
+    cfg = daemon_config(tmp_path, tiny_model, tasks="[caption, ocr]", outputs="[json, txt]")
+    cfg.write_text(cfg.read_text().replace("caption: {max_new_tokens: 2}", "caption: {max_new_tokens: 40}"))
+    images = [make_image(tmp_path / "inbox" / f"k{i:02d}.png", (64, 64), (i * 8, 50, 50)) for i in range(40)]
+    db = tmp_path / "state" / "journal.sqlite"
+    proc = spawn(cfg)
+    try:
+        wait_for(lambda: 3 <= sum(s == "done" for s in journal_states(db).values()), 60, what="some done")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    states = journal_states(db)
+    assert sum(s == "done" for s in states.values()) < len(images), "killed too late to test anything"
+    proc = spawn(cfg)
+    try:
+        wait_for(lambda: all(journal_states(db).get(str(p)) == "done" for p in images), 120, what="all done")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    names = sorted(p.name for p in (tmp_path / "inbox").iterdir())
+    expected = sorted([p.name for p in images] + [f"{p.name}.smolvlm.json" for p in images]
+                      + [f"{p.name}.txt" for p in images])
+    assert names == expected  # no temp files, no duplicates
+    for img in images:
+        doc = read_sidecar(img)
+        assert set(doc["tasks"]) == {"caption", "ocr"} and all("result" in t for t in doc["tasks"].values())
+        assert (img.parent / f"{img.name}.txt").read_text() == doc["tasks"]["ocr"]["result"]
+
+
+def test_sighup_reload_valid_and_invalid_and_sigterm_exits_0(tmp_path, tiny_model):
+    cfg = daemon_config(tmp_path, tiny_model)
+    db = tmp_path / "state" / "journal.sqlite"
+    proc = spawn(cfg)
+    try:
+        first = make_image(tmp_path / "inbox" / "first.png")
+        wait_for(lambda: journal_states(db).get(str(first)) == "done", 60, what="first done")
+        # invalid: refused, the old config keeps running
+        good_text = cfg.read_text()
+        cfg.write_text(good_text.replace("tasks: [caption]", "tasks: [capton]"))
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        second = make_image(tmp_path / "inbox" / "second.png")
+        wait_for(lambda: journal_states(db).get(str(second)) == "done", 30, what="second done")
+        # valid: a new watch is armed
+        (tmp_path / "more").mkdir()
+        cfg.write_text(good_text.replace("state:", "  - {path: ./more, tasks: [caption], outputs: [json], "
+                                                  "settle_seconds: 0.3}\nstate:"))
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(1.5)
+        third = make_image(tmp_path / "more" / "third.png")
+        wait_for(lambda: journal_states(db).get(str(third)) == "done", 30, what="third done")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    refused = [e for e in events if e["event"] == "reload_refused"]
+    assert refused and "watches[0].tasks[0]: unknown task 'capton'" in refused[0]["error"]
+    assert any(e["event"] == "reloaded" for e in events)
+    assert events[-1]["event"] == "stopped"
+    for e in events:
+        if e["event"] == "job_done":
+            assert e["path"] and e["job_id"]
