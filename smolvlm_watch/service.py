@@ -531,3 +531,8 @@ def add_commands(sub: Any) -> None:
     t.add_argument("path", nargs="?")
     t.add_argument("--all", action="store_true")
     t.set_defaults(func=cmd_retry)
+    from .doctor import cmd_doctor
+
+    d = sub.add_parser("doctor", help="check config, model, permissions, inotify limits, disk and device")
+    config_arg(d)
+    d.set_defaults(func=cmd_doctor)

@@ -237,6 +237,27 @@ def count_dirs(watch: WatchConfig, media_filter: MediaFilter, limit: int) -> int
     return n
 
 
+INOTIFY_FIX = ("sudo sysctl fs.inotify.max_user_watches=524288 fs.inotify.max_user_instances=1024 "
+               "(persist it in /etc/sysctl.d/90-inotify.conf)")
+
+
+def choose_mode(watch: WatchConfig, media_filter: MediaFilter) -> tuple[str, str]:
+    """The watching mode a watch gets, and why: polling where events cannot be trusted."""
+    if watch.polling == "on":
+        return "polling", "polling: on"
+    if watch.polling == "off":
+        return "native", "polling: off"
+    fstype = filesystem_type(watch.path)
+    if is_network_fs(fstype):
+        return "polling", f"{fstype} file system delivers no change events"
+    limit = max_user_watches()
+    if limit is not None:
+        dirs = count_dirs(watch, media_filter, limit)
+        if dirs > limit:
+            return "polling", f"more than {limit} folders, over fs.inotify.max_user_watches={limit}"
+    return "native", f"{fstype or 'local'} file system"
+
+
 @dataclass
 class ArmedWatch:
     """One watch's observer, filter and tracker, and the mode it runs in."""
@@ -264,24 +285,6 @@ class WatchSet:
         for armed in self.armed:
             self._arm(armed)
 
-    def _choose_mode(self, armed: ArmedWatch) -> tuple[str, str]:
-        w = armed.watch
-        if w.polling == "on":
-            return "polling", "polling: on"
-        if w.polling == "off":
-            return "native", "polling: off"
-        fstype = filesystem_type(w.path)
-        if is_network_fs(fstype):
-            return "polling", f"{fstype} file system delivers no change events"
-        limit = max_user_watches()
-        if limit is not None:
-            dirs = count_dirs(w, armed.filter, limit)
-            if dirs > limit:
-                self.log.warning("inotify_limit", watch=str(w.path), dirs=f">{limit}", max_user_watches=limit,
-                                 fix="sudo sysctl fs.inotify.max_user_watches=524288 (and in /etc/sysctl.d/)")
-                return "polling", f"more folders than fs.inotify.max_user_watches={limit}"
-        return "native", f"{fstype or 'local'} file system"
-
     def _arm(self, armed: ArmedWatch) -> None:
         w = armed.watch
         if not w.path.is_dir():
@@ -289,14 +292,16 @@ class WatchSet:
             self.log.error("watch_unavailable", watch=str(w.path), error="folder does not exist or is not mounted")
             return
         armed.available = True
-        mode, reason = self._choose_mode(armed)
+        mode, reason = choose_mode(w, armed.filter)
+        if "max_user_watches" in reason:
+            self.log.warning("inotify_limit", watch=str(w.path), reason=reason, fix=INOTIFY_FIX)
         try:
             armed.observer = self._start_observer(armed, mode)
         except OSError as exc:
             if mode != "native" or exc.errno not in (errno.ENOSPC, errno.EMFILE):
                 raise
             self.log.warning("inotify_failed_falling_back_to_polling", watch=str(w.path), error=str(exc),
-                             fix="sudo sysctl fs.inotify.max_user_watches=524288 fs.inotify.max_user_instances=1024")
+                             fix=INOTIFY_FIX)
             mode, reason = "polling", f"inotify failed: {exc.strerror or exc}"
             armed.observer = self._start_observer(armed, mode)
         armed.mode, armed.reason = mode, reason

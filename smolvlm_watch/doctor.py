@@ -1,0 +1,157 @@
+"""``smolvlm-watch doctor``: check a setup before trusting it to run for months.
+
+One line per check — ``ok``, ``warn`` or ``FAIL`` — each problem with its fix; the exit code is
+non-zero when anything FAILs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import config as configmod
+from .config import Config, ConfigError
+from .plugins import PluginError, Registry
+from .watcher import INOTIFY_FIX, MediaFilter, choose_mode, count_dirs, filesystem_type, max_user_watches
+
+LOW_DISK_BYTES = 1 << 30
+
+
+@dataclass(frozen=True)
+class Check:
+    level: str  # ok | warn | FAIL
+    what: str
+    fix: str = ""
+
+    def line(self) -> str:
+        return f"{self.level:<4}  {self.what}" + (f" — fix: {self.fix}" if self.fix else "")
+
+
+def check_model(config: Config) -> Check:
+    """The model's files are at hand: a local folder with weights, or the hub id in the local cache."""
+    m = config.model
+    if m.path is not None:
+        if not (m.path / "config.json").is_file():
+            return Check("FAIL", f"model folder {m.path} has no config.json",
+                         "point model.path at a folder written by save_pretrained")
+        if not list(m.path.glob("*.safetensors")):
+            return Check("FAIL", f"model folder {m.path} has no .safetensors weights",
+                         "save the model with safetensors (the default of save_pretrained)")
+        return Check("ok", f"model {m.path} (local folder)")
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(m.id, "config.json", revision=m.revision)
+    if isinstance(cached, str):
+        return Check("ok", f"model {m.id} is in the local Hugging Face cache")
+    offline = os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "yes") or m.local_files_only
+    hint = (f"download it once (`huggingface-cli download {m.id}`) or set model.path to a local copy")
+    if offline:
+        return Check("FAIL", f"model {m.id} is not in the local cache and offline mode is on", hint)
+    return Check("warn", f"model {m.id} is not cached yet; it is downloaded at the first start", hint)
+
+
+def check_writable(folder: Path, what: str) -> Check:
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".smolvlm-tmp-doctor-"):
+            pass
+    except OSError as exc:
+        return Check("FAIL", f"{what} {folder} is not writable ({exc.strerror or exc})",
+                     "give the daemon's user write access, or list the folder in the unit's ReadWritePaths=")
+    return Check("ok", f"{what} {folder} is writable")
+
+
+def check_watch(watch) -> list[Check]:
+    if not watch.path.is_dir():
+        return [Check("FAIL", f"watch {watch.path} does not exist or is not mounted", "create or mount it")]
+    checks = []
+    f = MediaFilter(watch)
+    mode, reason = choose_mode(watch, f)
+    fstype = filesystem_type(watch.path) or "unknown"
+    checks.append(Check("ok", f"watch {watch.path}: {fstype} file system, {mode} ({reason})"))
+    limit = max_user_watches()
+    if limit is not None and mode == "native":
+        dirs = count_dirs(watch, f, limit)
+        level = "warn" if dirs > limit * 0.8 else "ok"
+        checks.append(Check(level, f"inotify: {dirs} folders under {watch.path}, max_user_watches {limit}",
+                            INOTIFY_FIX if level != "ok" else ""))
+    out = watch.output.output_dir or watch.path
+    checks.append(check_writable(out, "output location"))
+    return checks
+
+
+def check_disk(path: Path, what: str) -> Check:
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    level = "warn" if free < LOW_DISK_BYTES else "ok"
+    return Check(level, f"free disk for {what} ({probe}): {free / 2**30:.1f} GiB",
+                 "free some space: sidecar writes fail with ENOSPC and are retried" if level != "ok" else "")
+
+
+def _weights_bytes(config: Config) -> int | None:
+    if config.model.path is None:
+        return None
+    return sum(p.stat().st_size for p in config.model.path.glob("*.safetensors")) or None
+
+
+def check_device(config: Config) -> Check:
+    import torch
+
+    weights = _weights_bytes(config)
+    need = f", model weights {weights / 2**30:.2f} GiB" if weights else ""
+    wanted = config.model.device
+    if wanted in ("auto", "cuda") and torch.cuda.is_available():
+        free, total = torch.cuda.mem_get_info()
+        name = torch.cuda.get_device_name()
+        level = "FAIL" if weights and weights * 1.5 > free else "ok"
+        return Check(level, f"device cuda ({name}): {free / 2**30:.1f} of {total / 2**30:.1f} GiB free{need}",
+                     "free GPU memory or pick a smaller model" if level != "ok" else "")
+    if wanted == "cuda":
+        return Check("FAIL", "model.device is cuda but no CUDA device is visible",
+                     "install the NVIDIA driver (and the unit's GPU drop-in), or set model.device: auto")
+    try:
+        pages, size = os.sysconf("SC_AVPHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        avail = pages * size
+    except (ValueError, OSError):
+        avail = None
+    level = "FAIL" if weights and avail and weights * 3 > avail else "ok"
+    mem = f", {avail / 2**30:.1f} GiB memory available" if avail else ""
+    return Check(level, f"device cpu, {torch.get_num_threads()} threads{mem}{need}",
+                 "free memory or pick a smaller model" if level != "ok" else "")
+
+
+def run_checks(config_path: str) -> list[Check]:
+    try:
+        config = configmod.load(config_path)
+        registry = Registry(config.plugins)
+        configmod.check_names(config, set(registry.tasks), set(registry.writers))
+    except (ConfigError, PluginError) as exc:
+        return [Check("FAIL", f"config: {exc}", "correct the config file")]
+    checks = [Check("ok", f"config {config_path} is valid ({len(config.watches)} watches)"), check_model(config)]
+    if not config.watches:
+        checks.append(Check("warn", "no watches configured: `run` would watch nothing", "add a watches: entry"))
+    for watch in config.watches:
+        checks.extend(check_watch(watch))
+    checks.append(check_writable(config.state.db.parent, "state folder"))
+    checks.append(check_disk(config.state.db.parent, "the journal"))
+    for watch in config.watches:
+        checks.append(check_disk(watch.output.output_dir or watch.path, "sidecars"))
+    checks.append(check_device(config))
+    return checks
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    checks = run_checks(args.config)
+    for c in checks:
+        print(c.line())
+    failed = sum(c.level == "FAIL" for c in checks)
+    print(f"{failed} problem(s)" if failed else "all checks passed")
+    return 1 if failed else 0

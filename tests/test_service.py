@@ -1,0 +1,239 @@
+"""systemd: unit files, sd_notify against a real socket, JSON logs, doctor."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import make_image
+from test_daemon import daemon_config, spawn, wait_for
+
+UNITS = Path(__file__).resolve().parents[1] / "systemd"
+EXPOSURE_THRESHOLD = 20  # README promises exposure 2.0 or lower ("OK"); measured 0.4 SAFE
+
+
+def _installed_unit(tmp_path: Path, name: str, as_name: str) -> Path:
+    """The unit with ExecStart pointing at this environment's smolvlm-watch (verify needs it to exist)."""
+    exe = Path(sys.executable).with_name("smolvlm-watch")
+    text = (UNITS / name).read_text().replace("/usr/local/bin/smolvlm-watch", str(exe))
+    out = tmp_path / as_name
+    out.write_text(text)
+    return out
+
+
+def _analyze() -> str:
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.skip("systemd-analyze is not installed (.ci/run installs Debian's systemd package)")
+    return tool
+
+
+@pytest.mark.parametrize("name, as_name", [("smolvlm-watch.service", "smolvlm-watch.service"),
+                                           ("smolvlm-watch@.service", "smolvlm-watch@photos.service")])
+def test_units_pass_systemd_analyze_verify(tmp_path, name, as_name):
+    tool = _analyze()
+    unit = _installed_unit(tmp_path, name, as_name)
+    proc = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip() == "", proc.stderr
+
+
+def test_unit_security_exposure_within_readme_promise(tmp_path):
+    tool = _analyze()
+    unit = _installed_unit(tmp_path, "smolvlm-watch.service", "smolvlm-watch.service")
+    proc = subprocess.run([tool, "security", "--offline=true", f"--threshold={EXPOSURE_THRESHOLD}", str(unit)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr
+    assert "Overall exposure level for smolvlm-watch.service: 0." in proc.stdout
+    readme = (UNITS.parent / "README.md").read_text()
+    assert "exposure level 0.4 SAFE" in readme
+
+
+def test_units_keep_the_required_settings():
+    text = (UNITS / "smolvlm-watch.service").read_text()
+    for line in ("Type=notify", "NotifyAccess=main", "ExecReload=/bin/kill -HUP $MAINPID", "Restart=on-failure",
+                 "WatchdogSec=", "DynamicUser=yes", "StateDirectory=smolvlm-watch", "CacheDirectory=smolvlm-watch",
+                 "ProtectSystem=strict", "PrivateDevices=yes", "CapabilityBoundingSet=\n",
+                 "SystemCallFilter=@system-service", "UMask=0027", "HF_HUB_OFFLINE=1"):
+        assert line in text, line
+    assert "\nMemoryDenyWriteExecute" not in text and "MemoryDenyWriteExecute=yes: PyTorch" in text
+    assert "smolvlm-watch run -c /etc/smolvlm-watch/%i.yaml" in (UNITS / "smolvlm-watch@.service").read_text()
+
+
+class NotifySocket:
+    """A real AF_UNIX datagram socket standing in for systemd's, recording (time, message)."""
+
+    def __init__(self, path: Path):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.05)
+        self.path = path
+        self.messages: list[tuple[float, str]] = []
+
+    def pump(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            try:
+                data = self.sock.recv(4096)
+            except socket.timeout:
+                continue
+            for line in data.decode().splitlines():
+                self.messages.append((time.monotonic(), line))
+
+    def until(self, prefix: str, timeout: float) -> float:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            for t, m in self.messages:
+                if m.startswith(prefix):
+                    return t
+            self.pump(0.1)
+        raise AssertionError(f"no {prefix!r} within {timeout}s; got {[m for _, m in self.messages]}")
+
+    def count(self, message: str, since: float, until: float) -> int:
+        return sum(1 for t, m in self.messages if m == message and since <= t <= until)
+
+    def close(self):
+        self.sock.close()
+
+
+HANG_PLUGIN = '''
+import time
+from smolvlm_watch import hookimpl
+from smolvlm_watch.tasks import Task
+
+class Hang(Task):
+    name = "hang"
+    default_prompt = "x"
+    default_max_new_tokens = 1
+    def requests(self, media, spec):
+        if media.info.path.endswith("hang.png"):
+            time.sleep(600)
+        return super().requests(media, spec)
+
+@hookimpl
+def register_tasks(register):
+    register(Hang())
+'''
+
+
+def test_sd_notify_ready_watchdog_stopping_and_wedged_worker(tmp_path, tiny_model):
+    (tmp_path / "hangtask.py").write_text(textwrap.dedent(HANG_PLUGIN))
+    cfg = daemon_config(tmp_path, tiny_model, tasks="[hang]", extra="plugins: [hangtask]\n")
+    cfg.write_text(cfg.read_text().replace("max_attempts: 3}", "max_attempts: 3, item_timeout: 1}"))
+    sock = NotifySocket(tmp_path / "notify.sock")
+    env = {"NOTIFY_SOCKET": str(sock.path), "WATCHDOG_USEC": "1000000", "PYTHONPATH": str(tmp_path)}
+    proc = spawn(cfg, env)
+    try:
+        ready = sock.until("READY=1", 60)
+        names = [m for _, m in sock.messages]
+        assert names.index("EXTEND_TIMEOUT_USEC=600000000") < names.index("READY=1")
+        from smolvlm_watch.journal import Journal
+
+        j = Journal(tmp_path / "state" / "journal.sqlite")
+        meta = json.loads(j.meta("daemon"))
+        j.close()
+        assert meta["watches"][0]["mode"] == "native" and meta["model_loaded"] is True  # armed before READY
+
+        sock.pump(3.0)
+        pings = sock.count("WATCHDOG=1", ready, ready + 3.0)
+        assert 3 <= pings <= 8, pings  # every half of WATCHDOG_USEC (0.5 s), paced by the 0.2 s loop
+        assert any(m.startswith("STATUS=queue 0") for _, m in sock.messages)
+
+        make_image(tmp_path / "inbox" / "hang.png")
+        sock.pump(3.0)  # settle 0.3 s + item_timeout 1 s: the worker is wedged from here on
+        wedged = time.monotonic()
+        sock.pump(2.0)
+        assert sock.count("WATCHDOG=1", wedged, wedged + 2.0) == 0
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        out, _ = proc.communicate(timeout=30)
+        sock.close()
+    assert '"event": "job_over_time_limit"' in out
+
+
+def test_logs_are_json_with_path_and_job_id_on_every_line_about_a_file(tmp_path, tiny_model):
+    from test_daemon import journal_states
+
+    cfg = daemon_config(tmp_path, tiny_model, tasks="[caption, ocr]", outputs="[json, txt]")
+    proc = spawn(cfg, {"NOTIFY_SOCKET": "@smolvlm-watch-test-nobody-listens"})  # abstract address
+    db = tmp_path / "state" / "journal.sqlite"
+    broken = tmp_path / "inbox" / "broken.png"
+    try:
+        images = [make_image(tmp_path / "inbox" / f"j{i}.png", color=(i, 1, 1)) for i in range(3)]
+        broken.write_bytes(b"nope")
+        wait_for(lambda: all(journal_states(db).get(str(p)) == "done" for p in images)
+                 and journal_states(db).get(str(broken)) == "failed", 60)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    lines = [line for line in out.splitlines() if line.strip()]
+    events = [json.loads(line) for line in lines]  # every line is JSON, stdlib loggers' included
+    about_files = [e for e in events if e["event"] in ("job_done", "job_failed")]
+    assert len(about_files) == 4
+    for e in about_files:
+        assert e["path"].startswith(str(tmp_path / "inbox")) and isinstance(e["job_id"], int)
+    failed = [e for e in about_files if e["event"] == "job_failed"]
+    assert failed[0]["path"].endswith("broken.png") and "not a supported image" in failed[0]["error"]
+
+
+def test_sigterm_stopping_message(tmp_path, tiny_model):
+    cfg = daemon_config(tmp_path, tiny_model)
+    sock = NotifySocket(tmp_path / "n.sock")
+    proc = spawn(cfg, {"NOTIFY_SOCKET": str(sock.path)})
+    try:
+        sock.until("READY=1", 60)
+        proc.send_signal(signal.SIGTERM)
+        sock.until("STOPPING=1", 20)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+        sock.close()
+
+
+def test_notify_is_a_no_op_without_systemd(monkeypatch):
+    from smolvlm_watch.service import notify, watchdog_interval
+
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    assert notify("READY=1") is False
+    monkeypatch.setenv("WATCHDOG_USEC", "4000000")
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid() + 1))
+    assert watchdog_interval() is None  # meant for another process
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    assert watchdog_interval() == 2.0
+
+
+def test_doctor_good_and_broken(tmp_path, tiny_model, run_cli):
+    cfg = daemon_config(tmp_path, tiny_model)
+    code, out, _ = run_cli("doctor", "-c", cfg)
+    assert code == 0, out
+    assert f"ok    model {tiny_model} (local folder)" in out
+    assert f"ok    output location {tmp_path / 'inbox'} is writable" in out
+    assert "device cpu" in out and out.strip().endswith("all checks passed")
+
+    broken = tmp_path / "broken"
+    (broken / "inbox").mkdir(parents=True)
+    (broken / "ro").mkdir()
+    bad = broken / "config.yaml"
+    bad.write_text(f"model: {{path: {broken / 'no-model'}}}\nwatches:\n"
+                   f"  - path: ./inbox\n    output_dir: /proc/smolvlm-nope\n")
+    code, out, _ = run_cli("doctor", "-c", bad)
+    assert code == 1
+    assert f"FAIL  model folder {broken / 'no-model'} has no config.json — fix: point model.path" in out
+    assert "FAIL  output location /proc/smolvlm-nope is not writable" in out
+    assert "problem(s)" in out
+
+    code, out, _ = run_cli("doctor", "-c", tmp_path / "missing.yaml")
+    assert code == 1 and "FAIL  config:" in out
