@@ -38,7 +38,7 @@ class Tags(Task):
     default_options = {"max_tags": 20, "vocabulary": None}
     media_kinds = frozenset({"image", "video"})
 
-    def parse(self, answers, spec):
+    def parse(self, answers, spec, media):
         opts = spec.options
         return parse_tags(answers[0].text, int(opts.get("max_tags") or 20), opts.get("vocabulary"))
 

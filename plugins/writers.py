@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from smolvlm_watch import hookimpl
+from smolvlm_watch.video import timestamp_label
 from smolvlm_watch.sidecar import SidecarRecord, Target, Writer, atomic_write, read_json, render_json, sha256_bytes
 
 
@@ -30,6 +31,8 @@ class TextWriter(Writer):
     def write(self, record: SidecarRecord, target: Target) -> dict[Path, str]:
         written = {}
         text = record.result("ocr")
+        if isinstance(text, list):  # a video: text per timestamp
+            text = "\n".join(f"[{timestamp_label(item['timestamp'])}] {item['text']}" for item in text)
         if isinstance(text, str):
             path = target.path(target.output.ocr_suffix)
             written[path] = target.write_text(path, text)

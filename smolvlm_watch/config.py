@@ -102,6 +102,17 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
+class VideoConfig:
+    """Video sampling; None means the loaded processor's own setting."""
+
+    fps: float | None = None
+    max_frames: int | None = None
+    mode: str = "accurate"  # accurate | keyframes (decode keyframes only: fast backfills)
+    skip_black: bool = True
+    timeout: float = 120.0
+
+
+@dataclass(frozen=True)
 class WatchConfig:
     path: Path
     recursive: bool = True
@@ -115,6 +126,7 @@ class WatchConfig:
     poll_interval: float = 10.0
     settle_seconds: float = 2.0
     max_settle_seconds: float = 600.0
+    video: VideoConfig = VideoConfig()
 
     def contains(self, path: Path) -> bool:
         try:
@@ -163,6 +175,7 @@ class Config:
     logging: LoggingConfig = LoggingConfig()
     media: MediaConfig = MediaConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    video: VideoConfig = VideoConfig()
     plugins: tuple[str, ...] = ()
     source: Path | None = None
 
@@ -353,11 +366,22 @@ def _watch_tasks(r: _Reader, data: dict, where: str) -> tuple[tuple[str, ...], d
     return tuple(names), overrides
 
 
-def _watch(r: _Reader, raw: Any, where: str, outputs: OutputConfig) -> WatchConfig | None:
+def _video(r: _Reader, raw: Any, where: str, base: VideoConfig) -> VideoConfig:
+    data = r.mapping(raw, where, ("fps", "max_frames", "mode", "skip_black", "timeout"))
+    return VideoConfig(
+        fps=r.number(data, "fps", where, base.fps, minimum=0.001),
+        max_frames=r.number(data, "max_frames", where, base.max_frames, minimum=1, integer=True),
+        mode=r.choice(data, "mode", where, ("accurate", "keyframes"), base.mode),
+        skip_black=r.get(data, "skip_black", where, _is_bool, "true or false", base.skip_black),
+        timeout=r.number(data, "timeout", where, base.timeout, minimum=1),
+    )
+
+
+def _watch(r: _Reader, raw: Any, where: str, outputs: OutputConfig, video: VideoConfig) -> WatchConfig | None:
     if isinstance(raw, str):
         raw = {"path": raw}
     known = ("path", "recursive", "include", "exclude", "tasks", "outputs", "polling", "poll_interval",
-             "settle_seconds", "max_settle_seconds") + _OUTPUT_KEYS
+             "settle_seconds", "max_settle_seconds", "video") + _OUTPUT_KEYS
     data = r.mapping(raw, where, known)
     if isinstance(data.get("polling"), bool):  # YAML 1.1 reads a bare on/off as a boolean
         data = {**data, "polling": "on" if data["polling"] else "off"}
@@ -379,6 +403,7 @@ def _watch(r: _Reader, raw: Any, where: str, outputs: OutputConfig) -> WatchConf
         poll_interval=r.number(data, "poll_interval", where, 10.0, minimum=0.1),
         settle_seconds=r.number(data, "settle_seconds", where, 2.0),
         max_settle_seconds=r.number(data, "max_settle_seconds", where, 600.0, minimum=1),
+        video=_video(r, data.get("video"), _join(where, "video"), video),
     )
 
 
@@ -398,7 +423,7 @@ def _state(r: _Reader, raw: Any) -> StateConfig:
     )
 
 
-_TOP_KEYS = ("model", "tasks", "watches", "outputs", "state", "logging", "media", "runtime", "plugins")
+_TOP_KEYS = ("model", "tasks", "watches", "outputs", "state", "logging", "media", "runtime", "video", "plugins")
 
 
 def parse(data: Any, base_dir: Path, source: Path | None = None) -> Config:
@@ -413,7 +438,8 @@ def parse(data: Any, base_dir: Path, source: Path | None = None) -> Config:
     if not isinstance(raw_watches, list):
         r.fail("watches", f"expected a list of watches, got {_show(raw_watches)}")
         raw_watches = []
-    watches = [_watch(r, w, f"watches[{i}]", outputs) for i, w in enumerate(raw_watches)]
+    video = _video(r, top.get("video"), "video", VideoConfig())
+    watches = [_watch(r, w, f"watches[{i}]", outputs, video) for i, w in enumerate(raw_watches)]
     log = r.mapping(top.get("logging"), "logging", ("level", "format"))
     media = r.mapping(top.get("media"), "media", ("max_pixels", "max_bytes"))
     runtime = r.mapping(top.get("runtime"), "runtime", ("max_batch", "prefetch"))
@@ -435,6 +461,7 @@ def parse(data: Any, base_dir: Path, source: Path | None = None) -> Config:
             max_batch=r.number(runtime, "max_batch", "runtime", None, minimum=1, integer=True),
             prefetch=r.number(runtime, "prefetch", "runtime", 4, minimum=1, integer=True),
         ),
+        video=video,
         plugins=r.strings(top, "plugins", "plugins", ()),
         source=source,
     )

@@ -25,7 +25,7 @@ def register_tasks(register: Callable) -> None:
     Return value: ignored.
 
     A task only describes the work: ``requests(media, spec)`` returns the runtime requests to run
-    for a file (conversation, generation and image settings) and ``parse(answers, spec)`` turns
+    for a file (conversation, generation and image settings) and ``parse(answers, spec, media)`` turns
     the model's answers into the JSON-able result stored in the sidecar. The runner calls each
     task itself, so an exception in one task is recorded as that task's ``error`` and the other
     tasks of the file still run.

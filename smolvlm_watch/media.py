@@ -60,6 +60,7 @@ class Media:
     info: SourceInfo
     images: tuple[Image.Image, ...]
     sidecar_extra: dict[str, Any] = field(default_factory=dict)  # top-level sidecar sections of this kind
+    clip: Any = None  # a video's sampled frames and timing (video.Clip)
 
     @property
     def kind(self) -> str:
@@ -115,8 +116,8 @@ def load_image(path: str | Path, max_pixels: int = 100_000_000, max_bytes: int =
     path = Path(path)
     data, st = _read(path, max_bytes)
     if sniff(data[:16]) != "image":
-        raise MediaError(path, f"not a supported image (content starts with {data[:8]!r}; "
-                               f"supported: {', '.join(sorted(IMAGE_FORMATS - {'MPO'}))})")
+        raise MediaError(path, f"not a supported image or video (content starts with {data[:8]!r}; "
+                               f"supported: {', '.join(sorted(IMAGE_FORMATS - {'MPO'}))}, mp4, mov, mkv, webm, avi)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -141,6 +142,19 @@ def load_image(path: str | Path, max_pixels: int = 100_000_000, max_bytes: int =
     return Media(info=info, images=(rgb,))
 
 
-def load(path: str | Path, max_pixels: int = 100_000_000, max_bytes: int = 4 * 1024**3) -> Media:
-    """Decode any supported media file; the kind comes from its content."""
+def load(path: str | Path, max_pixels: int = 100_000_000, max_bytes: int = 4 * 1024**3,
+         sampling: Any = None) -> Media:
+    """Decode any supported media file; the kind comes from its content, never its name."""
+    from . import video
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except FileNotFoundError:
+        raise MediaError(path, "file vanished before it could be read") from None
+    except OSError:
+        head = b""  # _read reports it properly
+    if video.sniff_video(head):
+        return video.load_video(path, sampling or video.Sampling(), max_bytes)
     return load_image(path, max_pixels=max_pixels, max_bytes=max_bytes)

@@ -19,6 +19,7 @@ from .plugins import Registry
 from .runtime import Runtime
 from .sidecar import SidecarError, SidecarRecord, Target, read_json
 from .tasks import Planned, plan, run_tasks
+from .video import Sampling
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,13 @@ class Pipeline:
 
         return fingerprint(sorted(p.fingerprint for p in self.planned(watch)), sorted(watch.outputs))
 
+    def sampling(self, watch: WatchConfig) -> Sampling:
+        """Video sampling for a watch: its settings over the loaded processor's fps and max frames."""
+        v = watch.video
+        defaults = self.runtime.video_sampling() if v.fps is None or v.max_frames is None else {}
+        return Sampling(fps=v.fps or defaults["fps"], max_frames=v.max_frames or defaults["max_frames"],
+                        mode=v.mode, skip_black=v.skip_black, timeout=v.timeout)
+
     def process(self, path: str | Path, watch: WatchConfig, force: bool = False) -> FileResult:
         path = Path(path)
         start = time.perf_counter()
@@ -85,7 +93,8 @@ class Pipeline:
         todo = planned if force or not same_content else [p for p in planned if not _current(existing, p)]
         if not todo:
             return FileResult(str(path), "skipped", seconds=time.perf_counter() - start, sha256=sha)
-        media = load(path, max_pixels=self.config.media.max_pixels, max_bytes=self.config.media.max_bytes)
+        media = load(path, max_pixels=self.config.media.max_pixels, max_bytes=self.config.media.max_bytes,
+                     sampling=self.sampling(watch))
         outcomes = run_tasks(media, todo, self.runtime)
         kept = dict(existing["tasks"]) if same_content and output.policy == "merge" else {}
         tasks = {**kept, **{o.name: o.data for o in outcomes}}

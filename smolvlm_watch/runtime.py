@@ -51,6 +51,7 @@ class Request:
     messages: tuple[dict[str, Any], ...]
     generation: GenerationSettings = GenerationSettings()
     image: ImageSettings = ImageSettings()
+    video: Any = None  # a video.Clip: its frames and timestamps stand for the conversation's video item
 
 
 @dataclass(frozen=True)
@@ -77,10 +78,10 @@ class ModelInfo:
                 "backend": self.backend}
 
 
-def question(prompt: str, images: int = 1) -> tuple[dict[str, Any], ...]:
-    """The user turn SmolVLM2 is trained on: the images first, then the text."""
-    content = [{"type": "image"} for _ in range(images)] + [{"type": "text", "text": prompt}]
-    return ({"role": "user", "content": content},)
+def question(prompt: str, images: int = 1, video: bool = False) -> tuple[dict[str, Any], ...]:
+    """The user turn SmolVLM2 is trained on: the images (or the video) first, then the text."""
+    media = [{"type": "video"}] if video else [{"type": "image"} for _ in range(images)]
+    return ({"role": "user", "content": media + [{"type": "text", "text": prompt}]},)
 
 
 def fingerprint(*parts: Any) -> str:
@@ -244,11 +245,22 @@ class Runtime:
         """Processor inputs for requests sharing image settings, left-padded into one batch."""
         self.load()
         prompts = [self.prompt(r) for r in requests]
+        if requests[0].video is not None:
+            videos, metadata = zip(*(video_inputs(r.video) for r in requests))
+            inputs = self.processor(text=prompts, videos=list(videos), video_metadata=list(metadata),
+                                    do_sample_frames=False, padding=True, return_tensors="pt")
+            return inputs.to(self.device)
         images = [list(r.images) for r in requests]
         has_images = any(images)
         inputs = self.processor(text=prompts, images=images if has_images else None, padding=True,
                                 return_tensors="pt", **self._image_kwargs(requests[0].image))
         return inputs.to(self.device)
+
+    def video_sampling(self) -> dict[str, Any]:
+        """The loaded processor's own video sampling settings (fps, max_frames)."""
+        self.load()
+        sampling = getattr(self.processor.video_processor, "video_sampling", None) or {}
+        return {"fps": sampling.get("fps", 1), "max_frames": sampling.get("max_frames", 64)}
 
     def max_batch(self) -> int:
         if self.runtime_config.max_batch:
@@ -272,7 +284,8 @@ class Runtime:
         same generation settings), bounded by max_batch, keeping the first-seen order."""
         groups: dict[Any, list[int]] = {}
         for i, r in enumerate(requests):
-            groups.setdefault((r.image, len(r.images), r.generation), []).append(i)
+            frames = len(r.video.frames) if r.video is not None else None
+            groups.setdefault((r.image, len(r.images), frames, r.generation), []).append(i)
         size = self.max_batch()
         return [idx[k:k + size] for idx in groups.values() for k in range(0, len(idx), size)]
 
@@ -308,6 +321,20 @@ class Runtime:
             text = tokenizer.decode(list(ids), skip_special_tokens=True)
             answers.append(Answer(text=text, token_ids=ids, prompt_tokens=int(mask), seconds=seconds))
         return answers
+
+
+def video_inputs(clip):
+    """Frames as one array plus the VideoMetadata SmolVLM's processor builds its prompt from
+    (intro line with the duration, one 'Frame from MM:SS:' block per frame)."""
+    import numpy as np
+    from transformers.video_utils import VideoMetadata
+
+    fps = clip.fps or 1.0
+    frames = np.stack([np.asarray(f.convert("RGB").resize(clip.frames[0].size)) for f in clip.frames])
+    meta = VideoMetadata(total_num_frames=clip.total_frames, fps=fps, duration=clip.duration,
+                         width=clip.width, height=clip.height, video_backend="pyav",
+                         frames_indices=[int(round(t * fps)) for t in clip.timestamps])
+    return frames, meta
 
 
 def _until_end(ids: list[int], stop: set[int]) -> list[int]:

@@ -55,11 +55,15 @@ class Task:
         )
 
     def requests(self, media: Media, spec: TaskSpec) -> list[Request]:
-        """The questions to ask about ``media``: by default the prompt once about its first image."""
+        """The questions to ask about ``media``: by default the prompt once, about the video as
+        SmolVLM2's video conversation, or about the first image."""
+        if media.kind == "video":
+            return [Request(images=(), video=media.clip, messages=question(spec.prompt, video=True),
+                            generation=spec.generation, image=spec.image)]
         return [Request(images=media.images[:1], messages=question(spec.prompt), generation=spec.generation,
                         image=spec.image)]
 
-    def parse(self, answers: Sequence[Answer], spec: TaskSpec) -> Any:
+    def parse(self, answers: Sequence[Answer], spec: TaskSpec, media: Media) -> Any:
         """The result stored in the sidecar: by default the first answer's text, trimmed."""
         return answers[0].text.strip()
 
@@ -122,16 +126,16 @@ def run_tasks(media: Media, planned: Sequence[Planned], runtime: Runtime) -> lis
     pos = 0
     for p, reqs in asked:
         mine, pos = answers[pos:pos + len(reqs)], pos + len(reqs)
-        outcomes[p.task.name] = _finish(p, reqs, mine, total / max(len(flat), 1) * len(reqs))
+        outcomes[p.task.name] = _finish(p, media, mine, total / max(len(flat), 1) * len(reqs))
     return [outcomes[p.task.name] for p in planned]
 
 
-def _finish(p: Planned, reqs: list[Request], answers: list[Answer], seconds: float) -> Outcome:
+def _finish(p: Planned, media: Media, answers: list[Answer], seconds: float) -> Outcome:
     failed = [a.error for a in answers if a.error is not None]
     if failed:
         return _error(p, str(failed[0]))
     try:
-        result = p.task.parse(answers, p.spec)
+        result = p.task.parse(answers, p.spec, media)
     except Exception as exc:  # noqa: BLE001
         return _error(p, f"{type(exc).__name__} in {p.task.name}.parse: {exc}")
     raw: Any = answers[0].text if len(answers) == 1 else [a.text for a in answers]

@@ -74,7 +74,7 @@ def test_unicode_results_round_trip_byte_identical(tmp_path, tiny_model, run_cli
     from smolvlm_watch_plugins.ocr import Ocr
 
     text = "Счёт № 42 — оплачено ✅\nвторая строка 🐈‍⬛\n\nконец"
-    monkeypatch.setattr(Ocr, "parse", lambda self, answers, spec: text)
+    monkeypatch.setattr(Ocr, "parse", lambda self, answers, spec, media: text)
     img = make_image(tmp_path / "scan.png")
     code, out, _ = run_cli("process", img, "--model", tiny_model, "--task", "ocr", "--json")
     assert code == 0

@@ -59,7 +59,7 @@ class Colours(Task):
     default_prompt = "Which colours dominate this image?"
     default_max_new_tokens = 6
 
-    def parse(self, answers, spec):
+    def parse(self, answers, spec, media):
         return {"answer": answers[0].text, "tokens": len(answers[0].token_ids)}
 
 @hookimpl
@@ -92,7 +92,7 @@ def test_failing_task_is_recorded_and_others_complete(tmp_path, tiny_model, run_
         class Broken(Task):
             name = "broken"
             default_prompt = "x"
-            def parse(self, answers, spec):
+            def parse(self, answers, spec, media):
                 raise RuntimeError("parser exploded")
 
         @hookimpl

@@ -1,0 +1,178 @@
+"""Videos: PyAV sampling, SmolVLM2's video prompt, sidecars, bad files, bounded memory."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from conftest import read_sidecar
+from smolvlm_watch.media import MediaError, load
+from smolvlm_watch.runtime import GenerationSettings, Request, Runtime, question
+from smolvlm_watch.config import ModelConfig
+from smolvlm_watch.video import Sampling, decode, sample_timestamps
+
+
+def make_clip(path: Path, seconds: float = 4, fps: int = 10, size=(64, 48), rotation: int = 0,
+              codec: str = "mpeg4", gop: int = 10) -> Path:
+    """A clip whose red channel encodes the second (60 × s) and with a white marker top-left."""
+    out = av.open(str(path), "w")
+    stream = out.add_stream(codec, rate=fps)
+    stream.width, stream.height = size
+    stream.pix_fmt = "yuv420p"
+    stream.gop_size = gop
+    if rotation:
+        stream.set_display_rotation(rotation)
+    for i in range(int(seconds * fps)):
+        img = np.zeros((size[1], size[0], 3), np.uint8)
+        img[:, :, 0] = min(255, (i // fps) * 60)
+        img[:6, :6] = 255
+        for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+            out.mux(packet)
+    for packet in stream.encode():
+        out.mux(packet)
+    out.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def clip_path(tmp_path_factory) -> Path:
+    return make_clip(tmp_path_factory.mktemp("clips") / "count.mp4")
+
+
+def test_sampled_timestamps_and_frame_colours(clip_path):
+    clip = decode(clip_path, Sampling(fps=1, max_frames=64))
+    assert list(clip.timestamps) == [0.5, 1.5, 2.5, 3.5]
+    assert (clip.duration, clip.fps, clip.total_frames) == (4.0, 10.0, 40)
+    for second, frame in enumerate(clip.frames):
+        red = np.asarray(frame)[20:40, 20:50, 0].mean()
+        assert abs(red - second * 60) < 12, (second, red)
+    assert sample_timestamps(100.0, Sampling(fps=1, max_frames=4)) == [12.5, 37.5, 62.5, 87.5]
+    assert sample_timestamps(0.2, Sampling(fps=1, max_frames=4)) == [0.1]
+
+
+def test_keyframes_mode_is_bounded_and_close(clip_path):
+    clip = decode(clip_path, Sampling(fps=1, max_frames=64, mode="keyframes"))
+    assert len(clip.frames) == 4
+    assert all(abs(t - round(t)) < 1e-6 for t in clip.timestamps)  # gop 10 at 10 fps: keyframes on the second
+
+
+def test_prompt_token_ids_equal_the_processors_for_the_same_frames(clip_path, tiny_model):
+    from transformers import AutoProcessor
+    from transformers.video_utils import VideoMetadata
+
+    runtime = Runtime(ModelConfig(path=tiny_model, threads=1))
+    media = load(clip_path, sampling=Sampling(fps=1, max_frames=64))
+    ours = runtime.encode([Request(images=(), video=media.clip, messages=question("What happens?", video=True))])
+
+    processor = AutoProcessor.from_pretrained(tiny_model)
+    container = av.open(str(clip_path))
+    every = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    container.close()
+    indices = [5, 15, 25, 35]
+    conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What happens?"}]}]
+    prompt = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    meta = VideoMetadata(total_num_frames=40, fps=10, duration=4.0, width=64, height=48, video_backend="pyav",
+                         frames_indices=indices)
+    ref = processor(text=[prompt], videos=[np.stack([every[i] for i in indices])], video_metadata=[meta],
+                    do_sample_frames=False, return_tensors="pt")
+    assert torch.equal(ours["input_ids"], ref["input_ids"])
+    assert torch.equal(ours["pixel_values"], ref["pixel_values"])
+    text = processor.tokenizer.decode(ours["input_ids"][0])
+    assert "You are provided the following series of four frames from a 0:00:04 [H:MM:SS] video." in text
+    assert [f"Frame from 00:0{s}:" in text for s in range(4)] == [True] * 4
+
+
+def test_rotation_metadata_gives_upright_frames(tmp_path):
+    path = make_clip(tmp_path / "rot.mp4", seconds=1, rotation=90)
+    media = load(path, sampling=Sampling(fps=1, max_frames=4))
+    frame = np.asarray(media.images[0])
+    assert frame.shape[:2] == (64, 48)  # 64x48 stored, displayed rotated a quarter turn
+    assert media.info.width == 48 and media.info.height == 64
+    assert frame[-4:, :4].mean() > 200  # the top-left marker turns to bottom-left (counter-clockwise)
+
+
+def test_bad_videos_give_clear_errors(tmp_path, clip_path):
+    data = clip_path.read_bytes()
+    (tmp_path / "trunc.mp4").write_bytes(data[: len(data) // 3])
+    with pytest.raises(MediaError, match="not a readable video|corrupt or truncated video|no decodable frames"):
+        load(tmp_path / "trunc.mp4")
+    (tmp_path / "fake.mp4").write_bytes(b"\x00" * 64 + b"certainly not a video")
+    with pytest.raises(MediaError, match="not a supported image or video"):
+        load(tmp_path / "fake.mp4")
+    audio = tmp_path / "audio.mp4"
+    out = av.open(str(audio), "w")
+    stream = out.add_stream("aac", rate=16000)
+    frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+    frame.sample_rate = 16000
+    for _ in range(10):
+        for packet in stream.encode(frame):
+            out.mux(packet)
+    for packet in stream.encode():
+        out.mux(packet)
+    out.close()
+    with pytest.raises(MediaError, match=r"no video stream \(the file holds audio\)"):
+        load(audio)
+
+
+def test_process_clip_writes_a_video_sidecar(clip_path, tmp_path, tiny_model, run_cli, monkeypatch):
+    from smolvlm_watch_plugins.tags import Tags
+
+    monkeypatch.setattr(Tags, "media_kinds", frozenset({"image"}))
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(clip_path.read_bytes())
+    code, out, err = run_cli("process", clip, "--model", tiny_model, "--task", "caption", "--task", "ocr",
+                             "--task", "tags", "--json")
+    assert code == 0, out + err
+    doc = read_sidecar(clip)
+    src = doc["source"]
+    assert src["kind"] == "video" and src["codec"] == "mpeg4"
+    assert (src["duration"], src["fps"], src["frame_count"], src["width"], src["height"]) == (4.0, 10.0, 40, 64, 48)
+    assert doc["video"] == {"sampled_timestamps": [0.5, 1.5, 2.5, 3.5],
+                            "sampling": {"fps": 1, "max_frames": 64, "mode": "accurate", "skip_black": True}}
+    assert isinstance(doc["tasks"]["caption"]["result"], str)
+    assert doc["tasks"]["tags"] == {"skipped": "task 'tags' does not accept video files",
+                                    "plugin": "smolvlm_watch_plugins.tags", "plugin_version": "1"}
+    ocr = doc["tasks"]["ocr"]["result"]
+    assert isinstance(ocr, list) and all(set(i) == {"timestamp", "text"} for i in ocr)
+    txt = (tmp_path / "clip.mp4.txt").read_text()
+    assert txt.splitlines()[0].startswith("[00:00] ") if ocr else txt == ""
+
+
+def test_long_clip_sampling_memory_is_bounded(tmp_path):
+    """20 minutes at 320x240: decoding it all would take ~550 MB; sampling holds 16 frames."""
+    path = make_clip(tmp_path / "long.mp4", seconds=20 * 60, fps=2, size=(320, 240), gop=60)
+    script = f"""
+import resource, json
+from smolvlm_watch.video import Sampling, decode
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+clip = decode({str(path)!r}, Sampling(fps=1, max_frames=16))
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({{"frames": len(clip.frames), "grew_mb": (after - before) / 1024, "duration": clip.duration}}))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["frames"] == 16 and result["duration"] == 1200.0
+    assert result["grew_mb"] < 60, result  # the bound: 60 MB over the interpreter's baseline
+
+
+def test_daemon_writes_a_video_sidecar(clip_path, tmp_path, tiny_model):
+    from test_daemon import InProcess, daemon_config
+
+    d = InProcess(daemon_config(tmp_path, tiny_model, tasks="[caption, ocr]", outputs="[json, txt]"))
+    try:
+        clip = tmp_path / "inbox" / "phone.mov"
+        clip.write_bytes(clip_path.read_bytes())
+        d.wait_done([clip])
+    finally:
+        d.stop()
+    doc = read_sidecar(clip)
+    assert doc["source"]["kind"] == "video" and doc["video"]["sampled_timestamps"] == [0.5, 1.5, 2.5, 3.5]
+    assert (tmp_path / "inbox" / "phone.mov.txt").exists()
