@@ -10,7 +10,7 @@ class Ask(Task):
     description = "answers the question configured as tasks.ask.prompt (or per watch)"
     default_prompt = ""
     default_max_new_tokens = 64
-    media_kinds = frozenset({"image", "video"})
+    media_kinds = frozenset({"image", "video", "document"})
 
     def requests(self, media, spec: TaskSpec):
         if not spec.prompt.strip():

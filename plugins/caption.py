@@ -13,7 +13,7 @@ class Caption(Task):
     default_max_new_tokens = 128
     # A caption needs the whole picture, not the fine print: one tile is ~13x cheaper on CPU.
     default_image = ImageSettings(splitting=False)
-    media_kinds = frozenset({"image", "video"})
+    media_kinds = frozenset({"image", "video", "document"})
 
 
 @hookimpl

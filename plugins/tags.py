@@ -36,7 +36,7 @@ class Tags(Task):
     default_max_new_tokens = 64
     default_image = ImageSettings(splitting=False)
     default_options = {"max_tags": 20, "vocabulary": None}
-    media_kinds = frozenset({"image", "video"})
+    media_kinds = frozenset({"image", "video", "document"})
 
     def parse(self, answers, spec, media):
         opts = spec.options

@@ -72,6 +72,7 @@ def cmd_process(args: argparse.Namespace) -> int:
     jobs, results = _jobs(config, args.paths, args.task)
     pipeline = Pipeline(config, registry, Runtime(config.model, config.runtime))
     progress = Progress(len(jobs), enabled=not args.json)
+    pipeline.on_page = lambda path, done, total: progress.start(f"{Path(path).name} page {done}/{total}")
     try:
         for path, watch in jobs:
             progress.start(path.name)

@@ -113,6 +113,17 @@ class VideoConfig:
 
 
 @dataclass(frozen=True)
+class DocumentConfig:
+    """PDF and multi-page TIFF handling."""
+
+    dpi: int = 200
+    max_pages: int = 1000
+    max_page_pixels: int = 60_000_000
+    pages: str = "first"  # what caption/tags/ask look at: first | each | all
+    all_max_pages: int = 4
+
+
+@dataclass(frozen=True)
 class WatchConfig:
     path: Path
     recursive: bool = True
@@ -176,6 +187,7 @@ class Config:
     media: MediaConfig = MediaConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     video: VideoConfig = VideoConfig()
+    document: DocumentConfig = DocumentConfig()
     plugins: tuple[str, ...] = ()
     source: Path | None = None
 
@@ -321,12 +333,16 @@ def _model(r: _Reader, raw: Any) -> ModelConfig:
 
 
 def _task(r: _Reader, raw: Any, where: str) -> TaskConfig:
-    data = r.mapping(raw, where, ("prompt", "max_new_tokens", "options") + _IMAGE_KEYS)
+    data = r.mapping(raw, where, ("prompt", "max_new_tokens", "options", "use_text_layer") + _IMAGE_KEYS)
+    options = r.get(data, "options", where, lambda v: isinstance(v, dict), "a mapping", {})
+    if "use_text_layer" in data:  # ocr's documented shortcut for options.use_text_layer
+        options = {**options, "use_text_layer": r.choice(data, "use_text_layer", where,
+                                                         ("auto", "never", "always"), "never")}
     return TaskConfig(
         prompt=r.get(data, "prompt", where, lambda v: isinstance(v, str) and v.strip() != "", "a non-empty string"),
         max_new_tokens=r.number(data, "max_new_tokens", where, None, minimum=1, integer=True),
         image=_image(r, data, where),
-        options=r.get(data, "options", where, lambda v: isinstance(v, dict), "a mapping", {}),
+        options=options,
     )
 
 
@@ -364,6 +380,18 @@ def _watch_tasks(r: _Reader, data: dict, where: str) -> tuple[tuple[str, ...], d
         else:
             r.fail(here, f"expected a task name or {{name: {{settings}}}}, got {_show(item)}")
     return tuple(names), overrides
+
+
+def _document(r: _Reader, raw: Any) -> DocumentConfig:
+    d = DocumentConfig()
+    data = r.mapping(raw, "document", ("dpi", "max_pages", "max_page_pixels", "pages", "all_max_pages"))
+    return DocumentConfig(
+        dpi=r.number(data, "dpi", "document", d.dpi, minimum=36, integer=True),
+        max_pages=r.number(data, "max_pages", "document", d.max_pages, minimum=1, integer=True),
+        max_page_pixels=r.number(data, "max_page_pixels", "document", d.max_page_pixels, minimum=1, integer=True),
+        pages=r.choice(data, "pages", "document", ("first", "each", "all"), d.pages),
+        all_max_pages=r.number(data, "all_max_pages", "document", d.all_max_pages, minimum=1, integer=True),
+    )
 
 
 def _video(r: _Reader, raw: Any, where: str, base: VideoConfig) -> VideoConfig:
@@ -423,7 +451,8 @@ def _state(r: _Reader, raw: Any) -> StateConfig:
     )
 
 
-_TOP_KEYS = ("model", "tasks", "watches", "outputs", "state", "logging", "media", "runtime", "video", "plugins")
+_TOP_KEYS = ("model", "tasks", "watches", "outputs", "state", "logging", "media", "runtime", "video", "document",
+             "plugins")
 
 
 def parse(data: Any, base_dir: Path, source: Path | None = None) -> Config:
@@ -462,6 +491,7 @@ def parse(data: Any, base_dir: Path, source: Path | None = None) -> Config:
             prefetch=r.number(runtime, "prefetch", "runtime", 4, minimum=1, integer=True),
         ),
         video=video,
+        document=_document(r, top.get("document")),
         plugins=r.strings(top, "plugins", "plugins", ()),
         source=source,
     )

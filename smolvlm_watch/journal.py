@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import json
 import os
 import random
 import sqlite3
@@ -50,6 +51,14 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (state, priority, next_attempt, id);
 CREATE INDEX IF NOT EXISTS jobs_sha ON jobs (sha256);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS pages (
+    path TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    key TEXT NOT NULL,
+    page INTEGER NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (path, page)
+);
 """
 
 
@@ -272,6 +281,23 @@ class Journal:
     def meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row["value"] if row else None
+
+    # --- a long document's finished pages, kept until the whole document is done ------------------
+
+    @_locked
+    def pages_get(self, path: str, sha256: str, key: str) -> dict[int, dict[str, Any]]:
+        rows = self.db.execute("SELECT page, data FROM pages WHERE path = ? AND sha256 = ? AND key = ?",
+                               (path, sha256, key))
+        return {row["page"]: json.loads(row["data"]) for row in rows}
+
+    @_locked
+    def pages_put(self, path: str, sha256: str, key: str, index: int, record: dict[str, Any]) -> None:
+        self.db.execute("INSERT OR REPLACE INTO pages (path, sha256, key, page, data) VALUES (?, ?, ?, ?, ?)",
+                        (path, sha256, key, index, json.dumps(record, ensure_ascii=False)))
+
+    @_locked
+    def pages_clear(self, path: str) -> None:
+        self.db.execute("DELETE FROM pages WHERE path = ?", (path,))
 
     def _tx(self):
         return _Transaction(self.db)

@@ -9,16 +9,17 @@ are missing or stale run, and the others' results are kept.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Protocol
 
-from .config import Config, OutputConfig, WatchConfig
+from .config import Config, DocumentConfig, OutputConfig, WatchConfig
+from .document import Document, DocumentSettings, is_document, page_media, page_record, pages_media, source_info
 from .media import MediaError, load, sha256_file
 from .plugins import Registry
 from .runtime import Runtime
 from .sidecar import SidecarError, SidecarRecord, Target, read_json
-from .tasks import Planned, plan, run_tasks
+from .tasks import Planned, plan, run_tasks, run_tasks_many
 from .video import Sampling
 
 
@@ -32,6 +33,15 @@ class FileResult:
     seconds: float = 0.0
     tasks_run: tuple[str, ...] = ()
     sha256: str | None = None
+    pages_resumed: int = 0  # a document's pages taken from the journal instead of run again
+
+
+class PageStore(Protocol):
+    """Where a document's finished pages wait until the whole document is done (the journal)."""
+
+    def pages_get(self, path: str, sha256: str, key: str) -> dict[int, dict[str, Any]]: ...
+    def pages_put(self, path: str, sha256: str, key: str, index: int, record: dict[str, Any]) -> None: ...
+    def pages_clear(self, path: str) -> None: ...
 
 
 class Pipeline:
@@ -41,6 +51,7 @@ class Pipeline:
         self.config = config
         self.registry = registry
         self.runtime = runtime
+        self.on_page: Callable[[str, int, int], None] | None = None  # progress: (path, done, total)
 
     def planned(self, watch: WatchConfig) -> list[Planned]:
         """The watch's tasks with their effective settings and fingerprints."""
@@ -65,11 +76,14 @@ class Pipeline:
         return Sampling(fps=v.fps or defaults["fps"], max_frames=v.max_frames or defaults["max_frames"],
                         mode=v.mode, skip_black=v.skip_black, timeout=v.timeout)
 
-    def process(self, path: str | Path, watch: WatchConfig, force: bool = False) -> FileResult:
+    def process(self, path: str | Path, watch: WatchConfig, force: bool = False,
+                pages: PageStore | None = None) -> FileResult:
+        """Process one file. ``pages`` (the journal) keeps a long document's finished pages, so a
+        restart resumes it instead of starting over."""
         path = Path(path)
         start = time.perf_counter()
         try:
-            return self._process(path, watch, force, start)
+            return self._process(path, watch, force, start, pages)
         except MediaError as exc:
             return FileResult(str(path), "failed", exc.reason, transient=exc.transient,
                               seconds=time.perf_counter() - start)
@@ -78,7 +92,8 @@ class Pipeline:
             return FileResult(str(path), "failed", str(exc), transient=transient,
                               seconds=time.perf_counter() - start)
 
-    def _process(self, path: Path, watch: WatchConfig, force: bool, start: float) -> FileResult:
+    def _process(self, path: Path, watch: WatchConfig, force: bool, start: float,
+                 pages: PageStore | None) -> FileResult:
         output: OutputConfig = watch.output
         target = Target.for_media(path, output, watch.path)
         existing = read_json(target.json_path) if "json" in watch.outputs else None
@@ -93,21 +108,53 @@ class Pipeline:
         todo = planned if force or not same_content else [p for p in planned if not _current(existing, p)]
         if not todo:
             return FileResult(str(path), "skipped", seconds=time.perf_counter() - start, sha256=sha)
+        if is_document(path, _head(path)):
+            return self._document(path, watch, todo, existing if same_content else None, target, start, pages)
         media = load(path, max_pixels=self.config.media.max_pixels, max_bytes=self.config.media.max_bytes,
                      sampling=self.sampling(watch))
-        outcomes = run_tasks(media, todo, self.runtime)
-        kept = dict(existing["tasks"]) if same_content and output.policy == "merge" else {}
-        tasks = {**kept, **{o.name: o.data for o in outcomes}}
-        record = SidecarRecord(source=media.info.as_dict(), model=self.runtime.info().as_dict(), tasks=tasks,
-                               extra=dict(media.sidecar_extra))
-        written = self._write(record, target, existing, watch)
-        errors = [f"{o.name}: {o.data['error']}" for o in outcomes if "error" in o.data]
+        outcomes = {o.name: o.data for o in run_tasks(media, todo, self.runtime)}
+        return self._finish(path, watch, todo, outcomes, media.info.as_dict(), dict(media.sidecar_extra),
+                            existing if same_content else None, target, start)
+
+    def _finish(self, path: Path, watch: WatchConfig, todo: list[Planned], outcomes: dict[str, dict],
+                source: dict[str, Any], extra: dict[str, Any], kept_from: dict[str, Any] | None, target: Target,
+                start: float, page_errors: list[str] | None = None) -> FileResult:
+        """Merge with the kept results, write every output, and say how it went."""
+        kept = dict(kept_from["tasks"]) if kept_from and watch.output.policy == "merge" else {}
+        record = SidecarRecord(source=source, model=self.runtime.info().as_dict(), tasks={**kept, **outcomes},
+                               extra=extra)
+        written = self._write(record, target, kept_from, watch)
+        errors = [f"{name}: {data['error']}" for name, data in outcomes.items() if "error" in data]
         # A task error (out of memory, a flaky plugin) may pass next time: retried, then quarantined.
+        # A page that cannot be rendered will not render next time either.
         return FileResult(
-            str(path), "failed" if errors else "done", "; ".join(errors) or None, transient=bool(errors),
+            str(path), "failed" if errors or page_errors else "done",
+            "; ".join(errors + (page_errors or [])) or None, transient=bool(errors),
             outputs=tuple(str(p) for p in written), seconds=time.perf_counter() - start,
-            tasks_run=tuple(p.task.name for p in todo), sha256=media.info.sha256,
+            tasks_run=tuple(p.task.name for p in todo), sha256=source["sha256"],
         )
+
+    def _document(self, path: Path, watch: WatchConfig, todo: list[Planned], kept_from: dict[str, Any] | None,
+                  target: Target, start: float, store: PageStore | None) -> FileResult:
+        """A PDF or multi-page TIFF: per-page tasks run over the pages in batches (rendered only
+        as needed), the others on the first page, every page, or the first pages at once."""
+        cfg = self.config.document
+        doc = Document(path, DocumentSettings(**asdict(cfg)))
+        try:
+            info = source_info(path, doc)
+            runner = _DocumentRun(self, doc, info, store, self.on_page)
+            outcomes = runner.run(todo, cfg)
+        finally:
+            doc.close()
+        first = runner.pages[0] if runner.pages else {}
+        source = {**info.as_dict(), "pages": doc.page_count, "width": first.get("width", 0),
+                  "height": first.get("height", 0)}
+        errors = [f"page {p['page']}: {p['error']}" for p in runner.pages if "error" in p]
+        result = self._finish(path, watch, todo, outcomes, source, {"pages": runner.pages}, kept_from, target,
+                              start, errors)
+        if store is not None:
+            store.pages_clear(str(path))
+        return replace(result, pages_resumed=runner.resumed)
 
     def _write(self, record: SidecarRecord, target: Target, existing: dict[str, Any] | None,
                watch: WatchConfig) -> list[Path]:
@@ -129,3 +176,90 @@ class Pipeline:
 def _current(existing: dict[str, Any], p: Planned) -> bool:
     entry = (existing.get("tasks") or {}).get(p.task.name) or {}
     return entry.get("fingerprint") == p.fingerprint and "error" not in entry
+
+
+def _head(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(16)
+    except OSError:
+        return b""
+
+
+class _DocumentRun:
+    """One document's pass: pages in batches of the runtime's size, finished pages saved to the
+    store as they complete and taken from it on a resumed run."""
+
+    def __init__(self, pipeline: Pipeline, doc: Document, info, store: PageStore | None,
+                 on_page: Callable[[str, int, int], None] | None):
+        self.pipeline, self.doc, self.info, self.store, self.on_page = pipeline, doc, info, store, on_page
+        self.pages: list[dict[str, Any]] = []
+        self.resumed = 0
+
+    def run(self, todo: list[Planned], cfg: DocumentConfig) -> dict[str, dict[str, Any]]:
+        outcomes: dict[str, dict[str, Any]] = {}
+        accepting = []
+        for p in todo:
+            if "document" in p.task.media_kinds:
+                accepting.append(p)
+            else:
+                outcomes[p.task.name] = {"skipped": f"task {p.task.name!r} does not accept document files",
+                                         "plugin": p.plugin, "plugin_version": p.plugin_version}
+        per_page = [p for p in accepting if p.task.name == "ocr" or cfg.pages == "each"]
+        once = [p for p in accepting if p not in per_page]
+        self._pages(per_page)
+        for p in per_page:
+            outcomes[p.task.name] = self._summary(p)
+        if once:
+            outcomes.update({o.name: o.data for o in run_tasks(self._once_media(cfg), once, self.pipeline.runtime)})
+        return outcomes
+
+    def _pages(self, per_page: list[Planned]) -> None:
+        from .runtime import fingerprint
+
+        n, path = self.doc.page_count, self.info.path
+        key = fingerprint(sorted(p.fingerprint for p in per_page), self.doc.settings.dpi)
+        saved = self.store.pages_get(path, self.info.sha256, key) if self.store else {}
+        records: dict[int, dict[str, Any]] = dict(saved)
+        self.resumed = len(saved)
+        step = self.pipeline.runtime.max_batch()
+        for first in range(0, n, step):
+            medias, indices = [], []
+            for i in range(first, min(n, first + step)):
+                if i in records:
+                    continue
+                try:
+                    image, layer = self.doc.page(i)
+                except MediaError as exc:
+                    records[i] = page_record(i, None, {}, 0.0, error=exc.reason.split(": ", 1)[-1])
+                    continue
+                medias.append(page_media(self.info, i, image, layer))
+                indices.append(i)
+            results = run_tasks_many(medias, per_page, self.pipeline.runtime) if per_page else [[]] * len(medias)
+            for i, media, outs in zip(indices, medias, results):
+                data = {o.name: o.data for o in outs}
+                records[i] = page_record(i, media, data, sum(d.get("seconds", 0.0) for d in data.values()))
+                if self.store is not None:
+                    self.store.pages_put(path, self.info.sha256, key, i, records[i])
+            if self.on_page:
+                self.on_page(path, min(n, first + step), n)
+        self.pages = [records[i] for i in range(n)]
+
+    def _summary(self, p: Planned) -> dict[str, Any]:
+        """A per-page task's entry: OCR joins the pages' text with form feeds, as pdftotext does."""
+        if p.task.name == "ocr":
+            result: Any = "\f".join(page.get("ocr", "") for page in self.pages)
+        else:
+            result = [(page.get("tasks") or {}).get(p.task.name, {}).get("result") for page in self.pages]
+        return {"result": result, "prompt": p.spec.prompt,
+                "generation": {**p.spec.generation.as_dict(), "image": p.spec.image.as_dict()},
+                "plugin": p.plugin, "plugin_version": p.plugin_version,
+                "seconds": round(sum(page.get("seconds", 0.0) for page in self.pages), 4),
+                "fingerprint": p.fingerprint, "pages": len(self.pages)}
+
+    def _once_media(self, cfg: DocumentConfig):
+        if cfg.pages == "all":
+            count = min(self.doc.page_count, cfg.all_max_pages)
+            return pages_media(self.info, [self.doc.page(i)[0] for i in range(count)])
+        image, layer = self.doc.page(0)
+        return page_media(self.info, 0, image, layer)

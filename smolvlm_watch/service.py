@@ -202,7 +202,7 @@ class Daemon:
         fingerprint = pipeline.fingerprint(watch)
         if not job.force and self._adopt_renamed(path, watch, fingerprint, job.id, st):
             return
-        result = pipeline.process(path, watch, force=job.force)
+        result = pipeline.process(path, watch, force=job.force, pages=self.journal)
         self.processed += result.status != "skipped"
         if result.status == "failed":
             state = self._fail(job.id, result.error or "unknown error", result.transient)
@@ -211,7 +211,8 @@ class Daemon:
             return
         self.journal.done(job.id, result.sha256, fingerprint, result.seconds, st.st_size, st.st_mtime)
         self.log.info("job_done", status=result.status, tasks=list(result.tasks_run),
-                      seconds=round(result.seconds, 3), outputs=len(result.outputs))
+                      seconds=round(result.seconds, 3), outputs=len(result.outputs),
+                      pages_resumed=result.pages_resumed)
 
     def _adopt_renamed(self, path: Path, watch: WatchConfig, fingerprint: str, job_id: int, st) -> bool:
         """A file whose content the journal knows under a vanished name gets that name's sidecars."""

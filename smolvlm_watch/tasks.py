@@ -60,8 +60,9 @@ class Task:
         if media.kind == "video":
             return [Request(images=(), video=media.clip, messages=question(spec.prompt, video=True),
                             generation=spec.generation, image=spec.image)]
-        return [Request(images=media.images[:1], messages=question(spec.prompt), generation=spec.generation,
-                        image=spec.image)]
+        images = media.images if media.kind == "document" else media.images[:1]  # pages in one question
+        return [Request(images=images, messages=question(spec.prompt, images=len(images)),
+                        generation=spec.generation, image=spec.image)]
 
     def parse(self, answers: Sequence[Answer], spec: TaskSpec, media: Media) -> Any:
         """The result stored in the sidecar: by default the first answer's text, trimmed."""
@@ -107,27 +108,34 @@ def _error(p: Planned, message: str) -> Outcome:
 
 def run_tasks(media: Media, planned: Sequence[Planned], runtime: Runtime) -> list[Outcome]:
     """Run every planned task on one decoded file; one runtime call for all their requests."""
-    outcomes: dict[str, Outcome] = {}
-    asked: list[tuple[Planned, list[Request]]] = []
-    for p in planned:
-        if media.kind not in p.task.media_kinds:
-            outcomes[p.task.name] = Outcome(p.task.name, {
-                "skipped": f"task {p.task.name!r} does not accept {media.kind} files",
-                "plugin": p.plugin, "plugin_version": p.plugin_version})
-            continue
-        try:
-            asked.append((p, list(p.task.requests(media, p.spec))))
-        except Exception as exc:  # noqa: BLE001 - a broken task must not stop the others
-            outcomes[p.task.name] = _error(p, f"{type(exc).__name__} in {p.task.name}.requests: {exc}")
-    flat = [r for _, reqs in asked for r in reqs]
+    return run_tasks_many([media], planned, runtime)[0]
+
+
+def run_tasks_many(medias: Sequence[Media], planned: Sequence[Planned], runtime: Runtime) -> list[list[Outcome]]:
+    """Run the planned tasks on several media (a document's pages) with ONE runtime call, so the
+    runtime can batch across them. Returns each media's outcomes in ``planned`` order."""
+    outcomes: list[dict[str, Outcome]] = [{} for _ in medias]
+    asked: list[tuple[int, Planned, list[Request]]] = []
+    for m, media in enumerate(medias):
+        for p in planned:
+            if media.kind not in p.task.media_kinds:
+                outcomes[m][p.task.name] = Outcome(p.task.name, {
+                    "skipped": f"task {p.task.name!r} does not accept {media.kind} files",
+                    "plugin": p.plugin, "plugin_version": p.plugin_version})
+                continue
+            try:
+                asked.append((m, p, list(p.task.requests(media, p.spec))))
+            except Exception as exc:  # noqa: BLE001 - a broken task must not stop the others
+                outcomes[m][p.task.name] = _error(p, f"{type(exc).__name__} in {p.task.name}.requests: {exc}")
+    flat = [r for _, _, reqs in asked for r in reqs]
     start = time.perf_counter()
     answers = runtime.generate(flat)
-    total = time.perf_counter() - start
+    share = (time.perf_counter() - start) / max(len(flat), 1)
     pos = 0
-    for p, reqs in asked:
+    for m, p, reqs in asked:
         mine, pos = answers[pos:pos + len(reqs)], pos + len(reqs)
-        outcomes[p.task.name] = _finish(p, media, mine, total / max(len(flat), 1) * len(reqs))
-    return [outcomes[p.task.name] for p in planned]
+        outcomes[m][p.task.name] = _finish(p, medias[m], mine, share * len(reqs))
+    return [[out[p.task.name] for p in planned] for out in outcomes]
 
 
 def _finish(p: Planned, media: Media, answers: list[Answer], seconds: float) -> Outcome:
