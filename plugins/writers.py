@@ -1,10 +1,12 @@
 """The built-in writers: ``json`` (the full sidecar) and ``txt`` (OCR text, optional captions)."""
 
+import json
 from pathlib import Path
 
-from smolvlm_watch import hookimpl
+from smolvlm_watch import __version__, hookimpl, xmp
 from smolvlm_watch.video import timestamp_label
-from smolvlm_watch.sidecar import SidecarRecord, Target, Writer, atomic_write, read_json, render_json, sha256_bytes
+from smolvlm_watch.sidecar import (SidecarError, SidecarRecord, Target, Writer, atomic_write, read_json, render_json,
+                                  sha256_bytes)
 
 
 class JsonWriter(Writer):
@@ -43,7 +45,42 @@ class TextWriter(Writer):
         return written
 
 
+class XmpWriter(Writer):
+    """``photo.jpg.xmp`` (or ``photo.xmp``): caption, tags and OCR merged into the XMP sidecar that
+    darktable, digiKam, Immich and Lightroom read; everything already in it is kept."""
+
+    name = "xmp"
+    description = "merges caption/tags/OCR into photo.jpg.xmp for photo managers"
+
+    def write(self, record: SidecarRecord, target: Target) -> dict[Path, str]:
+        path = target.path(".xmp", replace_extension=target.output.xmp_replace_extension)
+        try:
+            existing = path.read_bytes()
+        except FileNotFoundError:
+            existing = None
+        tags, ocr = record.result("tags"), record.result("ocr")
+        if isinstance(ocr, list):
+            ocr = "\n".join(item["text"] for item in ocr)
+        prompts = {name: entry.get("prompt") for name, entry in sorted(record.tasks.items()) if "prompt" in entry}
+        provenance = {
+            "Generator": f"smolvlm-watch {__version__}",
+            "Model": record.model.get("id"),
+            "ModelRevision": record.model.get("revision"),
+            "PromptHash": sha256_bytes(json.dumps(prompts, sort_keys=True).encode())[:16],
+            "PluginVersions": ", ".join(f"{name}={entry.get('plugin_version')}"
+                                        for name, entry in sorted(record.tasks.items())),
+        }
+        try:
+            data = xmp.merge(existing, record.result("caption"), tags if isinstance(tags, list) else None,
+                             ocr if isinstance(ocr, str) else None, provenance, target.output.xmp_keyword_parent)
+        except xmp.XmpError as exc:
+            raise SidecarError(f"{path}: {exc}; the file is left alone (fix or move it away)") from None
+        atomic_write(path, data)
+        return {path: sha256_bytes(data)}
+
+
 @hookimpl
 def register_writers(register):
     register(JsonWriter())
     register(TextWriter())
+    register(XmpWriter())

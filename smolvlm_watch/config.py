@@ -99,6 +99,8 @@ class OutputConfig:
     json_suffix: str = ".smolvlm.json"
     ocr_suffix: str = ".txt"
     caption_txt: bool = False
+    xmp_replace_extension: bool = False  # photo.xmp (Lightroom) instead of photo.jpg.xmp
+    xmp_keyword_parent: str = "AI"  # tags go under this parent in lr:hierarchicalSubject / digiKam:TagsList
 
 
 @dataclass(frozen=True)
@@ -346,7 +348,8 @@ def _task(r: _Reader, raw: Any, where: str) -> TaskConfig:
     )
 
 
-_OUTPUT_KEYS = ("policy", "output_dir", "json_suffix", "ocr_suffix", "caption_txt")
+_OUTPUT_KEYS = ("policy", "output_dir", "json_suffix", "ocr_suffix", "caption_txt", "xmp_replace_extension",
+                "xmp_keyword_parent")
 
 
 def _output(r: _Reader, data: dict, where: str, base: OutputConfig) -> OutputConfig:
@@ -357,6 +360,10 @@ def _output(r: _Reader, data: dict, where: str, base: OutputConfig) -> OutputCon
         json_suffix=r.get(data, "json_suffix", where, suffix, "a suffix starting with '.'", base.json_suffix),
         ocr_suffix=r.get(data, "ocr_suffix", where, suffix, "a suffix starting with '.'", base.ocr_suffix),
         caption_txt=r.get(data, "caption_txt", where, _is_bool, "true or false", base.caption_txt),
+        xmp_replace_extension=r.get(data, "xmp_replace_extension", where, _is_bool, "true or false",
+                                    base.xmp_replace_extension),
+        xmp_keyword_parent=r.get(data, "xmp_keyword_parent", where, lambda v: isinstance(v, str), "a string",
+                                 base.xmp_keyword_parent),
     )
 
 

@@ -1,0 +1,227 @@
+"""XMP sidecars that photo managers read (darktable, digiKam, Immich, Lightroom).
+
+Written with the standard library's ElementTree on RDF/XML: python-xmp-toolkit would need
+Debian's exempi, and the few properties we own are simple. Merging, never clobbering, is the
+point: an existing sidecar keeps every element and attribute it had (ratings, labels, darktable
+history, other namespaces, a person's keywords). Our own keywords are remembered in our namespace
+so a re-run replaces exactly those; a person's are never removed.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import xml.etree.ElementTree as ET
+from typing import Any, Iterable
+
+NS = {
+    "x": "adobe:ns:meta/",
+    "rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#",
+    "dc": "http://purl.org/dc/elements/1.1/",
+    "xmp": "http://ns.adobe.com/xap/1.0/",
+    "digiKam": "http://www.digikam.org/ns/1.0/",
+    "lr": "http://ns.adobe.com/lightroom/1.0/",
+    "smolvlm": "https://github.com/smolvlm-watch/ns/1.0/",
+}
+XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
+PACKET_BEGIN = '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
+PACKET_END = '\n<?xpacket end="w"?>\n'
+
+
+class XmpError(Exception):
+    pass
+
+
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+def _clean(value: str) -> str:
+    """Drop the control characters XML 1.0 cannot hold (a degenerate answer may contain them)."""
+    return _NOT_XML.sub("", value)
+
+
+def _q(prefix: str, name: str) -> str:
+    return f"{{{NS[prefix]}}}{name}"
+
+
+def _register(extra: Iterable[tuple[str, str]] = ()) -> None:
+    for prefix, uri in list(NS.items()) + list(extra):
+        if prefix and not prefix.startswith("ns"):
+            try:
+                ET.register_namespace(prefix, uri)
+            except ValueError:
+                pass
+
+
+def _parse(data: bytes) -> tuple[ET.Element, list[tuple[str, str]]]:
+    """The x:xmpmeta root (created around a bare rdf:RDF) and the file's own prefixes."""
+    prefixes: list[tuple[str, str]] = []
+    try:
+        for _event, item in ET.iterparse(io.BytesIO(data), events=("start-ns",)):
+            prefixes.append(item)
+        root = ET.fromstring(data)
+    except ET.ParseError as exc:
+        raise XmpError(f"not well-formed XML ({exc})") from None
+    if root.tag == _q("rdf", "RDF"):
+        meta = ET.Element(_q("x", "xmpmeta"))
+        meta.append(root)
+        root = meta
+    if root.tag != _q("x", "xmpmeta") or root.find(_q("rdf", "RDF")) is None:
+        raise XmpError("not an XMP packet (no x:xmpmeta / rdf:RDF)")
+    return root, prefixes
+
+
+def _new() -> ET.Element:
+    meta = ET.Element(_q("x", "xmpmeta"))
+    ET.SubElement(meta, _q("rdf", "RDF"))
+    return meta
+
+
+class Packet:
+    """An XMP packet being edited in place."""
+
+    def __init__(self, data: bytes | None):
+        self.root, prefixes = _parse(data) if data else (_new(), [])
+        _register(prefixes)
+        self.rdf = self.root.find(_q("rdf", "RDF"))
+        self.ours = self._description()
+
+    def _description(self) -> ET.Element:
+        for desc in self.rdf.findall(_q("rdf", "Description")):
+            return desc
+        desc = ET.SubElement(self.rdf, _q("rdf", "Description"))
+        desc.set(_q("rdf", "about"), "")
+        return desc
+
+    def _find(self, prefix: str, name: str) -> ET.Element | None:
+        for desc in self.rdf.findall(_q("rdf", "Description")):
+            found = desc.find(_q(prefix, name))
+            if found is not None:
+                return found
+        return None
+
+    def _attribute(self, prefix: str, name: str) -> tuple[ET.Element, str] | None:
+        for desc in self.rdf.findall(_q("rdf", "Description")):
+            if _q(prefix, name) in desc.attrib:
+                return desc, desc.attrib[_q(prefix, name)]
+        return None
+
+    def items(self, prefix: str, name: str) -> list[str]:
+        prop = self._find(prefix, name)
+        if prop is None:
+            return []
+        return [li.text or "" for li in prop.iter(_q("rdf", "li"))]
+
+    def set_list(self, prefix: str, name: str, values: list[str], container: str = "Bag") -> None:
+        prop = self._find(prefix, name)
+        if prop is None:
+            prop = ET.SubElement(self.ours, _q(prefix, name))
+        for child in list(prop):
+            prop.remove(child)
+        holder = ET.SubElement(prop, _q("rdf", container))
+        for value in values:
+            ET.SubElement(holder, _q("rdf", "li")).text = _clean(value)
+        if not values:
+            self._remove(prop)
+
+    def _remove(self, prop: ET.Element) -> None:
+        for desc in self.rdf.findall(_q("rdf", "Description")):
+            if prop in list(desc):
+                desc.remove(prop)
+
+    def text(self, prefix: str, name: str) -> str | None:
+        attr = self._attribute(prefix, name)
+        if attr is not None:
+            return attr[1]
+        prop = self._find(prefix, name)
+        return prop.text if prop is not None else None
+
+    def set_text(self, prefix: str, name: str, value: str | None) -> None:
+        attr = self._attribute(prefix, name)
+        if attr is not None:
+            del attr[0].attrib[_q(prefix, name)]
+        prop = self._find(prefix, name)
+        if value is None:
+            if prop is not None:
+                self._remove(prop)
+            return
+        if prop is None:
+            prop = ET.SubElement(self.ours, _q(prefix, name))
+        prop.text = _clean(value)
+
+    def lang_alt(self, prefix: str, name: str) -> str | None:
+        prop = self._find(prefix, name)
+        if prop is None:
+            return None
+        for li in prop.iter(_q("rdf", "li")):
+            if li.get(XML_LANG) == "x-default":
+                return li.text or ""
+        return None
+
+    def set_lang_alt(self, prefix: str, name: str, value: str) -> None:
+        prop = self._find(prefix, name)
+        if prop is None:
+            prop = ET.SubElement(self.ours, _q(prefix, name))
+        alt = prop.find(_q("rdf", "Alt"))
+        if alt is None:
+            for child in list(prop):
+                prop.remove(child)
+            alt = ET.SubElement(prop, _q("rdf", "Alt"))
+        for li in alt.findall(_q("rdf", "li")):
+            if li.get(XML_LANG) == "x-default":
+                li.text = _clean(value)
+                return
+        li = ET.Element(_q("rdf", "li"), {XML_LANG: "x-default"})
+        li.text = _clean(value)
+        alt.insert(0, li)
+
+    def serialize(self) -> bytes:
+        ET.indent(self.root, space=" ")
+        body = ET.tostring(self.root, encoding="unicode")
+        return (PACKET_BEGIN + body + PACKET_END).encode("utf-8")
+
+
+def _merge_keywords(existing: list[str], previous_ours: list[str], ours: list[str]) -> tuple[list[str], list[str]]:
+    """A person's keywords stay; the ones we added last time go; ours are added once
+    (case-insensitive). Returns the merged list and the keywords we added this time."""
+    old = {k.casefold() for k in previous_ours}
+    kept = [k for k in existing if k.casefold() not in old]
+    seen = {k.casefold() for k in kept}
+    added = []
+    for k in ours:
+        if k.casefold() not in seen:
+            added.append(k)
+            seen.add(k.casefold())
+    return kept + added, added
+
+
+# Where tags go: (prefix, property, container, how a tag is spelled there, our record of what we added)
+KEYWORD_FIELDS = (
+    ("dc", "subject", "Bag", "{tag}", "Keywords"),
+    ("digiKam", "TagsList", "Seq", "{parent}/{tag}", "TagsList"),
+    ("lr", "hierarchicalSubject", "Bag", "{parent}|{tag}", "HierarchicalSubject"),
+)
+
+
+def merge(data: bytes | None, caption: str | None, tags: list[str] | None, ocr: str | None,
+          provenance: dict[str, Any], parent: str = "AI") -> bytes:
+    """The sidecar ``data`` (or a new one) with our results merged in."""
+    p = Packet(data)
+    if caption is not None:
+        current = p.lang_alt("dc", "description")
+        if not current or current == p.text("smolvlm", "Caption"):
+            p.set_lang_alt("dc", "description", caption)  # ours, or empty: a person's text is never replaced
+        p.set_text("smolvlm", "Caption", caption)
+    if tags is not None:
+        for prefix, name, container, spelling, record in KEYWORD_FIELDS:
+            if "{parent}" in spelling and not parent:
+                spelling = "{tag}"
+            spelled = [spelling.format(parent=parent, tag=t) for t in tags]
+            merged, added = _merge_keywords(p.items(prefix, name), p.items("smolvlm", record), spelled)
+            p.set_list(prefix, name, merged, container)
+            p.set_list("smolvlm", record, added)
+    if ocr is not None:
+        p.set_text("smolvlm", "OCRText", ocr)
+    for key, value in provenance.items():
+        p.set_text("smolvlm", key, str(value) if value is not None else None)
+    return p.serialize()
