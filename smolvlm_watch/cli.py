@@ -20,7 +20,7 @@ from .config import Config, ConfigError, WatchConfig
 from .pipeline import FileResult, Pipeline
 from .plugins import PluginError, Registry
 from .progress import Progress
-from .runtime import ModelLoadError, Runtime
+from .runtime import ModelLoadError, create_runtime
 from .watcher import MediaFilter, scan
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -70,7 +70,7 @@ def cmd_process(args: argparse.Namespace) -> int:
         configmod.check_names(replace(config, watches=(WatchConfig(path=Path("."), tasks=tuple(args.task)),)),
                               set(registry.tasks), set(registry.writers))
     jobs, results = _jobs(config, args.paths, args.task)
-    pipeline = Pipeline(config, registry, Runtime(config.model, config.runtime))
+    pipeline = Pipeline(config, registry, create_runtime(config.model, config.runtime))
     progress = Progress(len(jobs), enabled=not args.json)
     pipeline.on_page = lambda path, done, total: progress.start(f"{Path(path).name} page {done}/{total}")
     try:

@@ -67,10 +67,18 @@ class ModelConfig:
     image: ImageSettings = ImageSettings()
     preload: bool = True
     threads: int | None = None
+    backend: str = "transformers"  # transformers | openai
+    base_url: str | None = None  # openai: http://host:port/v1
+    name: str | None = None  # openai: the endpoint's model name
+    api_key_env: str | None = None  # openai: environment variable holding the API key
+    timeout: float = 120.0  # openai: seconds per request
+    concurrency: int = 4  # openai: requests in flight
 
     @property
     def source(self) -> str:
-        """What from_pretrained is given: the local folder when set, else the hub id."""
+        """What from_pretrained is given (the local folder, else the hub id), or the remote model."""
+        if self.backend == "openai":
+            return f"{self.name} at {self.base_url}"
         return str(self.path) if self.path else self.id
 
 
@@ -316,11 +324,23 @@ def _image(r: _Reader, data: dict, where: str) -> ImageSettings:
 
 def _model(r: _Reader, raw: Any) -> ModelConfig:
     known = ("id", "path", "revision", "dtype", "device", "attn_implementation", "local_files_only",
-             "preload", "threads", "backend") + _IMAGE_KEYS
+             "preload", "threads", "backend", "base_url", "name", "api_key_env", "timeout",
+             "concurrency") + _IMAGE_KEYS
     data = r.mapping(raw, "model", known)
-    backend = r.choice(data, "backend", "model", ("transformers",), "transformers")
-    del backend  # only one backend so far; the key is reserved so configs stay forward-compatible
+    backend = r.choice(data, "backend", "model", ("transformers", "openai"), "transformers")
+    text = lambda v: isinstance(v, str) and v != ""  # noqa: E731
+    if backend == "openai":
+        for key in ("base_url", "name"):
+            if not data.get(key):
+                r.fail(f"model.{key}", "missing: model.backend openai needs base_url and name")
     return ModelConfig(
+        backend=backend,
+        base_url=r.get(data, "base_url", "model", lambda v: isinstance(v, str) and v.startswith(("http://", "https://")),
+                       "an http(s) URL"),
+        name=r.get(data, "name", "model", text, "the endpoint's model name"),
+        api_key_env=r.get(data, "api_key_env", "model", text, "an environment variable name"),
+        timeout=r.number(data, "timeout", "model", 120.0, minimum=1),
+        concurrency=r.number(data, "concurrency", "model", 4, minimum=1, integer=True),
         id=r.get(data, "id", "model", lambda v: isinstance(v, str) and v != "", "a hub id", DEFAULT_MODEL_ID),
         path=r.path(data, "path", "model"),
         revision=r.get(data, "revision", "model", lambda v: isinstance(v, str), "a string"),

@@ -34,6 +34,8 @@ class Check:
 def check_model(config: Config) -> Check:
     """The model's files are at hand: a local folder with weights, or the hub id in the local cache."""
     m = config.model
+    if m.backend == "openai":
+        return check_endpoint(config)
     if m.path is not None:
         if not (m.path / "config.json").is_file():
             return Check("FAIL", f"model folder {m.path} has no config.json",
@@ -52,6 +54,19 @@ def check_model(config: Config) -> Check:
     if offline:
         return Check("FAIL", f"model {m.id} is not in the local cache and offline mode is on", hint)
     return Check("warn", f"model {m.id} is not cached yet; it is downloaded at the first start", hint)
+
+
+def check_endpoint(config: Config) -> Check:
+    """The remote backend answers (any HTTP answer means the server is there)."""
+    import httpx
+
+    m = config.model
+    try:
+        response = httpx.get(m.base_url.rstrip("/") + "/models", timeout=5)
+    except httpx.HTTPError as exc:
+        return Check("FAIL", f"remote backend {m.base_url} cannot be reached ({type(exc).__name__})",
+                     "start the server, or correct model.base_url (and the unit's network drop-in)")
+    return Check("ok", f"remote backend {m.base_url} answers (HTTP {response.status_code}), model {m.name}")
 
 
 def check_writable(folder: Path, what: str) -> Check:
@@ -108,6 +123,8 @@ def check_device(config: Config) -> Check:
     weights = _weights_bytes(config)
     need = f", model weights {weights / 2**30:.2f} GiB" if weights else ""
     wanted = config.model.device
+    if config.model.backend == "openai":
+        return Check("ok", "device: the remote backend's")
     if wanted in ("auto", "cuda") and torch.cuda.is_available():
         free, total = torch.cuda.mem_get_info()
         name = torch.cuda.get_device_name()

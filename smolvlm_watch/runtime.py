@@ -61,6 +61,7 @@ class Answer:
     prompt_tokens: int = 0
     seconds: float = 0.0
     error: InferenceError | None = None
+    new_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -69,13 +70,17 @@ class ModelInfo:
 
     id: str
     revision: str | None
-    dtype: str
-    device: str
+    dtype: str | None
+    device: str | None
     backend: str = "transformers"
+    endpoint: str | None = None  # the remote backend's base URL
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "revision": self.revision, "dtype": self.dtype, "device": self.device,
-                "backend": self.backend}
+        out = {"id": self.id, "revision": self.revision, "dtype": self.dtype, "device": self.device,
+               "backend": self.backend}
+        if self.endpoint:
+            out["endpoint"] = self.endpoint
+        return out
 
 
 def question(prompt: str, images: int = 1, video: bool = False) -> tuple[dict[str, Any], ...]:
@@ -319,7 +324,8 @@ class Runtime:
         for row, mask in zip(out[:, prompt_len:].tolist(), inputs["attention_mask"].sum(dim=1).tolist()):
             ids = tuple(_until_end(row, special))
             text = tokenizer.decode(list(ids), skip_special_tokens=True)
-            answers.append(Answer(text=text, token_ids=ids, prompt_tokens=int(mask), seconds=seconds))
+            answers.append(Answer(text=text, token_ids=ids, prompt_tokens=int(mask), seconds=seconds,
+                                  new_tokens=len(ids)))
         return answers
 
 
@@ -335,6 +341,15 @@ def video_inputs(clip):
                          width=clip.width, height=clip.height, video_backend="pyav",
                          frames_indices=[int(round(t * fps)) for t in clip.timestamps])
     return frames, meta
+
+
+def create_runtime(model: ModelConfig, runtime: RuntimeConfig | None = None):
+    """The runtime the config asks for: in-process transformers, or a remote OpenAI-compatible server."""
+    if model.backend == "openai":
+        from .remote import RemoteRuntime
+
+        return RemoteRuntime(model, runtime)
+    return Runtime(model, runtime)
 
 
 def _until_end(ids: list[int], stop: set[int]) -> list[int]:

@@ -28,7 +28,7 @@ from .media import sha256_file
 from .pipeline import Pipeline
 from .plugins import PluginError, Registry
 from .progress import Progress
-from .runtime import ModelLoadError, Runtime
+from .runtime import ModelLoadError, create_runtime
 from .sidecar import Target, relocate
 from .watcher import ArmedWatch, MediaFilter, WatchSet, scan
 
@@ -102,7 +102,7 @@ class Daemon:
         recovered = self.journal.recover()
         if recovered:
             self.log.warning("recovered_interrupted_jobs", count=recovered)
-        self.runtime = Runtime(config.model, config.runtime)
+        self.runtime = create_runtime(config.model, config.runtime)
         self.pipeline = Pipeline(config, registry, self.runtime)
         if config.model.preload:
             self._load_model()
@@ -299,7 +299,7 @@ class Daemon:
             self.log.error("reload_refused", error=str(exc))
             notify("READY=1")
             return
-        runtime = self.runtime if config.model == self.config.model else Runtime(config.model, config.runtime)
+        runtime = self.runtime if config.model == self.config.model else create_runtime(config.model, config.runtime)
         self.watches.stop()
         self.config, self.registry, self.runtime = config, registry, runtime
         self.pipeline = Pipeline(config, registry, runtime)
@@ -413,7 +413,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print("\n".join(lines))
         return 1
     why_not = MediaFilter(watch).reason(path)
-    pipeline = Pipeline(config, registry, Runtime(config.model, config.runtime))
+    pipeline = Pipeline(config, registry, create_runtime(config.model, config.runtime))
     target = Target.for_media(path, watch.output, watch.path)
     lines += [
         f"watch: {watch.path} (recursive {watch.recursive}, include {list(watch.include) or 'all'}, "
@@ -465,7 +465,7 @@ def _under(path: str | None) -> tuple[str, tuple]:
 def cmd_backfill(args: argparse.Namespace) -> int:
     config, registry = load_checked(args.config)
     journal = Journal(config.state.db)
-    pipeline = Pipeline(config, registry, Runtime(config.model, config.runtime))
+    pipeline = Pipeline(config, registry, create_runtime(config.model, config.runtime))
     mode = "all" if args.all else "stale" if args.stale else "missing"
     where, params = _under(args.path)
     queued = 0

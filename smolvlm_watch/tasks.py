@@ -156,5 +156,5 @@ def _finish(p: Planned, media: Media, answers: list[Answer], seconds: float) -> 
         "plugin_version": p.plugin_version,
         "seconds": round(seconds, 4),
         "fingerprint": p.fingerprint,
-        "tokens": sum(len(a.token_ids) for a in answers),
+        "tokens": sum(a.new_tokens for a in answers),
     })
