@@ -46,7 +46,7 @@ def test_a_config_with_only_a_folder_works(write_config, tmp_path):
     ("watches:\n  - path: ./in\n  - path: ./in2\n    tasks: [capton]\n",
      "watches[1].tasks[0]: unknown task 'capton' (known: ask, caption, ocr, tags)"),
     ("watches:\n  - path: ./in\n    outputs: [json, yaml]\n",
-     "watches[0].outputs[1]: unknown output 'yaml' (known: json, txt)"),
+     "watches[0].outputs[1]: unknown output 'yaml' (known: json, txt, xmp)"),
     ("model: {dtype: float8}\n", "model.dtype: 'float8' is not allowed (allowed: auto, float32, float16, bfloat16)"),
     ("model: {device: tpu}\n", "model.device: 'tpu' is not allowed (allowed: auto, cpu, cuda, mps)"),
     ("model: {pth: ./x}\n", "model.pth: unknown key (known: id, path, revision"),

@@ -34,7 +34,7 @@ def test_builtin_tasks_and_writers(run_cli):
     code, out, _ = run_cli("plugins", "--json")
     rows = {(r["kind"], r["name"]): r for r in json.loads(out)}
     assert set(rows) == {("task", "caption"), ("task", "ocr"), ("task", "tags"), ("task", "ask"),
-                         ("writer", "json"), ("writer", "txt")}
+                         ("writer", "json"), ("writer", "txt"), ("writer", "xmp")}
     assert rows[("task", "caption")]["plugin"] == "smolvlm_watch_plugins.caption"
 
 
