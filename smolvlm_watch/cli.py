@@ -74,11 +74,10 @@ def cmd_process(args: argparse.Namespace) -> int:
     progress = Progress(len(jobs), enabled=not args.json)
     pipeline.on_page = lambda path, done, total: progress.start(f"{Path(path).name} page {done}/{total}")
     try:
-        for path, watch in jobs:
-            progress.start(path.name)
-            result = pipeline.process(path, watch, force=args.force)
+        for result in pipeline.process_many(jobs, force=args.force):
             results.append(result)
             progress.advance(result.status)
+            progress.start(Path(result.path).name)
     except ModelLoadError as exc:
         progress.close()
         print(f"error: {exc}", file=sys.stderr)

@@ -9,9 +9,11 @@ are missing or stale run, and the others' results are kept.
 from __future__ import annotations
 
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from .config import Config, DocumentConfig, OutputConfig, WatchConfig
 from .document import Document, DocumentSettings, is_document, page_media, page_record, pages_media, source_info
@@ -34,6 +36,32 @@ class FileResult:
     tasks_run: tuple[str, ...] = ()
     sha256: str | None = None
     pages_resumed: int = 0  # a document's pages taken from the journal instead of run again
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A file ready for the model: what to run, where results go, and the decoded media
+    (None for a document, whose pages are rendered as they are needed)."""
+
+    path: Path
+    watch: WatchConfig
+    target: Target
+    todo: list[Planned]
+    kept_from: dict[str, Any] | None
+    media: Any
+    start: float
+
+
+def _guarded(path: Path, start: float, step: Callable[[], Any]) -> Any:
+    """Run one file's step; its expected failures become that file's FileResult."""
+    try:
+        return step()
+    except MediaError as exc:
+        return FileResult(str(path), "failed", exc.reason, transient=exc.transient,
+                          seconds=time.perf_counter() - start)
+    except (SidecarError, OSError) as exc:
+        transient = isinstance(exc, OSError) and exc.errno in (28, 11, 16)  # ENOSPC, EAGAIN, EBUSY
+        return FileResult(str(path), "failed", str(exc), transient=transient, seconds=time.perf_counter() - start)
 
 
 class PageStore(Protocol):
@@ -80,24 +108,50 @@ class Pipeline:
                 pages: PageStore | None = None) -> FileResult:
         """Process one file. ``pages`` (the journal) keeps a long document's finished pages, so a
         restart resumes it instead of starting over."""
+        prepared = self.prepare(path, watch, force)
+        if isinstance(prepared, FileResult):
+            return prepared
+        return self.run([prepared], pages)[0]
+
+    def process_many(self, jobs: Iterable[tuple[Path, WatchConfig]], force: bool = False) -> Iterator[FileResult]:
+        """Process files in order while the next ones are read and decoded in the background.
+
+        At most ``runtime.prefetch`` decoded files wait ahead of the model (memory stays bounded
+        whatever the folder's size), and the ones already decoded when the model is free are run
+        together, so the runtime can batch across files. A batch never waits for a file that is
+        still being decoded, beyond the first."""
+        ahead = self.config.runtime.prefetch
+        jobs = iter(jobs)
+        window: deque = deque()
+        with ThreadPoolExecutor(max_workers=min(2, ahead), thread_name_prefix="prefetch") as pool:
+            def refill() -> None:
+                while len(window) < ahead:
+                    job = next(jobs, None)
+                    if job is None:
+                        return
+                    window.append(pool.submit(self.prepare, job[0], job[1], force))
+
+            refill()
+            while window:
+                ready = [window.popleft().result()]
+                while window and window[0].done() and len(ready) < self.runtime.max_batch():
+                    ready.append(window.popleft().result())
+                refill()
+                ran = iter(self.run([r for r in ready if isinstance(r, Prepared)]))
+                for r in ready:
+                    yield r if isinstance(r, FileResult) else next(ran)
+
+    def prepare(self, path: str | Path, watch: WatchConfig, force: bool = False) -> "Prepared | FileResult":
+        """Everything before the model: the sidecar check, hashing, decoding. A FileResult when
+        there is nothing to run (skipped) or the file failed."""
         path = Path(path)
         start = time.perf_counter()
-        try:
-            return self._process(path, watch, force, start, pages)
-        except MediaError as exc:
-            return FileResult(str(path), "failed", exc.reason, transient=exc.transient,
-                              seconds=time.perf_counter() - start)
-        except (SidecarError, OSError) as exc:
-            transient = isinstance(exc, OSError) and exc.errno in (28, 11, 16)  # ENOSPC, EAGAIN, EBUSY
-            return FileResult(str(path), "failed", str(exc), transient=transient,
-                              seconds=time.perf_counter() - start)
+        return _guarded(path, start, lambda: self._prepare(path, watch, force, start))
 
-    def _process(self, path: Path, watch: WatchConfig, force: bool, start: float,
-                 pages: PageStore | None) -> FileResult:
+    def _prepare(self, path: Path, watch: WatchConfig, force: bool, start: float) -> "Prepared | FileResult":
         output: OutputConfig = watch.output
         target = Target.for_media(path, output, watch.path)
         existing = read_json(target.json_path) if "json" in watch.outputs else None
-        planned = self.planned(watch)
         if existing is not None and output.policy == "skip" and not force:
             return FileResult(str(path), "skipped", seconds=time.perf_counter() - start)
         try:
@@ -105,16 +159,34 @@ class Pipeline:
         except FileNotFoundError:
             raise MediaError(path, "file vanished before it could be read") from None
         same_content = existing is not None and (existing.get("source") or {}).get("sha256") == sha
+        planned = self.planned(watch)
         todo = planned if force or not same_content else [p for p in planned if not _current(existing, p)]
         if not todo:
             return FileResult(str(path), "skipped", seconds=time.perf_counter() - start, sha256=sha)
-        if is_document(path, _head(path)):
-            return self._document(path, watch, todo, existing if same_content else None, target, start, pages)
-        media = load(path, max_pixels=self.config.media.max_pixels, max_bytes=self.config.media.max_bytes,
-                     sampling=self.sampling(watch))
-        outcomes = {o.name: o.data for o in run_tasks(media, todo, self.runtime)}
-        return self._finish(path, watch, todo, outcomes, media.info.as_dict(), dict(media.sidecar_extra),
-                            existing if same_content else None, target, start)
+        media = None
+        if not is_document(path, _head(path)):  # documents render their pages as the model needs them
+            media = load(path, max_pixels=self.config.media.max_pixels, max_bytes=self.config.media.max_bytes,
+                         sampling=self.sampling(watch))
+        return Prepared(path, watch, target, todo, existing if same_content else None, media, start)
+
+    def run(self, items: list["Prepared"], pages: PageStore | None = None) -> list[FileResult]:
+        """Run prepared files; files with the same tasks share one runtime call."""
+        results: dict[int, FileResult] = {}
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for i, item in enumerate(items):
+            if item.media is None:
+                results[i] = _guarded(item.path, item.start, lambda item=item: self._document(
+                    item.path, item.watch, item.todo, item.kept_from, item.target, item.start, pages))
+            else:
+                groups.setdefault(tuple(p.fingerprint for p in item.todo), []).append(i)
+        for idx in groups.values():
+            batch = [items[i] for i in idx]
+            outcomes = run_tasks_many([b.media for b in batch], batch[0].todo, self.runtime)
+            for i, item, outs in zip(idx, batch, outcomes):
+                results[i] = _guarded(item.path, item.start, lambda item=item, outs=outs: self._finish(
+                    item.path, item.watch, item.todo, {o.name: o.data for o in outs}, item.media.info.as_dict(),
+                    dict(item.media.sidecar_extra), item.kept_from, item.target, item.start))
+        return [results[i] for i in range(len(items))]
 
     def _finish(self, path: Path, watch: WatchConfig, todo: list[Planned], outcomes: dict[str, dict],
                 source: dict[str, Any], extra: dict[str, Any], kept_from: dict[str, Any] | None, target: Target,

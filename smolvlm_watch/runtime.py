@@ -134,7 +134,7 @@ class Runtime:
         self.model = None
         self.device: str | None = None
         self.dtype: str | None = None
-        self.vision_passes = 0
+        self.vision_passes = 0  # images (or videos) the vision tower encoded
 
     @property
     def loaded(self) -> bool:
@@ -200,7 +200,6 @@ class Runtime:
         self.processor = processor
         self.model = model.to(device).eval()
         self.device, self.dtype = device, dtype
-        self._count_vision_passes()
 
     def _explain_load_failure(self, source: str, exc: Exception) -> str:
         local = self.config.path is not None
@@ -217,17 +216,6 @@ class Runtime:
         if not local and (offline or self.config.local_files_only):
             why = f"offline mode is on and the model is not in the local cache ({why})"
         return f"cannot load model {source!r}: {why}. Fix: {hint}."
-
-    def _count_vision_passes(self) -> None:
-        """Count vision-tower forwards: the benchmark and tests check images are encoded once."""
-        vision = getattr(getattr(self.model, "model", self.model), "vision_model", None)
-        if vision is None:
-            return
-
-        def hook(*_args: Any) -> None:
-            self.vision_passes += 1
-
-        vision.register_forward_hook(hook)
 
     # --- inference -----------------------------------------------------------------------------
 
@@ -285,14 +273,21 @@ class Runtime:
         return [a for a in answers if a is not None]
 
     def _plan(self, requests: Sequence[Request]) -> list[list[int]]:
-        """Group requests that can be padded together (same image settings, same image count,
-        same generation settings), bounded by max_batch, keeping the first-seen order."""
+        """Group requests that can share a forward pass: same image settings, image count and
+        decoding rules (``max_new_tokens`` may differ: each answer is cut to its own). Requests
+        about the same images stay next to each other, so they land in one batch and their
+        images are encoded once. Batches are bounded by max_batch."""
         groups: dict[Any, list[int]] = {}
         for i, r in enumerate(requests):
             frames = len(r.video.frames) if r.video is not None else None
-            groups.setdefault((r.image, len(r.images), frames, r.generation), []).append(i)
+            key = (r.image, len(r.images), frames, r.generation.min_new_tokens, r.generation.loop_guard)
+            groups.setdefault(key, []).append(i)
         size = self.max_batch()
-        return [idx[k:k + size] for idx in groups.values() for k in range(0, len(idx), size)]
+        batches = []
+        for idx in groups.values():
+            idx = sorted(idx, key=lambda i: [id(img) for img in requests[i].images] or [i])
+            batches += [idx[k:k + size] for k in range(0, len(idx), size)]
+        return batches
 
     def _run_batch(self, batch: list[Request]) -> list[Answer]:
         try:
@@ -302,6 +297,20 @@ class Runtime:
                 return [a for r in batch for a in self._run_batch([r])]
             return [Answer(text="", error=_inference_error(exc))]
 
+    def _shared_images(self, batch: list[Request], inputs) -> dict[str, Any]:
+        """Encode each distinct image set of the batch ONCE with the vision tower and connector,
+        and hand every request its features (``mm_encoder_outputs``): caption, tags and OCR of one
+        photo cost one vision pass, not three."""
+        first: dict[tuple[int, ...], int] = {}
+        owner = [first.setdefault(tuple(id(img) for img in r.images), i) for i, r in enumerate(batch)]
+        unique = sorted(set(owner))
+        encoded = self.model.model.get_image_features(inputs["pixel_values"][unique],
+                                                      inputs["pixel_attention_mask"][unique], return_dict=True)
+        self.vision_passes += len(unique)
+        features = dict(zip(unique, encoded.pooler_output))
+        encoded.pooler_output = [features[o] for o in owner]
+        return {"mm_encoder_outputs": {"image": encoded}}
+
     def _generate(self, batch: list[Request]) -> list[Answer]:
         import torch
         from transformers import StoppingCriteriaList
@@ -310,19 +319,27 @@ class Runtime:
         inputs = self.encode(batch)
         prompt_len = inputs["input_ids"].shape[1]
         gen = batch[0].generation
-        kwargs: dict[str, Any] = dict(max_new_tokens=gen.max_new_tokens, do_sample=False)
+        kwargs: dict[str, Any] = dict(max_new_tokens=max(r.generation.max_new_tokens for r in batch),
+                                      do_sample=False)
         if gen.min_new_tokens:
             kwargs["min_new_tokens"] = gen.min_new_tokens
         if gen.loop_guard:
             kwargs["stopping_criteria"] = StoppingCriteriaList([LoopGuard(prompt_len)])
         with torch.inference_mode():
-            out = self.model.generate(**inputs, **kwargs)
+            if "pixel_values" in inputs and batch[0].video is None:
+                model_inputs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"],
+                                **self._shared_images(batch, inputs)}
+            else:
+                self.vision_passes += len(batch) if batch[0].video is not None else 0
+                model_inputs = dict(inputs)
+            out = self.model.generate(**model_inputs, **kwargs)
         seconds = (time.perf_counter() - start) / len(batch)
         tokenizer = self.processor.tokenizer
         special = {tokenizer.pad_token_id, tokenizer.eos_token_id}
         answers = []
-        for row, mask in zip(out[:, prompt_len:].tolist(), inputs["attention_mask"].sum(dim=1).tolist()):
-            ids = tuple(_until_end(row, special))
+        rows = out[:, prompt_len:].tolist()
+        for request, row, mask in zip(batch, rows, inputs["attention_mask"].sum(dim=1).tolist()):
+            ids = tuple(_until_end(row[:request.generation.max_new_tokens], special))
             text = tokenizer.decode(list(ids), skip_special_tokens=True)
             answers.append(Answer(text=text, token_ids=ids, prompt_tokens=int(mask), seconds=seconds,
                                   new_tokens=len(ids)))

@@ -105,3 +105,66 @@ def test_max_batch_is_configurable(tiny_model):
     img = Image.new("RGB", (64, 64))
     reqs = [Request(images=(img,), messages=question("q")) for _ in range(5)]
     assert [len(b) for b in rt._plan(reqs)] == [2, 2, 1]
+
+
+def test_one_vision_pass_per_image_with_the_answers_of_separate_runs(tiny_model):
+    """caption + tags + OCR about one photo at the same image settings encode it once."""
+    rt = Runtime(ModelConfig(path=tiny_model, threads=1), RuntimeConfig(max_batch=8))
+    photos = [Image.new("RGB", (300, 200), (200, 30, 30)), Image.new("RGB", (120, 260), (20, 160, 90))]
+    questions = [("Describe this image in detail.", 20), ("List keywords, comma separated.", 8),
+                 ("Extract all text from this image.", 14)]
+    requests = [Request(images=(photo,), messages=question(q), generation=GenerationSettings(max_new_tokens=n))
+                for photo in photos for q, n in questions]
+    separate = []
+    for r in requests:
+        rt.vision_passes = 0
+        separate.append(rt.generate([r])[0].token_ids)
+        assert rt.vision_passes == 1
+    rt.vision_passes = 0
+    shared = [a.token_ids for a in rt.generate(requests)]
+    assert rt.vision_passes == 2  # two photos, six questions
+    assert shared == separate
+    assert [len(t) <= n for t, (_, n) in zip(shared, questions * 2)] == [True] * 6
+
+
+def test_pipeline_prefetch_is_bounded_over_200_files(tmp_path, tiny_model):
+    """Decoding runs ahead of the model, but never more than prefetch + one batch of files."""
+    import threading
+
+    from smolvlm_watch import config as configmod
+    from smolvlm_watch.pipeline import Pipeline
+    from smolvlm_watch.plugins import Registry
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    paths = []
+    for i in range(200):
+        path = folder / f"f{i:03d}.png"
+        Image.new("RGB", (40, 30), (i, 0, 0)).save(path)
+        paths.append(path)
+    config = configmod.parse({"model": {"path": str(tiny_model), "threads": 1},
+                              "tasks": {"caption": {"max_new_tokens": 2}},
+                              "runtime": {"prefetch": 4, "max_batch": 4},
+                              "watches": [{"path": str(folder), "tasks": ["caption"], "outputs": ["json"]}]},
+                             tmp_path)
+    pipeline = Pipeline(config, Registry(entrypoints=False), Runtime(config.model, config.runtime))
+    lock, state = threading.Lock(), {"prepared": 0, "yielded": 0, "max_ahead": 0}
+    original = pipeline.prepare
+
+    def counting_prepare(*args, **kwargs):
+        result = original(*args, **kwargs)
+        with lock:
+            state["prepared"] += 1
+            state["max_ahead"] = max(state["max_ahead"], state["prepared"] - state["yielded"])
+        return result
+
+    pipeline.prepare = counting_prepare
+    done = []
+    for result in pipeline.process_many([(p, config.watches[0]) for p in paths]):
+        with lock:
+            state["yielded"] += 1
+        done.append(result)
+    assert [r.path for r in done] == [str(p) for p in paths]  # in order
+    assert all(r.status == "done" for r in done)
+    assert 1 <= state["max_ahead"] <= 4 + 4, state
+    assert pipeline.runtime.vision_passes == 200

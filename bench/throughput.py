@@ -1,0 +1,227 @@
+"""Throughput of smolvlm-watch against the reference loop of the transformers SmolVLM docs.
+
+    python bench/throughput.py --preset 256M --device cpu --images 4 --tasks caption,tags,ocr
+    python bench/throughput.py --quick          # tiny model, CI smoke run
+
+Builds (and caches under bench/.cache) the preset model with random weights, writes a fixed
+seeded set of images, then measures in ONE run, each phase in a fresh subprocess so peak memory is
+its own: (a) the reference loop exactly as the docs write it, one image and one task at a time;
+(b) smolvlm-watch's `process` path on the same files (decode, resize, infer, parse, write
+sidecars). Both decode exactly max_new_tokens tokens (min_new_tokens = max_new_tokens, loop guard
+off), at the processor's default image settings. Prints one JSON line per configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CACHE = HERE / ".cache"
+PHOTO, PAGE = (1024, 768), (2480, 3508)
+PROMPTS = {
+    "caption": "Describe this image in detail.",
+    "tags": "List keywords that describe this image, separated by commas.",
+    "ocr": "Extract all text from this image. Keep the line breaks.",
+}
+
+
+def make_images(folder: Path, count: int, size: tuple[int, int], seed: int = 1234) -> list[Path]:
+    from PIL import Image, ImageDraw
+
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        img = Image.new("RGB", size, tuple(rng.randrange(256) for _ in range(3)))
+        draw = ImageDraw.Draw(img)
+        for _ in range(40):
+            x, y = rng.randrange(size[0]), rng.randrange(size[1])
+            draw.rectangle((x, y, x + rng.randrange(20, 300), y + rng.randrange(10, 200)),
+                           fill=tuple(rng.randrange(256) for _ in range(3)))
+            draw.text((x, y), f"line {rng.randrange(10_000)}", fill=(0, 0, 0))
+        path = folder / f"bench-{i:04d}.jpg"
+        img.save(path, "JPEG", quality=90)
+        paths.append(path)
+    return paths
+
+
+def model_dir(preset: str) -> Path:
+    from smolvlm_watch.testing import build_model
+
+    out = CACHE / preset
+    if not (out / "config.json").exists():
+        build_model(out, preset=preset)
+    return out
+
+
+def measured_peak_flops(device: str, dtype) -> float:
+    """What a large GEMM reaches here: the roofline the fractions are quoted against."""
+    import torch
+
+    n = 2048 if device == "cpu" else 8192
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    if device == "cuda":
+        torch.cuda.synchronize()
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < 1.0:
+        a @ b
+        reps += 1
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+def flop_estimate(model, prompt_tokens: int, image_tiles: int, new_tokens: int) -> tuple[float, float]:
+    """(vision, text) FLOP of one question: 2 × parameters × tokens per tower (attention's
+    quadratic term left out)."""
+    vision = sum(p.numel() for p in model.model.vision_model.parameters())
+    text = sum(p.numel() for p in model.model.text_model.parameters())
+    vcfg = model.config.vision_config
+    patches = (vcfg.image_size // vcfg.patch_size) ** 2
+    return 2 * vision * patches * image_tiles, 2 * text * (prompt_tokens + new_tokens)
+
+
+def _dtype(device: str):
+    import torch
+
+    return torch.bfloat16 if device == "cuda" else torch.float32
+
+
+def phase_reference(args, images: list[Path], tasks: list[str]) -> dict:
+    """The transformers docs' loop: apply_chat_template + generate per image and per question."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(args.model)
+    model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=_dtype(args.device)).to(args.device)
+    passes = []
+    model.model.vision_model.register_forward_hook(lambda *a: passes.append(1))
+    vision_flop, text_flop, start = 0.0, 0.0, time.perf_counter()
+    for path in images:
+        for task in tasks:
+            messages = [{"role": "user", "content": [{"type": "image", "path": str(path)},
+                                                     {"type": "text", "text": PROMPTS[task]}]}]
+            inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                   return_dict=True, return_tensors="pt").to(args.device)
+            with torch.inference_mode():
+                model.generate(**inputs, max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens,
+                               do_sample=False)
+            v, t = flop_estimate(model, inputs["input_ids"].shape[1], inputs["pixel_values"].shape[1],
+                                 args.max_new_tokens)
+            vision_flop, text_flop = vision_flop + v, text_flop + t
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "vision_passes": len(passes), "vision_flop": vision_flop, "text_flop": text_flop,
+            **_peaks(args.device)}
+
+
+def phase_ours(args, images: list[Path], tasks: list[str]) -> dict:
+    """The same files through `process`'s code path: decode, resize, infer, parse, write sidecars."""
+    from smolvlm_watch import config as configmod
+    from smolvlm_watch.pipeline import Pipeline
+    from smolvlm_watch.plugins import Registry
+    from smolvlm_watch.runtime import create_runtime
+
+    folder = images[0].parent
+    task_cfg = {t: {"max_new_tokens": args.max_new_tokens, "prompt": PROMPTS[t], "image_splitting": True,
+                    "options": {"min_new_tokens": args.max_new_tokens, "loop_guard": False}} for t in tasks}
+    raw = {"model": {"path": args.model, "device": args.device,
+                     "dtype": "bfloat16" if args.device == "cuda" else "float32"},
+           "tasks": task_cfg, "runtime": {"max_batch": args.batch} if args.batch else {},
+           "watches": [{"path": str(folder), "tasks": tasks, "outputs": ["json"], "policy": "overwrite"}]}
+    config = configmod.parse(raw, folder)
+    runtime = create_runtime(config.model, config.runtime)
+    runtime.load()
+    pipeline = Pipeline(config, Registry(entrypoints=False), runtime)
+    start = time.perf_counter()
+    failed = [r for r in (pipeline.process(p, config.watches[0], force=True) for p in images) if r.status != "done"]
+    seconds = time.perf_counter() - start
+    if failed:
+        raise SystemExit(f"bench: {len(failed)} files failed: {failed[0].error}")
+    return {"seconds": seconds, "vision_passes": runtime.vision_passes, "batch": runtime.max_batch(),
+            **_peaks(args.device)}
+
+
+def _peaks(device: str) -> dict:
+    import torch
+
+    gpu = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else 0.0
+    return {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "peak_gpu_mb": round(gpu, 1)}
+
+
+def run_phase(args, phase: str) -> dict:
+    cmd = [sys.executable, __file__, "--phase", phase, "--model", str(args.model), "--device", args.device,
+           "--tasks", args.tasks, "--max-new-tokens", str(args.max_new_tokens), "--images-dir", str(args.images_dir)]
+    if args.batch:
+        cmd += ["--batch", str(args.batch)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"bench phase {phase} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="256M", choices=["tiny", "256M", "500M", "2.2B"])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--images", type=int, default=4)
+    p.add_argument("--tasks", default="caption,tags,ocr")
+    p.add_argument("--size", default=None, help="WxH (default: a 1024x768 photo; 'page' for 2480x3508)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--batch", type=int, default=None, help="runtime.max_batch (default: automatic)")
+    p.add_argument("--quick", action="store_true", help="tiny model, 2 images, 8 tokens: a smoke run for CI")
+    p.add_argument("--phase", choices=["reference", "ours"], help=argparse.SUPPRESS)
+    p.add_argument("--model", help=argparse.SUPPRESS)
+    p.add_argument("--images-dir", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    tasks = [t for t in args.tasks.split(",") if t]
+    if args.phase:
+        import torch
+
+        torch.manual_seed(0)
+        images = sorted(Path(args.images_dir).glob("bench-*.jpg"))
+        result = (phase_reference if args.phase == "reference" else phase_ours)(args, images, tasks)
+        print(json.dumps(result))
+        return 0
+    if args.quick:
+        args.preset, args.images, args.max_new_tokens = "tiny", 2, 8
+    size = PAGE if args.size == "page" else tuple(map(int, args.size.split("x"))) if args.size else PHOTO
+    args.model = model_dir(args.preset)
+    with tempfile.TemporaryDirectory(prefix="smolvlm-bench-") as tmp:
+        args.images_dir = Path(tmp)
+        images = make_images(args.images_dir, args.images, size)
+        ref = run_phase(args, "reference")
+        ours = run_phase(args, "ours")
+    # The work each image needs: its vision pass once, and every question's text.
+    flop_per_image = (ref["vision_flop"] / len(tasks) + ref["text_flop"]) / len(images)
+    peak = measured_peak_flops(args.device, _dtype(args.device))
+    ips, ref_ips = len(images) / ours["seconds"], len(images) / ref["seconds"]
+    print(json.dumps({
+        "preset": args.preset, "device": args.device, "tasks": tasks, "images": len(images),
+        "size": f"{size[0]}x{size[1]}", "max_new_tokens": args.max_new_tokens, "batch": ours["batch"],
+        "images_per_s": round(ips, 4), "reference_images_per_s": round(ref_ips, 4), "ratio": round(ips / ref_ips, 3),
+        "seconds_per_image_per_task": round(ours["seconds"] / len(images) / len(tasks), 3),
+        "reference_seconds_per_image_per_task": round(ref["seconds"] / len(images) / len(tasks), 3),
+        "vision_passes": ours["vision_passes"], "reference_vision_passes": ref["vision_passes"],
+        "peak_rss_mb": ours["peak_rss_mb"], "reference_peak_rss_mb": ref["peak_rss_mb"],
+        "peak_gpu_mb": ours["peak_gpu_mb"], "flop_per_image": round(flop_per_image),
+        "device_peak_flops": round(peak), "roofline_fraction": round(flop_per_image * ips / peak, 4),
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("SMOLVLM_WATCH_LOAD_ENTRYPOINTS", "0")
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""The throughput benchmark runs (quick mode, tiny model) and prints its contract keys."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "throughput.py"
+KEYS = {"preset", "device", "tasks", "images", "images_per_s", "reference_images_per_s", "ratio", "vision_passes",
+        "peak_rss_mb", "peak_gpu_mb", "roofline_fraction"}
+
+
+def test_bench_quick_prints_json_lines():
+    proc = subprocess.run([sys.executable, str(BENCH), "--quick"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1
+    row = lines[0]
+    assert KEYS <= set(row)
+    assert row["preset"] == "tiny" and row["tasks"] == ["caption", "tags", "ocr"] and row["images"] == 2
+    # The reference loop encodes each image once per task; smolvlm-watch once per image.
+    assert row["reference_vision_passes"] == 6 and row["vision_passes"] == 2
+    assert row["images_per_s"] > 0 and row["reference_images_per_s"] > 0
