@@ -64,3 +64,26 @@ def make_image(path: Path, size=(96, 64), color=(200, 40, 40), fmt: str | None =
 
 def read_sidecar(media: Path) -> dict:
     return json.loads(media.with_name(media.name + ".smolvlm.json").read_text(encoding="utf-8"))
+
+
+def write_trap_plugin(folder: Path, module: str, task: str, trigger: str, action: str) -> None:
+    """A plugin module whose task misbehaves (runs ``action``) on files named ``trigger`` only."""
+    (folder / f"{module}.py").write_text(f"""
+import time
+from smolvlm_watch import hookimpl
+from smolvlm_watch.tasks import Task
+
+class Trap(Task):
+    name = {task!r}
+    default_prompt = "x"
+    default_max_new_tokens = 1
+
+    def requests(self, media, spec):
+        if media.info.path.endswith({trigger!r}):
+            {action}
+        return super().requests(media, spec)
+
+@hookimpl
+def register_tasks(register):
+    register(Trap())
+""")

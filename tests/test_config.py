@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 import pytest
 
@@ -71,7 +70,7 @@ def test_bad_config_gives_precise_message_and_exit_2(write_config, run_cli, tmp_
 
 
 def test_bad_config_processes_nothing(write_config, run_cli, tmp_path, tiny_model):
-    img = make_image(tmp_path / "inbox" / "a.png")
+    make_image(tmp_path / "inbox" / "a.png")
     cfg = write_config(f"model: {{path: {tiny_model}}}\nwatches:\n  - path: ./inbox\n    tasks: [capton]\n")
     code, out, err = run_cli("process", tmp_path / "inbox", "-c", cfg, "--json")
     assert code == 2

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_image, read_sidecar
+from conftest import make_image, read_sidecar, write_trap_plugin
 from smolvlm_watch import service, watcher
 from smolvlm_watch.journal import Journal, JournalLocked
 
@@ -200,23 +200,8 @@ def test_inotify_enospc_at_start_falls_back_to_polling(tmp_path, running, monkey
 
 
 def test_poison_file_is_quarantined_while_others_complete(tmp_path, running, tiny_model, monkeypatch):
-    (tmp_path / "poisontask.py").write_text(textwrap.dedent('''
-        from smolvlm_watch import hookimpl
-        from smolvlm_watch.tasks import Task
-
-        class Picky(Task):
-            name = "picky"
-            default_prompt = "x"
-            default_max_new_tokens = 1
-            def requests(self, media, spec):
-                if media.info.path.endswith("poison.png"):
-                    raise RuntimeError("this file always breaks the task")
-                return super().requests(media, spec)
-
-        @hookimpl
-        def register_tasks(register):
-            register(Picky())
-    '''))
+    write_trap_plugin(tmp_path, "poisontask", "picky", "poison.png",
+                      'raise RuntimeError("this file always breaks the task")')
     monkeypatch.syspath_prepend(str(tmp_path))
     cfg = daemon_config(tmp_path, tiny_model, tasks="[picky]", extra="plugins: [poisontask]\n")
     d = running(cfg)

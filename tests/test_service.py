@@ -9,13 +9,12 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import make_image
+from conftest import make_image, write_trap_plugin
 from test_daemon import daemon_config, spawn, wait_for
 
 UNITS = Path(__file__).resolve().parents[1] / "systemd"
@@ -106,28 +105,8 @@ class NotifySocket:
         self.sock.close()
 
 
-HANG_PLUGIN = '''
-import time
-from smolvlm_watch import hookimpl
-from smolvlm_watch.tasks import Task
-
-class Hang(Task):
-    name = "hang"
-    default_prompt = "x"
-    default_max_new_tokens = 1
-    def requests(self, media, spec):
-        if media.info.path.endswith("hang.png"):
-            time.sleep(600)
-        return super().requests(media, spec)
-
-@hookimpl
-def register_tasks(register):
-    register(Hang())
-'''
-
-
 def test_sd_notify_ready_watchdog_stopping_and_wedged_worker(tmp_path, tiny_model):
-    (tmp_path / "hangtask.py").write_text(textwrap.dedent(HANG_PLUGIN))
+    write_trap_plugin(tmp_path, "hangtask", "hang", "hang.png", "time.sleep(600)")
     cfg = daemon_config(tmp_path, tiny_model, tasks="[hang]", extra="plugins: [hangtask]\n")
     cfg.write_text(cfg.read_text().replace("max_attempts: 3}", "max_attempts: 3, item_timeout: 1}"))
     sock = NotifySocket(tmp_path / "notify.sock")

@@ -14,7 +14,7 @@ import torch
 
 from conftest import read_sidecar
 from smolvlm_watch.media import MediaError, load
-from smolvlm_watch.runtime import GenerationSettings, Request, Runtime, question
+from smolvlm_watch.runtime import Request, Runtime, question
 from smolvlm_watch.config import ModelConfig
 from smolvlm_watch.video import Sampling, decode, sample_timestamps
 
