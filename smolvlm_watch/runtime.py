@@ -11,10 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
+from urllib.parse import urlparse
 
 from PIL import Image
 
@@ -190,6 +192,9 @@ class Runtime:
         kwargs: dict[str, Any] = dict(revision=self.config.revision, local_files_only=self.config.local_files_only,
                                       trust_remote_code=False)
         source = self.config.source
+        if self.config.path is None and not self._hub_usable():
+            raise ModelLoadError(self._explain_load_failure(source, ConnectionError(
+                "the Hugging Face Hub cannot be reached and the model is not in the local cache")))
         try:
             processor = AutoProcessor.from_pretrained(source, **kwargs)
             model = AutoModelForImageTextToText.from_pretrained(
@@ -201,9 +206,26 @@ class Runtime:
         self.model = model.to(device).eval()
         self.device, self.dtype = device, dtype
 
+    def _hub_usable(self, timeout: float = 3.0) -> bool:
+        """The model is cached, or the hub answers a TCP connect: without this check an offline
+        machine waits minutes on the hub client's retries before the same error."""
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(self.config.id, "config.json", revision=self.config.revision), str):
+            return True
+        if constants.HF_HUB_OFFLINE or self.config.local_files_only:
+            return False
+        host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+        except OSError:
+            return False
+        return True
+
     def _explain_load_failure(self, source: str, exc: Exception) -> str:
         local = self.config.path is not None
-        why = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        first_line = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else ""
+        why = f"{type(exc).__name__}: {first_line}"
         if local and not os.path.isdir(source):
             why = "the folder does not exist"
         elif local:

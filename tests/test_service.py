@@ -216,3 +216,16 @@ def test_doctor_good_and_broken(tmp_path, tiny_model, run_cli):
 
     code, out, _ = run_cli("doctor", "-c", tmp_path / "missing.yaml")
     assert code == 1 and "FAIL  config:" in out
+
+
+def test_run_on_the_example_config_without_the_model_stops_with_the_clear_error(tmp_path):
+    """What `make run` does on a machine with neither network nor a local copy of the model."""
+    example = UNITS.parent / "config.example.yaml"
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(example.read_text())
+    (tmp_path / "inbox").mkdir()
+    proc = subprocess.run([sys.executable, "-m", "smolvlm_watch.cli", "run", "-c", str(cfg)], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "HF_HOME": str(tmp_path / "hf")})
+    assert proc.returncode == 1
+    assert "error: cannot load model 'HuggingFaceTB/SmolVLM2-256M-Video-Instruct'" in proc.stderr
+    assert "Fix: point model.path at a local folder" in proc.stderr
