@@ -90,6 +90,7 @@ class TaskConfig:
     max_new_tokens: int | None = None
     image: ImageSettings = ImageSettings()
     options: dict[str, Any] = field(default_factory=dict)
+    video: dict[str, Any] = field(default_factory=dict)  # this task's own video sampling (fps, max_frames, mode)
 
     def over(self, base: "TaskConfig") -> "TaskConfig":
         return TaskConfig(
@@ -97,6 +98,7 @@ class TaskConfig:
             max_new_tokens=self.max_new_tokens if self.max_new_tokens is not None else base.max_new_tokens,
             image=self.image.over(base.image),
             options={**base.options, **self.options},
+            video={**base.video, **self.video},
         )
 
 
@@ -355,7 +357,7 @@ def _model(r: _Reader, raw: Any) -> ModelConfig:
 
 
 def _task(r: _Reader, raw: Any, where: str) -> TaskConfig:
-    data = r.mapping(raw, where, ("prompt", "max_new_tokens", "options", "use_text_layer") + _IMAGE_KEYS)
+    data = r.mapping(raw, where, ("prompt", "max_new_tokens", "options", "use_text_layer", "video") + _IMAGE_KEYS)
     options = r.get(data, "options", where, lambda v: isinstance(v, dict), "a mapping", {})
     if "use_text_layer" in data:  # ocr's documented shortcut for options.use_text_layer
         options = {**options, "use_text_layer": r.choice(data, "use_text_layer", where,
@@ -365,7 +367,17 @@ def _task(r: _Reader, raw: Any, where: str) -> TaskConfig:
         max_new_tokens=r.number(data, "max_new_tokens", where, None, minimum=1, integer=True),
         image=_image(r, data, where),
         options=options,
+        video=_task_video(r, data.get("video"), _join(where, "video")),
     )
+
+
+def _task_video(r: _Reader, raw: Any, where: str) -> dict[str, Any]:
+    """A task's own sampling: only the keys it sets, laid over the watch's at run time."""
+    data = r.mapping(raw, where, ("fps", "max_frames", "mode"))
+    out = {"fps": r.number(data, "fps", where, None, minimum=0.001),
+           "max_frames": r.number(data, "max_frames", where, None, minimum=1, integer=True),
+           "mode": r.choice(data, "mode", where, ("accurate", "keyframes"), None)}
+    return {k: v for k, v in out.items() if v is not None}
 
 
 _OUTPUT_KEYS = ("policy", "output_dir", "json_suffix", "ocr_suffix", "caption_txt", "xmp_replace_extension",

@@ -50,6 +50,8 @@ class Prepared:
     kept_from: dict[str, Any] | None
     media: Any
     start: float
+    main: list[Planned]  # the tasks that run on ``media``
+    extra: tuple[tuple[list[Planned], Any], ...] = ()  # tasks with their own video sampling, and their media
 
 
 def _guarded(path: Path, start: float, step: Callable[[], Any]) -> Any:
@@ -97,12 +99,12 @@ class Pipeline:
 
         return fingerprint(sorted(p.fingerprint for p in self.planned(watch)), sorted(watch.outputs))
 
-    def sampling(self, watch: WatchConfig) -> Sampling:
-        """Video sampling for a watch: its settings over the loaded processor's fps and max frames."""
-        v = watch.video
-        defaults = self.runtime.video_sampling() if v.fps is None or v.max_frames is None else {}
-        return Sampling(fps=v.fps or defaults["fps"], max_frames=v.max_frames or defaults["max_frames"],
-                        mode=v.mode, skip_black=v.skip_black, timeout=v.timeout)
+    def sampling(self, watch: WatchConfig, task: dict[str, Any] | None = None) -> Sampling:
+        """Video sampling: a task's own settings over the watch's over the loaded processor's."""
+        v = {**asdict(watch.video), **(task or {})}
+        defaults = self.runtime.video_sampling() if v["fps"] is None or v["max_frames"] is None else {}
+        return Sampling(fps=v["fps"] or defaults["fps"], max_frames=v["max_frames"] or defaults["max_frames"],
+                        mode=v["mode"], skip_black=v["skip_black"], timeout=v["timeout"])
 
     def process(self, path: str | Path, watch: WatchConfig, force: bool = False,
                 pages: PageStore | None = None) -> FileResult:
@@ -163,11 +165,22 @@ class Pipeline:
         todo = planned if force or not same_content else [p for p in planned if not _current(existing, p)]
         if not todo:
             return FileResult(str(path), "skipped", seconds=time.perf_counter() - start, sha256=sha)
-        media = None
-        if not is_document(path, _head(path)):  # documents render their pages as the model needs them
-            media = load(path, max_pixels=self.config.media.max_pixels, max_bytes=self.config.media.max_bytes,
-                         sampling=self.sampling(watch))
-        return Prepared(path, watch, target, todo, existing if same_content else None, media, start)
+        kept = existing if same_content else None
+        if is_document(path, _head(path)):  # documents render their pages as the model needs them
+            return Prepared(path, watch, target, todo, kept, None, start, todo)
+        media = self._load(path, self.sampling(watch))
+        if media.kind != "video":
+            return Prepared(path, watch, target, todo, kept, media, start, todo)
+        own: dict[Sampling, list[Planned]] = {}
+        for p in todo:
+            own.setdefault(self.sampling(watch, p.video), []).append(p)
+        main = own.pop(self.sampling(watch), [])
+        extra = tuple((tasks, self._load(path, sampling)) for sampling, tasks in own.items())
+        return Prepared(path, watch, target, todo, kept, media, start, main, extra)
+
+    def _load(self, path: Path, sampling: Sampling):
+        return load(path, max_pixels=self.config.media.max_pixels, max_bytes=self.config.media.max_bytes,
+                    sampling=sampling)
 
     def run(self, items: list["Prepared"], pages: PageStore | None = None) -> list[FileResult]:
         """Run prepared files; files with the same tasks share one runtime call."""
@@ -178,13 +191,17 @@ class Pipeline:
                 results[i] = _guarded(item.path, item.start, lambda item=item: self._document(
                     item.path, item.watch, item.todo, item.kept_from, item.target, item.start, pages))
             else:
-                groups.setdefault(tuple(p.fingerprint for p in item.todo), []).append(i)
+                groups.setdefault(tuple(p.fingerprint for p in item.main), []).append(i)
         for idx in groups.values():
             batch = [items[i] for i in idx]
-            outcomes = run_tasks_many([b.media for b in batch], batch[0].todo, self.runtime)
+            outcomes = run_tasks_many([b.media for b in batch], batch[0].main, self.runtime)
             for i, item, outs in zip(idx, batch, outcomes):
-                results[i] = _guarded(item.path, item.start, lambda item=item, outs=outs: self._finish(
-                    item.path, item.watch, item.todo, {o.name: o.data for o in outs}, item.media.info.as_dict(),
+                data = {o.name: o.data for o in outs}
+                for tasks, media in item.extra:  # a task with its own video sampling saw its own frames
+                    for o in run_tasks(media, tasks, self.runtime):
+                        data[o.name] = {**o.data, "video": media.sidecar_extra.get("video")}
+                results[i] = _guarded(item.path, item.start, lambda item=item, data=data: self._finish(
+                    item.path, item.watch, item.todo, data, item.media.info.as_dict(),
                     dict(item.media.sidecar_extra), item.kept_from, item.target, item.start))
         return [results[i] for i in range(len(items))]
 

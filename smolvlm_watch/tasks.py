@@ -79,14 +79,17 @@ class Planned:
     plugin: str
     plugin_version: str
     fingerprint: str
+    video: dict[str, Any] = field(default_factory=dict)  # the task's own video sampling, if any
 
 
 def plan(task: Task, config: TaskConfig, plugin: str, plugin_version: str, model_id: str,
          model_revision: str | None, model_image: ImageSettings) -> Planned:
     spec = task.spec(config)
     fp = fingerprint(task.name, plugin, plugin_version, spec.prompt, spec.generation.as_dict(),
-                     spec.image.over(model_image).as_dict(), spec.options, model_id, model_revision)
-    return Planned(task=task, spec=spec, plugin=plugin, plugin_version=plugin_version, fingerprint=fp)
+                     spec.image.over(model_image).as_dict(), spec.options, model_id, model_revision,
+                     *([config.video] if config.video else []))
+    return Planned(task=task, spec=spec, plugin=plugin, plugin_version=plugin_version, fingerprint=fp,
+                   video=dict(config.video))
 
 
 @dataclass(frozen=True)

@@ -176,3 +176,24 @@ def test_daemon_writes_a_video_sidecar(clip_path, tmp_path, tiny_model):
     doc = read_sidecar(clip)
     assert doc["source"]["kind"] == "video" and doc["video"]["sampled_timestamps"] == [0.5, 1.5, 2.5, 3.5]
     assert (tmp_path / "inbox" / "phone.mov.txt").exists()
+
+
+def test_a_task_can_have_its_own_sampling(clip_path, tmp_path, tiny_model, run_cli, write_config):
+    clip = tmp_path / "inbox" / "clip.mp4"
+    clip.parent.mkdir()
+    clip.write_bytes(clip_path.read_bytes())
+    cfg = write_config(f"""
+model: {{path: {tiny_model}}}
+video: {{fps: 1}}
+tasks:
+  caption: {{max_new_tokens: 4, video: {{fps: 0.5}}}}
+  ocr: {{max_new_tokens: 4}}
+watches: [{{path: ./inbox, tasks: [caption, ocr], outputs: [json], video: {{max_frames: 3}}}}]
+""")
+    code, out, err = run_cli("process", clip, "-c", cfg, "--json")
+    assert code == 0, out + err
+    doc = read_sidecar(clip)
+    assert doc["video"]["sampled_timestamps"] == [0.7, 2.0, 3.4]  # 1 fps, at most 3: the frames at or after 0.667, 2, 3.333
+    assert doc["tasks"]["caption"]["video"]["sampled_timestamps"] == [1.0, 3.0]  # caption's own: 0.5 fps
+    assert "video" not in doc["tasks"]["ocr"]
+    assert len(doc["tasks"]["ocr"]["result"]) <= 3
