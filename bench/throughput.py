@@ -153,6 +153,59 @@ def phase_ours(args, images: list[Path], tasks: list[str]) -> dict:
             **_peaks(args.device)}
 
 
+def latency(args, image: Path) -> dict:
+    """Time from a file landing in a watched folder (after its settle time) to its sidecar, with
+    the model loaded and the queue empty, against one inference of the same request."""
+    import shutil
+    import threading
+
+    from smolvlm_watch import service
+    from smolvlm_watch.config import parse
+
+    with tempfile.TemporaryDirectory(prefix="smolvlm-latency-") as tmp:
+        root = Path(tmp)
+        (root / "inbox").mkdir()
+        settle = 0.5
+        raw = {"model": {"path": str(args.model), "device": args.device},
+               "tasks": {"caption": {"max_new_tokens": args.max_new_tokens,
+                                     "options": {"min_new_tokens": args.max_new_tokens, "loop_guard": False}}},
+               "watches": [{"path": "./inbox", "tasks": ["caption"], "outputs": ["json"], "settle_seconds": settle}],
+               "state": {"db": "./state/journal.sqlite"}}
+        config = parse(raw, root, root / "config.yaml")
+        daemon = service.Daemon(root / "config.yaml")
+        from smolvlm_watch.plugins import Registry
+
+        daemon.start(config, Registry(entrypoints=False))
+        thread = threading.Thread(target=daemon.supervise, daemon=True)
+        thread.start()
+        try:
+            warm = root / "inbox" / "warm.jpg"
+            shutil.copy(image, warm)
+            _wait_for(warm.with_name(warm.name + ".smolvlm.json"))
+            start = time.perf_counter()
+            daemon.pipeline.process(warm, config.watches[0], force=True)
+            inference = time.perf_counter() - start
+            target = root / "inbox" / "landed.jpg"
+            shutil.copy(image, target)
+            landed = time.perf_counter()
+            _wait_for(target.with_name(target.name + ".smolvlm.json"))
+            total = time.perf_counter() - landed
+        finally:
+            daemon.stop_event.set()
+            thread.join(10)
+            daemon.shutdown()
+    return {"latency_s": round(total - settle, 3), "inference_s": round(inference, 3),
+            "latency_overhead_s": round(total - settle - inference, 3), "settle_s": settle}
+
+
+def _wait_for(path: Path, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bench: {path} never appeared")
+        time.sleep(0.01)
+
+
 def _peaks(device: str) -> dict:
     import torch
 
@@ -182,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--batch", type=int, default=None, help="runtime.max_batch (default: automatic)")
     p.add_argument("--quick", action="store_true", help="tiny model, 2 images, 8 tokens: a smoke run for CI")
-    p.add_argument("--phase", choices=["reference", "ours"], help=argparse.SUPPRESS)
+    p.add_argument("--phase", choices=["reference", "ours", "latency"], help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--images-dir", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -192,7 +245,9 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.manual_seed(0)
         images = sorted(Path(args.images_dir).glob("bench-*.jpg"))
-        result = (phase_reference if args.phase == "reference" else phase_ours)(args, images, tasks)
+        phases = {"reference": phase_reference, "ours": phase_ours,
+                  "latency": lambda a, imgs, _t: latency(a, imgs[0])}
+        result = phases[args.phase](args, images, tasks)
         print(json.dumps(result))
         return 0
     if args.quick:
@@ -204,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         images = make_images(args.images_dir, args.images, size)
         ref = run_phase(args, "reference")
         ours = run_phase(args, "ours")
+        lat = run_phase(args, "latency")
     # The work each image needs: its vision pass once, and every question's text.
     flop_per_image = (ref["vision_flop"] / len(tasks) + ref["text_flop"]) / len(images)
     peak = measured_peak_flops(args.device, _dtype(args.device))
@@ -218,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         "peak_rss_mb": ours["peak_rss_mb"], "reference_peak_rss_mb": ref["peak_rss_mb"],
         "peak_gpu_mb": ours["peak_gpu_mb"], "flop_per_image": round(flop_per_image),
         "device_peak_flops": round(peak), "roofline_fraction": round(flop_per_image * ips / peak, 4),
+        **lat,
     }))
     return 0
 

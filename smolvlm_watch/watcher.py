@@ -168,8 +168,10 @@ class StabilityTracker:
                 if current == previous or forced:
                     del self._seen[path]
                     ready.append((path, forced and current != previous))
+                elif previous is None:
+                    entry[2] = current  # first look after the quiet period: confirm on the next tick
                 else:
-                    entry[1], entry[2] = now, current
+                    entry[1], entry[2] = now, current  # it changed without an event: quiet again first
         return ready
 
 

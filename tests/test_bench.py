@@ -23,3 +23,4 @@ def test_bench_quick_prints_json_lines():
     # The reference loop encodes each image once per task; smolvlm-watch once per image.
     assert row["reference_vision_passes"] == 6 and row["vision_passes"] == 2
     assert row["images_per_s"] > 0 and row["reference_images_per_s"] > 0
+    assert {"latency_s", "inference_s", "latency_overhead_s"} <= set(row)

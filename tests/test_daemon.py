@@ -354,3 +354,30 @@ def test_sighup_reload_valid_and_invalid_and_sigterm_exits_0(tmp_path, tiny_mode
     for e in events:
         if e["event"] == "job_done":
             assert e["path"] and e["job_id"]
+
+
+def test_stability_tracker_timing(tmp_path):
+    """Quiet for settle seconds, then one more look with the same size and mtime; changes without
+    events restart the wait; vanished files are dropped; max_wait takes a file anyway."""
+    tracker = watcher.StabilityTracker(settle=2.0, max_wait=10.0)
+    f = tmp_path / "a.png"
+    f.write_bytes(b"1")
+    tracker.touch(f, now=0.0)
+    assert tracker.due(now=1.0) == [] and tracker.due(now=2.1) == []
+    assert tracker.due(now=2.3) == [(f, False)]
+    tracker.touch(f, now=3.0)
+    assert tracker.due(now=5.1) == []
+    f.write_bytes(b"12")  # grew, but no event reached us
+    assert tracker.due(now=5.3) == [] and tracker.due(now=7.2) == []  # the change restarts the wait
+    assert tracker.due(now=7.4) == [(f, False)]
+    g = tmp_path / "gone.png"
+    g.write_bytes(b"x")
+    tracker.touch(g, now=0.0)
+    g.unlink()
+    assert tracker.due(now=3.0) == [] and len(tracker) == 0
+    h = tmp_path / "growing.png"
+    h.write_bytes(b"x")
+    tracker.touch(h, now=0.0)
+    for t in range(1, 10):
+        tracker.touch(h, now=float(t))
+    assert tracker.due(now=10.0) == [(h, True)]  # still changing at max_wait: taken, flagged
