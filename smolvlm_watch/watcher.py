@@ -15,7 +15,7 @@ import os
 import stat
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -260,6 +260,58 @@ def choose_mode(watch: WatchConfig, media_filter: MediaFilter) -> tuple[str, str
     return "native", f"{fstype or 'local'} file system"
 
 
+def native_observer(media_filter: MediaFilter, exhausted: list[OSError]) -> BaseObserver:
+    """watchdog's inotify observer, with two changes its API has no hook for: excluded and
+    ignored folders get no inotify watches at all, and running out of watches while adding one
+    for a new folder is reported in ``exhausted`` (watchdog drops that error silently; the
+    health check then moves the watch to polling). Falls back to the plain observer where
+    watchdog's internals differ."""
+    try:
+        from watchdog.observers.inotify import InotifyEmitter, InotifyObserver, InotifyWatchGroup
+    except ImportError:
+        return Observer()
+    if not hasattr(InotifyWatchGroup, "_add_all_callbacks"):
+        return Observer()
+    accept = media_filter.accepts_dir
+
+    class PrunedGroup(InotifyWatchGroup):
+        def _add_all_callbacks(self, path: bytes) -> None:
+            if path != self.path and not accept(Path(os.fsdecode(path))):
+                return
+            self._add_callback(path)
+            if not (self.is_recursive and os.path.isdir(path)):
+                return
+            for top, dirs, _ in os.walk(path, followlinks=self.follow_symlink):
+                dirs[:] = [d for d in dirs if accept(Path(os.fsdecode(os.path.join(top, d))))]
+                for d in dirs:
+                    full = os.path.join(top, d)
+                    if self.follow_symlink or not os.path.islink(full):
+                        self._add_callback(full)
+
+        def _add_callback(self, path: bytes) -> None:
+            try:
+                wd = self._inotify_fd.add_callback(path, self.event_mask, self._callback, self._id)
+            except OSError as exc:
+                if path == self.path:
+                    raise
+                if exc.errno in (errno.ENOSPC, errno.EMFILE):
+                    exhausted.append(exc)
+                return
+            self._active_callbacks_by_path[path] = wd
+            self._active_callbacks_by_watch[wd] = path
+
+    class PrunedEmitter(InotifyEmitter):
+        def on_thread_start(self) -> None:
+            self._inotify = PrunedGroup(self._inotify_fd, os.fsencode(self.watch.path),
+                                        is_recursive=self.watch.is_recursive,
+                                        event_mask=self.get_event_mask_from_filter(),
+                                        follow_symlink=self.watch.follow_symlink)
+
+    observer = InotifyObserver()
+    observer._emitter_class = PrunedEmitter
+    return observer
+
+
 @dataclass
 class ArmedWatch:
     """One watch's observer, filter and tracker, and the mode it runs in."""
@@ -271,6 +323,7 @@ class ArmedWatch:
     reason: str = ""
     observer: BaseObserver | None = None
     available: bool = True
+    exhausted: list[OSError] = field(default_factory=list)  # inotify ran out of watches after start
 
 
 class WatchSet:
@@ -287,14 +340,14 @@ class WatchSet:
         for armed in self.armed:
             self._arm(armed)
 
-    def _arm(self, armed: ArmedWatch) -> None:
+    def _arm(self, armed: ArmedWatch, force_polling: str = "") -> None:
         w = armed.watch
         if not w.path.is_dir():
             armed.available, armed.observer = False, None
             self.log.error("watch_unavailable", watch=str(w.path), error="folder does not exist or is not mounted")
             return
         armed.available = True
-        mode, reason = choose_mode(w, armed.filter)
+        mode, reason = ("polling", force_polling) if force_polling else choose_mode(w, armed.filter)
         if "max_user_watches" in reason:
             self.log.warning("inotify_limit", watch=str(w.path), reason=reason, fix=INOTIFY_FIX)
         try:
@@ -311,7 +364,8 @@ class WatchSet:
 
     def _start_observer(self, armed: ArmedWatch, mode: str) -> BaseObserver:
         w = armed.watch
-        observer = PollingObserver(timeout=w.poll_interval) if mode == "polling" else Observer()
+        observer = (PollingObserver(timeout=w.poll_interval) if mode == "polling"
+                    else native_observer(armed.filter, armed.exhausted))
         handler = _Handler(armed.filter, armed.tracker.touch, lambda d: self.on_dir(armed, d))
         try:
             observer.schedule(handler, str(w.path), recursive=w.recursive)
@@ -326,6 +380,15 @@ class WatchSet:
         A vanished folder is marked unavailable, never taken as 'every file was deleted'."""
         ok = True
         for armed in self.armed:
+            if armed.exhausted and armed.mode == "native":
+                exc = armed.exhausted[0]
+                self.log.warning("inotify_failed_falling_back_to_polling", watch=str(armed.watch.path),
+                                 error=str(exc), fix=INOTIFY_FIX)
+                self._stop(armed)
+                armed.exhausted.clear()
+                self._arm(armed, force_polling=f"inotify failed: {exc.strerror or exc}")
+                self.on_dir(armed, armed.watch.path)  # whatever landed in the unwatched folders
+                continue
             present = armed.watch.path.is_dir()
             alive = armed.observer is not None and armed.observer.is_alive()
             if present and alive and armed.available:

@@ -381,3 +381,56 @@ def test_stability_tracker_timing(tmp_path):
     for t in range(1, 10):
         tracker.touch(h, now=float(t))
     assert tracker.due(now=10.0) == [(h, True)]  # still changing at max_wait: taken, flagged
+
+
+def _inotify_watches() -> int:
+    """Inotify watches this process holds, as the kernel reports them (/proc/self/fdinfo)."""
+    total = 0
+    for info in Path("/proc/self/fdinfo").iterdir():
+        try:
+            total += info.read_text().count("inotify wd:")
+        except OSError:
+            continue
+    return total
+
+
+def test_excluded_and_ignored_folders_get_no_inotify_watches(tmp_path, running, tiny_model):
+    cfg = daemon_config(tmp_path, tiny_model)
+    cfg.write_text(cfg.read_text().replace("settle_seconds: 0.3", "settle_seconds: 0.3\n    exclude: [private]"))
+    inbox = tmp_path / "inbox"
+    for i in range(15):
+        (inbox / "private" / f"p{i}").mkdir(parents=True)
+        (inbox / "@eaDir" / f"t{i}").mkdir(parents=True)
+    (inbox / "2026" / "01").mkdir(parents=True)
+    before = _inotify_watches()
+    d = running(cfg)
+    assert _inotify_watches() - before == 3  # inbox, 2026, 2026/01
+    (inbox / "private" / "later").mkdir()
+    (inbox / "2026" / "02").mkdir()
+    new = make_image(inbox / "2026" / "02" / "x.png")
+    d.wait_done([new])
+    assert _inotify_watches() - before == 4  # the new accepted folder only
+    make_image(inbox / "private" / "later" / "secret.png")
+    time.sleep(1.0)
+    assert d.journal.get(str(inbox / "private" / "later" / "secret.png")) is None
+
+
+def test_inotify_exhausted_after_start_switches_the_watch_to_polling(tmp_path, running, monkeypatch):
+    from watchdog.observers.inotify_c import InotifyFD
+
+    original = InotifyFD.add_callback
+
+    def limited(self, path, *args, **kwargs):
+        if b"late" in path:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(InotifyFD, "add_callback", limited)
+    monkeypatch.setattr(service, "HEALTH_INTERVAL", 0.5)
+    d = running()
+    assert d.daemon.watches.armed[0].mode == "native"
+    (tmp_path / "inbox" / "late").mkdir()
+    img = make_image(tmp_path / "inbox" / "late" / "missed-by-inotify.png")
+    d.wait_done([img], timeout=30)
+    armed = d.daemon.watches.armed[0]
+    assert armed.mode == "polling" and armed.reason == "inotify failed: No space left on device"
