@@ -1,10 +1,11 @@
 """The durable journal: one SQLite row per watched file, in WAL mode.
 
 States: ``pending → running → done | failed | quarantined``, and ``gone`` for a file that
-vanished (its row keeps the content hash, so a rename can take its sidecars along). A job is leased while it runs; a
-daemon killed mid-job leaves a ``running`` row that the next start (which holds the exclusive
-lock, so no other daemon can own it) puts back to ``pending``. Sidecar writes are atomic and
-idempotent, so running a job twice never leaves a half-written or duplicate result.
+vanished (its row keeps the content hash, so a rename can take its sidecars along). A daemon
+killed mid-job leaves a ``running`` row; the next start (which holds the exclusive lock, so no
+other daemon can own it) puts it back to ``pending`` and counts the interruption as an attempt,
+so a file that crashes or wedges the daemon every time ends quarantined. Sidecar writes are
+atomic and idempotent, so running a job twice never leaves a half-written or duplicate result.
 
 ``synchronous=NORMAL``: an application crash loses nothing; a power cut may lose the last few
 ``done`` rows, which only means those files are processed again.
@@ -177,9 +178,15 @@ class Journal:
         return cur.rowcount
 
     @_locked
-    def recover(self) -> int:
-        """At start (we hold the lock): jobs a dead daemon left running go back to pending."""
-        cur = self.db.execute("UPDATE jobs SET state = 'pending', lease_until = NULL WHERE state = 'running'")
+    def recover(self, max_attempts: int) -> int:
+        """At start (we hold the lock): jobs a dead daemon left running go back to pending, and
+        the interruption counts as an attempt, so a file that kills or wedges the daemon every
+        time ends quarantined instead of in a restart loop."""
+        cur = self.db.execute(
+            "UPDATE jobs SET attempts = attempts + 1, lease_until = NULL, updated = ?,"
+            " last_error = 'interrupted: the daemon stopped or crashed while running it',"
+            " state = CASE WHEN attempts + 1 >= ? THEN 'quarantined' ELSE 'pending' END"
+            " WHERE state = 'running'", (time.time(), max_attempts))
         return cur.rowcount
 
     @_locked

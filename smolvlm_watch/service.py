@@ -80,6 +80,7 @@ class _Current:
     job_id: int
     path: str
     started: float
+    overdue_logged: bool = False
 
 
 class Daemon:
@@ -99,7 +100,7 @@ class Daemon:
     def start(self, config: Config, registry: Registry) -> None:
         self.config, self.registry = config, registry
         self.journal = Journal(config.state.db, exclusive=True)
-        recovered = self.journal.recover()
+        recovered = self.journal.recover(config.state.max_attempts)
         if recovered:
             self.log.warning("recovered_interrupted_jobs", count=recovered)
         self.runtime = create_runtime(config.model, config.runtime)
@@ -269,8 +270,10 @@ class Daemon:
             if now - last_status >= 2.0:
                 last_status = now
                 self._status_line()
-            if self.current and not self.worker_healthy():
-                self.log.error("job_over_time_limit", path=self.current.path,
+            current = self.current
+            if current and not current.overdue_logged and not self.worker_healthy():
+                current.overdue_logged = True  # once per job; the stopped WATCHDOG pings do the rest
+                self.log.error("job_over_time_limit", path=current.path, job_id=current.job_id,
                                item_timeout=self.config.state.item_timeout)
 
     def _status_line(self) -> None:

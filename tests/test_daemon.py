@@ -434,3 +434,20 @@ def test_inotify_exhausted_after_start_switches_the_watch_to_polling(tmp_path, r
     d.wait_done([img], timeout=30)
     armed = d.daemon.watches.armed[0]
     assert armed.mode == "polling" and armed.reason == "inotify failed: No space left on device"
+
+
+def test_a_job_interrupted_again_and_again_ends_quarantined(tmp_path):
+    """A file that kills (or wedges, then gets restarted by systemd) the daemon every time."""
+    db = tmp_path / "j.sqlite"
+    j = Journal(db, exclusive=True)
+    j.enqueue(str(tmp_path / "killer.png"), str(tmp_path), 10, 1.0)
+    for expected in ("pending", "pending", "quarantined"):
+        assert j.lease(60) is not None  # the daemon takes it ... and dies
+        j.close()
+        j = Journal(db, exclusive=True)
+        assert j.recover(max_attempts=3) == 1
+        job = j.get(str(tmp_path / "killer.png"))
+        assert job.state == expected
+    assert job.attempts == 3 and job.last_error.startswith("interrupted")
+    assert j.lease(60) is None
+    j.close()
