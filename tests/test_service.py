@@ -166,12 +166,17 @@ def test_logs_are_json_with_path_and_job_id_on_every_line_about_a_file(tmp_path,
     assert failed[0]["path"].endswith("broken.png") and "not a supported image" in failed[0]["error"]
 
 
-def test_sigterm_stopping_message(tmp_path, tiny_model):
+def test_reloading_ready_on_sighup_and_stopping_on_sigterm(tmp_path, tiny_model):
     cfg = daemon_config(tmp_path, tiny_model)
     sock = NotifySocket(tmp_path / "n.sock")
     proc = spawn(cfg, {"NOTIFY_SOCKET": str(sock.path)})
     try:
-        sock.until("READY=1", 60)
+        first_ready = sock.until("READY=1", 60)
+        proc.send_signal(signal.SIGHUP)
+        reloading = sock.until("RELOADING=1", 20)
+        sock.pump(2.0)
+        assert [m for t, m in sock.messages if t >= reloading and m == "READY=1"], "no READY=1 after reload"
+        assert first_ready < reloading
         proc.send_signal(signal.SIGTERM)
         sock.until("STOPPING=1", 20)
         assert proc.wait(30) == 0
