@@ -179,3 +179,35 @@ watches:
         doc = read_sidecar(img)
         assert doc["source"]["sha256"] and set(doc["tasks"]) == {"caption", "tags"}
         assert doc["tasks"]["caption"]["generation"]["max_new_tokens"] == 8
+
+
+PEAK = """
+import json, resource, sys
+from smolvlm_watch.cli import main
+code = main(["process", sys.argv[1], "-c", sys.argv[2], "--json"])
+print(json.dumps({"code": code, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def test_peak_memory_does_not_grow_with_the_folder(tmp_path, tiny_model, write_config):
+    import subprocess
+    import sys
+
+    from smolvlm_watch.testing import sample_images
+
+    cfg = write_config(f"""
+model: {{path: {tiny_model}, threads: 1}}
+tasks: {{caption: {{max_new_tokens: 2}}, tags: {{max_new_tokens: 2}}, ocr: {{max_new_tokens: 2}}}}
+watches: [{{path: ., tasks: [caption, tags, ocr], outputs: [json, txt]}}]
+""")
+    peaks = {}
+    for count in (20, 150):
+        folder = tmp_path / f"f{count}"
+        sample_images(folder, count=count, seed=count)
+        proc = subprocess.run([sys.executable, "-c", PEAK, str(folder), str(cfg)], capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        result = json.loads(proc.stdout.splitlines()[-1])
+        assert result["code"] == 0
+        peaks[count] = result["peak_mb"]
+    assert peaks[150] < peaks[20] + 60, peaks  # 7.5x the files, no more than 60 MB more
