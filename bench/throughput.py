@@ -136,8 +136,7 @@ def phase_ours(args, images: list[Path], tasks: list[str]) -> dict:
     folder = images[0].parent
     task_cfg = {t: {"max_new_tokens": args.max_new_tokens, "prompt": PROMPTS[t], "image_splitting": True,
                     "options": {"min_new_tokens": args.max_new_tokens, "loop_guard": False}} for t in tasks}
-    raw = {"model": {"path": args.model, "device": args.device,
-                     "dtype": "bfloat16" if args.device == "cuda" else "float32"},
+    raw = {"model": {"path": args.model, "device": args.device, "dtype": args.dtype},
            "tasks": task_cfg, "runtime": {"max_batch": args.batch} if args.batch else {},
            "watches": [{"path": str(folder), "tasks": tasks, "outputs": ["json"], "policy": "overwrite"}]}
     config = configmod.parse(raw, folder)
@@ -150,7 +149,7 @@ def phase_ours(args, images: list[Path], tasks: list[str]) -> dict:
     if failed:
         raise SystemExit(f"bench: {len(failed)} files failed: {failed[0].error}")
     return {"seconds": seconds, "vision_passes": runtime.vision_passes, "batch": runtime.max_batch(),
-            **_peaks(args.device)}
+            "dtype": runtime.dtype, **_peaks(args.device)}
 
 
 def latency(args, image: Path) -> dict:
@@ -166,7 +165,7 @@ def latency(args, image: Path) -> dict:
         root = Path(tmp)
         (root / "inbox").mkdir()
         settle = 0.5
-        raw = {"model": {"path": str(args.model), "device": args.device},
+        raw = {"model": {"path": str(args.model), "device": args.device, "dtype": args.dtype},
                "tasks": {"caption": {"max_new_tokens": args.max_new_tokens,
                                      "options": {"min_new_tokens": args.max_new_tokens, "loop_guard": False}}},
                "watches": [{"path": "./inbox", "tasks": ["caption"], "outputs": ["json"], "settle_seconds": settle}],
@@ -216,6 +215,7 @@ def _peaks(device: str) -> dict:
 
 def run_phase(args, phase: str) -> dict:
     cmd = [sys.executable, __file__, "--phase", phase, "--model", str(args.model), "--device", args.device,
+           "--dtype", args.dtype,
            "--tasks", args.tasks, "--max-new-tokens", str(args.max_new_tokens), "--images-dir", str(args.images_dir)]
     if args.batch:
         cmd += ["--batch", str(args.batch)]
@@ -234,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", default=None, help="WxH (default: a 1024x768 photo; 'page' for 2480x3508)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--batch", type=int, default=None, help="runtime.max_batch (default: automatic)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="smolvlm-watch's model.dtype (the reference loop keeps the docs' default)")
     p.add_argument("--quick", action="store_true", help="tiny model, 2 images, 8 tokens: a smoke run for CI")
     p.add_argument("--phase", choices=["reference", "ours", "latency"], help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
@@ -262,10 +264,12 @@ def main(argv: list[str] | None = None) -> int:
         lat = run_phase(args, "latency")
     # The work each image needs: its vision pass once, and every question's text.
     flop_per_image = (ref["vision_flop"] / len(tasks) + ref["text_flop"]) / len(images)
-    peak = measured_peak_flops(args.device, _dtype(args.device))
+    import torch
+
+    peak = measured_peak_flops(args.device, getattr(torch, ours["dtype"]))
     ips, ref_ips = len(images) / ours["seconds"], len(images) / ref["seconds"]
     print(json.dumps({
-        "preset": args.preset, "device": args.device, "tasks": tasks, "images": len(images),
+        "preset": args.preset, "device": args.device, "dtype": ours["dtype"], "tasks": tasks, "images": len(images),
         "size": f"{size[0]}x{size[1]}", "max_new_tokens": args.max_new_tokens, "batch": ours["batch"],
         "images_per_s": round(ips, 4), "reference_images_per_s": round(ref_ips, 4), "ratio": round(ips / ref_ips, 3),
         "seconds_per_image_per_task": round(ours["seconds"] / len(images) / len(tasks), 3),

@@ -8,7 +8,9 @@ from pathlib import Path
 from PIL import Image
 
 from conftest import make_image, read_sidecar
+from smolvlm_watch.runtime import cpu_has_bf16
 
+AUTO_CPU_DTYPE = "bfloat16" if cpu_has_bf16() else "float32"
 SIDECAR_KEYS = {"schema", "generator", "source", "model", "tasks", "created", "outputs"}
 SOURCE_KEYS = {"path", "size", "mtime", "sha256", "kind", "width", "height"}
 TASK_KEYS = {"result", "raw", "prompt", "generation", "plugin", "plugin_version", "seconds"}
@@ -52,7 +54,7 @@ def test_process_folder_writes_expected_sidecars_and_reports_failures(tmp_path, 
         assert set(doc) == SIDECAR_KEYS
         assert set(doc["source"]) == SOURCE_KEYS and doc["source"]["kind"] == "image"
         assert doc["schema"] == 1
-        assert doc["model"] == {"id": str(tiny_model), "revision": None, "dtype": "float32", "device": "cpu",
+        assert doc["model"] == {"id": str(tiny_model), "revision": None, "dtype": AUTO_CPU_DTYPE, "device": "cpu",
                                 "backend": "transformers"}
         assert set(doc["tasks"]) == {"caption", "tags", "ocr"}
         for entry in doc["tasks"].values():

@@ -98,7 +98,7 @@ def test_remote_and_in_process_give_the_same_greedy_text(tmp_path, server, tiny_
     assert code == 0, out + err
     local = tmp_path / "local.yaml"
     local.write_text(f"""
-model: {{path: {tiny_model}}}
+model: {{path: {tiny_model}, dtype: float32}}
 tasks: {{ocr: {{max_new_tokens: 12, options: {{loop_guard: false}}}}}}
 watches: [{{path: ./local, tasks: [ocr], outputs: [json]}}]
 """)

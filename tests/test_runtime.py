@@ -15,7 +15,7 @@ from smolvlm_watch.runtime import GenerationSettings, LoopGuard, ModelLoadError,
 
 @pytest.fixture(scope="module")
 def runtime(tiny_model):
-    rt = Runtime(ModelConfig(path=tiny_model, threads=1))
+    rt = Runtime(ModelConfig(path=tiny_model, threads=1, dtype="float32"))  # the reference runs in float32
     rt.load()
     return rt
 
@@ -109,7 +109,7 @@ def test_max_batch_is_configurable(tiny_model):
 
 def test_one_vision_pass_per_image_with_the_answers_of_separate_runs(tiny_model):
     """caption + tags + OCR about one photo at the same image settings encode it once."""
-    rt = Runtime(ModelConfig(path=tiny_model, threads=1), RuntimeConfig(max_batch=8))
+    rt = Runtime(ModelConfig(path=tiny_model, threads=1, dtype="float32"), RuntimeConfig(max_batch=8))
     photos = [Image.new("RGB", (300, 200), (200, 30, 30)), Image.new("RGB", (120, 260), (20, 160, 90))]
     questions = [("Describe this image in detail.", 20), ("List keywords, comma separated.", 8),
                  ("Extract all text from this image.", 14)]
