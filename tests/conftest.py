@@ -87,3 +87,23 @@ class Trap(Task):
 def register_tasks(register):
     register(Trap())
 """)
+
+
+_PEAK = """
+import json, resource, sys
+from smolvlm_watch.cli import main
+code = main(["process", sys.argv[1], "-c", sys.argv[2], "--json"])
+print(json.dumps({"code": code, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def process_peak_mb(path: Path, config: Path) -> float:
+    """`process PATH -c CONFIG` in a fresh interpreter; its peak RSS in MB (it must succeed)."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", _PEAK, str(path), str(config)], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert result["code"] == 0, result
+    return result["peak_mb"]

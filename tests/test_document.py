@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from conftest import read_sidecar
+from conftest import process_peak_mb, read_sidecar
 from smolvlm_watch.config import ModelConfig
 from smolvlm_watch.document import Document, DocumentSettings
 from smolvlm_watch.media import MediaError
@@ -178,14 +176,6 @@ watches: [{{path: ./inbox, tasks: [ocr], outputs: [json, txt]}}]
             "Hello from the text layer\fSecond page of the invoice"
 
 
-PEAK_SCRIPT = """
-import json, resource, sys
-from smolvlm_watch.cli import main
-code = main(["process", sys.argv[1], "-c", sys.argv[2], "--json"])
-print(json.dumps({"code": code, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-"""
-
-
 def test_peak_memory_does_not_grow_with_page_count(tmp_path, tiny_model, write_config):
     """300 pages rendered at 100 dpi are ~2.8 GB of pixels; only a batch of them is ever held."""
     cfg = write_config(f"""
@@ -200,12 +190,7 @@ watches: [{{path: ./docs, tasks: [ocr], outputs: [json]}}]
     for count in (4, 300):
         pdf = tmp_path / "docs" / f"p{count}.pdf"
         page.save(pdf, save_all=True, append_images=[page] * (count - 1), resolution=50)
-        proc = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(pdf), str(cfg)], capture_output=True,
-                              text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        result = json.loads(proc.stdout.splitlines()[-1])
-        assert result["code"] == 0
-        peaks[count] = result["peak_mb"]
+        peaks[count] = process_peak_mb(pdf, cfg)
         assert read_sidecar(pdf)["source"]["pages"] == count
     assert peaks[300] < peaks[4] + 150, peaks  # bounded: within 150 MB of a 4-page document
 

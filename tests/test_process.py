@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from conftest import make_image, read_sidecar
+from conftest import make_image, process_peak_mb, read_sidecar
 from smolvlm_watch.runtime import cpu_has_bf16
 
 AUTO_CPU_DTYPE = "bfloat16" if cpu_has_bf16() else "float32"
@@ -183,18 +183,7 @@ watches:
         assert doc["tasks"]["caption"]["generation"]["max_new_tokens"] == 8
 
 
-PEAK = """
-import json, resource, sys
-from smolvlm_watch.cli import main
-code = main(["process", sys.argv[1], "-c", sys.argv[2], "--json"])
-print(json.dumps({"code": code, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-"""
-
-
 def test_peak_memory_does_not_grow_with_the_folder(tmp_path, tiny_model, write_config):
-    import subprocess
-    import sys
-
     from smolvlm_watch.testing import sample_images
 
     cfg = write_config(f"""
@@ -206,10 +195,5 @@ watches: [{{path: ., tasks: [caption, tags, ocr], outputs: [json, txt]}}]
     for count in (20, 150):
         folder = tmp_path / f"f{count}"
         sample_images(folder, count=count, seed=count)
-        proc = subprocess.run([sys.executable, "-c", PEAK, str(folder), str(cfg)], capture_output=True, text=True,
-                              timeout=600)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        result = json.loads(proc.stdout.splitlines()[-1])
-        assert result["code"] == 0
-        peaks[count] = result["peak_mb"]
+        peaks[count] = process_peak_mb(folder, cfg)
     assert peaks[150] < peaks[20] + 60, peaks  # 7.5x the files, no more than 60 MB more
