@@ -163,6 +163,8 @@ def build_model(out_dir: str | Path, preset: str = "tiny", seed: int = 0) -> Pat
         image_seq_len=image_seq_len, chat_template=CHAT_TEMPLATE,
     )
     processor.save_pretrained(out)
+    if preset != "tiny":
+        model = model.to(torch.bfloat16)  # the published SmolVLM2 checkpoints are stored in bf16
     model.save_pretrained(out, safe_serialization=True)
     return out
 
