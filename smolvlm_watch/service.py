@@ -91,7 +91,6 @@ class Daemon:
         self.reload_event = threading.Event()
         self.wake = threading.Event()
         self.current: _Current | None = None
-        self.last_progress = time.monotonic()
         self.processed = 0
         self.started = time.time()
 
@@ -169,7 +168,6 @@ class Daemon:
         while not self.stop_event.is_set():
             job = self.journal.lease(self.config.state.lease_seconds)
             if job is None:
-                self.last_progress = time.monotonic()
                 self.wake.wait(0.5)
                 self.wake.clear()
                 continue
@@ -181,7 +179,6 @@ class Daemon:
                 self._fail(job.id, f"internal error: {type(exc).__name__}: {exc}", transient=True)
             finally:
                 self.current = None
-                self.last_progress = time.monotonic()
                 structlog.contextvars.clear_contextvars()
 
     def _fail(self, job_id: int, error: str, transient: bool) -> str:

@@ -74,11 +74,6 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def is_sidecar_name(name: str, json_suffix: str = ".smolvlm.json") -> bool:
-    """Our own outputs and temp files, which must never be taken as input."""
-    return name.startswith(TEMP_PREFIX) or name.endswith(json_suffix) or name.endswith(".xmp")
-
-
 @dataclass(frozen=True)
 class SidecarRecord:
     """Everything known about one processed file; the JSON sidecar is its direct rendering."""

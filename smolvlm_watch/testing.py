@@ -82,7 +82,7 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def build_tokenizer(vocab_size: int | None = None):
+def build_tokenizer():
     """A byte-level BPE holding SmolVLM's special tokens, padded on the left as batching needs."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast

@@ -19,7 +19,6 @@ from PIL import Image, ImageStat
 
 from .media import Media, MediaError, SourceInfo
 
-VIDEO_MAGIC_DESC = "mp4, mov, m4v, mkv, webm, avi"
 BLACK_LUMA = 12.0
 LONG_ENOUGH_FOR_BLACK_SKIP = 10.0  # seconds
 NO_DURATION_FRAME_CAP = 200_000  # frames decoded at most when a container gives no duration
