@@ -122,7 +122,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smolvlm-watch", description=(
-        "Describe, tag and OCR images with one shared SmolVLM2 model; results land as sidecar files."))
+        "Caption, tag and OCR images, videos and scanned documents with one shared SmolVLM2 model; "
+        "results land as sidecar files."))
     parser.add_argument("--version", action="version", version=f"smolvlm-watch {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
