@@ -17,6 +17,7 @@ import yaml
 
 from . import __version__, config as configmod, logs
 from .config import Config, ConfigError, WatchConfig
+from .journal import JournalError
 from .pipeline import FileResult, Pipeline
 from .plugins import PluginError, Registry
 from .progress import Progress
@@ -168,6 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PluginError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except JournalError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

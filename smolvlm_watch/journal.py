@@ -63,7 +63,11 @@ CREATE TABLE IF NOT EXISTS pages (
 """
 
 
-class JournalLocked(Exception):
+class JournalError(Exception):
+    """The state database cannot be used; the message names it and the fix."""
+
+
+class JournalLocked(JournalError):
     """Another daemon owns this state database."""
 
 
@@ -114,11 +118,17 @@ class Journal:
         self._mu = threading.RLock()
         if exclusive:
             self._take_lock()
-        self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(_SCHEMA)
+        try:
+            self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            self.db.row_factory = sqlite3.Row
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            raise JournalError(f"the state database {self.path} cannot be used ({exc}); move it away and "
+                               "start again: the journal is rebuilt by the startup scan (current "
+                               "sidecars are recognised and skipped)") from None
 
     def _take_lock(self) -> None:
         lock_path = self.path.with_name(self.path.name + ".lock")
@@ -136,7 +146,9 @@ class Journal:
 
     @_locked
     def close(self) -> None:
-        self.db.close()
+        if getattr(self, "db", None) is not None:
+            self.db.close()
+            self.db = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

@@ -23,7 +23,7 @@ import structlog
 
 from . import config as configmod, logs
 from .config import Config, ConfigError, WatchConfig
-from .journal import BACKFILL, LIVE, Journal, JournalLocked
+from .journal import BACKFILL, LIVE, Journal, JournalError
 from .media import sha256_file
 from .pipeline import Pipeline
 from .plugins import PluginError, Registry
@@ -334,7 +334,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGHUP, lambda *_: daemon.reload_event.set())
     try:
         daemon.start(config, registry)
-    except (JournalLocked, ModelLoadError) as exc:
+    except (JournalError, ModelLoadError) as exc:
         daemon.log.error("start_failed", error=str(exc))
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -451,3 +451,15 @@ def test_a_job_interrupted_again_and_again_ends_quarantined(tmp_path):
     assert job.attempts == 3 and job.last_error.startswith("interrupted")
     assert j.lease(60) is None
     j.close()
+
+
+def test_a_corrupt_state_database_is_a_clear_error(tmp_path, tiny_model, run_cli):
+    cfg = daemon_config(tmp_path, tiny_model)
+    db = tmp_path / "state" / "journal.sqlite"
+    db.parent.mkdir()
+    db.write_bytes(b"this is not sqlite" * 100)
+    code, _, err = run_cli("run", "-c", cfg)
+    assert code == 1
+    assert f"the state database {db} cannot be used" in err and "move it away" in err
+    code, _, err = run_cli("status", "-c", cfg)
+    assert code == 1 and "cannot be used" in err
