@@ -113,7 +113,11 @@ class Journal:
 
     def __init__(self, path: str | Path, exclusive: bool = False):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise JournalError(f"cannot create the state folder {self.path.parent} ({exc.strerror or exc}); "
+                               "set state.db to a writable place") from None
         self._lock_fd: int | None = None
         self._mu = threading.RLock()
         if exclusive:

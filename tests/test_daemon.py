@@ -463,3 +463,10 @@ def test_a_corrupt_state_database_is_a_clear_error(tmp_path, tiny_model, run_cli
     assert f"the state database {db} cannot be used" in err and "move it away" in err
     code, _, err = run_cli("status", "-c", cfg)
     assert code == 1 and "cannot be used" in err
+
+
+def test_an_unwritable_state_folder_is_a_clear_error(tmp_path, tiny_model, run_cli):
+    cfg = daemon_config(tmp_path, tiny_model)
+    cfg.write_text(cfg.read_text().replace("db: ./state/journal.sqlite", "db: /proc/smolvlm-no/journal.sqlite"))
+    code, _, err = run_cli("run", "-c", cfg)
+    assert code == 1 and "cannot create the state folder /proc/smolvlm-no" in err and "state.db" in err
