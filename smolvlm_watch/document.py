@@ -8,7 +8,6 @@ the pages of the batch in flight.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,13 +130,9 @@ def is_document(path: Path, head: bytes) -> bool:
     return False
 
 
-def source_info(path: Path, doc: Document) -> SourceInfo:
+def source_info(path: Path, doc: Document, sha256: str) -> SourceInfo:
     st = path.stat()
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            sha.update(block)
-    return SourceInfo(path=str(path), size=st.st_size, mtime=st.st_mtime, sha256=sha.hexdigest(),
+    return SourceInfo(path=str(path), size=st.st_size, mtime=st.st_mtime, sha256=sha256,
                       kind="document", width=0, height=0,
                       extra={"pages": doc.page_count, "format": doc.format, "dpi": doc.settings.dpi})
 

@@ -111,7 +111,8 @@ def upright_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(path: str | Path, max_pixels: int = 100_000_000, max_bytes: int = 4 * 1024**3) -> Media:
+def load_image(path: str | Path, max_pixels: int = 100_000_000, max_bytes: int = 4 * 1024**3,
+               sha256: str | None = None) -> Media:
     """Decode one image file (first frame of an animation) with its source info."""
     path = Path(path)
     data, st = _read(path, max_bytes)
@@ -136,15 +137,16 @@ def load_image(path: str | Path, max_pixels: int = 100_000_000, max_bytes: int =
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise MediaError(path, f"corrupt or truncated image: {exc}") from None
     info = SourceInfo(
-        path=str(path), size=st.st_size, mtime=st.st_mtime, sha256=hashlib.sha256(data).hexdigest(),
+        path=str(path), size=st.st_size, mtime=st.st_mtime, sha256=sha256 or hashlib.sha256(data).hexdigest(),
         kind="image", width=rgb.width, height=rgb.height,
     )
     return Media(info=info, images=(rgb,))
 
 
 def load(path: str | Path, max_pixels: int = 100_000_000, max_bytes: int = 4 * 1024**3,
-         sampling: Any = None) -> Media:
-    """Decode any supported media file; the kind comes from its content, never its name."""
+         sampling: Any = None, sha256: str | None = None) -> Media:
+    """Decode any supported media file; the kind comes from its content, never its name.
+    ``sha256``: the content hash when the caller already has it (a video is not read twice)."""
     from . import video
 
     path = Path(path)
@@ -156,5 +158,5 @@ def load(path: str | Path, max_pixels: int = 100_000_000, max_bytes: int = 4 * 1
     except OSError:
         head = b""  # _read reports it properly
     if video.sniff_video(head):
-        return video.load_video(path, sampling or video.Sampling(), max_bytes)
-    return load_image(path, max_pixels=max_pixels, max_bytes=max_bytes)
+        return video.load_video(path, sampling or video.Sampling(), max_bytes, sha256)
+    return load_image(path, max_pixels=max_pixels, max_bytes=max_bytes, sha256=sha256)

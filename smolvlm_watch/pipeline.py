@@ -50,6 +50,7 @@ class Prepared:
     kept_from: dict[str, Any] | None
     media: Any
     start: float
+    sha256: str
     main: list[Planned]  # the tasks that run on ``media``
     extra: tuple[tuple[list[Planned], Any], ...] = ()  # tasks with their own video sampling, and their media
 
@@ -167,20 +168,20 @@ class Pipeline:
             return FileResult(str(path), "skipped", seconds=time.perf_counter() - start, sha256=sha)
         kept = existing if same_content else None
         if is_document(path, _head(path)):  # documents render their pages as the model needs them
-            return Prepared(path, watch, target, todo, kept, None, start, todo)
-        media = self._load(path, self.sampling(watch))
+            return Prepared(path, watch, target, todo, kept, None, start, sha, todo)
+        media = self._load(path, self.sampling(watch), sha)
         if media.kind != "video":
-            return Prepared(path, watch, target, todo, kept, media, start, todo)
+            return Prepared(path, watch, target, todo, kept, media, start, sha, todo)
         own: dict[Sampling, list[Planned]] = {}
         for p in todo:
             own.setdefault(self.sampling(watch, p.video), []).append(p)
         main = own.pop(self.sampling(watch), [])
-        extra = tuple((tasks, self._load(path, sampling)) for sampling, tasks in own.items())
-        return Prepared(path, watch, target, todo, kept, media, start, main, extra)
+        extra = tuple((tasks, self._load(path, sampling, sha)) for sampling, tasks in own.items())
+        return Prepared(path, watch, target, todo, kept, media, start, sha, main, extra)
 
-    def _load(self, path: Path, sampling: Sampling):
+    def _load(self, path: Path, sampling: Sampling, sha256: str):
         return load(path, max_pixels=self.config.media.max_pixels, max_bytes=self.config.media.max_bytes,
-                    sampling=sampling)
+                    sampling=sampling, sha256=sha256)
 
     def run(self, items: list["Prepared"], pages: PageStore | None = None) -> list[FileResult]:
         """Run prepared files; files with the same tasks share one runtime call."""
@@ -188,8 +189,7 @@ class Pipeline:
         groups: dict[tuple[str, ...], list[int]] = {}
         for i, item in enumerate(items):
             if item.media is None:
-                results[i] = _guarded(item.path, item.start, lambda item=item: self._document(
-                    item.path, item.watch, item.todo, item.kept_from, item.target, item.start, pages))
+                results[i] = _guarded(item.path, item.start, lambda item=item: self._document(item, pages))
             else:
                 groups.setdefault(tuple(p.fingerprint for p in item.main), []).append(i)
         for idx in groups.values():
@@ -223,24 +223,24 @@ class Pipeline:
             tasks_run=tuple(p.task.name for p in todo), sha256=source["sha256"],
         )
 
-    def _document(self, path: Path, watch: WatchConfig, todo: list[Planned], kept_from: dict[str, Any] | None,
-                  target: Target, start: float, store: PageStore | None) -> FileResult:
+    def _document(self, item: Prepared, store: PageStore | None) -> FileResult:
         """A PDF or multi-page TIFF: per-page tasks run over the pages in batches (rendered only
         as needed), the others on the first page, every page, or the first pages at once."""
+        path = item.path
         cfg = self.config.document
         doc = Document(path, DocumentSettings(**asdict(cfg)))
         try:
-            info = source_info(path, doc)
+            info = source_info(path, doc, item.sha256)
             runner = _DocumentRun(self, doc, info, store, self.on_page)
-            outcomes = runner.run(todo, cfg)
+            outcomes = runner.run(item.todo, cfg)
         finally:
             doc.close()
         first = runner.pages[0] if runner.pages else {}
         source = {**info.as_dict(), "pages": doc.page_count, "width": first.get("width", 0),
                   "height": first.get("height", 0)}
         errors = [f"page {p['page']}: {p['error']}" for p in runner.pages if "error" in p]
-        result = self._finish(path, watch, todo, outcomes, source, {"pages": runner.pages}, kept_from, target,
-                              start, errors)
+        result = self._finish(path, item.watch, item.todo, outcomes, source, {"pages": runner.pages}, item.kept_from,
+                              item.target, item.start, errors)
         if store is not None:
             store.pages_clear(str(path))
         return replace(result, pages_resumed=runner.resumed)

@@ -8,7 +8,6 @@ processor with ``VideoMetadata``, which writes SmolVLM2's trained video prompt.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from typing import Any
 
 from PIL import Image, ImageStat
 
-from .media import Media, MediaError, SourceInfo
+from .media import Media, MediaError, SourceInfo, sha256_file
 
 BLACK_LUMA = 12.0
 LONG_ENOUGH_FOR_BLACK_SKIP = 10.0  # seconds
@@ -212,7 +211,7 @@ def decode(path: Path, sampling: Sampling) -> Clip:
                 width=frames[0].width, height=frames[0].height, extra={"codec": codec, "rotation": dec.rotation})
 
 
-def load_video(path: str | Path, sampling: Sampling, max_bytes: int) -> Media:
+def load_video(path: str | Path, sampling: Sampling, max_bytes: int, sha256: str | None = None) -> Media:
     """A video as Media: sampled frames as images, the clip for the runtime, sidecar sections."""
     path = Path(path)
     try:
@@ -222,12 +221,8 @@ def load_video(path: str | Path, sampling: Sampling, max_bytes: int) -> Media:
     if st.st_size > max_bytes:
         raise MediaError(path, f"file is {st.st_size} bytes, over the media.max_bytes limit of {max_bytes}")
     clip = decode(path, sampling)
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            sha.update(block)
     info = SourceInfo(
-        path=str(path), size=st.st_size, mtime=st.st_mtime, sha256=sha.hexdigest(), kind="video",
+        path=str(path), size=st.st_size, mtime=st.st_mtime, sha256=sha256 or sha256_file(path), kind="video",
         width=clip.width, height=clip.height,
         extra={"duration": clip.duration, "fps": clip.fps, "frame_count": clip.total_frames,
                "codec": clip.extra["codec"]},
