@@ -8,12 +8,12 @@ the pages of the batch in flight.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
+from .config import DocumentConfig
 from .media import Media, MediaError, SourceInfo, upright_rgb
 
 TEXT_LAYER_MIN_CHARS = 16  # "auto": a page with at least this much text uses its text layer
@@ -23,19 +23,10 @@ def sniff_document(head: bytes) -> bool:
     return head.startswith(b"%PDF-")
 
 
-@dataclass(frozen=True)
-class DocumentSettings:
-    dpi: int = 200
-    max_pages: int = 1000
-    max_page_pixels: int = 60_000_000
-    pages: str = "first"  # what non-OCR tasks look at: first | each | all
-    all_max_pages: int = 4  # "all": at most this many pages in one multi-image question
-
-
 class Document:
     """An open PDF or multi-page TIFF; ``page(i)`` renders page i (0-based) when asked."""
 
-    def __init__(self, path: Path, settings: DocumentSettings):
+    def __init__(self, path: Path, settings: DocumentConfig):
         self.path, self.settings = path, settings
         self._pdf = self._tiff = None
         with open(path, "rb") as f:

@@ -8,6 +8,7 @@ are missing or stale run, and the others' results are kept.
 
 from __future__ import annotations
 
+import errno
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -16,12 +17,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from .config import Config, DocumentConfig, OutputConfig, WatchConfig
-from .document import Document, DocumentSettings, is_document, page_media, page_record, pages_media, source_info
+from .document import Document, is_document, page_media, page_record, pages_media, source_info
 from .media import MediaError, load, sha256_file
 from .plugins import Registry
-from .runtime import Runtime
+from .runtime import Runtime, fingerprint
 from .sidecar import SidecarError, SidecarRecord, Target, read_json
-from .tasks import Planned, plan, run_tasks, run_tasks_many
+from .tasks import Planned, plan, run_tasks, run_tasks_many, skipped
 from .video import Sampling
 
 
@@ -63,7 +64,7 @@ def _guarded(path: Path, start: float, step: Callable[[], Any]) -> Any:
         return FileResult(str(path), "failed", exc.reason, transient=exc.transient,
                           seconds=time.perf_counter() - start)
     except (SidecarError, OSError) as exc:
-        transient = isinstance(exc, OSError) and exc.errno in (28, 11, 16)  # ENOSPC, EAGAIN, EBUSY
+        transient = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EAGAIN, errno.EBUSY)
         return FileResult(str(path), "failed", str(exc), transient=transient, seconds=time.perf_counter() - start)
 
 
@@ -96,8 +97,6 @@ class Pipeline:
 
     def fingerprint(self, watch: WatchConfig) -> str:
         """One hash over every task's fingerprint: what the journal compares for staleness."""
-        from .runtime import fingerprint
-
         return fingerprint(sorted(p.fingerprint for p in self.planned(watch)), sorted(watch.outputs))
 
     def sampling(self, watch: WatchConfig, task: dict[str, Any] | None = None) -> Sampling:
@@ -228,7 +227,7 @@ class Pipeline:
         as needed), the others on the first page, every page, or the first pages at once."""
         path = item.path
         cfg = self.config.document
-        doc = Document(path, DocumentSettings(**asdict(cfg)))
+        doc = Document(path, cfg)
         try:
             info = source_info(path, doc, item.sha256)
             runner = _DocumentRun(self, doc, info, store, self.on_page)
@@ -286,14 +285,8 @@ class _DocumentRun:
         self.resumed = 0
 
     def run(self, todo: list[Planned], cfg: DocumentConfig) -> dict[str, dict[str, Any]]:
-        outcomes: dict[str, dict[str, Any]] = {}
-        accepting = []
-        for p in todo:
-            if "document" in p.task.media_kinds:
-                accepting.append(p)
-            else:
-                outcomes[p.task.name] = {"skipped": f"task {p.task.name!r} does not accept document files",
-                                         "plugin": p.plugin, "plugin_version": p.plugin_version}
+        outcomes = {p.task.name: skipped(p, "document").data for p in todo if "document" not in p.task.media_kinds}
+        accepting = [p for p in todo if "document" in p.task.media_kinds]
         per_page = [p for p in accepting if p.task.name == "ocr" or cfg.pages == "each"]
         once = [p for p in accepting if p not in per_page]
         self._pages(per_page)
@@ -304,8 +297,6 @@ class _DocumentRun:
         return outcomes
 
     def _pages(self, per_page: list[Planned]) -> None:
-        from .runtime import fingerprint
-
         n, path = self.doc.page_count, self.info.path
         key = fingerprint(sorted(p.fingerprint for p in per_page), self.doc.settings.dpi)
         saved = self.store.pages_get(path, self.info.sha256, key) if self.store else {}

@@ -140,10 +140,8 @@ class Daemon:
         """A folder appeared (moved in, mount back): its files come with no events of their own."""
         if folder != armed.watch.path and not armed.filter.accepts_dir(folder):
             return
-        sub = replace(armed.watch, path=folder)
-        for path in scan(sub, MediaFilter(sub)):
-            if armed.filter.accepts(path):
-                armed.tracker.touch(path)
+        for path in scan(replace(armed.watch, path=folder), armed.filter):
+            armed.tracker.touch(path)
 
     def scan_all(self) -> int:
         """Reconcile the journal with every available watch: new or changed files are queued,

@@ -104,6 +104,12 @@ class Outcome:
         return "error" not in self.data and "skipped" not in self.data
 
 
+def skipped(p: Planned, kind: str) -> Outcome:
+    """The entry of a task that does not accept this kind of media."""
+    return Outcome(p.task.name, {"skipped": f"task {p.task.name!r} does not accept {kind} files",
+                                 "plugin": p.plugin, "plugin_version": p.plugin_version})
+
+
 def _error(p: Planned, message: str) -> Outcome:
     return Outcome(p.task.name, {"error": message, "plugin": p.plugin, "plugin_version": p.plugin_version,
                                  "fingerprint": p.fingerprint})
@@ -122,9 +128,7 @@ def run_tasks_many(medias: Sequence[Media], planned: Sequence[Planned], runtime:
     for m, media in enumerate(medias):
         for p in planned:
             if media.kind not in p.task.media_kinds:
-                outcomes[m][p.task.name] = Outcome(p.task.name, {
-                    "skipped": f"task {p.task.name!r} does not accept {media.kind} files",
-                    "plugin": p.plugin, "plugin_version": p.plugin_version})
+                outcomes[m][p.task.name] = skipped(p, media.kind)
                 continue
             try:
                 asked.append((m, p, list(p.task.requests(media, p.spec))))

@@ -12,7 +12,8 @@ from PIL import Image, ImageDraw
 
 from conftest import process_peak_mb, read_sidecar
 from smolvlm_watch.config import ModelConfig
-from smolvlm_watch.document import Document, DocumentSettings
+from smolvlm_watch.config import DocumentConfig
+from smolvlm_watch.document import Document
 from smolvlm_watch.media import MediaError
 from smolvlm_watch.runtime import Request, Runtime, question
 
@@ -97,7 +98,7 @@ def test_page_prompt_ids_equal_the_processors_for_the_rendered_image(tmp_path, t
     from transformers import AutoProcessor
 
     pdf = make_pdf(tmp_path / "one.pdf", 2)
-    doc = Document(pdf, DocumentSettings(dpi=100))
+    doc = Document(pdf, DocumentConfig(dpi=100))
     image, _ = doc.page(1)
     doc.close()
     reference_image = pdfium.PdfDocument(str(pdf))[1].render(scale=100 / 72).to_pil().convert("RGB")
@@ -120,19 +121,19 @@ def test_broken_documents_give_clear_errors(tmp_path):
     with open(tmp_path / "locked.pdf", "wb") as f:
         writer.write(f)
     with pytest.raises(MediaError, match="the PDF is encrypted"):
-        Document(tmp_path / "locked.pdf", DocumentSettings())
+        Document(tmp_path / "locked.pdf", DocumentConfig())
     data = good.read_bytes()
     (tmp_path / "trunc.pdf").write_bytes(data[: len(data) // 4])
     with pytest.raises(MediaError, match="broken or truncated PDF"):
-        Document(tmp_path / "trunc.pdf", DocumentSettings())
+        Document(tmp_path / "trunc.pdf", DocumentConfig())
     text_layer_pdf(tmp_path / "empty.pdf", [])
     with pytest.raises(MediaError, match="or one without pages"):
-        Document(tmp_path / "empty.pdf", DocumentSettings())
+        Document(tmp_path / "empty.pdf", DocumentConfig())
     (tmp_path / "garbage.pdf").write_bytes(b"%PDF-1.7\n" + b"\x13\x37" * 100)
     with pytest.raises(MediaError, match="broken or truncated PDF"):
-        Document(tmp_path / "garbage.pdf", DocumentSettings())
+        Document(tmp_path / "garbage.pdf", DocumentConfig())
     with pytest.raises(MediaError, match="6 pages, over the document.max_pages limit of 5"):
-        Document(make_pdf(tmp_path / "long.pdf", 6), DocumentSettings(max_pages=5))
+        Document(make_pdf(tmp_path / "long.pdf", 6), DocumentConfig(max_pages=5))
 
 
 def test_failed_page_is_recorded_while_the_others_complete(tmp_path, tiny_model, run_cli, write_config):
