@@ -75,7 +75,7 @@ def cmd_process(args: argparse.Namespace) -> int:
     progress = Progress(len(jobs), enabled=not args.json)
     pipeline.on_page = lambda path, done, total: progress.start(f"{Path(path).name} page {done}/{total}")
     try:
-        for result in pipeline.process_many(jobs, force=args.force):
+        for result in pipeline.process_many((p, w, args.force) for p, w in jobs):
             results.append(result)
             progress.advance(result.status)
             progress.start(Path(result.path).name)

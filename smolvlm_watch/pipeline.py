@@ -8,6 +8,7 @@ are missing or stale run, and the others' results are kept.
 
 from __future__ import annotations
 
+import contextvars
 import errno
 import time
 from collections import deque
@@ -115,13 +116,19 @@ class Pipeline:
             return prepared
         return self.run([prepared], pages)[0]
 
-    def process_many(self, jobs: Iterable[tuple[Path, WatchConfig]], force: bool = False) -> Iterator[FileResult]:
-        """Process files in order while the next ones are read and decoded in the background.
+    def process_many(self, jobs: Iterable[tuple[Path, WatchConfig, bool]], pages: PageStore | None = None,
+                     on_batch: Callable[[list[Path]], None] | None = None,
+                     stop: Callable[[], bool] | None = None) -> Iterator[FileResult]:
+        """Process ``(path, watch, force)`` jobs in order while the next ones are read and decoded
+        in the background.
 
         At most ``runtime.prefetch`` decoded files wait ahead of the model (memory stays bounded
         whatever the folder's size), and the ones already decoded when the model is free are run
         together, so the runtime can batch across files. A batch never waits for a file that is
-        still being decoded, beyond the first."""
+        still being decoded, beyond the first, and ``jobs`` is only asked for more when there is
+        room: a live file is not held back for a full batch. ``on_batch`` hears which files run
+        next; once ``stop()`` is true no further batch starts (the jobs taken but not run are the
+        caller's to give back)."""
         ahead = self.config.runtime.prefetch
         jobs = iter(jobs)
         window: deque = deque()
@@ -131,17 +138,22 @@ class Pipeline:
                     job = next(jobs, None)
                     if job is None:
                         return
-                    window.append(pool.submit(self.prepare, job[0], job[1], force))
+                    # the prefetch thread logs with the job's context (path, job id) as the caller bound it
+                    window.append(pool.submit(contextvars.copy_context().run, self.prepare, *job))
 
             refill()
-            while window:
+            while window and not (stop and stop()):
                 ready = [window.popleft().result()]
                 while window and window[0].done() and len(ready) < self.runtime.max_batch():
                     ready.append(window.popleft().result())
                 refill()
-                ran = iter(self.run([r for r in ready if isinstance(r, Prepared)]))
+                if on_batch:
+                    on_batch([Path(r.path) for r in ready])
+                ran = iter(self.run([r for r in ready if isinstance(r, Prepared)], pages))
                 for r in ready:
                     yield r if isinstance(r, FileResult) else next(ran)
+            for future in window:
+                future.cancel()
 
     def prepare(self, path: str | Path, watch: WatchConfig, force: bool = False) -> "Prepared | FileResult":
         """Everything before the model: the sidecar check, hashing, decoding. A FileResult when

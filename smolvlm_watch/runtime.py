@@ -137,6 +137,7 @@ class Runtime:
         self.device: str | None = None
         self.dtype: str | None = None
         self.vision_passes = 0  # images (or videos) the vision tower encoded
+        self.prefill_tokens = 0  # prompt tokens the language model computed (a shared prefix counts once)
 
     @property
     def loaded(self) -> bool:
@@ -291,50 +292,52 @@ class Runtime:
             return []
         self.load()
         answers: list[Answer | None] = [None] * len(requests)
+        features: dict[tuple, Any] = {}  # per image set, for this call: a split group is still encoded once
         for batch in self._plan(requests):
-            for index, answer in zip(batch, self._run_batch([requests[i] for i in batch])):
+            for index, answer in zip(batch, self._run_batch([requests[i] for i in batch], features)):
                 answers[index] = answer
         return [a for a in answers if a is not None]
 
     def _plan(self, requests: Sequence[Request]) -> list[list[int]]:
         """Group requests that can share a forward pass: same image settings, image count and
         decoding rules (``max_new_tokens`` may differ: each answer is cut to its own). Requests
-        about the same images stay next to each other, so they land in one batch and their
-        images are encoded once. Batches are bounded by max_batch."""
-        groups: dict[Any, list[int]] = {}
+        about the same images are packed whole into one batch where they fit, so their images
+        and shared prompt prefix are computed once. Batches hold at most max_batch requests."""
+        groups: dict[Any, dict[tuple, list[int]]] = {}
         for i, r in enumerate(requests):
             frames = len(r.video.frames) if r.video is not None else None
             key = (r.image, len(r.images), frames, r.generation.min_new_tokens, r.generation.loop_guard)
-            groups.setdefault(key, []).append(i)
+            groups.setdefault(key, {}).setdefault(_images_key(r) or (i,), []).append(i)
         size = self.max_batch()
-        batches = []
-        for idx in groups.values():
-            idx = sorted(idx, key=lambda i: [id(img) for img in requests[i].images] or [i])
-            batches += [idx[k:k + size] for k in range(0, len(idx), size)]
+        batches: list[list[int]] = []
+        for by_images in groups.values():
+            current: list[int] = []
+            for members in by_images.values():
+                for k in range(0, len(members), size):
+                    chunk = members[k:k + size]
+                    if current and len(current) + len(chunk) > size:
+                        batches.append(current)
+                        current = []
+                    current = current + chunk
+            batches.append(current)
         return batches
 
-    def _run_batch(self, batch: list[Request]) -> list[Answer]:
+    def _run_batch(self, batch: list[Request], features: dict[tuple, Any]) -> list[Answer]:
         try:
-            return self._generate(batch)
+            return self._generate(batch, features)
         except Exception as exc:  # noqa: BLE001
             if len(batch) > 1:  # find out which request is to blame: run them one at a time
-                return [a for r in batch for a in self._run_batch([r])]
+                return [a for r in batch for a in self._run_batch([r], features)]
             return [Answer(text="", error=_inference_error(exc))]
 
-    def _shared_images(self, batch: list[Request], inputs) -> dict[str, Any]:
-        """Encode each distinct image set of the batch ONCE with the vision tower and connector,
-        and hand every request its features (``mm_encoder_outputs``): caption, tags and OCR of one
-        photo cost one vision pass, not three."""
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
-
-        first: dict[tuple[int, ...], int] = {}
-        owner = [first.setdefault(tuple(id(img) for img in r.images), i) for i, r in enumerate(batch)]
-        unique = sorted(set(owner))
-        features = {i: self._encode_tiles(inputs["pixel_values"][i], inputs["pixel_attention_mask"][i])
-                    for i in unique}
-        self.vision_passes += len(unique)
-        return {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(
-            pooler_output=[features[o] for o in owner])}}
+    def _image_features(self, batch: list[Request], inputs, features: dict[tuple, Any]) -> list[Any]:
+        """Each distinct image set through the vision tower and connector ONCE per generate call."""
+        keys = [(r.image, _images_key(r)) for r in batch]
+        for i, key in enumerate(keys):
+            if key not in features:
+                features[key] = self._encode_tiles(inputs["pixel_values"][i], inputs["pixel_attention_mask"][i])
+                self.vision_passes += 1
+        return [features[key] for key in keys]
 
     def _encode_tiles(self, pixel_values, pixel_mask):
         """One request's tiles through the vision tower and connector. On CPU tile by tile:
@@ -352,34 +355,67 @@ class Runtime:
             parts.append(out.pooler_output[0])
         return torch.cat(parts)
 
-    def _generate(self, batch: list[Request]) -> list[Answer]:
+    def _prefilled(self, batch: list[Request], inputs, features: dict[tuple, Any]) -> dict[str, Any]:
+        """Run what requests share once, and hand ``generate`` a KV cache holding it.
+
+        The images go through the vision tower once each, and the prompt text the requests about
+        one image share (everything up to a task's own question, image tokens included) goes
+        through the language model once: caption, tags and OCR of one photo cost one vision pass
+        and one prefix, then only their own questions. Each row of the cache is its prefix
+        (right-padded to the longest) followed by its own suffix (left-padded); the attention
+        mask and the positions generate derives from it make the padding invisible."""
+        import torch
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        rows = [ids[i][mask[i].bool()].tolist() for i in range(len(batch))]
+        image_features = self._image_features(batch, inputs, features)
+        shares = _shared_prefixes(rows, [(r.image, _images_key(r)) for r in batch], self.model.config.image_token_id)
+        owners = sorted({owner for owner, _ in shares})
+        lengths = dict(shares)
+        pad = self.processor.tokenizer.pad_token_id
+        prefix = _padded([rows[o][:lengths[o]] for o in owners], pad, left=False)
+        out = self.model.model(input_ids=prefix[0].to(self.device), attention_mask=prefix[1].to(self.device),
+                               mm_encoder_outputs={"image": BaseModelOutputWithPooling(
+                                   pooler_output=[image_features[o] for o in owners])}, use_cache=True)
+        cache = out.past_key_values
+        index = torch.tensor([owners.index(owner) for owner, _ in shares], device=self.device)
+        for layer in cache.layers:
+            layer.batch_select_indices(index)
+        suffix = _padded([row[n:] for row, (_, n) in zip(rows, shares)], pad, left=True)
+        self.prefill_tokens += sum(lengths[o] for o in owners) + int(suffix[1].sum())
+        return {"input_ids": torch.cat([prefix[0].to(self.device)[index], suffix[0].to(self.device)], dim=1),
+                "attention_mask": torch.cat([prefix[1].to(self.device)[index], suffix[1].to(self.device)], dim=1),
+                "past_key_values": cache}
+
+    def _generate(self, batch: list[Request], features: dict[tuple, Any]) -> list[Answer]:
         import torch
         from transformers import StoppingCriteriaList
 
         start = time.perf_counter()
         inputs = self.encode(batch)
-        prompt_len = inputs["input_ids"].shape[1]
-        gen = batch[0].generation
-        kwargs: dict[str, Any] = dict(max_new_tokens=max(r.generation.max_new_tokens for r in batch),
-                                      do_sample=False)
-        if gen.min_new_tokens:
-            kwargs["min_new_tokens"] = gen.min_new_tokens
-        if gen.loop_guard:
-            kwargs["stopping_criteria"] = StoppingCriteriaList([LoopGuard(prompt_len)])
         with torch.inference_mode():
             if "pixel_values" in inputs and batch[0].video is None:
-                model_inputs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"],
-                                **self._shared_images(batch, inputs)}
+                model_inputs = self._prefilled(batch, inputs, features)
             else:
                 self.vision_passes += len(batch) if batch[0].video is not None else 0
+                self.prefill_tokens += int(inputs["attention_mask"].sum())
                 model_inputs = dict(inputs)
+            prompt_len = model_inputs["input_ids"].shape[1]
+            gen = batch[0].generation
+            kwargs: dict[str, Any] = dict(max_new_tokens=max(r.generation.max_new_tokens for r in batch),
+                                          do_sample=False)
+            if gen.min_new_tokens:
+                kwargs["min_new_tokens"] = gen.min_new_tokens
+            if gen.loop_guard:
+                kwargs["stopping_criteria"] = StoppingCriteriaList([LoopGuard(prompt_len)])
             out = self.model.generate(**model_inputs, **kwargs)
         seconds = (time.perf_counter() - start) / len(batch)
         tokenizer = self.processor.tokenizer
         special = {tokenizer.pad_token_id, tokenizer.eos_token_id}
         answers = []
         rows = out[:, prompt_len:].tolist()
-        for request, row, mask in zip(batch, rows, inputs["attention_mask"].sum(dim=1).tolist()):
+        for request, row, mask in zip(batch, rows, model_inputs["attention_mask"].sum(dim=1).tolist()):
             ids = tuple(_until_end(row[:request.generation.max_new_tokens], special))
             text = tokenizer.decode(list(ids), skip_special_tokens=True)
             answers.append(Answer(text=text, token_ids=ids, prompt_tokens=int(mask), seconds=seconds,
@@ -419,6 +455,45 @@ def create_runtime(model: ModelConfig, runtime: RuntimeConfig | None = None):
 
         return RemoteRuntime(model, runtime)
     return Runtime(model, runtime)
+
+
+def _images_key(request: Request) -> tuple[int, ...]:
+    """Which images a request is about: requests with the same key may share their encoding."""
+    return tuple(id(img) for img in request.images)
+
+
+def _shared_prefixes(rows: list[list[int]], keys: list[Any], image_token: int) -> list[tuple[int, int]]:
+    """For each prompt: the row whose prefix it reuses, and that prefix's length in tokens.
+
+    Prompts about the same images share their longest common prefix when it holds every image
+    token (the image features go in with the prefix); otherwise each keeps its own. Every prompt
+    keeps at least its last token, which generate runs to produce the first answer token."""
+    groups: dict[Any, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    shares: list[tuple[int, int]] = [(i, len(row) - 1) for i, row in enumerate(rows)]
+    for members in groups.values():
+        first, limit = rows[members[0]], min(len(rows[i]) for i in members) - 1
+        common = next((k for k in range(limit) if any(rows[i][k] != first[k] for i in members)), limit)
+        last_image = max((k for i in members for k, t in enumerate(rows[i]) if t == image_token), default=-1)
+        if len(members) > 1 and common > last_image:
+            for i in members:
+                shares[i] = (members[0], common)
+    return shares
+
+
+def _padded(rows: list[list[int]], pad: int, left: bool):
+    """Token rows as one (ids, mask) pair of tensors, padded on the left or the right."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if left else slice(0, len(row))
+        ids[i, span] = torch.tensor(row, dtype=torch.long)
+        mask[i, span] = 1
+    return ids, mask
 
 
 def _until_end(ids: list[int], stop: set[int]) -> list[int]:

@@ -15,17 +15,18 @@ import socket
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import structlog
 
 from . import config as configmod, logs
 from .config import Config, ConfigError, WatchConfig
-from .journal import BACKFILL, LIVE, Journal, JournalError
+from .journal import BACKFILL, LIVE, Job, Journal, JournalError
 from .media import sha256_file
-from .pipeline import Pipeline
+from .pipeline import FileResult, Pipeline
 from .plugins import PluginError, Registry
 from .progress import Progress
 from .runtime import ModelLoadError, create_runtime
@@ -77,10 +78,23 @@ def load_checked(path: str | Path) -> tuple[Config, Registry]:
 
 @dataclass
 class _Current:
-    job_id: int
-    path: str
+    """The batch the worker is running: what the watchdog check and the overdue log need."""
+
+    paths: tuple[str, ...]
     started: float
     overdue_logged: bool = False
+
+
+@dataclass(frozen=True)
+class _Taken:
+    """A leased job on its way through the pipeline, with the file's state when it was taken
+    (recorded on success: a file that changed meanwhile is seen as changed by the next scan)."""
+
+    job: Job
+    watch: WatchConfig
+    fingerprint: str
+    size: int
+    mtime: float
 
 
 class Daemon:
@@ -91,6 +105,7 @@ class Daemon:
         self.reload_event = threading.Event()
         self.wake = threading.Event()
         self.current: _Current | None = None
+        self.taken: dict[int, _Taken] = {}  # leased by the worker, not yet recorded
         self.processed = 0
         self.started = time.time()
 
@@ -163,49 +178,95 @@ class Daemon:
     # --- the worker ----------------------------------------------------------------------------
 
     def _work(self) -> None:
+        """Stream due jobs through the pipeline: the next files decode while the model runs, and
+        the files decoded by then share a batch. The stream ends when the queue is empty (a live
+        file is never held back for a full batch), at a stop, or when a reload swapped the pipeline."""
         while not self.stop_event.is_set():
-            job = self.journal.lease(self.config.state.lease_seconds)
-            if job is None:
-                self.wake.wait(0.5)
-                self.wake.clear()
-                continue
-            self.current = _Current(job.id, job.path, time.monotonic())
+            pipeline = self.pipeline  # what was taken finishes with the pipeline it started with
+            order: deque[int] = deque()
+            results = 0
             try:
-                self._run_job(job)
-            except Exception as exc:  # noqa: BLE001 - the worker must survive any job
-                self.log.exception("job_crashed", error=str(exc))
-                self._fail(job.id, f"internal error: {type(exc).__name__}: {exc}", transient=True)
+                for result in pipeline.process_many(
+                        self._leased(pipeline, order), pages=self.journal, on_batch=self._on_batch,
+                        stop=lambda: self.stop_event.is_set() or self.pipeline is not pipeline):
+                    self._record(self.taken.pop(order.popleft()), result)
+                    results += 1
+            except Exception as exc:  # noqa: BLE001 - the worker must survive any batch
+                self.log.exception("batch_crashed", error=str(exc))
+                for taken in self.taken.values():
+                    self._fail(taken.job.id, f"internal error: {type(exc).__name__}: {exc}", transient=True)
+                self.taken.clear()
             finally:
                 self.current = None
                 structlog.contextvars.clear_contextvars()
+            for taken in self.taken.values():  # taken but not run: a stop or a reload came first
+                self.journal.release(taken.job.id)
+            self.taken = {}
+            if not results:
+                self.wake.wait(0.5)
+                self.wake.clear()
+
+    def _leased(self, pipeline: Pipeline, order: deque[int]) -> Iterator[tuple[Path, WatchConfig, bool]]:
+        """Due jobs, live before backfill, while there are any: each checked (vanished? only
+        renamed?) and handed on with its path and job id bound to the log context."""
+        while not self.stop_event.is_set() and self.pipeline is pipeline:
+            job = self.journal.lease(self.config.state.lease_seconds)
+            if job is None:
+                return
+            if job.id in self.taken:
+                continue  # its lease ran out while it waited to run; it is ours already
+            structlog.contextvars.clear_contextvars()
+            structlog.contextvars.bind_contextvars(path=job.path, job_id=job.id)
+            try:
+                taken = self._admit(job, pipeline)
+            except Exception as exc:  # noqa: BLE001 - one job's trouble is that job's failure
+                self.log.exception("job_crashed", error=str(exc))
+                self._fail(job.id, f"internal error: {type(exc).__name__}: {exc}", transient=True)
+                continue
+            if taken is not None:
+                self.taken[job.id] = taken
+                order.append(job.id)
+                yield Path(job.path), taken.watch, job.force
+
+    def _admit(self, job: Job, pipeline: Pipeline) -> _Taken | None:
+        """A job worth running, or None when it was settled here: the file vanished or left every
+        watch, or it is a known file under a new name whose sidecars are simply moved."""
+        path = Path(job.path)
+        watch = pipeline.config.watch_for(path)
+        if watch is None or not os.path.exists(path):
+            self.journal.mark_gone(job.id)
+            self.log.info("job_dropped", reason="file vanished" if watch else "no longer in any watch")
+            return None
+        st = path.stat()
+        fingerprint = pipeline.fingerprint(watch)
+        if not job.force and self._adopt_renamed(path, watch, fingerprint, job.id, st):
+            return None
+        return _Taken(job, watch, fingerprint, st.st_size, st.st_mtime)
+
+    def _on_batch(self, paths: list[Path]) -> None:
+        self.current = _Current(tuple(str(p) for p in paths), time.monotonic())
+        structlog.contextvars.clear_contextvars()
+        if len(paths) == 1:
+            structlog.contextvars.bind_contextvars(path=str(paths[0]))
+        else:
+            structlog.contextvars.bind_contextvars(paths=[str(p) for p in paths])
 
     def _fail(self, job_id: int, error: str, transient: bool) -> str:
         s = self.config.state
         return self.journal.failed(job_id, error, transient, s.max_attempts, s.retry_base_seconds,
                                    s.retry_max_seconds)
 
-    def _run_job(self, job) -> None:
+    def _record(self, taken: _Taken, result: FileResult) -> None:
+        job = taken.job
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(path=job.path, job_id=job.id)
-        path = Path(job.path)
-        pipeline = self.pipeline  # a reload swaps it; this job finishes with the one it started with
-        watch = pipeline.config.watch_for(path)
-        if watch is None or not os.path.exists(path):
-            self.journal.mark_gone(job.id)
-            self.log.info("job_dropped", reason="file vanished" if watch else "no longer in any watch")
-            return
-        st = path.stat()
-        fingerprint = pipeline.fingerprint(watch)
-        if not job.force and self._adopt_renamed(path, watch, fingerprint, job.id, st):
-            return
-        result = pipeline.process(path, watch, force=job.force, pages=self.journal)
         self.processed += result.status != "skipped"
         if result.status == "failed":
             state = self._fail(job.id, result.error or "unknown error", result.transient)
             self.log.warning("job_failed", state=state, error=result.error, transient=result.transient,
                              seconds=round(result.seconds, 3))
             return
-        self.journal.done(job.id, result.sha256, fingerprint, result.seconds, st.st_size, st.st_mtime)
+        self.journal.done(job.id, result.sha256, taken.fingerprint, result.seconds, taken.size, taken.mtime)
         self.log.info("job_done", status=result.status, tasks=list(result.tasks_run),
                       seconds=round(result.seconds, 3), outputs=len(result.outputs),
                       pages_resumed=result.pages_resumed)
@@ -236,7 +297,8 @@ class Daemon:
         if not self.worker.is_alive():
             return False
         current = self.current
-        return current is None or time.monotonic() - current.started < self.config.state.item_timeout
+        limit = self.config.state.item_timeout * len(current.paths) if current else 0.0
+        return current is None or time.monotonic() - current.started < limit
 
     def supervise(self) -> None:
         interval = watchdog_interval()
@@ -267,8 +329,8 @@ class Daemon:
                 self._status_line()
             current = self.current
             if current and not current.overdue_logged and not self.worker_healthy():
-                current.overdue_logged = True  # once per job; the stopped WATCHDOG pings do the rest
-                self.log.error("job_over_time_limit", path=current.path, job_id=current.job_id,
+                current.overdue_logged = True  # once per batch; the stopped WATCHDOG pings do the rest
+                self.log.error("job_over_time_limit", paths=list(current.paths),
                                item_timeout=self.config.state.item_timeout)
 
     def _status_line(self) -> None:
@@ -315,10 +377,10 @@ class Daemon:
         self.watches.stop()
         self.wake.set()
         self.worker.join(timeout=STOP_GRACE_SECONDS)
-        current = self.current
-        if self.worker.is_alive() and current is not None:
-            self.journal.release(current.job_id)
-            self.log.warning("job_released", path=current.path, reason="still running at shutdown")
+        if self.worker.is_alive():
+            for taken in list(self.taken.values()):
+                self.journal.release(taken.job.id)
+                self.log.warning("job_released", path=taken.job.path, reason="still running at shutdown")
         self.journal.close()
         self.log.info("stopped", processed=self.processed)
 

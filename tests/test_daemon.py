@@ -112,6 +112,43 @@ def test_slow_copy_is_processed_once_after_it_ends(tmp_path, running):
     assert read_sidecar(dst)["source"]["sha256"] == job.sha256 and job.size == len(data)
 
 
+def test_queued_files_share_batches_and_a_live_file_is_not_held_back(tmp_path, tiny_model):
+    """Files waiting at start are decoded ahead and batched together; later, one file alone on
+    an empty queue runs at once in a batch of its own."""
+    paths = [make_image(tmp_path / "inbox" / f"q{i}.png", (40 + i, 30), (i * 40, 90, 0), fmt="PNG")
+             for i in range(6)]
+    cfg = daemon_config(tmp_path, tiny_model, extra="runtime: {max_batch: 4, prefetch: 4}\n")
+    config, registry = service.load_checked(cfg)
+    daemon = service.Daemon(cfg)
+    batches: list[int] = []
+    original = service.Pipeline.run
+
+    def spy(self, items, pages=None):
+        batches.append(len(items))
+        time.sleep(0.3)  # a slower model: the prefetch threads get ahead
+        return original(self, items, pages)
+
+    service.Pipeline.run = spy
+    try:
+        daemon.start(config, registry)
+        thread = threading.Thread(target=daemon.supervise, daemon=True)
+        thread.start()
+        journal = daemon.journal
+        wait_for(lambda: all(journal.get(str(p)).state == "done" for p in paths), 60, what="queued files done")
+        assert max(batches) > 1 and sum(batches) == 6, batches
+        assert daemon.runtime.vision_passes == 6
+        before = len(batches)
+        live = make_image(tmp_path / "inbox" / "live.png", (50, 50), (0, 0, 255), fmt="PNG")
+        wait_for(lambda: getattr(journal.get(str(live)), "state", None) == "done", 30, what="live file done")
+        assert batches[before:] == [1]
+        assert read_sidecar(live)["tasks"]["caption"]["fingerprint"]
+    finally:
+        service.Pipeline.run = original
+        daemon.stop_event.set()
+        thread.join(10)
+        daemon.shutdown()
+
+
 def test_part_file_then_rename_is_processed_once_under_final_name(tmp_path, running):
     d = running()
     part = tmp_path / "inbox" / "photo.png.part"

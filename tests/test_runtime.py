@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from PIL import Image
@@ -120,11 +122,36 @@ def test_one_vision_pass_per_image_with_the_answers_of_separate_runs(tiny_model)
         rt.vision_passes = 0
         separate.append(rt.generate([r])[0].token_ids)
         assert rt.vision_passes == 1
-    rt.vision_passes = 0
+    rt.vision_passes = rt.prefill_tokens = 0
     shared = [a.token_ids for a in rt.generate(requests)]
     assert rt.vision_passes == 2  # two photos, six questions
     assert shared == separate
     assert [len(t) <= n for t, (_, n) in zip(shared, questions * 2)] == [True] * 6
+    # the prompt up to each question (image tokens included) went through the language model once per photo
+    expected = 0
+    for k in (0, 3):
+        prompts = [rt.encode([r])["input_ids"][0].tolist() for r in requests[k:k + 3]]
+        common = len(os.path.commonprefix(prompts))
+        assert prompts[0][:common].count(rt.model.config.image_token_id) == prompts[0].count(
+            rt.model.config.image_token_id) > 0
+        expected += common + sum(len(p) - common for p in prompts)
+    assert rt.prefill_tokens == expected
+
+
+def test_prompts_that_differ_before_the_image_keep_their_own_prefix(tiny_model):
+    """A task with its own system message shares the photo's vision pass but not a prefix."""
+    rt = Runtime(ModelConfig(path=tiny_model, threads=1, dtype="float32"))
+    photo = Image.new("RGB", (200, 150), (90, 40, 160))
+    system = {"role": "system", "content": [{"type": "text", "text": "You are a careful archivist."}]}
+    requests = [Request(images=(photo,), messages=question("Describe this image."),
+                        generation=GenerationSettings(max_new_tokens=10, loop_guard=False)),
+                Request(images=(photo,), messages=(system,) + question("Describe this image."),
+                        generation=GenerationSettings(max_new_tokens=10, loop_guard=False))]
+    separate = [rt.generate([r])[0].token_ids for r in requests]
+    rt.vision_passes = rt.prefill_tokens = 0
+    assert [a.token_ids for a in rt.generate(requests)] == separate
+    assert rt.vision_passes == 1
+    assert rt.prefill_tokens == sum(len(rt.encode([r])["input_ids"][0]) for r in requests)
 
 
 def test_pipeline_prefetch_is_bounded_over_200_files(tmp_path, tiny_model):
@@ -160,7 +187,7 @@ def test_pipeline_prefetch_is_bounded_over_200_files(tmp_path, tiny_model):
 
     pipeline.prepare = counting_prepare
     done = []
-    for result in pipeline.process_many([(p, config.watches[0]) for p in paths]):
+    for result in pipeline.process_many([(p, config.watches[0], False) for p in paths]):
         with lock:
             state["yielded"] += 1
         done.append(result)
@@ -168,3 +195,15 @@ def test_pipeline_prefetch_is_bounded_over_200_files(tmp_path, tiny_model):
     assert all(r.status == "done" for r in done)
     assert 1 <= state["max_ahead"] <= 4 + 4, state
     assert pipeline.runtime.vision_passes == 200
+
+
+def test_questions_split_across_batches_still_encode_their_photo_once(tiny_model):
+    rt = Runtime(ModelConfig(path=tiny_model, threads=1, dtype="float32"), RuntimeConfig(max_batch=2))
+    photos = [Image.new("RGB", (160, 120), (10, 90, 200)), Image.new("RGB", (90, 90), (200, 200, 0))]
+    requests = [Request(images=(photo,), messages=question(q), generation=GenerationSettings(max_new_tokens=6))
+                for photo in photos for q in ("Caption it.", "Keywords?", "Text?")]
+    assert rt._plan(requests) == [[0, 1], [2], [3, 4], [5]]  # a photo's questions are not mixed with the next's
+    separate = [rt.generate([r])[0].token_ids for r in requests]
+    rt.vision_passes = 0
+    assert [a.token_ids for a in rt.generate(requests)] == separate
+    assert rt.vision_passes == 2
