@@ -106,7 +106,7 @@ def phase_reference(args, images: list[Path], tasks: list[str]) -> dict:
 
     processor = AutoProcessor.from_pretrained(args.model)
     model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=_dtype(args.device)).to(args.device)
-    passes = []
+    passes, prefill_tokens = [], 0
     model.model.vision_model.register_forward_hook(lambda *a: passes.append(1))
     vision_flop, text_flop, start = 0.0, 0.0, time.perf_counter()
     for path in images:
@@ -118,11 +118,13 @@ def phase_reference(args, images: list[Path], tasks: list[str]) -> dict:
             with torch.inference_mode():
                 model.generate(**inputs, max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens,
                                do_sample=False)
+            prefill_tokens += inputs["input_ids"].shape[1]
             v, t = flop_estimate(model, inputs["input_ids"].shape[1], inputs["pixel_values"].shape[1],
                                  args.max_new_tokens)
             vision_flop, text_flop = vision_flop + v, text_flop + t
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "vision_passes": len(passes), "vision_flop": vision_flop, "text_flop": text_flop,
+    return {"seconds": seconds, "vision_passes": len(passes), "prefill_tokens": prefill_tokens,
+            "vision_flop": vision_flop, "text_flop": text_flop,
             **_peaks(args.device)}
 
 
@@ -144,11 +146,13 @@ def phase_ours(args, images: list[Path], tasks: list[str]) -> dict:
     runtime.load()
     pipeline = Pipeline(config, Registry(entrypoints=False), runtime)
     start = time.perf_counter()
-    failed = [r for r in (pipeline.process(p, config.watches[0], force=True) for p in images) if r.status != "done"]
+    jobs = [(p, config.watches[0], True) for p in images]
+    failed = [r for r in pipeline.process_many(jobs) if r.status != "done"]
     seconds = time.perf_counter() - start
     if failed:
         raise SystemExit(f"bench: {len(failed)} files failed: {failed[0].error}")
-    return {"seconds": seconds, "vision_passes": runtime.vision_passes, "batch": runtime.max_batch(),
+    return {"seconds": seconds, "vision_passes": runtime.vision_passes, "prefill_tokens": runtime.prefill_tokens,
+            "batch": runtime.max_batch(),
             "dtype": runtime.dtype, **_peaks(args.device)}
 
 
@@ -275,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds_per_image_per_task": round(ours["seconds"] / len(images) / len(tasks), 3),
         "reference_seconds_per_image_per_task": round(ref["seconds"] / len(images) / len(tasks), 3),
         "vision_passes": ours["vision_passes"], "reference_vision_passes": ref["vision_passes"],
+        "prefill_tokens": ours["prefill_tokens"], "reference_prefill_tokens": ref["prefill_tokens"],
         "peak_rss_mb": ours["peak_rss_mb"], "reference_peak_rss_mb": ref["peak_rss_mb"],
         "peak_gpu_mb": ours["peak_gpu_mb"], "flop_per_image": round(flop_per_image),
         "device_peak_flops": round(peak), "roofline_fraction": round(flop_per_image * ips / peak, 4),

@@ -22,5 +22,7 @@ def test_bench_quick_prints_json_lines():
     assert row["preset"] == "tiny" and row["tasks"] == ["caption", "tags", "ocr"] and row["images"] == 2
     # The reference loop encodes each image once per task; smolvlm-watch once per image.
     assert row["reference_vision_passes"] == 6 and row["vision_passes"] == 2
+    # ... and prefills the prompt up to each question once per image, not once per question.
+    assert 0 < row["prefill_tokens"] < 0.6 * row["reference_prefill_tokens"]
     assert row["images_per_s"] > 0 and row["reference_images_per_s"] > 0
     assert {"latency_s", "inference_s", "latency_overhead_s"} <= set(row)
