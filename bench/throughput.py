@@ -139,7 +139,7 @@ def phase_ours(args, images: list[Path], tasks: list[str]) -> dict:
     task_cfg = {t: {"max_new_tokens": args.max_new_tokens, "prompt": PROMPTS[t], "image_splitting": True,
                     "options": {"min_new_tokens": args.max_new_tokens, "loop_guard": False}} for t in tasks}
     raw = {"model": {"path": args.model, "device": args.device, "dtype": args.dtype},
-           "tasks": task_cfg, "runtime": {"max_batch": args.batch} if args.batch else {},
+           "tasks": task_cfg, "runtime": {"compile": args.compile, **({"max_batch": args.batch} if args.batch else {})},
            "watches": [{"path": str(folder), "tasks": tasks, "outputs": ["json"], "policy": "overwrite"}]}
     config = configmod.parse(raw, folder)
     runtime = create_runtime(config.model, config.runtime)
@@ -223,6 +223,8 @@ def run_phase(args, phase: str) -> dict:
            "--tasks", args.tasks, "--max-new-tokens", str(args.max_new_tokens), "--images-dir", str(args.images_dir)]
     if args.batch:
         cmd += ["--batch", str(args.batch)]
+    if args.compile:
+        cmd.append("--compile")
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"bench phase {phase} failed:\n{proc.stderr[-3000:]}")
@@ -240,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=None, help="runtime.max_batch (default: automatic)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="smolvlm-watch's model.dtype (the reference loop keeps the docs' default)")
+    p.add_argument("--compile", action="store_true", help="runtime.compile: static KV cache + compiled decode step")
     p.add_argument("--quick", action="store_true", help="tiny model, 2 images, 8 tokens: a smoke run for CI")
     p.add_argument("--phase", choices=["reference", "ours", "latency"], help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
@@ -275,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({
         "preset": args.preset, "device": args.device, "dtype": ours["dtype"], "tasks": tasks, "images": len(images),
         "size": f"{size[0]}x{size[1]}", "max_new_tokens": args.max_new_tokens, "batch": ours["batch"],
+        "compile": args.compile,
         "images_per_s": round(ips, 4), "reference_images_per_s": round(ref_ips, 4), "ratio": round(ips / ref_ips, 3),
         "seconds_per_image_per_task": round(ours["seconds"] / len(images) / len(tasks), 3),
         "reference_seconds_per_image_per_task": round(ref["seconds"] / len(images) / len(tasks), 3),

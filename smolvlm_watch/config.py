@@ -186,6 +186,7 @@ class MediaConfig:
 class RuntimeConfig:
     max_batch: int | None = None  # None: an automatic default per device
     prefetch: int = 4
+    compile: bool = False  # static KV cache + torch.compile of the decode step
 
 
 @dataclass(frozen=True)
@@ -510,7 +511,7 @@ def parse(data: Any, base_dir: Path, source: Path | None = None) -> Config:
     watches = [_watch(r, w, f"watches[{i}]", outputs, video) for i, w in enumerate(raw_watches)]
     log = r.mapping(top.get("logging"), "logging", ("level", "format"))
     media = r.mapping(top.get("media"), "media", ("max_pixels", "max_bytes"))
-    runtime = r.mapping(top.get("runtime"), "runtime", ("max_batch", "prefetch"))
+    runtime = r.mapping(top.get("runtime"), "runtime", ("max_batch", "prefetch", "compile"))
     config = Config(
         model=_model(r, top.get("model")),
         tasks={str(k): _task(r, v, f"tasks.{k}") for k, v in tasks_raw.items()},
@@ -528,6 +529,7 @@ def parse(data: Any, base_dir: Path, source: Path | None = None) -> Config:
         runtime=RuntimeConfig(
             max_batch=r.number(runtime, "max_batch", "runtime", None, minimum=1, integer=True),
             prefetch=r.number(runtime, "prefetch", "runtime", 4, minimum=1, integer=True),
+            compile=r.get(runtime, "compile", "runtime", _is_bool, "true or false", False),
         ),
         video=video,
         document=_document(r, top.get("document")),

@@ -388,6 +388,24 @@ class Runtime:
                 "attention_mask": torch.cat([prefix[1].to(self.device)[index], suffix[1].to(self.device)], dim=1),
                 "past_key_values": cache}
 
+    def _compiled_decoding(self, model_inputs: dict[str, Any], length: int) -> dict[str, Any]:
+        """``runtime.compile``: decode into a static KV cache, whose fixed shapes let generate
+        compile the decode step (with CUDA graphs on a GPU). A shared prefix already computed is
+        copied in. The cache length is rounded up to a multiple of 256 so that batches of similar
+        prompts reuse one compiled graph instead of compiling their own."""
+        from transformers import CompileConfig, StaticCache
+
+        compile_config = CompileConfig()
+        compile_config._compile_all_devices = self.device != "cuda"  # asked for: compile on CPU too
+        prefix = model_inputs.get("past_key_values")
+        if prefix is None:
+            return {"cache_implementation": "static", "compile_config": compile_config}
+        static = StaticCache(config=self.model.config, max_cache_len=-(-length // 256) * 256)
+        for i, layer in enumerate(prefix.layers):
+            static.update(layer.keys, layer.values, i)
+        model_inputs["past_key_values"] = static
+        return {"compile_config": compile_config}
+
     def _generate(self, batch: list[Request], features: dict[tuple, Any]) -> list[Answer]:
         import torch
         from transformers import StoppingCriteriaList
@@ -409,6 +427,8 @@ class Runtime:
                 kwargs["min_new_tokens"] = gen.min_new_tokens
             if gen.loop_guard:
                 kwargs["stopping_criteria"] = StoppingCriteriaList([LoopGuard(prompt_len)])
+            if self.runtime_config.compile:
+                kwargs.update(self._compiled_decoding(model_inputs, prompt_len + kwargs["max_new_tokens"]))
             out = self.model.generate(**model_inputs, **kwargs)
         seconds = (time.perf_counter() - start) / len(batch)
         tokenizer = self.processor.tokenizer

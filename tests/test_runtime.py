@@ -207,3 +207,21 @@ def test_questions_split_across_batches_still_encode_their_photo_once(tiny_model
     rt.vision_passes = 0
     assert [a.token_ids for a in rt.generate(requests)] == separate
     assert rt.vision_passes == 2
+
+
+def test_compiled_static_cache_decoding_gives_the_same_answers(tiny_model):
+    """runtime.compile: the shared prefix moves into a static KV cache and the decode step is
+    compiled; the answers stay token for token those of the default path."""
+    from torch._dynamo.utils import counters
+
+    photo = Image.new("RGB", (180, 120), (40, 140, 60))
+    requests = [Request(images=(photo,), messages=question(q), generation=GenerationSettings(max_new_tokens=8))
+                for q in ("Caption it.", "Keywords?")]
+    plain = Runtime(ModelConfig(path=tiny_model, threads=1, dtype="float32"))
+    compiled = Runtime(ModelConfig(path=tiny_model, threads=1, dtype="float32"), RuntimeConfig(compile=True))
+    expected = [a.token_ids for a in plain.generate(requests)]
+    counters["stats"].clear()
+    assert [a.token_ids for a in compiled.generate(requests)] == expected
+    assert compiled.vision_passes == 1
+    assert hasattr(compiled.model, "_compiled_call") and counters["stats"]["unique_graphs"] >= 1
+    assert not hasattr(plain.model, "_compiled_call")
