@@ -23,7 +23,7 @@ from .media import MediaError, load, sha256_file
 from .plugins import Registry
 from .runtime import Runtime, fingerprint
 from .sidecar import SidecarError, SidecarRecord, Target, read_json
-from .tasks import Planned, plan, run_tasks, run_tasks_many, skipped
+from .tasks import Planned, plan, preprocess, run_tasks, run_tasks_many, skipped
 from .video import Sampling
 
 
@@ -182,6 +182,7 @@ class Pipeline:
             return Prepared(path, watch, target, todo, kept, None, start, sha, todo)
         media = self._load(path, self.sampling(watch), sha)
         if media.kind != "video":
+            preprocess(media, todo, self.runtime)
             return Prepared(path, watch, target, todo, kept, media, start, sha, todo)
         own: dict[Sampling, list[Planned]] = {}
         for p in todo:

@@ -95,6 +95,9 @@ class RemoteRuntime:
     def video_sampling(self) -> dict[str, Any]:
         return {"fps": 1, "max_frames": 64}
 
+    def preprocess(self, requests: Sequence[Request]) -> None:
+        """Nothing to prepare ahead: the server resizes and tiles images itself."""
+
     def generate(self, requests: Sequence[Request]) -> list[Answer]:
         self.load()
         return list(self._pool.map(self._one, requests))

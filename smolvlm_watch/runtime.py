@@ -14,6 +14,7 @@ import os
 import socket
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, Sequence
 from urllib.parse import urlparse
@@ -64,6 +65,15 @@ class Answer:
     seconds: float = 0.0
     error: InferenceError | None = None
     new_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Pixels:
+    """One request's images as the vision tower takes them, and the prompt text standing for them."""
+
+    pixel_values: Any  # (tiles, 3, H, W) in the model's dtype
+    pixel_attention_mask: Any  # (tiles, H, W)
+    replacements: tuple[str, ...]  # per image: its image tokens, as the processor writes them
 
 
 @dataclass(frozen=True)
@@ -138,6 +148,8 @@ class Runtime:
         self.dtype: str | None = None
         self.vision_passes = 0  # images (or videos) the vision tower encoded
         self.prefill_tokens = 0  # prompt tokens the language model computed (a shared prefix counts once)
+        self._pixels: dict[tuple, Pixels] = {}  # see pixels(): entries leave with their images
+        self._pixels_lock = threading.Lock()
 
     @property
     def loaded(self) -> bool:
@@ -259,20 +271,62 @@ class Runtime:
         return self.processor.apply_chat_template(list(request.messages), add_generation_prompt=True,
                                                   tokenize=False)
 
-    def encode(self, requests: Sequence[Request]):
-        """Processor inputs for requests sharing image settings, left-padded into one batch."""
+    def encode(self, requests: Sequence[Request]) -> dict[str, Any]:
+        """Model inputs for requests sharing image settings: prompt ids left-padded into one batch
+        and, for images, each request's ``Pixels`` (prepared once per image, see ``preprocess``)."""
         self.load()
         prompts = [self.prompt(r) for r in requests]
         if requests[0].video is not None:
             videos, metadata = zip(*(video_inputs(r.video) for r in requests))
             inputs = self.processor(text=prompts, videos=list(videos), video_metadata=list(metadata),
                                     do_sample_frames=False, padding=True, return_tensors="pt")
-            return inputs.to(self.device)
-        images = [list(r.images) for r in requests]
-        has_images = any(images)
-        inputs = self.processor(text=prompts, images=images if has_images else None, padding=True,
-                                return_tensors="pt", **self._image_kwargs(requests[0].image))
-        return inputs.to(self.device)
+            return dict(inputs.to(self.device))
+        if not any(r.images for r in requests):
+            return dict(self.processor(text=prompts, padding=True, return_tensors="pt").to(self.device))
+        pixels = [self.pixels(r.images, r.image) for r in requests]
+        texts, _ = self.processor.get_text_with_replacements(prompts, [t for p in pixels for t in p.replacements])
+        tokens = self.processor.tokenizer(texts, padding=True, return_tensors="pt")
+        return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"], "pixels": pixels}
+
+    def pixels(self, images: Sequence[Image.Image], settings: ImageSettings) -> Pixels:
+        """Images resized, tiled and normalised by the processor's image processor, with the image
+        tokens that stand for them in a prompt. Kept while the images live, so the questions of
+        every task about one photo share one preparation, and a prefetch thread can prepare it
+        (``preprocess``) while the model is busy with earlier files."""
+        effective = settings.over(self.config.image)
+        key = (tuple(id(img) for img in images), effective)
+        with self._pixels_lock:
+            found = self._pixels.get(key)
+        if found is not None:
+            return found
+        out = self.processor.image_processor([list(images)], return_tensors="pt", return_row_col_info=True,
+                                             **self._image_kwargs(settings))
+        pixels = Pixels(pixel_values=out["pixel_values"][0].to(self.model.dtype),  # the vision tower casts so too
+                        pixel_attention_mask=out["pixel_attention_mask"][0],
+                        replacements=tuple(self.processor.replace_image_token(out, image_idx=i)
+                                           for i in range(len(images))))
+        with self._pixels_lock:
+            self._pixels[key] = pixels
+        for img in images:
+            weakref.finalize(img, self._forget_pixels, key)
+        return pixels
+
+    def _forget_pixels(self, key: tuple) -> None:
+        with self._pixels_lock:
+            self._pixels.pop(key, None)
+
+    def preprocess(self, requests: Sequence[Request]) -> None:
+        """Prepare the pixels these requests will need, in the caller's thread. Only once the
+        model is loaded (the first file loads it in the worker); a failure here is left for
+        ``generate`` to report as that request's error."""
+        if not self.loaded:
+            return
+        for r in requests:
+            if r.images and r.video is None:
+                try:
+                    self.pixels(r.images, r.image)
+                except Exception:  # noqa: BLE001 - reported where it matters, by generate
+                    continue
 
     def video_sampling(self) -> dict[str, Any]:
         """The loaded processor's own video sampling settings (fps, max_frames)."""
@@ -333,9 +387,10 @@ class Runtime:
     def _image_features(self, batch: list[Request], inputs, features: dict[tuple, Any]) -> list[Any]:
         """Each distinct image set through the vision tower and connector ONCE per generate call."""
         keys = [(r.image, _images_key(r)) for r in batch]
-        for i, key in enumerate(keys):
+        for pixels, key in zip(inputs["pixels"], keys):
             if key not in features:
-                features[key] = self._encode_tiles(inputs["pixel_values"][i], inputs["pixel_attention_mask"][i])
+                features[key] = self._encode_tiles(pixels.pixel_values.to(self.device),
+                                                   pixels.pixel_attention_mask.to(self.device))
                 self.vision_passes += 1
         return [features[key] for key in keys]
 
@@ -413,7 +468,7 @@ class Runtime:
         start = time.perf_counter()
         inputs = self.encode(batch)
         with torch.inference_mode():
-            if "pixel_values" in inputs and batch[0].video is None:
+            if "pixels" in inputs:
                 model_inputs = self._prefilled(batch, inputs, features)
             else:
                 self.vision_passes += len(batch) if batch[0].video is not None else 0

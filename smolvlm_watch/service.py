@@ -226,6 +226,8 @@ class Daemon:
             if taken is not None:
                 self.taken[job.id] = taken
                 order.append(job.id)
+                if self.current is None:  # the clock runs from here: decoding can wedge too
+                    self.current = _Current((job.path,), time.monotonic())
                 yield Path(job.path), taken.watch, job.force
 
     def _admit(self, job: Job, pipeline: Pipeline) -> _Taken | None:

@@ -115,6 +115,20 @@ def _error(p: Planned, message: str) -> Outcome:
                                  "fingerprint": p.fingerprint})
 
 
+def preprocess(media: Media, planned: Sequence[Planned], runtime: Runtime) -> None:
+    """Prepare what the model will need for these tasks' questions (resized, tiled pixels) now,
+    in the caller's thread: the prefetch threads do it while the model answers earlier files. A
+    task whose ``requests`` fails here fails again, and is recorded, when it runs."""
+    asked = []
+    for p in planned:
+        if media.kind in p.task.media_kinds:
+            try:
+                asked += p.task.requests(media, p.spec)
+            except Exception:  # noqa: BLE001
+                continue
+    runtime.preprocess(asked)
+
+
 def run_tasks(media: Media, planned: Sequence[Planned], runtime: Runtime) -> list[Outcome]:
     """Run every planned task on one decoded file; one runtime call for all their requests."""
     return run_tasks_many([media], planned, runtime)[0]

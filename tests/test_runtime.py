@@ -39,8 +39,8 @@ def test_parity_with_reference_usage(tmp_path, tiny_model, runtime):
                       generation=GenerationSettings(max_new_tokens=24, loop_guard=False))
     ours = runtime.encode([request])
     assert torch.equal(ours["input_ids"], ref["input_ids"])
-    assert torch.equal(ours["pixel_values"], ref["pixel_values"])
-    assert torch.equal(ours["pixel_attention_mask"], ref["pixel_attention_mask"])
+    assert torch.equal(ours["pixels"][0].pixel_values, ref["pixel_values"][0])
+    assert torch.equal(ours["pixels"][0].pixel_attention_mask, ref["pixel_attention_mask"][0])
     answer, = runtime.generate([request])
     assert len(ref_tokens) == 24  # random weights never emit the end token
     assert list(answer.token_ids) == ref_tokens
@@ -64,8 +64,8 @@ def test_requests_with_different_image_settings_do_not_share_a_batch(runtime):
     a = Request(images=(img,), messages=question("a"), image=ImageSettings(splitting=False))
     b = Request(images=(img,), messages=question("a"), image=ImageSettings(splitting=True))
     assert len(runtime._plan([a, b])) == 2
-    assert runtime.encode([a])["pixel_values"].shape[1] == 1
-    assert runtime.encode([b])["pixel_values"].shape[1] > 1
+    assert runtime.encode([a])["pixels"][0].pixel_values.shape[0] == 1
+    assert runtime.encode([b])["pixels"][0].pixel_values.shape[0] > 1  # not the one-tile preparation above
 
 
 def test_loop_guard_stops_repetition_and_never_changes_tokens():
@@ -225,3 +225,36 @@ def test_compiled_static_cache_decoding_gives_the_same_answers(tiny_model):
     assert compiled.vision_passes == 1
     assert hasattr(compiled.model, "_compiled_call") and counters["stats"]["unique_graphs"] >= 1
     assert not hasattr(plain.model, "_compiled_call")
+
+
+def test_prefetch_threads_prepare_the_pixels_once_per_image_and_settings(tmp_path, tiny_model):
+    """With the model loaded, every resize/tile/normalise runs in a prefetch thread, once per
+    file and image setting, never in the thread that runs the model."""
+    import threading
+
+    from smolvlm_watch import config as configmod
+    from smolvlm_watch.pipeline import Pipeline
+    from smolvlm_watch.plugins import Registry
+
+    paths = [make_image(tmp_path / f"p{i}.png", (120 + i, 90), (i * 20, 0, 0)) for i in range(8)]
+    config = configmod.parse({"model": {"path": str(tiny_model), "threads": 1},
+                              "tasks": {"caption": {"max_new_tokens": 2}, "tags": {"max_new_tokens": 2},
+                                        "ocr": {"max_new_tokens": 2, "image_splitting": True}},
+                              "runtime": {"prefetch": 3},
+                              "watches": [{"path": str(tmp_path), "tasks": ["caption", "tags", "ocr"],
+                                           "outputs": ["json"]}]}, tmp_path)
+    runtime = Runtime(config.model, config.runtime)
+    runtime.load()
+    real, calls = runtime.processor.image_processor, []
+
+    def recording(*args, **kwargs):
+        calls.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    runtime.processor.image_processor = recording
+    pipeline = Pipeline(config, Registry(entrypoints=False), runtime)
+    results = list(pipeline.process_many([(p, config.watches[0], False) for p in paths]))
+    assert [r.status for r in results] == ["done"] * 8
+    assert len(calls) == 8 * 2  # caption and tags share one tile's preparation, OCR has its own tiles
+    assert all(name.startswith("prefetch") for name in calls), calls
+    assert runtime.vision_passes == 8 * 2
