@@ -258,3 +258,35 @@ def test_prefetch_threads_prepare_the_pixels_once_per_image_and_settings(tmp_pat
     assert len(calls) == 8 * 2  # caption and tags share one tile's preparation, OCR has its own tiles
     assert all(name.startswith("prefetch") for name in calls), calls
     assert runtime.vision_passes == 8 * 2
+
+
+def test_tiles_of_several_images_in_one_vision_pass_give_the_same_answers(tiny_model):
+    """The GPU way (many tiles, of several images, per vision pass) answers as tile by tile does."""
+    photos = [Image.new("RGB", (250, 130), (200, 60, 10)), Image.new("RGB", (100, 240), (0, 90, 180))]
+    requests = [Request(images=(photo,), messages=question(q), image=ImageSettings(splitting=True),
+                        generation=GenerationSettings(max_new_tokens=8, loop_guard=False))
+                for photo in photos for q in ("Caption it.", "Keywords?")]
+    one_by_one = Runtime(ModelConfig(path=tiny_model, threads=1, dtype="float32"))
+    expected = [a.token_ids for a in one_by_one.generate(requests)]
+    many = Runtime(ModelConfig(path=tiny_model, threads=1, dtype="float32"), RuntimeConfig(max_batch=4))
+    many._tiles_per_pass = lambda: 7
+    calls = []
+    many.load()
+    real = many.model.model.get_image_features
+    many.model.model.get_image_features = lambda values, *a, **k: calls.append(values.shape[1]) or real(values, *a, **k)
+    assert [a.token_ids for a in many.generate(requests)] == expected
+    tiles = [len(many.encode([r])["pixels"][0].pixel_values) for r in requests[::2]]
+    assert sum(calls) == sum(tiles) > 7 and max(calls) == 7 and many.vision_passes == 2
+
+
+def test_gpu_batch_default_follows_free_memory():
+    from transformers import LlamaConfig
+
+    from smolvlm_watch.runtime import batch_for_memory
+    from smolvlm_watch.testing import PRESETS
+
+    big, small, gib = LlamaConfig(**PRESETS["2.2B"]["text"]), LlamaConfig(**PRESETS["256M"]["text"]), 2**30
+    assert batch_for_memory(8 * gib, big, 2) == 10  # 384 MiB of bf16 KV cache per 2,048-token request
+    assert batch_for_memory(80 * gib, big, 2) == 64
+    assert batch_for_memory(4 * gib, small, 2) == 45  # 45 MiB per request
+    assert batch_for_memory(100 * 2**20, big, 2) == 1
