@@ -218,7 +218,7 @@ class Runtime:
             processor = AutoProcessor.from_pretrained(source, **kwargs)
             model = AutoModelForImageTextToText.from_pretrained(
                 source, dtype=getattr(torch, dtype), use_safetensors=True,
-                attn_implementation=self.config.attn_implementation or "sdpa", **kwargs)
+                attn_implementation=self.config.attn_implementation or default_attention(device), **kwargs)
         except Exception as exc:  # noqa: BLE001 - every failure becomes one actionable message
             raise ModelLoadError(self._explain_load_failure(source, exc)) from exc
         self.processor = processor
@@ -536,6 +536,14 @@ def video_inputs(clip):
                          width=clip.width, height=clip.height, video_backend="pyav",
                          frames_indices=[int(round(t * fps)) for t in clip.timestamps])
     return frames, meta
+
+
+def default_attention(device: str) -> str:
+    """flash-attention 2 on a GPU where the ``flash_attn`` package is installed, else PyTorch's
+    SDPA (which picks its own flash/memory-efficient kernels on a GPU)."""
+    import importlib.util
+
+    return "flash_attention_2" if device == "cuda" and importlib.util.find_spec("flash_attn") else "sdpa"
 
 
 def cpu_has_bf16() -> bool:

@@ -290,3 +290,15 @@ def test_gpu_batch_default_follows_free_memory():
     assert batch_for_memory(80 * gib, big, 2) == 64
     assert batch_for_memory(4 * gib, small, 2) == 45  # 45 MiB per request
     assert batch_for_memory(100 * 2**20, big, 2) == 1
+
+
+def test_attention_is_sdpa_unless_a_gpu_has_flash_attn(monkeypatch):
+    import importlib.util
+
+    from smolvlm_watch.runtime import default_attention
+
+    assert default_attention("cpu") == "sdpa"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name == "flash_attn" else None)
+    assert default_attention("cuda") == "flash_attention_2" and default_attention("cpu") == "sdpa"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert default_attention("cuda") == "sdpa"
