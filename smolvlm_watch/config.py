@@ -187,6 +187,7 @@ class RuntimeConfig:
     max_batch: int | None = None  # None: an automatic default per device
     prefetch: int = 4
     compile: bool = False  # static KV cache + torch.compile of the decode step
+    prepare_ahead: bool | None = None  # pixels prepared in the prefetch threads; None: on a GPU only
 
 
 @dataclass(frozen=True)
@@ -302,6 +303,10 @@ def _is_number(v: Any) -> bool:
 
 def _is_bool(v: Any) -> bool:
     return isinstance(v, bool)
+
+
+def _auto_bool(v: Any) -> bool | None:
+    return None if v == "auto" else v
 
 
 def _join(where: str, key: str | int) -> str:
@@ -511,7 +516,7 @@ def parse(data: Any, base_dir: Path, source: Path | None = None) -> Config:
     watches = [_watch(r, w, f"watches[{i}]", outputs, video) for i, w in enumerate(raw_watches)]
     log = r.mapping(top.get("logging"), "logging", ("level", "format"))
     media = r.mapping(top.get("media"), "media", ("max_pixels", "max_bytes"))
-    runtime = r.mapping(top.get("runtime"), "runtime", ("max_batch", "prefetch", "compile"))
+    runtime = r.mapping(top.get("runtime"), "runtime", ("max_batch", "prefetch", "compile", "prepare_ahead"))
     config = Config(
         model=_model(r, top.get("model")),
         tasks={str(k): _task(r, v, f"tasks.{k}") for k, v in tasks_raw.items()},
@@ -530,6 +535,8 @@ def parse(data: Any, base_dir: Path, source: Path | None = None) -> Config:
             max_batch=r.number(runtime, "max_batch", "runtime", None, minimum=1, integer=True),
             prefetch=r.number(runtime, "prefetch", "runtime", 4, minimum=1, integer=True),
             compile=r.get(runtime, "compile", "runtime", _is_bool, "true or false", False),
+            prepare_ahead=_auto_bool(r.get(runtime, "prepare_ahead", "runtime", lambda v: v == "auto" or _is_bool(v),
+                                           "auto, true or false", "auto")),
         ),
         video=video,
         document=_document(r, top.get("document")),

@@ -57,6 +57,7 @@ def test_a_config_with_only_a_folder_works(write_config, tmp_path):
      "watches[0].policy: 'clobber' is not allowed (allowed: merge, skip, overwrite)"),
     ("colour: blue\n", "colour: unknown key (known: model, tasks, watches"),
     ("runtime: {compile: yes please}\n", "runtime.compile: expected true or false, got 'yes please'"),
+    ("runtime: {prepare_ahead: sometimes}\n", "runtime.prepare_ahead: expected auto, true or false, got 'sometimes'"),
     ("model: [1, 2\n", "not valid YAML"),
     ("- just\n- a list\n", "expected a mapping, got list"),
     ("tasks:\n  nope: {prompt: hi}\n", "tasks.nope: unknown task 'nope'"),

@@ -228,8 +228,8 @@ def test_compiled_static_cache_decoding_gives_the_same_answers(tiny_model):
 
 
 def test_prefetch_threads_prepare_the_pixels_once_per_image_and_settings(tmp_path, tiny_model):
-    """With the model loaded, every resize/tile/normalise runs in a prefetch thread, once per
-    file and image setting, never in the thread that runs the model."""
+    """With prepare_ahead (the GPU default) and the model loaded, every resize/tile/normalise runs
+    in a prefetch thread, once per file and image setting, never in the thread running the model."""
     import threading
 
     from smolvlm_watch import config as configmod
@@ -240,7 +240,7 @@ def test_prefetch_threads_prepare_the_pixels_once_per_image_and_settings(tmp_pat
     config = configmod.parse({"model": {"path": str(tiny_model), "threads": 1},
                               "tasks": {"caption": {"max_new_tokens": 2}, "tags": {"max_new_tokens": 2},
                                         "ocr": {"max_new_tokens": 2, "image_splitting": True}},
-                              "runtime": {"prefetch": 3},
+                              "runtime": {"prefetch": 3, "prepare_ahead": True},
                               "watches": [{"path": str(tmp_path), "tasks": ["caption", "tags", "ocr"],
                                            "outputs": ["json"]}]}, tmp_path)
     runtime = Runtime(config.model, config.runtime)
@@ -302,3 +302,19 @@ def test_attention_is_sdpa_unless_a_gpu_has_flash_attn(monkeypatch):
     assert default_attention("cuda") == "flash_attention_2" and default_attention("cpu") == "sdpa"
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     assert default_attention("cuda") == "sdpa"
+
+
+def test_on_cpu_the_model_thread_prepares_pixels_once_per_image_and_settings(tiny_model):
+    import threading
+
+    rt = Runtime(ModelConfig(path=tiny_model, threads=1))
+    rt.load()
+    real, calls = rt.processor.image_processor, []
+    rt.processor.image_processor = lambda *a, **k: calls.append(threading.current_thread().name) or real(*a, **k)
+    photo = Image.new("RGB", (160, 100), (5, 50, 150))
+    requests = [Request(images=(photo,), messages=question(q), generation=GenerationSettings(max_new_tokens=2))
+                for q in ("a", "b", "c")]
+    rt.preprocess(requests)
+    assert calls == []  # prepare_ahead defaults to GPU only
+    rt.generate(requests)
+    assert calls == [threading.current_thread().name]
