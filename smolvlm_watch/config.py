@@ -185,7 +185,7 @@ class MediaConfig:
 @dataclass(frozen=True)
 class RuntimeConfig:
     max_batch: int | None = None  # None: an automatic default per device
-    prefetch: int = 4
+    prefetch: int | None = None  # None: enough to fill a batch (4 on CPU, the batch size on a GPU)
     compile: bool = False  # static KV cache + torch.compile of the decode step
     prepare_ahead: bool | None = None  # pixels prepared in the prefetch threads; None: on a GPU only
 
@@ -533,7 +533,7 @@ def parse(data: Any, base_dir: Path, source: Path | None = None) -> Config:
         ),
         runtime=RuntimeConfig(
             max_batch=r.number(runtime, "max_batch", "runtime", None, minimum=1, integer=True),
-            prefetch=r.number(runtime, "prefetch", "runtime", 4, minimum=1, integer=True),
+            prefetch=r.number(runtime, "prefetch", "runtime", None, minimum=1, integer=True),
             compile=r.get(runtime, "compile", "runtime", _is_bool, "true or false", False),
             prepare_ahead=_auto_bool(r.get(runtime, "prepare_ahead", "runtime", lambda v: v == "auto" or _is_bool(v),
                                            "auto, true or false", "auto")),

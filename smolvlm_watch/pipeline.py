@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextvars
 import errno
+import os
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -122,19 +123,19 @@ class Pipeline:
         """Process ``(path, watch, force)`` jobs in order while the next ones are read and decoded
         in the background.
 
-        At most ``runtime.prefetch`` decoded files wait ahead of the model (memory stays bounded
+        At most ``prefetch()`` decoded files wait ahead of the model (memory stays bounded
         whatever the folder's size), and the ones already decoded when the model is free are run
         together, so the runtime can batch across files. A batch never waits for a file that is
         still being decoded, beyond the first, and ``jobs`` is only asked for more when there is
         room: a live file is not held back for a full batch. ``on_batch`` hears which files run
         next; once ``stop()`` is true no further batch starts (the jobs taken but not run are the
         caller's to give back)."""
-        ahead = self.config.runtime.prefetch
         jobs = iter(jobs)
         window: deque = deque()
-        with ThreadPoolExecutor(max_workers=min(2, ahead), thread_name_prefix="prefetch") as pool:
+        threads = max(2, (os.cpu_count() or 2) // 2)
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="prefetch") as pool:
             def refill() -> None:
-                while len(window) < ahead:
+                while len(window) < self.prefetch():
                     job = next(jobs, None)
                     if job is None:
                         return
@@ -154,6 +155,12 @@ class Pipeline:
                     yield r if isinstance(r, FileResult) else next(ran)
             for future in window:
                 future.cancel()
+
+    def prefetch(self) -> int:
+        """Files decoded ahead of the model: ``runtime.prefetch``, else enough to fill a batch (4
+        on CPU; on a GPU its batch size, known once the model is loaded, so a big GPU batch is
+        not starved by a small window)."""
+        return self.config.runtime.prefetch or max(4, self.runtime.max_batch())
 
     def prepare(self, path: str | Path, watch: WatchConfig, force: bool = False) -> "Prepared | FileResult":
         """Everything before the model: the sidecar check, hashing, decoding. A FileResult when

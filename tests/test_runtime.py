@@ -318,3 +318,39 @@ def test_on_cpu_the_model_thread_prepares_pixels_once_per_image_and_settings(tin
     assert calls == []  # prepare_ahead defaults to GPU only
     rt.generate(requests)
     assert calls == [threading.current_thread().name]
+
+
+def test_the_prefetch_window_fills_a_batch_by_default(tmp_path, tiny_model):
+    """Unset, runtime.prefetch follows the batch size (4 on CPU; a GPU's larger batch is not
+    starved by a 4-file window), and still bounds the files decoded ahead."""
+    import time as timer
+
+    from smolvlm_watch import config as configmod
+    from smolvlm_watch.pipeline import Pipeline
+    from smolvlm_watch.plugins import Registry
+
+    paths = [make_image(tmp_path / f"w{i:02d}.png", (40, 30), (i * 6, 0, 0)) for i in range(40)]
+    raw = {"model": {"path": str(tiny_model), "threads": 1}, "tasks": {"caption": {"max_new_tokens": 1}},
+           "watches": [{"path": str(tmp_path), "tasks": ["caption"], "outputs": ["json"]}]}
+    cpu = configmod.parse(raw, tmp_path)
+    assert Pipeline(cpu, Registry(entrypoints=False), Runtime(cpu.model, cpu.runtime)).prefetch() == 4
+    config = configmod.parse({**raw, "runtime": {"max_batch": 8}}, tmp_path)
+    pipeline = Pipeline(config, Registry(entrypoints=False), Runtime(config.model, config.runtime))
+    assert pipeline.prefetch() == 8
+    prepared, ran, most = [0], [0], [0]
+    original_prepare, original_run = pipeline.prepare, pipeline.run
+
+    def counting_prepare(*args):
+        result = original_prepare(*args)
+        prepared[0] += 1
+        return result
+
+    def slow_run(items, pages=None):
+        timer.sleep(0.3)  # a busy model: decoding runs ahead as far as the window lets it
+        most[0] = max(most[0], prepared[0] - ran[0] - len(items))  # decoded, waiting behind this batch
+        ran[0] += len(items)
+        return original_run(items, pages)
+
+    pipeline.prepare, pipeline.run = counting_prepare, slow_run
+    assert [r.status for r in pipeline.process_many([(p, config.watches[0], False) for p in paths])] == ["done"] * 40
+    assert 4 < most[0] <= 8, most
