@@ -270,7 +270,12 @@ def main(argv: list[str] | None = None) -> int:
         ours = run_phase(args, "ours")
         lat = run_phase(args, "latency")
     # The work each image needs: its vision pass once, and every question's text.
-    flop_per_image = (ref["vision_flop"] / len(tasks) + ref["text_flop"]) / len(images)
+    # The work our run did per image: its vision pass once, and the text model over the prompt
+    # tokens it prefilled (a shared prefix once) plus every question's new tokens.
+    decoded = len(images) * len(tasks) * args.max_new_tokens
+    text_flop_per_token = ref["text_flop"] / (ref["prefill_tokens"] + decoded)
+    flop_per_image = (ref["vision_flop"] / len(tasks)
+                      + text_flop_per_token * (ours["prefill_tokens"] + decoded)) / len(images)
     import torch
 
     peak = measured_peak_flops(args.device, getattr(torch, ours["dtype"]))
