@@ -149,6 +149,34 @@ def test_queued_files_share_batches_and_a_live_file_is_not_held_back(tmp_path, t
         daemon.shutdown()
 
 
+def test_a_stop_mid_stream_gives_the_files_decoded_ahead_back_to_the_queue(tmp_path, tiny_model):
+    paths = [make_image(tmp_path / "inbox" / f"s{i}.png", (40, 30 + i), (i * 20, 0, 90), fmt="PNG")
+             for i in range(10)]
+    cfg = daemon_config(tmp_path, tiny_model, extra="runtime: {max_batch: 2, prefetch: 4}\n")
+    config, registry = service.load_checked(cfg)
+    daemon = service.Daemon(cfg)
+    original = service.Pipeline.run
+
+    def slow(self, items, pages=None):
+        time.sleep(0.4)
+        return original(self, items, pages)
+
+    service.Pipeline.run = slow
+    try:
+        daemon.start(config, registry)
+        journal = daemon.journal
+        wait_for(lambda: journal.counts()["done"] >= 1, 30, what="a first file done")
+        daemon.stop_event.set()
+        daemon.worker.join(30)
+        assert not daemon.worker.is_alive()
+        states = {p.name: journal.get(str(p)).state for p in paths}
+        assert set(states.values()) == {"done", "pending"}, states  # nothing left 'running'
+        assert all(j.attempts == 0 for j in journal.jobs())
+    finally:
+        service.Pipeline.run = original
+        daemon.shutdown()
+
+
 def test_part_file_then_rename_is_processed_once_under_final_name(tmp_path, running):
     d = running()
     part = tmp_path / "inbox" / "photo.png.part"
