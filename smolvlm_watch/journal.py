@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 STATES = ("pending", "running", "done", "failed", "quarantined", "gone")
+INTERRUPTED = "interrupted: the daemon stopped or crashed while running it"
 LIVE, BACKFILL = 0, 1
 
 _SCHEMA = """
@@ -87,6 +88,11 @@ class Job:
     next_attempt: float
     last_error: str | None
     finished: float | None = None
+
+    @property
+    def interrupted(self) -> bool:
+        """It was running when a daemon died, and has not run since."""
+        return self.last_error == INTERRUPTED
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "Job":
@@ -197,12 +203,12 @@ class Journal:
     def recover(self, max_attempts: int) -> int:
         """At start (we hold the lock): jobs a dead daemon left running go back to pending, and
         the interruption counts as an attempt, so a file that kills or wedges the daemon every
-        time ends quarantined instead of in a restart loop."""
+        time ends quarantined instead of in a restart loop. (The daemon then runs each such job
+        alone, so the files that were merely in flight beside the culprit are not blamed again.)"""
         cur = self.db.execute(
             "UPDATE jobs SET attempts = attempts + 1, lease_until = NULL, updated = ?,"
-            " last_error = 'interrupted: the daemon stopped or crashed while running it',"
-            " state = CASE WHEN attempts + 1 >= ? THEN 'quarantined' ELSE 'pending' END"
-            " WHERE state = 'running'", (time.time(), max_attempts))
+            " last_error = ?, state = CASE WHEN attempts + 1 >= ? THEN 'quarantined' ELSE 'pending' END"
+            " WHERE state = 'running'", (time.time(), INTERRUPTED, max_attempts))
         return cur.rowcount
 
     @_locked

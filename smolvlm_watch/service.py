@@ -208,13 +208,17 @@ class Daemon:
 
     def _leased(self, pipeline: Pipeline, order: deque[int]) -> Iterator[tuple[Path, WatchConfig, bool]]:
         """Due jobs, live before backfill, while there are any: each checked (vanished? only
-        renamed?) and handed on with its path and job id bound to the log context."""
+        renamed?) and handed on with its path and job id bound to the log context. A job that
+        was running when a daemon died runs alone, in a stream of its own."""
         while not self.stop_event.is_set() and self.pipeline is pipeline:
             job = self.journal.lease(self.config.state.lease_seconds)
             if job is None:
                 return
             if job.id in self.taken:
                 continue  # its lease ran out while it waited to run; it is ours already
+            if job.interrupted and self.taken:
+                self.journal.release(job.id)  # it runs alone, once the files in flight are done
+                return
             structlog.contextvars.clear_contextvars()
             structlog.contextvars.bind_contextvars(path=job.path, job_id=job.id)
             try:
@@ -229,6 +233,8 @@ class Daemon:
                 if self.current is None:  # the clock runs from here: decoding can wedge too
                     self.current = _Current((job.path,), time.monotonic())
                 yield Path(job.path), taken.watch, job.force
+            if job.interrupted:
+                return  # alone: if it kills the daemon again, no file beside it shares the blame
 
     def _admit(self, job: Job, pipeline: Pipeline) -> _Taken | None:
         """A job worth running, or None when it was settled here: the file vanished or left every

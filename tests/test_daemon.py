@@ -518,6 +518,39 @@ def test_a_job_interrupted_again_and_again_ends_quarantined(tmp_path):
     j.close()
 
 
+def test_only_the_file_that_kills_the_daemon_is_quarantined_not_the_files_in_flight_beside_it(tmp_path, tiny_model):
+    """The files decoded ahead share a crash's blame once; after it, each interrupted file runs
+    alone, so restarts quarantine the culprit and finish the others."""
+    write_trap_plugin(tmp_path, "killertask", "killer", "poison.png", "import os; os._exit(3)")
+    cfg = daemon_config(tmp_path, tiny_model, tasks="[killer]", extra="plugins: [killertask]\nruntime: {prefetch: 4}\n")
+    names = ["a0.png", "a1.png", "a2.png", "poison.png", "z0.png", "z1.png", "z2.png"]
+    for i, name in enumerate(names):
+        make_image(tmp_path / "inbox" / name, (40, 40), (i * 30, 0, 0), fmt="PNG")
+    db = tmp_path / "state" / "journal.sqlite"
+    crashes = 0
+    for _ in range(6):
+        proc = spawn(cfg, {"PYTHONPATH": str(tmp_path)})
+        try:
+            wait_for(lambda: proc.poll() is not None or all(
+                s in ("done", "quarantined") for s in journal_states(db).values()) and len(journal_states(db)) == 7,
+                60, what="a crash or every file settled")
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=30)
+        crashes += proc.returncode == 3
+        if proc.returncode != 3:
+            break
+    j = Journal(db)
+    jobs = {Path(job.path).name: job for job in j.jobs()}
+    j.close()
+    assert crashes == 3  # max_attempts 3: the poison file is blamed at every crash ...
+    assert jobs["poison.png"].state == "quarantined" and jobs["poison.png"].attempts == 3
+    for name in set(names) - {"poison.png"}:  # ... the others at most once, for the first crash
+        assert jobs[name].state == "done" and jobs[name].attempts <= 1, (name, jobs[name])
+    assert any(jobs[n].attempts == 1 for n in names if n != "poison.png")  # some were in flight then
+
+
 def test_a_corrupt_state_database_is_a_clear_error(tmp_path, tiny_model, run_cli):
     cfg = daemon_config(tmp_path, tiny_model)
     db = tmp_path / "state" / "journal.sqlite"
