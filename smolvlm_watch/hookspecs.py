@@ -28,7 +28,9 @@ def register_tasks(register: Callable) -> None:
     for a file (conversation, generation and image settings) and ``parse(answers, spec, media)`` turns
     the model's answers into the JSON-able result stored in the sidecar. The runner calls each
     task itself, so an exception in one task is recorded as that task's ``error`` and the other
-    tasks of the file still run.
+    tasks of the file still run. ``requests`` may also be called ahead of time from a prefetch
+    thread (to prepare the images while the model is busy), so build the requests from ``media``
+    and ``spec`` alone, without state that other calls change.
     """
 
 

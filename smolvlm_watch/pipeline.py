@@ -189,7 +189,8 @@ class Pipeline:
             return Prepared(path, watch, target, todo, kept, None, start, sha, todo)
         media = self._load(path, self.sampling(watch), sha)
         if media.kind != "video":
-            preprocess(media, todo, self.runtime)
+            if self.runtime.prepares_ahead:
+                preprocess(media, todo, self.runtime)
             return Prepared(path, watch, target, todo, kept, media, start, sha, todo)
         own: dict[Sampling, list[Planned]] = {}
         for p in todo:

@@ -67,6 +67,7 @@ class RemoteRuntime:
         self.base_url = model.base_url.rstrip("/")
         self.device, self.dtype = "remote", None
         self.vision_passes = 0
+        self.prepares_ahead = False  # nothing to prepare: the server resizes and tiles images itself
         self._client: httpx.Client | None = None
         self._pool = ThreadPoolExecutor(max_workers=model.concurrency, thread_name_prefix="remote")
 
@@ -94,9 +95,6 @@ class RemoteRuntime:
 
     def video_sampling(self) -> dict[str, Any]:
         return {"fps": 1, "max_frames": 64}
-
-    def preprocess(self, requests: Sequence[Request]) -> None:
-        """Nothing to prepare ahead: the server resizes and tiles images itself."""
 
     def generate(self, requests: Sequence[Request]) -> list[Answer]:
         self.load()

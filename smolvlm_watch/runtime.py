@@ -319,16 +319,19 @@ class Runtime:
         with self._pixels_lock:
             self._pixels.pop(key, None)
 
-    def preprocess(self, requests: Sequence[Request]) -> None:
-        """Prepare the pixels these requests will need, in the caller's thread (a prefetch thread)
-        when ``runtime.prepare_ahead`` says so: by default only where the model runs on a GPU,
-        whose worker would otherwise wait ~135 ms per 13-tile photo on the image processor. On a
-        CPU the model already keeps every core busy, so preparing ahead saves no time and costs
-        ~350 MB of peak memory (measured on the 256M preset), and ``encode`` prepares them.
-        Only once the model is loaded; a failure is left for ``generate`` to report."""
+    @property
+    def prepares_ahead(self) -> bool:
+        """Whether ``preprocess`` is worth calling from the prefetch threads (``runtime.prepare_ahead``):
+        by default only where the model runs on a GPU, whose worker would otherwise wait ~135 ms
+        per 13-tile photo on the image processor. On a CPU the model already keeps every core
+        busy, so preparing ahead saves no time and costs ~350 MB of peak memory (measured on the
+        256M preset); there ``encode`` prepares them. Never before the model is loaded."""
         ahead = self.runtime_config.prepare_ahead
-        if not self.loaded or not (ahead if ahead is not None else self.device != "cpu"):
-            return
+        return self.loaded and (ahead if ahead is not None else self.device != "cpu")
+
+    def preprocess(self, requests: Sequence[Request]) -> None:
+        """Prepare the pixels these requests will need, in the caller's thread. A failure is left
+        for ``generate`` to report as that request's error."""
         for r in requests:
             if r.images and r.video is None:
                 try:

@@ -314,8 +314,7 @@ def test_on_cpu_the_model_thread_prepares_pixels_once_per_image_and_settings(tin
     photo = Image.new("RGB", (160, 100), (5, 50, 150))
     requests = [Request(images=(photo,), messages=question(q), generation=GenerationSettings(max_new_tokens=2))
                 for q in ("a", "b", "c")]
-    rt.preprocess(requests)
-    assert calls == []  # prepare_ahead defaults to GPU only
+    assert rt.prepares_ahead is False  # prepare_ahead defaults to GPU only
     rt.generate(requests)
     assert calls == [threading.current_thread().name]
 
