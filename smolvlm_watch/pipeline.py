@@ -117,11 +117,12 @@ class Pipeline:
             return prepared
         return self.run([prepared], pages)[0]
 
-    def process_many(self, jobs: Iterable[tuple[Path, WatchConfig, bool]], pages: PageStore | None = None,
+    def process_many(self, jobs: Iterable[tuple[Path, WatchConfig, bool] | tuple[Path, WatchConfig, bool, str | None]],
+                     pages: PageStore | None = None,
                      on_batch: Callable[[list[Path]], None] | None = None,
                      stop: Callable[[], bool] | None = None) -> Iterator[FileResult]:
-        """Process ``(path, watch, force)`` jobs in order while the next ones are read and decoded
-        in the background.
+        """Process ``(path, watch, force[, sha256])`` jobs in order while the next ones are read and
+        decoded in the background (a known content hash spares hashing the file again).
 
         At most ``prefetch()`` decoded files wait ahead of the model (memory stays bounded
         whatever the folder's size), and the ones already decoded when the model is free are run
@@ -162,21 +163,23 @@ class Pipeline:
         not starved by a small window)."""
         return self.config.runtime.prefetch or max(4, self.runtime.max_batch())
 
-    def prepare(self, path: str | Path, watch: WatchConfig, force: bool = False) -> "Prepared | FileResult":
-        """Everything before the model: the sidecar check, hashing, decoding. A FileResult when
-        there is nothing to run (skipped) or the file failed."""
+    def prepare(self, path: str | Path, watch: WatchConfig, force: bool = False,
+                sha256: str | None = None) -> "Prepared | FileResult":
+        """Everything before the model: the sidecar check, hashing (unless the caller knows the
+        hash), decoding. A FileResult when there is nothing to run (skipped) or the file failed."""
         path = Path(path)
         start = time.perf_counter()
-        return _guarded(path, start, lambda: self._prepare(path, watch, force, start))
+        return _guarded(path, start, lambda: self._prepare(path, watch, force, sha256, start))
 
-    def _prepare(self, path: Path, watch: WatchConfig, force: bool, start: float) -> "Prepared | FileResult":
+    def _prepare(self, path: Path, watch: WatchConfig, force: bool, sha: str | None,
+                 start: float) -> "Prepared | FileResult":
         output: OutputConfig = watch.output
         target = Target.for_media(path, output, watch.path)
         existing = read_json(target.json_path) if "json" in watch.outputs else None
         if existing is not None and output.policy == "skip" and not force:
             return FileResult(str(path), "skipped", seconds=time.perf_counter() - start)
         try:
-            sha = sha256_file(path)
+            sha = sha or sha256_file(path)
         except FileNotFoundError:
             raise MediaError(path, "file vanished before it could be read") from None
         same_content = existing is not None and (existing.get("source") or {}).get("sha256") == sha

@@ -15,7 +15,6 @@ import socket
 import sys
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
@@ -95,6 +94,7 @@ class _Taken:
     fingerprint: str
     size: int
     mtime: float
+    sha256: str | None  # when the rename check hashed the file already: prepare need not again
 
 
 class Daemon:
@@ -183,13 +183,13 @@ class Daemon:
         file is never held back for a full batch), at a stop, or when a reload swapped the pipeline."""
         while not self.stop_event.is_set():
             pipeline = self.pipeline  # what was taken finishes with the pipeline it started with
-            order: deque[int] = deque()
             results = 0
             try:
                 for result in pipeline.process_many(
-                        self._leased(pipeline, order), pages=self.journal, on_batch=self._on_batch,
+                        self._leased(pipeline), pages=self.journal, on_batch=self._on_batch,
                         stop=lambda: self.stop_event.is_set() or self.pipeline is not pipeline):
-                    self._record(self.taken.pop(order.popleft()), result)
+                    # results come in the order the jobs were taken, which is self.taken's order
+                    self._record(self.taken.pop(next(iter(self.taken))), result)
                     results += 1
             except Exception as exc:  # noqa: BLE001 - the worker must survive any batch
                 self.log.exception("batch_crashed", error=str(exc))
@@ -206,7 +206,7 @@ class Daemon:
                 self.wake.wait(0.5)
                 self.wake.clear()
 
-    def _leased(self, pipeline: Pipeline, order: deque[int]) -> Iterator[tuple[Path, WatchConfig, bool]]:
+    def _leased(self, pipeline: Pipeline) -> Iterator[tuple[Path, WatchConfig, bool, str | None]]:
         """Due jobs, live before backfill, while there are any: each checked (vanished? only
         renamed?) and handed on with its path and job id bound to the log context. A job that
         was running when a daemon died runs alone, in a stream of its own."""
@@ -229,10 +229,9 @@ class Daemon:
                 continue
             if taken is not None:
                 self.taken[job.id] = taken
-                order.append(job.id)
                 if self.current is None:  # the clock runs from here: decoding can wedge too
                     self.current = _Current((job.path,), time.monotonic())
-                yield Path(job.path), taken.watch, job.force
+                yield Path(job.path), taken.watch, job.force, taken.sha256
             if job.interrupted:
                 return  # alone: if it kills the daemon again, no file beside it shares the blame
 
@@ -247,9 +246,12 @@ class Daemon:
             return None
         st = path.stat()
         fingerprint = pipeline.fingerprint(watch)
-        if not job.force and self._adopt_renamed(path, watch, fingerprint, job.id, st):
-            return None
-        return _Taken(job, watch, fingerprint, st.st_size, st.st_mtime)
+        sha = None
+        if not job.force and not Target.for_media(path, watch.output, watch.path).json_path.exists():
+            sha = sha256_file(path)
+            if self._adopt_renamed(path, watch, fingerprint, job.id, st, sha):
+                return None
+        return _Taken(job, watch, fingerprint, st.st_size, st.st_mtime, sha)
 
     def _on_batch(self, paths: list[Path]) -> None:
         self.current = _Current(tuple(str(p) for p in paths), time.monotonic())
@@ -279,11 +281,9 @@ class Daemon:
                       seconds=round(result.seconds, 3), outputs=len(result.outputs),
                       pages_resumed=result.pages_resumed)
 
-    def _adopt_renamed(self, path: Path, watch: WatchConfig, fingerprint: str, job_id: int, st) -> bool:
-        """A file whose content the journal knows under a vanished name gets that name's sidecars."""
-        if Target.for_media(path, watch.output, watch.path).json_path.exists():
-            return False
-        sha = sha256_file(path)
+    def _adopt_renamed(self, path: Path, watch: WatchConfig, fingerprint: str, job_id: int, st, sha: str) -> bool:
+        """A file (with no sidecar of its own) whose content the journal knows under a vanished
+        name gets that name's sidecars."""
         for old in self.journal.by_sha(sha):
             if old.path == str(path) or os.path.exists(old.path) or old.fingerprint != fingerprint:
                 continue

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import make_image, read_sidecar, write_trap_plugin
-from smolvlm_watch import service, watcher
+from smolvlm_watch import pipeline as pipeline_module, service, watcher
 from smolvlm_watch.journal import Journal, JournalLocked
 
 
@@ -128,7 +128,15 @@ def test_queued_files_share_batches_and_a_live_file_is_not_held_back(tmp_path, t
         time.sleep(0.3)  # a slower model: the prefetch threads get ahead
         return original(self, items, pages)
 
+    hashed: list[str] = []
+    real_hash = service.sha256_file
+
+    def counting_hash(path):
+        hashed.append(Path(path).name)
+        return real_hash(path)
+
     service.Pipeline.run = spy
+    service.sha256_file = pipeline_module.sha256_file = counting_hash
     try:
         daemon.start(config, registry)
         thread = threading.Thread(target=daemon.supervise, daemon=True)
@@ -137,6 +145,7 @@ def test_queued_files_share_batches_and_a_live_file_is_not_held_back(tmp_path, t
         wait_for(lambda: all(journal.get(str(p)).state == "done" for p in paths), 60, what="queued files done")
         assert max(batches) > 1 and sum(batches) == 6, batches
         assert daemon.runtime.vision_passes == 6
+        assert sorted(hashed) == sorted(p.name for p in paths)  # the rename check's hash is the one recorded
         before = len(batches)
         live = make_image(tmp_path / "inbox" / "live.png", (50, 50), (0, 0, 255), fmt="PNG")
         wait_for(lambda: getattr(journal.get(str(live)), "state", None) == "done", 30, what="live file done")
@@ -144,6 +153,7 @@ def test_queued_files_share_batches_and_a_live_file_is_not_held_back(tmp_path, t
         assert read_sidecar(live)["tasks"]["caption"]["fingerprint"]
     finally:
         service.Pipeline.run = original
+        service.sha256_file = pipeline_module.sha256_file = real_hash
         daemon.stop_event.set()
         thread.join(10)
         daemon.shutdown()
