@@ -115,18 +115,23 @@ def _error(p: Planned, message: str) -> Outcome:
                                  "fingerprint": p.fingerprint})
 
 
+def _ask(media: Media, p: Planned) -> list[Request] | Outcome:
+    """A task's requests about ``media``, or the outcome that stands instead: skipped (it does not
+    take this kind of media) or the error its ``requests`` raised."""
+    if media.kind not in p.task.media_kinds:
+        return skipped(p, media.kind)
+    try:
+        return list(p.task.requests(media, p.spec))
+    except Exception as exc:  # noqa: BLE001 - a broken task must not stop the others
+        return _error(p, f"{type(exc).__name__} in {p.task.name}.requests: {exc}")
+
+
 def preprocess(media: Media, planned: Sequence[Planned], runtime: Runtime) -> None:
     """Prepare what the model will need for these tasks' questions (resized, tiled pixels) now,
     in the caller's thread: the prefetch threads do it while the model answers earlier files. A
     task whose ``requests`` fails here fails again, and is recorded, when it runs."""
-    asked = []
-    for p in planned:
-        if media.kind in p.task.media_kinds:
-            try:
-                asked += p.task.requests(media, p.spec)
-            except Exception:  # noqa: BLE001
-                continue
-    runtime.preprocess(asked)
+    asked = [_ask(media, p) for p in planned]
+    runtime.preprocess([r for reqs in asked if not isinstance(reqs, Outcome) for r in reqs])
 
 
 def run_tasks(media: Media, planned: Sequence[Planned], runtime: Runtime) -> list[Outcome]:
@@ -141,13 +146,11 @@ def run_tasks_many(medias: Sequence[Media], planned: Sequence[Planned], runtime:
     asked: list[tuple[int, Planned, list[Request]]] = []
     for m, media in enumerate(medias):
         for p in planned:
-            if media.kind not in p.task.media_kinds:
-                outcomes[m][p.task.name] = skipped(p, media.kind)
-                continue
-            try:
-                asked.append((m, p, list(p.task.requests(media, p.spec))))
-            except Exception as exc:  # noqa: BLE001 - a broken task must not stop the others
-                outcomes[m][p.task.name] = _error(p, f"{type(exc).__name__} in {p.task.name}.requests: {exc}")
+            reqs = _ask(media, p)
+            if isinstance(reqs, Outcome):
+                outcomes[m][p.task.name] = reqs
+            else:
+                asked.append((m, p, reqs))
     flat = [r for _, _, reqs in asked for r in reqs]
     start = time.perf_counter()
     answers = runtime.generate(flat)
