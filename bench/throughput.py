@@ -269,7 +269,6 @@ def main(argv: list[str] | None = None) -> int:
         ref = run_phase(args, "reference")
         ours = run_phase(args, "ours")
         lat = run_phase(args, "latency")
-    # The work each image needs: its vision pass once, and every question's text.
     # The work our run did per image: its vision pass once, and the text model over the prompt
     # tokens it prefilled (a shared prefix once) plus every question's new tokens.
     decoded = len(images) * len(tasks) * args.max_new_tokens

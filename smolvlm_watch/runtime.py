@@ -297,8 +297,7 @@ class Runtime:
         tokens that stand for them in a prompt. Kept while the images live, so the questions of
         every task about one photo share one preparation, and a prefetch thread can prepare it
         (``preprocess``) while the model is busy with earlier files."""
-        effective = settings.over(self.config.image)
-        key = (tuple(id(img) for img in images), effective)
+        key = (_image_ids(images), settings.over(self.config.image))
         with self._pixels_lock:
             found = self._pixels.get(key)
         if found is not None:
@@ -381,7 +380,7 @@ class Runtime:
         for i, r in enumerate(requests):
             frames = len(r.video.frames) if r.video is not None else None
             key = (r.image, len(r.images), frames, r.generation.min_new_tokens, r.generation.loop_guard)
-            groups.setdefault(key, {}).setdefault(_images_key(r) or (i,), []).append(i)
+            groups.setdefault(key, {}).setdefault(_image_ids(r.images) or (i,), []).append(i)
         size = self.max_batch()
         batches: list[list[int]] = []
         for by_images in groups.values():
@@ -404,12 +403,12 @@ class Runtime:
                 return [a for r in batch for a in self._run_batch([r], features)]
             return [Answer(text="", error=_inference_error(exc))]
 
-    def _image_features(self, batch: list[Request], inputs, features: dict[tuple, Any]) -> list[Any]:
-        """Each distinct image set through the vision tower and connector ONCE per generate call,
-        the tiles of all of them together in passes of ``_tiles_per_pass`` tiles."""
+    def _image_features(self, keys: list[tuple], inputs, features: dict[tuple, Any]) -> list[Any]:
+        """Each distinct image set (``keys``: one per request) through the vision tower and
+        connector ONCE per generate call, the tiles of all of them together in passes of
+        ``_tiles_per_pass`` tiles."""
         import torch
 
-        keys = [(r.image, _images_key(r)) for r in batch]
         todo: dict[tuple, Pixels] = {}
         for pixels, key in zip(inputs["pixels"], keys):
             if key not in features:
@@ -447,23 +446,25 @@ class Runtime:
 
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         rows = [ids[i][mask[i].bool()].tolist() for i in range(len(batch))]
-        image_features = self._image_features(batch, inputs, features)
-        shares = _shared_prefixes(rows, [(r.image, _images_key(r)) for r in batch], self.model.config.image_token_id)
-        owners = sorted({owner for owner, _ in shares})
+        keys = [(r.image, _image_ids(r.images)) for r in batch]
+        image_features = self._image_features(keys, inputs, features)
+        shares = _shared_prefixes(rows, keys, self.model.config.image_token_id)
         lengths = dict(shares)
+        slot = {owner: k for k, owner in enumerate(sorted(lengths))}  # owner row -> its prefix row
         pad = self.processor.tokenizer.pad_token_id
-        prefix = _padded([rows[o][:lengths[o]] for o in owners], pad, left=False)
-        out = self.model.model(input_ids=prefix[0].to(self.device), attention_mask=prefix[1].to(self.device),
+        prefix_ids, prefix_mask = _padded([rows[o][:lengths[o]] for o in slot], pad, left=False, device=self.device)
+        out = self.model.model(input_ids=prefix_ids, attention_mask=prefix_mask,
                                mm_encoder_outputs={"image": BaseModelOutputWithPooling(
-                                   pooler_output=[image_features[o] for o in owners])}, use_cache=True)
+                                   pooler_output=[image_features[o] for o in slot])}, use_cache=True)
         cache = out.past_key_values
-        index = torch.tensor([owners.index(owner) for owner, _ in shares], device=self.device)
+        index = torch.tensor([slot[owner] for owner, _ in shares], device=self.device)
         for layer in cache.layers:
             layer.batch_select_indices(index)
-        suffix = _padded([row[n:] for row, (_, n) in zip(rows, shares)], pad, left=True)
-        self.prefill_tokens += sum(lengths[o] for o in owners) + int(suffix[1].sum())
-        return {"input_ids": torch.cat([prefix[0].to(self.device)[index], suffix[0].to(self.device)], dim=1),
-                "attention_mask": torch.cat([prefix[1].to(self.device)[index], suffix[1].to(self.device)], dim=1),
+        suffix_ids, suffix_mask = _padded([row[n:] for row, (_, n) in zip(rows, shares)], pad, left=True,
+                                          device=self.device)
+        self.prefill_tokens += sum(lengths.values()) + int(suffix_mask.sum())
+        return {"input_ids": torch.cat([prefix_ids[index], suffix_ids], dim=1),
+                "attention_mask": torch.cat([prefix_mask[index], suffix_mask], dim=1),
                 "past_key_values": cache}
 
     def _compiled_decoding(self, model_inputs: dict[str, Any], length: int) -> dict[str, Any]:
@@ -573,9 +574,10 @@ def create_runtime(model: ModelConfig, runtime: RuntimeConfig | None = None):
     return Runtime(model, runtime)
 
 
-def _images_key(request: Request) -> tuple[int, ...]:
-    """Which images a request is about: requests with the same key may share their encoding."""
-    return tuple(id(img) for img in request.images)
+def _image_ids(images: Sequence[Image.Image]) -> tuple[int, ...]:
+    """Which images these are: requests about the same ones may share their preparation and
+    encoding (the objects stay alive for as long as a request or a cache entry keys on them)."""
+    return tuple(id(img) for img in images)
 
 
 def _shared_prefixes(rows: list[list[int]], keys: list[Any], image_token: int) -> list[tuple[int, int]]:
@@ -598,8 +600,8 @@ def _shared_prefixes(rows: list[list[int]], keys: list[Any], image_token: int) -
     return shares
 
 
-def _padded(rows: list[list[int]], pad: int, left: bool):
-    """Token rows as one (ids, mask) pair of tensors, padded on the left or the right."""
+def _padded(rows: list[list[int]], pad: int, left: bool, device: str | None):
+    """Token rows as one (ids, mask) pair of tensors on ``device``, padded on the left or the right."""
     import torch
 
     width = max(len(r) for r in rows)
@@ -609,7 +611,7 @@ def _padded(rows: list[list[int]], pad: int, left: bool):
         span = slice(width - len(row), width) if left else slice(0, len(row))
         ids[i, span] = torch.tensor(row, dtype=torch.long)
         mask[i, span] = 1
-    return ids, mask
+    return ids.to(device), mask.to(device)
 
 
 def _until_end(ids: list[int], stop: set[int]) -> list[int]:
