@@ -131,7 +131,7 @@ def phase_reference(args, images: list[Path], tasks: list[str]) -> dict:
 def phase_ours(args, images: list[Path], tasks: list[str]) -> dict:
     """The same files through `process`'s code path: decode, resize, infer, parse, write sidecars."""
     from smolvlm_watch import config as configmod
-    from smolvlm_watch.pipeline import Pipeline
+    from smolvlm_watch.pipeline import FileJob, Pipeline
     from smolvlm_watch.plugins import Registry
     from smolvlm_watch.runtime import create_runtime
 
@@ -146,8 +146,8 @@ def phase_ours(args, images: list[Path], tasks: list[str]) -> dict:
     runtime.load()
     pipeline = Pipeline(config, Registry(entrypoints=False), runtime)
     start = time.perf_counter()
-    jobs = [(p, config.watches[0], True) for p in images]
-    failed = [r for r in pipeline.process_many(jobs) if r.status != "done"]
+    jobs = [FileJob(p, config.watches[0], True) for p in images]
+    failed = [r for _, r in pipeline.process_many(jobs) if r.status != "done"]
     seconds = time.perf_counter() - start
     if failed:
         raise SystemExit(f"bench: {len(failed)} files failed: {failed[0].error}")
@@ -162,8 +162,9 @@ def latency(args, image: Path) -> dict:
     import shutil
     import threading
 
-    from smolvlm_watch import service
     from smolvlm_watch.config import parse
+    from smolvlm_watch.daemon import Daemon
+    from smolvlm_watch.plugins import Registry
 
     with tempfile.TemporaryDirectory(prefix="smolvlm-latency-") as tmp:
         root = Path(tmp)
@@ -175,11 +176,9 @@ def latency(args, image: Path) -> dict:
                "watches": [{"path": "./inbox", "tasks": ["caption"], "outputs": ["json"], "settle_seconds": settle}],
                "state": {"db": "./state/journal.sqlite"}}
         config = parse(raw, root, root / "config.yaml")
-        daemon = service.Daemon(root / "config.yaml")
-        from smolvlm_watch.plugins import Registry
-
-        daemon.start(config, Registry(entrypoints=False))
-        thread = threading.Thread(target=daemon.supervise, daemon=True)
+        daemon = Daemon(root / "config.yaml", lambda: (config, Registry(entrypoints=False)))
+        daemon.worker.start()
+        thread = threading.Thread(target=daemon.supervisor.run, daemon=True)
         thread.start()
         try:
             warm = root / "inbox" / "warm.jpg"
@@ -194,7 +193,7 @@ def latency(args, image: Path) -> dict:
             _wait_for(target.with_name(target.name + ".smolvlm.json"))
             total = time.perf_counter() - landed
         finally:
-            daemon.stop_event.set()
+            daemon.stop()
             thread.join(10)
             daemon.shutdown()
     return {"latency_s": round(total - settle, 3), "inference_s": round(inference, 3),

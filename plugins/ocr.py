@@ -1,8 +1,8 @@
 """``ocr``: all text in the image, line breaks kept, as plain text; on a video, per timestamp."""
 
 from smolvlm_watch import hookimpl
-from smolvlm_watch.document import TEXT_LAYER_MIN_CHARS
-from smolvlm_watch.runtime import Request, question
+from smolvlm_watch.media.document import TEXT_LAYER_MIN_CHARS
+from smolvlm_watch.engine import Request, question
 from smolvlm_watch.tasks import Task
 
 

@@ -4,8 +4,8 @@ import json
 from pathlib import Path
 
 from smolvlm_watch import __version__, hookimpl, xmp
-from smolvlm_watch.video import timestamp_label
-from smolvlm_watch.sidecar import (SidecarError, SidecarRecord, Target, Writer, atomic_write, read_json, render_json,
+from smolvlm_watch.media.video import timestamp_label
+from smolvlm_watch.sidecar import (SidecarError, SidecarRecord, Target, Writer, read_json, read_regular, render_json,
                                   sha256_bytes)
 
 
@@ -18,9 +18,7 @@ class JsonWriter(Writer):
     def write(self, record: SidecarRecord, target: Target) -> dict[Path, str]:
         path = target.json_path
         read_json(path)  # raises when a foreign file sits at our name
-        data = render_json(record)
-        atomic_write(path, data)
-        return {path: sha256_bytes(data)}
+        return {path: target.write_bytes(path, render_json(record))}
 
 
 class TextWriter(Writer):
@@ -55,7 +53,7 @@ class XmpWriter(Writer):
     def write(self, record: SidecarRecord, target: Target) -> dict[Path, str]:
         path = target.path(".xmp", replace_extension=target.output.xmp_replace_extension)
         try:
-            existing = path.read_bytes()
+            existing = read_regular(path)
         except FileNotFoundError:
             existing = None
         tags, ocr = record.result("tags"), record.result("ocr")
@@ -75,8 +73,7 @@ class XmpWriter(Writer):
                              ocr if isinstance(ocr, str) else None, provenance, target.output.xmp_keyword_parent)
         except xmp.XmpError as exc:
             raise SidecarError(f"{path}: {exc}; the file is left alone (fix or move it away)") from None
-        atomic_write(path, data)
-        return {path: sha256_bytes(data)}
+        return {path: target.write_bytes(path, data)}
 
 
 @hookimpl

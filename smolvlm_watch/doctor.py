@@ -6,16 +6,13 @@ non-zero when anything FAILs.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import config as configmod
-from .config import Config, ConfigError
-from .plugins import PluginError, Registry
+from .config import Config
 from .watcher import INOTIFY_FIX, MediaFilter, choose_mode, count_dirs, filesystem_type, max_user_watches
 
 LOW_DISK_BYTES = 1 << 30
@@ -145,14 +142,9 @@ def check_device(config: Config) -> Check:
                  "free memory or pick a smaller model" if level != "ok" else "")
 
 
-def run_checks(config_path: str) -> list[Check]:
-    try:
-        config = configmod.load(config_path)
-        registry = Registry(config.plugins)
-        configmod.check_names(config, set(registry.tasks), set(registry.writers))
-    except (ConfigError, PluginError) as exc:
-        return [Check("FAIL", f"config: {exc}", "correct the config file")]
-    checks = [Check("ok", f"config {config_path} is valid ({len(config.watches)} watches)"), check_model(config)]
+def run_checks(config: Config) -> list[Check]:
+    """Every check for a valid config: model, watches, state folder, disk, device."""
+    checks = [check_model(config)]
     if not config.watches:
         checks.append(Check("warn", "no watches configured: `run` would watch nothing", "add a watches: entry"))
     for watch in config.watches:
@@ -163,12 +155,3 @@ def run_checks(config_path: str) -> list[Check]:
         checks.append(check_disk(watch.output.output_dir or watch.path, "sidecars"))
     checks.append(check_device(config))
     return checks
-
-
-def cmd_doctor(args: argparse.Namespace) -> int:
-    checks = run_checks(args.config)
-    for c in checks:
-        print(c.line())
-    failed = sum(c.level == "FAIL" for c in checks)
-    print(f"{failed} problem(s)" if failed else "all checks passed")
-    return 1 if failed else 0

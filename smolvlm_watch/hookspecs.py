@@ -43,7 +43,10 @@ def register_writers(register: Callable) -> None:
     ``outputs``; it must be unique across all plugins. Return value: ignored.
 
     ``writer.write(record, target)`` receives the finished ``SidecarRecord`` (source, model, and
-    each task's result or error) and a ``Target`` saying where outputs go and which files the
-    previous run wrote; it writes atomically through ``target.write_text`` and returns the paths
-    it wrote. A writer never overwrites a file smolvlm-watch did not write.
+    each task's result or error) and a ``Target`` saying where outputs go; it stages each file
+    through ``target.write_text(path, text)`` (which refuses a file smolvlm-watch did not write)
+    or, for a format it merges into itself (XMP), ``target.write_bytes(path, data)``, and returns
+    ``{path: sha256}`` of what it staged. The pipeline then commits every writer's files as one
+    write set that a crash cannot leave half-recorded; an output an earlier run wrote and this
+    run does not stage is removed (when it still holds our bytes).
     """

@@ -1,4 +1,4 @@
-"""The durable journal: one SQLite row per watched file, in WAL mode.
+"""The durable journal: one SQLite row per watched file, in WAL mode, queried by named methods.
 
 States: ``pending → running → done | failed | quarantined``, and ``gone`` for a file that
 vanished (its row keeps the content hash, so a rename can take its sidecars along). A daemon
@@ -6,6 +6,16 @@ killed mid-job leaves a ``running`` row; the next start (which holds the exclusi
 other daemon can own it) puts it back to ``pending`` and counts the interruption as an attempt,
 so a file that crashes or wedges the daemon every time ends quarantined. Sidecar writes are
 atomic and idempotent, so running a job twice never leaves a half-written or duplicate result.
+
+Paths: a name that is valid UTF-8 is stored as TEXT (readable with the sqlite3 shell); any other
+(an old Latin-1 archive, an SMB share) as a BLOB of its bytes, so no file name can stop the
+journal. "Under a folder" is one exact, case-sensitive rule on whole path components
+(``under``), never LIKE: ``/photos/my_album`` does not match ``/photos/myXalbum``.
+
+Time: retry delays and leases run on the journal's clock, which is monotonic while the daemon
+runs and resumes from the last time it saw at the next start, so a wall-clock step (NTP, a dead
+RTC battery) neither stalls nor hastens a retry. Wall-clock times are kept as hints for people
+(``finished``, ``updated``).
 
 ``synchronous=NORMAL``: an application crash loses nothing; a power cut may lose the last few
 ``done`` rows, which only means those files are processed again.
@@ -23,11 +33,15 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Literal, TypeVar
 
-STATES = ("pending", "running", "done", "failed", "quarantined", "gone")
+from . import jsontext
+
+State = Literal["pending", "running", "done", "failed", "quarantined", "gone"]
+STATES: tuple[State, ...] = ("pending", "running", "done", "failed", "quarantined", "gone")
 INTERRUPTED = "interrupted: the daemon stopped or crashed while running it"
 LIVE, BACKFILL = 0, 1
+SCHEMA_VERSION = 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -63,6 +77,13 @@ CREATE TABLE IF NOT EXISTS pages (
 );
 """
 
+# Each entry upgrades a journal from the version before it, in place (PRAGMA user_version).
+_MIGRATIONS = (
+    # 1: what a done job wrote (name -> sha256), so a rescan can see a sidecar deleted by hand;
+    #    an edit that landed while the job ran (the job is redone, not recorded done).
+    ("ALTER TABLE jobs ADD COLUMN outputs TEXT", "ALTER TABLE jobs ADD COLUMN dirty INTEGER NOT NULL DEFAULT 0"),
+)
+
 
 class JournalError(Exception):
     """The state database cannot be used; the message names it and the fix."""
@@ -70,6 +91,32 @@ class JournalError(Exception):
 
 class JournalLocked(JournalError):
     """Another daemon owns this state database."""
+
+
+def to_db(path: str) -> str | bytes:
+    """A path as stored: TEXT when it is valid UTF-8, else the BLOB of its bytes."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+
+
+def from_db(value: str | bytes) -> str:
+    return value if isinstance(value, str) else os.fsdecode(value)
+
+
+def under(folder: str | None) -> tuple[str, tuple[Any, ...]]:
+    """SQL for "path is ``folder`` or lies below it": whole components, case-sensitive, no
+    wildcards (``_`` and ``%`` are ordinary characters), for TEXT and BLOB paths alike."""
+    if not folder:
+        return "1", ()
+    folder = folder.rstrip("/") or "/"
+    prefix = folder if folder.endswith("/") else folder + "/"
+    raw = os.fsencode(prefix)
+    return ("(path = ? OR path = ? OR substr(path, 1, ?) = ?"
+            " OR (typeof(path) = 'blob' AND substr(path, 1, ?) = ?))",
+            (to_db(folder), os.fsencode(folder), len(prefix), prefix, len(raw), raw))
 
 
 @dataclass(frozen=True)
@@ -81,13 +128,14 @@ class Job:
     mtime: float | None
     sha256: str | None
     fingerprint: str | None
-    state: str
+    state: State
     priority: int
     force: bool
     attempts: int
     next_attempt: float
     last_error: str | None
     finished: float | None = None
+    outputs: dict[str, str] | None = None  # what the done job wrote, name -> sha256 (None: not recorded)
 
     @property
     def interrupted(self) -> bool:
@@ -96,36 +144,71 @@ class Job:
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "Job":
-        return cls(id=row["id"], path=row["path"], watch=row["watch"], size=row["size"], mtime=row["mtime"],
-                   sha256=row["sha256"], fingerprint=row["fingerprint"], state=row["state"],
+        outputs = row["outputs"]
+        return cls(id=row["id"], path=from_db(row["path"]), watch=from_db(row["watch"]), size=row["size"],
+                   mtime=row["mtime"], sha256=row["sha256"], fingerprint=row["fingerprint"], state=row["state"],
                    priority=row["priority"], force=bool(row["force"]), attempts=row["attempts"],
-                   next_attempt=row["next_attempt"], last_error=row["last_error"], finished=row["finished"])
+                   next_attempt=row["next_attempt"], last_error=row["last_error"], finished=row["finished"],
+                   outputs=json.loads(outputs) if outputs else None)
 
 
-def _locked(method):
-    """Serialise access: the watcher's thread and the worker share one connection, and a
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How failures are retried (the config's ``state`` section)."""
+
+    max_attempts: int = 5
+    base_seconds: float = 30.0
+    max_seconds: float = 3600.0
+
+    def delay(self, attempts: int) -> float:
+        """Exponential backoff with jitter, for the ``attempts``-th failure."""
+        return min(self.max_seconds, self.base_seconds * 2 ** (attempts - 1)) * random.uniform(0.8, 1.2)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _locked(method: F) -> F:
+    """Serialise access: the supervisor's and the worker's threads share one connection, and a
     transaction must never swallow the other thread's statements."""
 
     @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
+    def wrapper(self: "Journal", *args: Any, **kwargs: Any) -> Any:
         with self._mu:
             return method(self, *args, **kwargs)
 
-    return wrapper
+    return wrapper  # type: ignore[return-value]
 
 
 class Journal:
-    """The queue and history of every file, shared by the supervisor and the worker thread."""
+    """The queue and history of every file, shared by the supervisor and the worker thread.
 
-    def __init__(self, path: str | Path, exclusive: bool = False):
+    ``exclusive``: the daemon's handle, holding the lock no second daemon can take.
+    ``readonly``: for commands that only look (``status``, ``explain``); it never creates a
+    journal, and a missing one is a clear error.
+    """
+
+    def __init__(self, path: str | Path, exclusive: bool = False, readonly: bool = False):
         self.path = Path(path)
+        self.readonly = readonly
+        self._lock_fd: int | None = None
+        self._mu = threading.RLock()
+        self.db: sqlite3.Connection | None = None
+        self._mono0, self._base = time.monotonic(), time.time()
+        if readonly:
+            self._open_readonly()
+        else:
+            self._open(exclusive)
+        self._base = max(self._base, float(self.meta("clock") or 0))
+
+    # --- opening -------------------------------------------------------------------------------
+
+    def _open(self, exclusive: bool) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise JournalError(f"cannot create the state folder {self.path.parent} ({exc.strerror or exc}); "
                                "set state.db to a writable place") from None
-        self._lock_fd: int | None = None
-        self._mu = threading.RLock()
         if exclusive:
             self._take_lock()
         try:
@@ -133,16 +216,66 @@ class Journal:
             self.db.row_factory = sqlite3.Row
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.executescript(_SCHEMA)
+            self._migrate()
         except sqlite3.DatabaseError as exc:
             self.close()
-            raise JournalError(f"the state database {self.path} cannot be used ({exc}); move it away and "
-                               "start again: the journal is rebuilt by the startup scan (current "
-                               "sidecars are recognised and skipped)") from None
+            raise JournalError(self._explain(exc)) from None
+
+    def _open_readonly(self) -> None:
+        if not self.path.exists():
+            raise JournalError(f"no journal at {self.path}: no daemon has run with this config yet "
+                               "(start it with `smolvlm-watch run`, or check state.db)")
+        try:
+            self.db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30,
+                                      isolation_level=None, check_same_thread=False)
+            self.db.row_factory = sqlite3.Row
+            self.db.execute("SELECT 1 FROM jobs LIMIT 1").fetchall()
+            columns = {row["name"] for row in self.db.execute("PRAGMA table_info(jobs)")}
+            if "outputs" not in columns:
+                raise JournalError(f"the journal {self.path} is from an older smolvlm-watch: start the daemon "
+                                   "once to upgrade it in place")
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            raise JournalError(self._explain(exc)) from None
+
+    def _migrate(self) -> None:
+        """Create a new journal, or upgrade an older one in place (``_MIGRATIONS``)."""
+        assert self.db is not None
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise JournalError(f"the journal {self.path} was written by a newer smolvlm-watch (schema {version}, this "
+                               f"one knows {SCHEMA_VERSION}); upgrade smolvlm-watch, or give this one its own state.db")
+        fresh = self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'jobs'").fetchone() is None
+        self.db.executescript(_SCHEMA)  # a new journal's tables; a no-op on an existing one
+        todo = _MIGRATIONS if fresh else _MIGRATIONS[version:]
+        if not todo:
+            return
+        with self._tx():
+            for statements in todo:
+                for sql in statements:
+                    self.db.execute(sql)
+            self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _explain(self, exc: sqlite3.DatabaseError) -> str:
+        """One message per way a state database fails, each with the fix that is right for it."""
+        text = str(exc)
+        folder = self.path.parent
+        if "readonly" in text or "read-only" in text:
+            return (f"the state database {self.path} is read-only ({text}); give the daemon's user write access to "
+                    f"it and to {folder} (its -wal and -shm files live there too)")
+        if "unable to open" in text or not os.access(folder, os.W_OK | os.X_OK):
+            return (f"the state database {self.path} cannot be opened ({text}): the folder {folder} is not writable "
+                    f"by this user (uid {os.getuid()}); fix its owner or mode, or set state.db to a writable place")
+        return (f"the state database {self.path} cannot be used ({text}); move it away and start again: the "
+                "journal is rebuilt by the startup scan (current sidecars are recognised and skipped)")
 
     def _take_lock(self) -> None:
         lock_path = self.path.with_name(self.path.name + ".lock")
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise JournalError(f"cannot open the lock file {lock_path} ({exc.strerror or exc}); give the daemon's "
+                               f"user write access to {self.path.parent}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -156,47 +289,80 @@ class Journal:
 
     @_locked
     def close(self) -> None:
-        if getattr(self, "db", None) is not None:
+        if self.db is not None:
+            try:
+                self._save_clock()
+            except sqlite3.DatabaseError:
+                pass  # a read-only or broken journal: nothing to keep
             self.db.close()
             self.db = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
 
+    # --- the journal's clock -------------------------------------------------------------------
+
+    def now(self) -> float:
+        """Journal time: monotonic while this process runs, never behind what it showed before."""
+        return self._base + (time.monotonic() - self._mono0)
+
+    def _save_clock(self) -> None:
+        """Persist the clock, so the next start resumes from here even if the wall clock went back."""
+        if self.db is not None and not self.readonly:
+            self.db.execute("INSERT INTO meta (key, value) VALUES ('clock', ?) "
+                            "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (repr(self.now()),))
+
     # --- queueing ------------------------------------------------------------------------------
 
     @_locked
     def enqueue(self, path: str, watch: str, size: int, mtime: float, priority: int = LIVE,
                 force: bool = False) -> bool:
-        """Queue a file unless the journal already has it, unchanged, queued or done.
-        Returns True when the file was (re)queued."""
+        """Queue a file unless the journal already has it, unchanged, queued or done. A change to
+        a file the worker is running marks the job, which is then redone instead of recorded
+        done. Returns True when the file was (re)queued."""
         now = time.time()
-        row = self.db.execute("SELECT * FROM jobs WHERE path = ?", (path,)).fetchone()
+        row = self._row(path)
         if row is None:
-            self.db.execute(
-                "INSERT INTO jobs (path, watch, size, mtime, state, priority, force, created, updated)"
-                " VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?)", (path, watch, size, mtime, priority, int(force), now, now))
+            self._x("INSERT INTO jobs (path, watch, size, mtime, state, priority, force, created, updated)"
+                    " VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
+                    (to_db(path), to_db(watch), size, mtime, priority, int(force), now, now))
             return True
         unchanged = row["size"] == size and row["mtime"] == mtime
         if unchanged and not force and row["state"] != "gone":
             if row["state"] == "pending" and priority < row["priority"]:
-                self.db.execute("UPDATE jobs SET priority = ? WHERE id = ?", (priority, row["id"]))
+                self._x("UPDATE jobs SET priority = ? WHERE id = ?", (priority, row["id"]))
             return False
         if row["state"] == "running":
-            return False  # the worker has it; a change is picked up by the next scan
-        self.db.execute(
-            "UPDATE jobs SET watch = ?, size = ?, mtime = ?, state = 'pending', priority = ?, force = ?,"
-            " attempts = 0, next_attempt = 0, last_error = NULL, updated = ? WHERE id = ?",
-            (watch, size, mtime, priority, int(force or row["force"]), now, row["id"]))
+            self._x("UPDATE jobs SET dirty = 1, priority = MIN(priority, ?) WHERE id = ?", (priority, row["id"]))
+            return True
+        self._x("UPDATE jobs SET watch = ?, size = ?, mtime = ?, state = 'pending', priority = ?, force = ?,"
+                " attempts = 0, next_attempt = 0, last_error = NULL, dirty = 0, updated = ? WHERE id = ?",
+                (to_db(watch), size, mtime, priority, int(force or row["force"]), now, row["id"]))
         return True
 
     @_locked
-    def requeue(self, where: str, params: tuple = (), force: bool = False) -> int:
-        """Put matching rows back to pending (retry, backfill); returns how many."""
-        cur = self.db.execute(
-            f"UPDATE jobs SET state = 'pending', attempts = 0, next_attempt = 0, priority = {BACKFILL},"
-            f" force = MAX(force, ?), updated = ? WHERE state != 'running' AND ({where})",
-            (int(force), time.time(), *params))
+    def requeue(self, path: str, why: str | None = None) -> bool:
+        """Queue one known file again (its sidecars are missing, say), whatever its state but
+        running; ``why`` is kept as its last error until it runs."""
+        return self._requeue("path = ?", (to_db(path),), why) == 1
+
+    @_locked
+    def requeue_failed(self, under_path: str | None = None) -> int:
+        """``retry``: failed and quarantined files (below ``under_path``) back to pending."""
+        where, params = under(under_path)
+        return self._requeue(f"state IN ('failed', 'quarantined') AND {where}", params)
+
+    @_locked
+    def requeue_stale(self, watch: str, fingerprint: str, under_path: str | None = None) -> int:
+        """``backfill --stale``: done files of ``watch`` whose results came from other settings."""
+        where, params = under(under_path)
+        return self._requeue(f"state = 'done' AND watch = ? AND fingerprint != ? AND {where}",
+                             (to_db(watch), fingerprint, *params))
+
+    def _requeue(self, where: str, params: tuple[Any, ...], why: str | None = None) -> int:
+        cur = self._x(f"UPDATE jobs SET state = 'pending', attempts = 0, next_attempt = 0, priority = {BACKFILL},"
+                      f" last_error = ?, updated = ? WHERE state != 'running' AND ({where})",
+                      (why, time.time(), *params))
         return cur.rowcount
 
     @_locked
@@ -205,8 +371,8 @@ class Journal:
         the interruption counts as an attempt, so a file that kills or wedges the daemon every
         time ends quarantined instead of in a restart loop. (The daemon then runs each such job
         alone, so the files that were merely in flight beside the culprit are not blamed again.)"""
-        cur = self.db.execute(
-            "UPDATE jobs SET attempts = attempts + 1, lease_until = NULL, updated = ?,"
+        cur = self._x(
+            "UPDATE jobs SET attempts = attempts + 1, lease_until = NULL, updated = ?, dirty = 0,"
             " last_error = ?, state = CASE WHEN attempts + 1 >= ? THEN 'quarantined' ELSE 'pending' END"
             " WHERE state = 'running'", (time.time(), INTERRUPTED, max_attempts))
         return cur.rowcount
@@ -214,126 +380,206 @@ class Journal:
     @_locked
     def lease(self, seconds: float) -> Job | None:
         """Take the next due job: live before backfill, oldest first; expired leases count as due."""
-        now = time.time()
+        now = self.now()
         with self._tx():
-            row = self.db.execute(
+            row = self._x(
                 "SELECT * FROM jobs WHERE (state = 'pending' AND next_attempt <= ?)"
                 " OR (state = 'running' AND lease_until < ?) ORDER BY priority, next_attempt, id LIMIT 1",
                 (now, now)).fetchone()
             if row is None:
                 return None
-            self.db.execute("UPDATE jobs SET state = 'running', lease_until = ?, updated = ? WHERE id = ?",
-                            (now + seconds, now, row["id"]))
+            self._x("UPDATE jobs SET state = 'running', lease_until = ?, updated = ? WHERE id = ?",
+                    (now + seconds, time.time(), row["id"]))
         return Job.from_row(row)
+
+    @_locked
+    def next_due(self) -> float | None:
+        """Seconds until the next pending job is due (0: one is due now), None when none waits."""
+        row = self._x("SELECT MIN(next_attempt) FROM jobs WHERE state = 'pending'").fetchone()
+        return None if row[0] is None else max(0.0, row[0] - self.now())
 
     @_locked
     def release(self, job_id: int) -> None:
         """Give a leased job back untouched (shutdown mid-job)."""
-        self.db.execute("UPDATE jobs SET state = 'pending', lease_until = NULL WHERE id = ? AND state = 'running'",
-                        (job_id,))
+        self._x("UPDATE jobs SET state = 'pending', lease_until = NULL, dirty = 0 WHERE id = ? AND state = 'running'",
+                (job_id,))
 
     @_locked
     def done(self, job_id: int, sha256: str | None, fingerprint: str, seconds: float,
-             size: int | None = None, mtime: float | None = None) -> None:
+             size: int | None = None, mtime: float | None = None, outputs: dict[str, str] | None = None) -> State:
+        """Record a job done, with what it wrote; a job whose file changed while it ran is
+        queued again (live) instead. Returns the new state."""
         now = time.time()
-        self.db.execute(
-            "UPDATE jobs SET state = 'done', sha256 = ?, fingerprint = ?, seconds = ?, finished = ?,"
-            " lease_until = NULL, last_error = NULL, force = 0, updated = ?,"
-            " size = COALESCE(?, size), mtime = COALESCE(?, mtime) WHERE id = ?",
-            (sha256, fingerprint, seconds, now, now, size, mtime, job_id))
+        self._x(
+            "UPDATE jobs SET state = CASE dirty WHEN 1 THEN 'pending' ELSE 'done' END, sha256 = ?, fingerprint = ?,"
+            " seconds = ?, finished = ?, lease_until = NULL, last_error = NULL, force = 0, updated = ?,"
+            " size = CASE dirty WHEN 1 THEN NULL ELSE COALESCE(?, size) END,"
+            " mtime = CASE dirty WHEN 1 THEN NULL ELSE COALESCE(?, mtime) END,"
+            " priority = CASE dirty WHEN 1 THEN ? ELSE priority END, next_attempt = 0,"
+            " attempts = CASE dirty WHEN 1 THEN 0 ELSE attempts END,"
+            " outputs = ?, dirty = 0 WHERE id = ?",
+            (sha256, fingerprint, seconds, now, now, size, mtime, LIVE,
+             jsontext.dumps(outputs) if outputs is not None else None, job_id))
+        return self._state(job_id)
 
     @_locked
-    def failed(self, job_id: int, error: str, transient: bool, max_attempts: int, base: float,
-               cap: float) -> str:
+    def failed(self, job_id: int, error: str, transient: bool, policy: RetryPolicy) -> State:
         """Record a failure: transient ones retry with exponential backoff and jitter until
-        ``max_attempts`` (then quarantine); permanent ones fail at once. Returns the new state."""
-        row = self.db.execute("SELECT attempts FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        ``max_attempts`` (then quarantine); permanent ones fail at once. A job whose file
+        changed while it ran is queued again instead, fresh. Returns the new state."""
+        row = self._x("SELECT attempts, dirty FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is not None and row["dirty"]:
+            self._x("UPDATE jobs SET state = 'pending', attempts = 0, next_attempt = 0, priority = ?, dirty = 0,"
+                    " size = NULL, mtime = NULL, lease_until = NULL, last_error = NULL, updated = ? WHERE id = ?",
+                    (LIVE, time.time(), job_id))
+            return "pending"
         attempts = (row["attempts"] if row else 0) + 1
-        now = time.time()
+        state: State
         if not transient:
             state, next_attempt = "failed", 0.0
-        elif attempts >= max_attempts:
+        elif attempts >= policy.max_attempts:
             state, next_attempt = "quarantined", 0.0
         else:
-            delay = min(cap, base * 2 ** (attempts - 1)) * random.uniform(0.8, 1.2)
-            state, next_attempt = "pending", now + delay
-        self.db.execute(
-            "UPDATE jobs SET state = ?, attempts = ?, next_attempt = ?, last_error = ?, lease_until = NULL,"
-            " finished = ?, updated = ? WHERE id = ?",
-            (state, attempts, next_attempt, error, now if state != "pending" else None, now, job_id))
+            state, next_attempt = "pending", self.now() + policy.delay(attempts)
+        now = time.time()
+        self._x("UPDATE jobs SET state = ?, attempts = ?, next_attempt = ?, last_error = ?, lease_until = NULL,"
+                " finished = ?, updated = ? WHERE id = ?",
+                (state, attempts, next_attempt, error, now if state != "pending" else None, now, job_id))
         return state
 
     @_locked
     def mark_gone(self, job_id: int) -> None:
-        self.db.execute("UPDATE jobs SET state = 'gone', lease_until = NULL, updated = ? WHERE id = ?",
-                        (time.time(), job_id))
+        self._x("UPDATE jobs SET state = 'gone', lease_until = NULL, updated = ? WHERE id = ?", (time.time(), job_id))
+
+    @_locked
+    def mark_gone_under(self, folder: str) -> int:
+        """Every known file at or below ``folder`` is gone (the folder was moved or deleted)."""
+        where, params = under(folder)
+        cur = self._x(f"UPDATE jobs SET state = 'gone', lease_until = NULL, updated = ? "
+                      f"WHERE state NOT IN ('gone', 'running') AND {where}", (time.time(), *params))
+        return cur.rowcount
 
     @_locked
     def forget(self, path: str) -> None:
-        self.db.execute("DELETE FROM jobs WHERE path = ?", (path,))
+        self._x("DELETE FROM jobs WHERE path = ?", (to_db(path),))
 
     # --- reading -------------------------------------------------------------------------------
 
     @_locked
     def get(self, path: str) -> Job | None:
-        row = self.db.execute("SELECT * FROM jobs WHERE path = ?", (path,)).fetchone()
+        row = self._row(path)
         return Job.from_row(row) if row else None
 
     @_locked
     def by_sha(self, sha256: str) -> list[Job]:
-        return [Job.from_row(r) for r in self.db.execute(
-            "SELECT * FROM jobs WHERE sha256 = ? AND state IN ('done', 'gone')", (sha256,))]
+        return self._jobs("sha256 = ? AND state IN ('done', 'gone')", (sha256,))
 
     @_locked
-    def jobs(self, where: str = "1", params: tuple = ()) -> list[Job]:
-        return [Job.from_row(r) for r in self.db.execute(f"SELECT * FROM jobs WHERE {where} ORDER BY id", params)]
+    def known(self, watch: str) -> list[Job]:
+        """Every file of ``watch`` that is not gone: what a rescan checks against the disk."""
+        return self._jobs("watch = ? AND state != 'gone'", (to_db(watch),))
 
     @_locked
-    def counts(self) -> dict[str, int]:
-        out = {s: 0 for s in STATES}
-        for row in self.db.execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state"):
+    def knows(self, under_path: str) -> bool:
+        """Whether any file at or below ``under_path`` is in the journal."""
+        where, params = under(under_path)
+        return self._x(f"SELECT 1 FROM jobs WHERE {where} LIMIT 1", params).fetchone() is not None
+
+    def daemon_running(self) -> bool:
+        """Whether a daemon holds this journal's lock now (``status`` asks; it never takes it)."""
+        lock = self.path.with_name(self.path.name + ".lock")
+        try:
+            fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    @_locked
+    def failures(self) -> list[Job]:
+        return self._jobs("state IN ('failed', 'quarantined')", ())
+
+    @_locked
+    def all(self) -> list[Job]:
+        return self._jobs("1", ())
+
+    @_locked
+    def counts(self) -> dict[State, int]:
+        out: dict[State, int] = {s: 0 for s in STATES}
+        for row in self._x("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state"):
             out[row["state"]] = row["n"]
         return out
 
     @_locked
     def done_since(self, since: float) -> tuple[int, float]:
-        row = self.db.execute("SELECT COUNT(*) AS n, COALESCE(SUM(seconds), 0) AS s FROM jobs"
-                              " WHERE state = 'done' AND finished >= ?", (since,)).fetchone()
+        """Files processed (not merely found current) since ``since`` (wall clock), and their seconds."""
+        row = self._x("SELECT COUNT(*) AS n, COALESCE(SUM(seconds), 0) AS s FROM jobs"
+                      " WHERE state = 'done' AND finished >= ? AND seconds > 0", (since,)).fetchone()
         return row["n"], row["s"]
 
     @_locked
     def set_meta(self, key: str, value: str) -> None:
-        self.db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = ?",
-                        (key, value, value))
+        self._x("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, value))
+        if key != "clock":
+            self._save_clock()
 
     @_locked
     def meta(self, key: str) -> str | None:
-        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        row = self._x("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row["value"] if row else None
 
     # --- a long document's finished pages, kept until the whole document is done ------------------
 
     @_locked
     def pages_get(self, path: str, sha256: str, key: str) -> dict[int, dict[str, Any]]:
-        rows = self.db.execute("SELECT page, data FROM pages WHERE path = ? AND sha256 = ? AND key = ?",
-                               (path, sha256, key))
+        rows = self._x("SELECT page, data FROM pages WHERE path = ? AND sha256 = ? AND key = ?",
+                       (to_db(path), sha256, key))
         return {row["page"]: json.loads(row["data"]) for row in rows}
 
     @_locked
     def pages_put(self, path: str, sha256: str, key: str, index: int, record: dict[str, Any]) -> None:
-        self.db.execute("INSERT OR REPLACE INTO pages (path, sha256, key, page, data) VALUES (?, ?, ?, ?, ?)",
-                        (path, sha256, key, index, json.dumps(record, ensure_ascii=False)))
+        self._x("INSERT OR REPLACE INTO pages (path, sha256, key, page, data) VALUES (?, ?, ?, ?, ?)",
+                (to_db(path), sha256, key, index, jsontext.dumps(record)))
 
     @_locked
     def pages_clear(self, path: str) -> None:
-        self.db.execute("DELETE FROM pages WHERE path = ?", (path,))
+        self._x("DELETE FROM pages WHERE path = ?", (to_db(path),))
 
-    def _tx(self):
+    # --- plumbing ------------------------------------------------------------------------------
+
+    def _x(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        if self.db is None:
+            raise JournalError(f"the journal {self.path} is closed")
+        try:
+            return self.db.execute(sql, params)
+        except sqlite3.OperationalError as exc:
+            if "readonly" in str(exc) or "disk I/O" in str(exc) or "full" in str(exc):
+                raise JournalError(self._explain(exc)) from None
+            raise
+
+    def _row(self, path: str) -> sqlite3.Row | None:
+        return self._x("SELECT * FROM jobs WHERE path = ?", (to_db(path),)).fetchone()
+
+    def _jobs(self, where: str, params: tuple[Any, ...]) -> list[Job]:
+        return [Job.from_row(r) for r in self._x(f"SELECT * FROM jobs WHERE {where} ORDER BY id", params)]
+
+    def _state(self, job_id: int) -> State:
+        row = self._x("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return row["state"] if row else "gone"
+
+    def _tx(self) -> "_Transaction":
+        assert self.db is not None
         return _Transaction(self.db)
 
 
 class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT: the lease's select-then-update happens atomically."""
+    """BEGIN IMMEDIATE ... COMMIT: a select-then-update happens atomically."""
 
     def __init__(self, db: sqlite3.Connection):
         self.db = db

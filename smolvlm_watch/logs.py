@@ -2,6 +2,9 @@
 
 stdlib loggers (transformers, torch, watchdog) go through the same renderer via
 ``ProcessorFormatter``; ``merge_contextvars`` carries the path and job id the worker binds.
+transformers installs a handler of its own that writes ``[transformers] ...`` straight to
+stderr and stops propagation; ``adopt_transformers`` undoes that, so not one stray line reaches
+a JSON log.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ import logging
 import sys
 
 import structlog
+
+from . import jsontext
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -26,7 +31,7 @@ def configure(level: str = "info", fmt: str = "auto", stream=None) -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     renderer = (structlog.dev.ConsoleRenderer(colors=getattr(stream, "isatty", lambda: False)())
-                if fmt == "console" else structlog.processors.JSONRenderer(ensure_ascii=False))
+                if fmt == "console" else structlog.processors.JSONRenderer(serializer=jsontext.dumps))
     structlog.configure(
         processors=shared + [structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
@@ -45,6 +50,19 @@ def configure(level: str = "info", fmt: str = "auto", stream=None) -> None:
     for noisy in ("watchdog", "PIL", "urllib3", "httpx", "filelock"):
         logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))
     logging.captureWarnings(True)
+    if "transformers" in sys.modules:
+        adopt_transformers()
+
+
+def adopt_transformers() -> None:
+    """Send transformers' log records to the root handler (ours) instead of its own stderr
+    handler. Called once transformers is imported: importing it here would cost every command
+    two seconds."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_default_handler()
+    hf_logging.enable_propagation()
+    hf_logging.disable_progress_bar()
 
 
 def get(name: str = "smolvlm_watch"):

@@ -13,19 +13,20 @@ import errno
 import os
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
+import structlog
+
 from .config import Config, DocumentConfig, OutputConfig, WatchConfig
-from .document import Document, is_document, page_media, page_record, pages_media, source_info
-from .media import MediaError, load, sha256_file
+from .media import Limits, MediaError, Opened, Sampling, open_media
+from .media.document import Document, page_media, page_record, pages_media
 from .plugins import Registry
-from .runtime import Runtime, fingerprint
-from .sidecar import SidecarError, SidecarRecord, Target, read_json
+from .engine import Engine, Interrupted, fingerprint
+from .sidecar import PENDING, SidecarError, SidecarRecord, Target, WriteSet, read_json
 from .tasks import Planned, plan, preprocess, run_tasks, run_tasks_many, skipped
-from .video import Sampling
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class FileResult:
     status: str  # done | skipped | failed
     error: str | None = None
     transient: bool = False
-    outputs: tuple[str, ...] = ()
+    outputs: dict[str, str] = field(default_factory=dict)  # the file's sidecar set, name -> sha256
     seconds: float = 0.0
     tasks_run: tuple[str, ...] = ()
     sha256: str | None = None
@@ -42,32 +43,59 @@ class FileResult:
 
 
 @dataclass(frozen=True)
+class FileJob:
+    """A file to process, with the watch whose settings apply. ``sha256``: its content hash when
+    the caller computed it already (the daemon's rename check), so it is not hashed again."""
+
+    path: Path
+    watch: WatchConfig
+    force: bool = False
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
 class Prepared:
     """A file ready for the model: what to run, where results go, and the decoded media
-    (None for a document, whose pages are rendered as they are needed)."""
+    (None for a document, whose pages are rendered from ``opened`` as they are needed)."""
 
     path: Path
     watch: WatchConfig
     target: Target
     todo: list[Planned]
-    kept_from: dict[str, Any] | None
+    kept_from: dict[str, Any] | None  # the sidecar whose results are kept (same content)
     media: Any
     start: float
     sha256: str
     main: list[Planned]  # the tasks that run on ``media``
     extra: tuple[tuple[list[Planned], Any], ...] = ()  # tasks with their own video sampling, and their media
+    opened: Opened | None = None  # a document's input, open until its pages are done
+    existing: dict[str, Any] | None = None  # our sidecar as found, whatever content it describes
+
+
+TRANSIENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EAGAIN, errno.EBUSY, errno.EIO, errno.ENOMEM)
 
 
 def _guarded(path: Path, start: float, step: Callable[[], Any]) -> Any:
-    """Run one file's step; its expected failures become that file's FileResult."""
+    """Run one file's step; its failures become that file's FileResult, never its neighbours'.
+    Expected ones say what happened; anything else (a bug, a decoder raising what it should
+    not) is an internal error, retried and then quarantined, with its traceback in the log."""
     try:
         return step()
+    except Interrupted:
+        raise
     except MediaError as exc:
         return FileResult(str(path), "failed", exc.reason, transient=exc.transient,
                           seconds=time.perf_counter() - start)
     except (SidecarError, OSError) as exc:
-        transient = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EAGAIN, errno.EBUSY)
+        transient = isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS
         return FileResult(str(path), "failed", str(exc), transient=transient, seconds=time.perf_counter() - start)
+    except Exception as exc:  # noqa: BLE001 - one file's trouble is that file's failure
+        log.exception("file_crashed", path=str(path), error=str(exc))
+        return FileResult(str(path), "failed", f"internal error: {type(exc).__name__}: {exc}", transient=True,
+                          seconds=time.perf_counter() - start)
+
+
+log = structlog.get_logger("smolvlm_watch.pipeline")
 
 
 class PageStore(Protocol):
@@ -81,10 +109,13 @@ class PageStore(Protocol):
 class Pipeline:
     """Processes files with one shared runtime and the registered tasks and writers."""
 
-    def __init__(self, config: Config, registry: Registry, runtime: Runtime):
+    def __init__(self, config: Config, registry: Registry, runtime: Engine):
         self.config = config
         self.registry = registry
         self.runtime = runtime
+        self.limits = Limits(max_pixels=config.media.max_pixels, max_bytes=config.media.max_bytes,
+                             dpi=config.document.dpi, max_pages=config.document.max_pages,
+                             max_page_pixels=config.document.max_page_pixels)
         self.on_page: Callable[[str, int, int], None] | None = None  # progress: (path, done, total)
 
     def planned(self, watch: WatchConfig) -> list[Planned]:
@@ -117,12 +148,11 @@ class Pipeline:
             return prepared
         return self.run([prepared], pages)[0]
 
-    def process_many(self, jobs: Iterable[tuple[Path, WatchConfig, bool] | tuple[Path, WatchConfig, bool, str | None]],
-                     pages: PageStore | None = None,
+    def process_many(self, jobs: Iterable[FileJob], pages: PageStore | None = None,
                      on_batch: Callable[[list[Path]], None] | None = None,
-                     stop: Callable[[], bool] | None = None) -> Iterator[FileResult]:
-        """Process ``(path, watch, force[, sha256])`` jobs in order while the next ones are read and
-        decoded in the background (a known content hash spares hashing the file again).
+                     stop: Callable[[], bool] | None = None) -> Iterator[tuple[FileJob, FileResult]]:
+        """Process jobs in order while the next ones are read and decoded in the background (a
+        job's known content hash spares hashing the file again); yields each job with its result.
 
         At most ``prefetch()`` decoded files wait ahead of the model (memory stays bounded
         whatever the folder's size), and the ones already decoded when the model is free are run
@@ -130,32 +160,37 @@ class Pipeline:
         still being decoded, beyond the first, and ``jobs`` is only asked for more when there is
         room: a live file is not held back for a full batch. ``on_batch`` hears which files run
         next; once ``stop()`` is true no further batch starts (the jobs taken but not run are the
-        caller's to give back)."""
+        caller's to give back). The prefetch threads are not waited for on the way out: one stuck
+        in a decoder must not hold the caller."""
         jobs = iter(jobs)
-        window: deque = deque()
-        threads = max(2, (os.cpu_count() or 2) // 2)
-        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="prefetch") as pool:
-            def refill() -> None:
-                while len(window) < self.prefetch():
-                    job = next(jobs, None)
-                    if job is None:
-                        return
-                    # the prefetch thread logs with the job's context (path, job id) as the caller bound it
-                    window.append(pool.submit(contextvars.copy_context().run, self.prepare, *job))
+        window: deque[tuple[FileJob, Future[Prepared | FileResult]]] = deque()
+        pool = ThreadPoolExecutor(max_workers=max(2, (os.cpu_count() or 2) // 2), thread_name_prefix="prefetch")
 
+        def refill() -> None:
+            while len(window) < self.prefetch():
+                job = next(jobs, None)
+                if job is None:
+                    return
+                # the prefetch thread logs with the job's context (path, job id) as the caller bound it
+                window.append((job, pool.submit(contextvars.copy_context().run, self.prepare, job.path, job.watch,
+                                                job.force, job.sha256)))
+
+        try:
             refill()
             while window and not (stop and stop()):
-                ready = [window.popleft().result()]
-                while window and window[0].done() and len(ready) < self.runtime.max_batch():
-                    ready.append(window.popleft().result())
+                ready = [_take(window.popleft())]
+                while window and window[0][1].done() and len(ready) < self.runtime.max_batch():
+                    ready.append(_take(window.popleft()))
                 refill()
                 if on_batch:
-                    on_batch([Path(r.path) for r in ready])
-                ran = iter(self.run([r for r in ready if isinstance(r, Prepared)], pages))
-                for r in ready:
-                    yield r if isinstance(r, FileResult) else next(ran)
-            for future in window:
-                future.cancel()
+                    on_batch([job.path for job, _ in ready])
+                ran = iter(self.run([r for _, r in ready if isinstance(r, Prepared)], pages))
+                for job, r in ready:
+                    yield job, r if isinstance(r, FileResult) else next(ran)
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+            for _, future in window:
+                future.add_done_callback(_close_unused)
 
     def prefetch(self) -> int:
         """Files decoded ahead of the model: ``runtime.prefetch``, else enough to fill a batch (4
@@ -178,33 +213,44 @@ class Pipeline:
         existing = read_json(target.json_path) if "json" in watch.outputs else None
         if existing is not None and output.policy == "skip" and not force:
             return FileResult(str(path), "skipped", seconds=time.perf_counter() - start)
+        opened = open_media(path, self.limits, sha)
         try:
-            sha = sha or sha256_file(path)
-        except FileNotFoundError:
-            raise MediaError(path, "file vanished before it could be read") from None
-        same_content = existing is not None and (existing.get("source") or {}).get("sha256") == sha
+            prepared = self._decode(opened, path, watch, force, target, existing, start)
+        except BaseException:
+            opened.close()
+            raise
+        if not isinstance(prepared, Prepared) or prepared.opened is None:
+            opened.close()
+        return prepared
+
+    def _decode(self, opened: Opened, path: Path, watch: WatchConfig, force: bool, target: Target,
+                existing: dict[str, Any] | None, start: float) -> "Prepared | FileResult":
+        sha = opened.sha256
+        # an unfinished write set (a crash mid-commit) is redone whole
+        same_content = (existing is not None and PENDING not in existing
+                        and (existing.get("source") or {}).get("sha256") == sha)
         planned = self.planned(watch)
         todo = planned if force or not same_content else [p for p in planned if not _current(existing, p)]
-        if not todo:
-            return FileResult(str(path), "skipped", seconds=time.perf_counter() - start, sha256=sha)
+        if not todo:  # results current: the set is rendered again from them, no model run
+            assert existing is not None
+            moved = {"path": str(path), "size": opened.stat.st_size, "mtime": opened.stat.st_mtime}
+            outputs = self._write(SidecarRecord.from_doc(existing, moved), target, existing, watch)
+            return FileResult(str(path), "skipped", seconds=time.perf_counter() - start, sha256=sha, outputs=outputs)
         kept = existing if same_content else None
-        if is_document(path, _head(path)):  # documents render their pages as the model needs them
-            return Prepared(path, watch, target, todo, kept, None, start, sha, todo)
-        media = self._load(path, self.sampling(watch), sha)
-        if media.kind != "video":
+        if opened.kind == "document":  # documents render their pages as the model needs them
+            return Prepared(path, watch, target, todo, kept, None, start, sha, todo, opened=opened, existing=existing)
+        if opened.kind == "image":
+            media = opened.image(self.limits)
             if self.runtime.prepares_ahead:
                 preprocess(media, todo, self.runtime)
-            return Prepared(path, watch, target, todo, kept, media, start, sha, todo)
+            return Prepared(path, watch, target, todo, kept, media, start, sha, todo, existing=existing)
         own: dict[Sampling, list[Planned]] = {}
         for p in todo:
             own.setdefault(self.sampling(watch, p.video), []).append(p)
         main = own.pop(self.sampling(watch), [])
-        extra = tuple((tasks, self._load(path, sampling, sha)) for sampling, tasks in own.items())
-        return Prepared(path, watch, target, todo, kept, media, start, sha, main, extra)
-
-    def _load(self, path: Path, sampling: Sampling, sha256: str):
-        return load(path, max_pixels=self.config.media.max_pixels, max_bytes=self.config.media.max_bytes,
-                    sampling=sampling, sha256=sha256)
+        media = opened.video(self.sampling(watch))
+        extra = tuple((tasks, opened.video(sampling)) for sampling, tasks in own.items())
+        return Prepared(path, watch, target, todo, kept, media, start, sha, main, extra, existing=existing)
 
     def run(self, items: list["Prepared"], pages: PageStore | None = None) -> list[FileResult]:
         """Run prepared files; files with the same tasks share one runtime call."""
@@ -224,26 +270,25 @@ class Pipeline:
                     for o in run_tasks(media, tasks, self.runtime):
                         data[o.name] = {**o.data, "video": media.sidecar_extra.get("video")}
                 results[i] = _guarded(item.path, item.start, lambda item=item, data=data: self._finish(
-                    item.path, item.watch, item.todo, data, item.media.info.as_dict(),
-                    dict(item.media.sidecar_extra), item.kept_from, item.target, item.start))
+                    item, data, item.media.info.as_dict(), dict(item.media.sidecar_extra)))
         return [results[i] for i in range(len(items))]
 
-    def _finish(self, path: Path, watch: WatchConfig, todo: list[Planned], outcomes: dict[str, dict],
-                source: dict[str, Any], extra: dict[str, Any], kept_from: dict[str, Any] | None, target: Target,
-                start: float, page_errors: list[str] | None = None) -> FileResult:
+    def _finish(self, item: Prepared, outcomes: dict[str, dict], source: dict[str, Any], extra: dict[str, Any],
+                page_errors: list[str] | None = None) -> FileResult:
         """Merge with the kept results, write every output, and say how it went."""
-        kept = dict(kept_from["tasks"]) if kept_from and watch.output.policy == "merge" else {}
+        watch = item.watch
+        kept = dict(item.kept_from["tasks"]) if item.kept_from and watch.output.policy == "merge" else {}
         record = SidecarRecord(source=source, model=self.runtime.info().as_dict(), tasks={**kept, **outcomes},
                                extra=extra)
-        written = self._write(record, target, kept_from, watch)
+        written = self._write(record, item.target, item.existing, watch)
         errors = [f"{name}: {data['error']}" for name, data in outcomes.items() if "error" in data]
         # A task error (out of memory, a flaky plugin) may pass next time: retried, then quarantined.
         # A page that cannot be rendered will not render next time either.
         return FileResult(
-            str(path), "failed" if errors or page_errors else "done",
+            str(item.path), "failed" if errors or page_errors else "done",
             "; ".join(errors + (page_errors or [])) or None, transient=bool(errors),
-            outputs=tuple(str(p) for p in written), seconds=time.perf_counter() - start,
-            tasks_run=tuple(p.task.name for p in todo), sha256=source["sha256"],
+            outputs=written, seconds=time.perf_counter() - item.start,
+            tasks_run=tuple(p.task.name for p in item.todo), sha256=source["sha256"],
         )
 
     def _document(self, item: Prepared, store: PageStore | None) -> FileResult:
@@ -251,51 +296,58 @@ class Pipeline:
         as needed), the others on the first page, every page, or the first pages at once."""
         path = item.path
         cfg = self.config.document
-        doc = Document(path, cfg)
+        assert item.opened is not None
         try:
-            info = source_info(path, doc, item.sha256)
-            runner = _DocumentRun(self, doc, info, store, self.on_page)
-            outcomes = runner.run(item.todo, cfg)
+            doc = item.opened.document(self.limits)
+            try:
+                info = doc.source_info(item.opened.stat, item.sha256)
+                runner = _DocumentRun(self, doc, info, store, self.on_page)
+                outcomes = runner.run(item.todo, cfg)
+            finally:
+                doc.close()
         finally:
-            doc.close()
+            item.opened.close()
         first = runner.pages[0] if runner.pages else {}
         source = {**info.as_dict(), "pages": doc.page_count, "width": first.get("width", 0),
                   "height": first.get("height", 0)}
         errors = [f"page {p['page']}: {p['error']}" for p in runner.pages if "error" in p]
-        result = self._finish(path, item.watch, item.todo, outcomes, source, {"pages": runner.pages}, item.kept_from,
-                              item.target, item.start, errors)
+        result = self._finish(item, outcomes, source, {"pages": runner.pages}, errors)
         if store is not None:
             store.pages_clear(str(path))
         return replace(result, pages_resumed=runner.resumed)
 
     def _write(self, record: SidecarRecord, target: Target, existing: dict[str, Any] | None,
-               watch: WatchConfig) -> list[Path]:
-        """Every writer but ``json`` first; then the JSON sidecar, recording what they wrote."""
-        target = Target(media=target.media, folder=target.folder, output=target.output,
-                        previous_outputs=dict((existing or {}).get("outputs") or {}))
+               watch: WatchConfig) -> dict[str, str]:
+        """Every writer stages its files, ``json`` last so it records what the others wrote; then
+        they are committed as one write set over what ``existing`` (our sidecar as found) says
+        we wrote before."""
+        target = replace(target, writes=WriteSet.after(existing))
         written: dict[Path, str] = {}
         names = [n for n in watch.outputs if n != "json"] + [n for n in watch.outputs if n == "json"]
         for name in names:
-            writer = self.registry.writers[name].obj
             if name == "json":
-                record = SidecarRecord(source=record.source, model=record.model, tasks=record.tasks,
-                                       created=record.created, extra=record.extra,
-                                       outputs={p.name: h for p, h in written.items()})
-            written.update(writer.write(record, target))
-        return list(written)
+                record = replace(record, outputs={p.name: h for p, h in written.items()})
+            written.update(self.registry.writers[name].obj.write(record, target))
+        json_path = target.json_path if "json" in watch.outputs else None
+        return target.writes.commit(json_path, existing or record.stub())
+
+
+def _take(entry: tuple[FileJob, "Future[Prepared | FileResult]"]) -> tuple[FileJob, "Prepared | FileResult"]:
+    job, future = entry
+    return job, future.result()
+
+
+def _close_unused(future: "Future[Prepared | FileResult]") -> None:
+    """A file decoded ahead but never run (a stop came first): its input is closed."""
+    if not future.cancelled() and future.exception() is None:
+        result = future.result()
+        if isinstance(result, Prepared) and result.opened is not None:
+            result.opened.close()
 
 
 def _current(existing: dict[str, Any], p: Planned) -> bool:
     entry = (existing.get("tasks") or {}).get(p.task.name) or {}
     return entry.get("fingerprint") == p.fingerprint and "error" not in entry
-
-
-def _head(path: Path) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read(16)
-    except OSError:
-        return b""
 
 
 class _DocumentRun:
@@ -322,7 +374,7 @@ class _DocumentRun:
 
     def _pages(self, per_page: list[Planned]) -> None:
         n, path = self.doc.page_count, self.info.path
-        key = fingerprint(sorted(p.fingerprint for p in per_page), self.doc.settings.dpi)
+        key = fingerprint(sorted(p.fingerprint for p in per_page), self.doc.limits.dpi)
         saved = self.store.pages_get(path, self.info.sha256, key) if self.store else {}
         records: dict[int, dict[str, Any]] = dict(saved)
         self.resumed = len(saved)

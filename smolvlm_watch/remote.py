@@ -13,6 +13,7 @@ import base64
 import io
 import os
 import random
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
@@ -21,7 +22,7 @@ import httpx
 from PIL import Image
 
 from .config import ModelConfig, RuntimeConfig
-from .runtime import Answer, InferenceError, ModelInfo, ModelLoadError, Request
+from .engine import Answer, InferenceError, Interrupted, ModelInfo, ModelLoadError, Request
 
 RETRIES = 6
 BACKOFF_BASE = 1.0
@@ -37,7 +38,7 @@ def data_url(image: Image.Image) -> str:
 
 def to_openai(request: Request) -> list[dict[str, Any]]:
     """transformers-style messages (image/video placeholders) as OpenAI chat messages."""
-    from .video import timestamp_label
+    from .media.video import timestamp_label
 
     images = iter(request.images)
     out = []
@@ -70,6 +71,7 @@ class RemoteRuntime:
         self.prepares_ahead = False  # nothing to prepare: the server resizes and tiles images itself
         self._client: httpx.Client | None = None
         self._pool = ThreadPoolExecutor(max_workers=model.concurrency, thread_name_prefix="remote")
+        self._cancelled = threading.Event()
 
     @property
     def loaded(self) -> bool:
@@ -98,7 +100,17 @@ class RemoteRuntime:
 
     def generate(self, requests: Sequence[Request]) -> list[Answer]:
         self.load()
-        return list(self._pool.map(self._one, requests))
+        answers = list(self._pool.map(self._one, requests))
+        if self._cancelled.is_set():
+            raise Interrupted("the remote backend was stopped while answering")
+        return answers
+
+    def cancel(self) -> None:
+        """No new request or retry starts; requests in flight end with their timeout."""
+        self._cancelled.set()
+
+    def preprocess(self, requests: Sequence[Request]) -> None:
+        """Nothing to prepare ahead: the server resizes and tiles the images itself."""
 
     def _one(self, request: Request) -> Answer:
         body = {"model": self.config.name, "messages": to_openai(request),
@@ -106,6 +118,8 @@ class RemoteRuntime:
         start = time.perf_counter()
         last = ""
         for attempt in range(RETRIES):
+            if self._cancelled.is_set():
+                return Answer(text="", error=InferenceError("cancelled: the daemon is stopping"))
             try:
                 response = self._client.post("/chat/completions", json=body)
             except httpx.TransportError as exc:

@@ -8,8 +8,6 @@ same answers as one request at a time, so batching is invisible outside this mod
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import socket
 import threading
@@ -21,53 +19,12 @@ from urllib.parse import urlparse
 
 from PIL import Image
 
+from . import logs
 from .config import ImageSettings, ModelConfig, RuntimeConfig
+from .engine import (Answer, InferenceError, Interrupted, ModelInfo, ModelLoadError, Request)
 
 
 GPU_TILES_PER_PASS = 64  # vision tower tiles per forward on a GPU (13 per 1024x768 photo)
-
-
-class ModelLoadError(Exception):
-    """The model could not be loaded; the message says which, why, and how to fix it."""
-
-
-class InferenceError(Exception):
-    """A request failed in the model (out of memory, a shape the model rejects)."""
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    """How to decode: greedy, bounded, with a loop guard so a degenerate answer ends."""
-
-    max_new_tokens: int = 256
-    min_new_tokens: int | None = None
-    loop_guard: bool = True
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"max_new_tokens": self.max_new_tokens, "min_new_tokens": self.min_new_tokens,
-                "do_sample": False, "loop_guard": self.loop_guard}
-
-
-@dataclass(frozen=True)
-class Request:
-    """One question about one or more images: a chat conversation in transformers' format whose
-    image items stand for ``images`` in order."""
-
-    images: tuple[Image.Image, ...]
-    messages: tuple[dict[str, Any], ...]
-    generation: GenerationSettings = GenerationSettings()
-    image: ImageSettings = ImageSettings()
-    video: Any = None  # a video.Clip: its frames and timestamps stand for the conversation's video item
-
-
-@dataclass(frozen=True)
-class Answer:
-    text: str
-    token_ids: tuple[int, ...] = ()
-    prompt_tokens: int = 0
-    seconds: float = 0.0
-    error: InferenceError | None = None
-    new_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -77,37 +34,6 @@ class Pixels:
     pixel_values: Any  # (tiles, 3, H, W) in the model's dtype
     pixel_attention_mask: Any  # (tiles, H, W)
     replacements: tuple[str, ...]  # per image: its image tokens, as the processor writes them
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the sidecar's ``model`` records."""
-
-    id: str
-    revision: str | None
-    dtype: str | None
-    device: str | None
-    backend: str = "transformers"
-    endpoint: str | None = None  # the remote backend's base URL
-
-    def as_dict(self) -> dict[str, Any]:
-        out = {"id": self.id, "revision": self.revision, "dtype": self.dtype, "device": self.device,
-               "backend": self.backend}
-        if self.endpoint:
-            out["endpoint"] = self.endpoint
-        return out
-
-
-def question(prompt: str, images: int = 1, video: bool = False) -> tuple[dict[str, Any], ...]:
-    """The user turn SmolVLM2 is trained on: the images (or the video) first, then the text."""
-    media = [{"type": "video"}] if video else [{"type": "image"} for _ in range(images)]
-    return ({"role": "user", "content": media + [{"type": "text", "text": prompt}]},)
-
-
-def fingerprint(*parts: Any) -> str:
-    """A short stable hash of settings; equal fingerprints mean an equal result would be computed."""
-    blob = json.dumps(parts, sort_keys=True, default=str, ensure_ascii=False)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
 class LoopGuard:
@@ -138,6 +64,18 @@ class LoopGuard:
         return done
 
 
+class Cancelled:
+    """A StoppingCriteria that ends every sequence once ``event`` is set (see ``Runtime.cancel``)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
 class Runtime:
     """Owns the processor and model. Thread-safe to call, but meant for one worker thread."""
 
@@ -154,6 +92,7 @@ class Runtime:
         self._pixels: dict[tuple, Pixels] = {}  # see pixels(): entries leave with their images
         self._pixels_lock = threading.Lock()
         self._gpu_batch: int | None = None
+        self._cancelled = threading.Event()
 
     @property
     def loaded(self) -> bool:
@@ -199,9 +138,8 @@ class Runtime:
     def _load(self) -> None:
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
-        from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()
+        logs.adopt_transformers()
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
         device, dtype = self._pick_device(), self._pick_dtype_name()
@@ -358,6 +296,12 @@ class Runtime:
             self._gpu_batch = batch_for_memory(free, self.model.config.get_text_config(), self.model.dtype.itemsize)
         return self._gpu_batch
 
+    def cancel(self) -> None:
+        """Stop what runs now at its next token, and refuse further work: the daemon is stopping
+        and a long answer must not hold it past its grace period. ``generate`` raises
+        ``Interrupted`` instead of returning cut-short answers."""
+        self._cancelled.set()
+
     def generate(self, requests: Sequence[Request]) -> list[Answer]:
         """Answer every request; a request that fails gets an Answer with ``error``, never an
         exception, so one bad input cannot take its batch-mates down with it."""
@@ -367,8 +311,12 @@ class Runtime:
         answers: list[Answer | None] = [None] * len(requests)
         features: dict[tuple, Any] = {}  # per image set, for this call: a split group is still encoded once
         for batch in self._plan(requests):
+            if self._cancelled.is_set():
+                raise Interrupted("the model was stopped before these requests were answered")
             for index, answer in zip(batch, self._run_batch([requests[i] for i in batch], features)):
                 answers[index] = answer
+        if self._cancelled.is_set():
+            raise Interrupted("the model was stopped while answering")
         return [a for a in answers if a is not None]
 
     def _plan(self, requests: Sequence[Request]) -> list[list[int]]:
@@ -456,7 +404,7 @@ class Runtime:
         out = self.model.model(input_ids=prefix_ids, attention_mask=prefix_mask,
                                mm_encoder_outputs={"image": BaseModelOutputWithPooling(
                                    pooler_output=[image_features[o] for o in slot])}, use_cache=True)
-        cache = out.past_key_values
+        cache = out.cache
         index = torch.tensor([slot[owner] for owner, _ in shares], device=self.device)
         for layer in cache.layers:
             layer.batch_select_indices(index)
@@ -465,7 +413,7 @@ class Runtime:
         self.prefill_tokens += sum(lengths.values()) + int(suffix_mask.sum())
         return {"input_ids": torch.cat([prefix_ids[index], suffix_ids], dim=1),
                 "attention_mask": torch.cat([prefix_mask[index], suffix_mask], dim=1),
-                "past_key_values": cache}
+                "cache": cache}
 
     def _compiled_decoding(self, model_inputs: dict[str, Any], length: int) -> dict[str, Any]:
         """``runtime.compile``: decode into a static KV cache, whose fixed shapes let generate
@@ -476,13 +424,13 @@ class Runtime:
 
         compile_config = CompileConfig()
         compile_config._compile_all_devices = self.device != "cuda"  # asked for: compile on CPU too
-        prefix = model_inputs.get("past_key_values")
+        prefix = model_inputs.get("cache")
         if prefix is None:
             return {"cache_implementation": "static", "compile_config": compile_config}
         static = StaticCache(config=self.model.config, max_cache_len=-(-length // 256) * 256)
         for i, layer in enumerate(prefix.layers):
             static.update(layer.keys, layer.values, i)
-        model_inputs["past_key_values"] = static
+        model_inputs["cache"] = static
         return {"compile_config": compile_config}
 
     def _generate(self, batch: list[Request], features: dict[tuple, Any]) -> list[Answer]:
@@ -504,8 +452,10 @@ class Runtime:
                                           do_sample=False)
             if gen.min_new_tokens:
                 kwargs["min_new_tokens"] = gen.min_new_tokens
+            criteria: list[Any] = [Cancelled(self._cancelled)]
             if gen.loop_guard:
-                kwargs["stopping_criteria"] = StoppingCriteriaList([LoopGuard(prompt_len)])
+                criteria.append(LoopGuard(prompt_len))
+            kwargs["stopping_criteria"] = StoppingCriteriaList(criteria)
             if self.runtime_config.compile:
                 kwargs.update(self._compiled_decoding(model_inputs, prompt_len + kwargs["max_new_tokens"]))
             out = self.model.generate(**model_inputs, **kwargs)

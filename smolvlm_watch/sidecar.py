@@ -4,6 +4,14 @@ Every write is atomic (a temp file in the same folder, fsync, ``os.replace``), s
 either the old file or the new one, never half of one. A file smolvlm-watch did not write is never
 overwritten: the JSON sidecar records the hash of every file a run wrote, and a writer refuses a
 target that exists without such a record.
+
+One run's files are a write set, committed so that a crash between any two renames leaves a
+state the next run recognises as its own (``WriteSet.commit``): writers only stage their files;
+then, when a file other than the JSON changes, the JSON is first rewritten to list, under
+``pending_outputs``, every hash each name may hold until the set is done; then the other files
+are written (and outputs this run no longer produces, still holding our bytes, are removed); the
+final JSON comes last. A sidecar that still carries ``pending_outputs`` marks an unfinished set:
+the next run redoes the file.
 """
 
 from __future__ import annotations
@@ -11,17 +19,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import tempfile
+import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from . import jsontext
 from .config import OutputConfig
 
 SCHEMA = 1
 GENERATOR = "smolvlm-watch"
 TEMP_PREFIX = ".smolvlm-tmp-"
+PENDING = "pending_outputs"  # in a JSON sidecar: a write set that did not finish (see WriteSet)
 
 
 class SidecarError(Exception):
@@ -29,9 +42,19 @@ class SidecarError(Exception):
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old or the new file, never a mix."""
+    """Write ``data`` to ``path`` so that readers see the old or the new file, never a mix. An
+    OSError names the file (a bare "No space left on device" helps nobody)."""
+    try:
+        _atomic_write(path, data)
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        raise OSError(exc.errno, f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -49,6 +72,62 @@ def atomic_write(path: Path, data: bytes) -> None:
             pass
         raise
     _fsync_dir(path.parent)
+
+
+STALE_TEMP_SECONDS = 60.0
+
+
+def sweep_temp(folder: Path, now: float | None = None) -> list[Path]:
+    """Remove the temp files of writes that will never finish: their writer (named in the file
+    name) is dead, or they are older than a minute (a writer on another machine sharing the
+    folder is not ours to judge sooner). Returns what was removed."""
+    now = time.time() if now is None else now
+    removed = []
+    try:
+        entries = [e for e in os.scandir(folder) if e.name.startswith(TEMP_PREFIX)]
+    except OSError:
+        return []
+    for entry in entries:
+        try:
+            age = now - entry.stat(follow_symlinks=False).st_mtime
+        except OSError:
+            continue
+        if age > STALE_TEMP_SECONDS or _writer_gone(entry.name):
+            try:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+            except OSError:
+                continue
+    return removed
+
+
+def _writer_gone(name: str) -> bool:
+    """The temp file's writer (``.smolvlm-tmp-PID-...``) is no longer running. A name without a
+    pid (written before pids were recorded) is left to its age."""
+    pid = name[len(TEMP_PREFIX):].split("-")[0]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+_swept: set[Path] = set()
+_swept_lock = threading.Lock()
+
+
+def sweep_once(folder: Path) -> None:
+    """``sweep_temp`` the first time this process writes into ``folder`` (a `process` run after
+    a kill cleans up after it; the daemon's scans sweep every folder anyway)."""
+    with _swept_lock:
+        if folder in _swept:
+            return
+        _swept.add(folder)
+    sweep_temp(folder)
 
 
 def _umask() -> int:
@@ -74,6 +153,9 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+_CORE = ("schema", "generator", "source", "model", "tasks", "created", "outputs", PENDING)
+
+
 @dataclass(frozen=True)
 class SidecarRecord:
     """Everything known about one processed file; the JSON sidecar is its direct rendering."""
@@ -93,6 +175,19 @@ class SidecarRecord:
             doc["outputs"] = self.outputs
         return doc
 
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any], source: dict[str, Any]) -> "SidecarRecord":
+        """The record a sidecar holds, with ``source`` fields brought up to date (a file moved
+        along with its sidecars keeps its results, under its new path)."""
+        extra = {k: v for k, v in doc.items() if k not in _CORE}
+        return cls(source={**(doc.get("source") or {}), **source}, model=doc.get("model") or {},
+                   tasks=dict(doc.get("tasks") or {}), created=doc.get("created") or "", extra=extra)
+
+    def stub(self) -> dict[str, Any]:
+        """The sidecar of a file with no results yet: what an unfinished first write set's
+        intent is written over."""
+        return SidecarRecord(source=self.source, model=self.model, tasks={}, created=self.created).as_json()
+
     def result(self, task: str) -> Any:
         """A task's result, or None when it did not run or failed."""
         entry = self.tasks.get(task) or {}
@@ -100,17 +195,110 @@ class SidecarRecord:
 
 
 def render_json(record: SidecarRecord) -> bytes:
-    return (json.dumps(record.as_json(), ensure_ascii=False, indent=2) + "\n").encode("utf-8")
+    return render_doc(record.as_json())
+
+
+def render_doc(doc: dict[str, Any]) -> bytes:
+    """A sidecar document as UTF-8 JSON (non-ASCII text stays readable, not ``\\u`` escapes)."""
+    return (jsontext.dumps(doc, indent=2) + "\n").encode("utf-8")
+
+
+class WriteSet:
+    """The files one run stages for one input, committed in an order a crash cannot corrupt
+    (see the module's docstring). ``previous`` holds, per file name, the hashes of our own
+    bytes that may be there now: what the JSON sidecar recorded, plus an unfinished set's."""
+
+    def __init__(self, previous: dict[str, set[str]] | None = None):
+        self.previous = previous or {}
+        self.staged: dict[Path, bytes] = {}
+
+    @classmethod
+    def after(cls, doc: dict[str, Any] | None) -> "WriteSet":
+        """A write set replacing what the sidecar ``doc`` (ours, or None) says we wrote."""
+        previous: dict[str, set[str]] = {}
+        for name, digest in ((doc or {}).get("outputs") or {}).items():
+            previous.setdefault(name, set()).add(digest)
+        for name, digests in ((doc or {}).get(PENDING) or {}).items():
+            previous.setdefault(name, set()).update(digests)
+        return cls(previous)
+
+    def owned(self, path: Path) -> bool:
+        """True when ``path`` is absent, or holds bytes an earlier run of ours wrote there."""
+        return not os.path.lexists(path) or self._ours(path)
+
+    def stage(self, path: Path, data: bytes) -> str:
+        self.staged[path] = data
+        return sha256_bytes(data)
+
+    def commit(self, json_path: Path | None, base: dict[str, Any]) -> dict[str, str]:
+        """Write the staged files. ``json_path``: the JSON sidecar among them (None when the
+        watch writes none: then nothing records an unfinished set); ``base``: the sidecar the
+        intent is written over (the existing one, or a stub). Returns the set, name -> sha256."""
+        written = {p.name: sha256_bytes(d) for p, d in self.staged.items()}
+        for folder in {p.parent for p in self.staged}:
+            sweep_once(folder)
+        final = self.staged.pop(json_path, None) if json_path is not None else None
+        changed = {p: d for p, d in self.staged.items() if not _holds(p, d)}
+        removed = [json_path.parent / name for name in self._stale(json_path)] if json_path else []
+        if json_path is not None and (changed or removed):
+            pending = {p.name: sorted(self.previous.get(p.name, set()) | {sha256_bytes(d)}) for p, d in changed.items()}
+            pending.update({p.name: sorted(self.previous.get(p.name, ())) for p in removed})
+            atomic_write(json_path, render_doc({**base, PENDING: pending}))
+        for path, data in changed.items():
+            atomic_write(path, data)
+        for path in removed:
+            path.unlink(missing_ok=True)
+        if final is not None:
+            atomic_write(json_path, final)  # type: ignore[arg-type]
+        return written
+
+    def _stale(self, json_path: Path) -> list[str]:
+        """Outputs an earlier run wrote beside ``json_path`` that this run does not write, still
+        holding our bytes (a person's edit is left alone): removed, so no sidecar describes an
+        older version of the file."""
+        staged = {p.name for p in self.staged} | {json_path.name}
+        return [name for name in sorted(self.previous)
+                if name not in staged and self._ours(json_path.parent / name)]
+
+    def _ours(self, path: Path) -> bool:
+        try:
+            return sha256_bytes(read_regular(path)) in self.previous.get(path.name, ())
+        except (FileNotFoundError, SidecarError):
+            return False
+
+
+def _holds(path: Path, data: bytes) -> bool:
+    """Whether ``path`` already holds exactly ``data`` (then it is not rewritten)."""
+    try:
+        return read_regular(path) == data
+    except (FileNotFoundError, SidecarError):
+        return False
+
+
+def read_regular(path: Path) -> bytes:
+    """A sidecar-side file's bytes; SidecarError for anything but a regular file (a FIFO at a
+    sidecar's name must not block the worker)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise SidecarError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise SidecarError(f"{path} exists and is not a regular file; it is left alone: move it away")
+        return f.read()
 
 
 @dataclass(frozen=True)
 class Target:
-    """Where one input's sidecars go, and which files the previous run wrote (name → sha256)."""
+    """Where one input's sidecars go; writers stage their files through it (``write_text``,
+    ``write_bytes``), and the pipeline commits them as one write set."""
 
     media: Path
     folder: Path
     output: OutputConfig
-    previous_outputs: dict[str, str] = field(default_factory=dict)
+    writes: WriteSet = field(default_factory=WriteSet, compare=False)
 
     @classmethod
     def for_media(cls, media: Path, output: OutputConfig, watch_root: Path | None = None) -> "Target":
@@ -134,30 +322,28 @@ class Target:
         return self.path(self.output.json_suffix)
 
     def owned(self, path: Path) -> bool:
-        """True when ``path`` is absent, or is exactly what an earlier run of ours wrote there."""
-        if not path.exists():
-            return True
-        recorded = self.previous_outputs.get(path.name)
-        return recorded is not None and recorded == sha256_bytes(path.read_bytes())
+        """True when ``path`` is absent, or holds bytes an earlier run of ours wrote there."""
+        return self.writes.owned(path)
 
     def write_text(self, path: Path, text: str) -> str:
-        """Atomically write ``text`` (UTF-8) unless a foreign file is there; returns its sha256."""
+        """Stage ``text`` (UTF-8) for ``path`` unless a foreign file is there; returns its sha256."""
         if not self.owned(path):
             raise SidecarError(f"{path} exists and was not written by smolvlm-watch (or was edited since); "
                                "it is left alone: move it away, or choose another suffix in the config")
-        data = text.encode("utf-8")
-        atomic_write(path, data)
-        return sha256_bytes(data)
+        return self.writes.stage(path, text.encode("utf-8"))
+
+    def write_bytes(self, path: Path, data: bytes) -> str:
+        """Stage ``data`` for ``path`` as it is: for a writer that merged the file's existing
+        content into ``data`` itself (XMP), so there is nothing of anyone's to refuse."""
+        return self.writes.stage(path, data)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
     """The sidecar at ``path`` if it is ours; None when absent; SidecarError when it is not ours."""
     try:
-        raw = path.read_bytes()
+        raw = read_regular(path)
     except FileNotFoundError:
         return None
-    except OSError as exc:
-        raise SidecarError(f"{path}: cannot read existing sidecar: {exc.strerror or exc}") from None
     try:
         doc = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -180,6 +366,17 @@ class Writer:
         raise NotImplementedError
 
 
+def missing_output(target: Target, recorded: dict[str, str] | None, writes_json: bool) -> str | None:
+    """The first file of a done job's sidecar set that is no longer there (deleted by hand, a
+    backup restored without its sidecars), or None. One lstat per file: cheap enough for every
+    rescan. A job recorded before sets were kept in the journal is checked for its JSON."""
+    names = list(recorded) if recorded else ([target.json_path.name] if writes_json else [])
+    for name in names:
+        if not os.path.lexists(target.folder / name):
+            return name
+    return None
+
+
 def _renamed(name: str, old: Path, new: Path) -> str:
     """An output's name for the new media name: outputs are ``{name}{suffix}`` or ``{stem}{suffix}``."""
     if name.startswith(old.name):
@@ -189,29 +386,28 @@ def _renamed(name: str, old: Path, new: Path) -> str:
     return name
 
 
-def relocate(old: Target, new: Target, source: dict[str, Any]) -> list[Path]:  # source: updated fields
+def relocate(old: Target, new: Target, source: dict[str, Any]) -> dict[str, str]:  # source: updated fields
     """Move a renamed file's sidecars along with it instead of running the model again.
 
     Every output the old JSON sidecar records (and still holds our bytes) is moved to the new
     name, then the JSON is rewritten with the new ``source`` and removed from the old place.
-    Returns the new paths; an empty list when there was nothing of ours to move.
+    Returns the new set (name -> sha256); empty when there was nothing of ours to move.
     """
     doc = read_json(old.json_path)
-    if doc is None or new.json_path.exists():
-        return []
+    if doc is None or PENDING in doc or os.path.lexists(new.json_path):
+        return {}  # nothing of ours, an unfinished set (redone instead), or the new name has its own
     moved: dict[str, str] = {}
-    placed = []
     for name, digest in (doc.get("outputs") or {}).items():
         src = old.folder / name
         dst = new.folder / _renamed(name, old.media, new.media)
-        if not src.exists() or sha256_bytes(src.read_bytes()) != digest or dst.exists():
+        if not WriteSet({name: {digest}})._ours(src) or os.path.lexists(dst):
             continue
         dst.parent.mkdir(parents=True, exist_ok=True)
         os.replace(src, dst)
         moved[dst.name] = digest
-        placed.append(dst)
     doc["source"] = {**(doc.get("source") or {}), **source}
     doc["outputs"] = moved
-    atomic_write(new.json_path, (json.dumps(doc, ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
+    data = render_doc(doc)
+    atomic_write(new.json_path, data)
     old.json_path.unlink(missing_ok=True)
-    return [new.json_path] + placed
+    return {**moved, new.json_path.name: sha256_bytes(data)}

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from .config import ImageSettings, TaskConfig
 from .media import Media
-from .runtime import Answer, GenerationSettings, Request, Runtime, fingerprint, question
+from .engine import Answer, Engine, GenerationSettings, Request, fingerprint, question
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ def _ask(media: Media, p: Planned) -> list[Request] | Outcome:
         return _error(p, f"{type(exc).__name__} in {p.task.name}.requests: {exc}")
 
 
-def preprocess(media: Media, planned: Sequence[Planned], runtime: Runtime) -> None:
+def preprocess(media: Media, planned: Sequence[Planned], runtime: Engine) -> None:
     """Prepare what the model will need for these tasks' questions (resized, tiled pixels) now,
     in the caller's thread: the prefetch threads do it while the model answers earlier files. A
     task whose ``requests`` fails here fails again, and is recorded, when it runs."""
@@ -134,12 +134,12 @@ def preprocess(media: Media, planned: Sequence[Planned], runtime: Runtime) -> No
     runtime.preprocess([r for reqs in asked if not isinstance(reqs, Outcome) for r in reqs])
 
 
-def run_tasks(media: Media, planned: Sequence[Planned], runtime: Runtime) -> list[Outcome]:
+def run_tasks(media: Media, planned: Sequence[Planned], runtime: Engine) -> list[Outcome]:
     """Run every planned task on one decoded file; one runtime call for all their requests."""
     return run_tasks_many([media], planned, runtime)[0]
 
 
-def run_tasks_many(medias: Sequence[Media], planned: Sequence[Planned], runtime: Runtime) -> list[list[Outcome]]:
+def run_tasks_many(medias: Sequence[Media], planned: Sequence[Planned], runtime: Engine) -> list[list[Outcome]]:
     """Run the planned tasks on several media (a document's pages) with ONE runtime call, so the
     runtime can batch across them. Returns each media's outcomes in ``planned`` order."""
     outcomes: list[dict[str, Outcome]] = [{} for _ in medias]

@@ -12,9 +12,11 @@ from __future__ import annotations
 import errno
 import fnmatch
 import os
+import re
 import stat
 import threading
 import time
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -25,12 +27,8 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from .config import WatchConfig
-from .sidecar import TEMP_PREFIX
-
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp"}
-VIDEO_EXTENSIONS = {".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi"}
-DOCUMENT_EXTENSIONS = {".pdf"}
-MEDIA_EXTENSIONS = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS | DOCUMENT_EXTENSIONS
+from .media import MEDIA_EXTENSIONS
+from .sidecar import TEMP_PREFIX, sweep_temp
 
 DEFAULT_IGNORED_FILES = (
     ".DS_Store", "._*", "Thumbs.db", "desktop.ini", "*.part", "*.crdownload", "*.tmp", "~$*",
@@ -103,19 +101,66 @@ class MediaFilter:
             return f"matches none of the include globs {list(self.include)}"
         if self._excluded(rel, name):
             return f"matches an exclude glob {list(self.exclude)}"
+        return self._link_reason(path)
+
+    def _link_reason(self, path: Path) -> str | None:
+        """Symlinks are followed only to files inside the watch: one pointing elsewhere would let
+        a watch reach (and write sidecars beside) files it was never given."""
+        if not path.is_symlink():
+            return None
+        try:
+            target = path.resolve(strict=True)
+        except (RuntimeError, OSError) as exc:
+            return (SYMLINK_LOOP if isinstance(exc, RuntimeError) or getattr(exc, "errno", None) == errno.ELOOP
+                    else SYMLINK_BROKEN)
+        if not target.is_relative_to(self.root.resolve()):
+            return f"{SYMLINK_OUT} ({target}; not followed)"
         return None
 
 
-def scan(watch: WatchConfig, media_filter: MediaFilter | None = None) -> Iterator[Path]:
-    """Every input file below the watch's folder, sorted per folder, excluded folders pruned."""
+SYMLINK_OUT = "a symlink to a file outside the watch"
+SYMLINK_LOOP = "a symlink loop"
+SYMLINK_BROKEN = "a broken symlink"
+
+
+@dataclass
+class ScanReport:
+    """What a scan passed over that a person may wonder about: files with a name a watch does
+    not take (by extension), symlinks not followed, temp files of dead writes removed."""
+
+    skipped: Counter[str] = field(default_factory=Counter)
+    temp_removed: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"skipped": dict(self.skipped.most_common()), "temp_removed": self.temp_removed}
+
+
+def scan(watch: WatchConfig, media_filter: MediaFilter | None = None,
+         report: ScanReport | None = None) -> Iterator[Path]:
+    """Every input file below the watch's folder, sorted per folder, excluded folders pruned.
+    With a ``report``, also removes stale temp files of interrupted writes on the way and counts
+    what it skipped that a person may wonder about."""
     f = media_filter or MediaFilter(watch)
     for folder, dirs, files in os.walk(watch.path):
         here = Path(folder)
         dirs[:] = sorted(d for d in dirs if watch.recursive and f.accepts_dir(here / d))
+        if report is not None and any(n.startswith(TEMP_PREFIX) for n in files):
+            report.temp_removed += len(sweep_temp(here))
         for name in sorted(files):
             path = here / name
-            if f.accepts(path) and path.is_file():
-                yield path
+            why = f.reason(path)
+            if why is None:
+                if path.is_file():
+                    yield path
+            elif report is not None:
+                _count(report, path, why)
+
+
+def _count(report: ScanReport, path: Path, why: str) -> None:
+    if why.startswith("extension "):
+        report.skipped[f"{path.suffix.lower() or '(no extension)'} files (not a media extension)"] += 1
+    elif why.startswith(("a symlink", "a broken symlink")):
+        report.skipped[why.split(" (")[0]] += 1
 
 
 # --- live watching -----------------------------------------------------------------------------
@@ -176,26 +221,32 @@ class StabilityTracker:
 
 
 class _Handler(FileSystemEventHandler):
-    """Runs in watchdog's thread: only reports candidate paths, never does work."""
+    """Runs in watchdog's thread: only reports paths, never does work. A watch whose root is a
+    symlink is observed at its real path (inotify does not follow the link for the root's own
+    entries); paths are reported under the configured root, as the scan finds them."""
 
-    def __init__(self, media_filter: MediaFilter, report: Callable[[Path], None],
-                 report_dir: Callable[[Path], None]):
-        self.filter, self.report, self.report_dir = media_filter, report, report_dir
+    def __init__(self, armed: "ArmedWatch", report_dir: Callable[[Path], None]):
+        self.armed, self.report_dir = armed, report_dir
+        self.root, self.real = armed.watch.path, armed.watch.path.resolve()
 
-    def _file(self, raw: str | bytes) -> None:
+    def _path(self, raw: str | bytes) -> Path:
         path = Path(os.fsdecode(raw))
-        if self.filter.accepts(path):
-            self.report(path)
+        if self.real != self.root and path.is_relative_to(self.real):
+            return self.root / path.relative_to(self.real)
+        return path
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.event_type not in ("created", "modified", "closed", "moved"):
+        kind = event.event_type
+        if kind in ("moved", "deleted"):
+            self.armed.gone.append(self._path(event.src_path))  # checked by the supervisor before it counts
+        if kind not in ("created", "modified", "closed", "moved"):
             return
-        raw = event.dest_path if event.event_type == "moved" else event.src_path
+        path = self._path(event.dest_path if kind == "moved" else event.src_path)
         if event.is_directory:
-            if event.event_type in ("created", "moved"):
-                self.report_dir(Path(os.fsdecode(raw)))
-            return
-        self._file(raw)
+            if kind in ("created", "moved"):
+                self.report_dir(path)
+        elif self.armed.filter.accepts(path):
+            self.armed.tracker.touch(path)
 
 
 def filesystem_type(path: Path, mounts_file: str = "/proc/self/mounts") -> str | None:
@@ -312,9 +363,59 @@ def native_observer(media_filter: MediaFilter, exhausted: list[OSError]) -> Base
     return observer
 
 
+@dataclass(frozen=True)
+class Device:
+    """The file system a watch's folder is on, as last seen with files in it."""
+
+    dev: int
+    mount: bool  # the folder is itself a mount point
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"dev": self.dev, "mount": self.mount}
+
+
+def mount_points(mountinfo: str = "/proc/self/mountinfo") -> set[str]:
+    """Every mount point of this process's namespace (bind mounts included, which st_dev misses)."""
+    try:
+        lines = Path(mountinfo).read_text().splitlines()
+    except OSError:
+        return set()
+    return {_unescape(line.split()[4]) for line in lines if len(line.split()) > 4}
+
+
+def _unescape(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def device_of(path: Path) -> Device:
+    return Device(os.stat(path).st_dev, str(path.resolve()) in mount_points())
+
+
+def presence(root: Path, expected: Device | None) -> tuple[Device | None, str | None]:
+    """The folder's device now, and why the watch cannot be trusted now (None: it can). A share
+    that is unmounted leaves its empty mount-point folder behind: read as "every file was
+    deleted", it would mark the whole library gone and re-hash it all over the network on
+    remount. So an empty folder on another device than the one last seen with files, or no
+    longer a mount point, is unavailable, never empty."""
+    if not root.exists():
+        return None, "folder does not exist or is not mounted"
+    if not root.is_dir():
+        return None, "the watch path is a file, not a folder (fix watches[].path)"
+    try:
+        now = device_of(root)
+        empty = next(os.scandir(root), None) is None
+    except OSError as exc:
+        return None, f"folder cannot be read ({exc.strerror or exc})"
+    if expected and empty and (now.dev != expected.dev or (expected.mount and not now.mount)):
+        return now, ("the folder is empty and no longer the file system it was (an unmounted share?); "
+                     "waiting for it to return")
+    return now, None
+
+
 @dataclass
 class ArmedWatch:
-    """One watch's observer, filter and tracker, and the mode it runs in."""
+    """One watch's observer, filter and tracker, the mode it runs in, and whether its folder
+    can be trusted now (``unavailable`` says why not)."""
 
     watch: WatchConfig
     filter: MediaFilter
@@ -322,19 +423,41 @@ class ArmedWatch:
     mode: str = "native"
     reason: str = ""
     observer: BaseObserver | None = None
-    available: bool = True
+    unavailable: str | None = None
+    device: Device | None = None  # the file system last seen holding its files
     exhausted: list[OSError] = field(default_factory=list)  # inotify ran out of watches after start
+    gone: deque[Path] = field(default_factory=deque)  # moved or deleted paths, for the supervisor to check
+
+    @property
+    def available(self) -> bool:
+        return self.unavailable is None
+
+    def check(self) -> bool:
+        """Look at the folder now; True when it can be trusted (a new device with files in it is
+        accepted as the watch's device from here on)."""
+        device, self.unavailable = presence(self.watch.path, self.device)
+        if self.unavailable is None and device is not None:
+            self.device = device
+        return self.unavailable is None
 
 
 class WatchSet:
-    """Arms every watch with a suitable observer and keeps them alive (the health check)."""
+    """Arms every watch with a suitable observer and keeps them alive (the health check).
+    ``devices``: each watch's file system as last seen with files (kept in the journal, so an
+    unmounted share is recognised at the next start too)."""
 
     def __init__(self, watches: tuple[WatchConfig, ...], on_dir: Callable[[ArmedWatch, Path], None],
-                 log: Any):
+                 log: Any, devices: dict[str, Device] | None = None):
         self.log = log
         self.on_dir = on_dir
-        self.armed = [ArmedWatch(w, MediaFilter(w), StabilityTracker(w.settle_seconds, w.max_settle_seconds))
+        devices = devices or {}
+        self.armed = [ArmedWatch(w, MediaFilter(w), StabilityTracker(w.settle_seconds, w.max_settle_seconds),
+                                 device=devices.get(str(w.path)))
                       for w in watches]
+
+    @property
+    def devices(self) -> dict[str, Device]:
+        return {str(a.watch.path): a.device for a in self.armed if a.device is not None}
 
     def start(self) -> None:
         for armed in self.armed:
@@ -342,11 +465,10 @@ class WatchSet:
 
     def _arm(self, armed: ArmedWatch, force_polling: str = "") -> None:
         w = armed.watch
-        if not w.path.is_dir():
-            armed.available, armed.observer = False, None
-            self.log.error("watch_unavailable", watch=str(w.path), error="folder does not exist or is not mounted")
+        if not armed.check():
+            armed.observer = None
+            self.log.error("watch_unavailable", watch=str(w.path), error=armed.unavailable)
             return
-        armed.available = True
         mode, reason = ("polling", force_polling) if force_polling else choose_mode(w, armed.filter)
         if "max_user_watches" in reason:
             self.log.warning("inotify_limit", watch=str(w.path), reason=reason, fix=INOTIFY_FIX)
@@ -366,9 +488,9 @@ class WatchSet:
         w = armed.watch
         observer = (PollingObserver(timeout=w.poll_interval) if mode == "polling"
                     else native_observer(armed.filter, armed.exhausted))
-        handler = _Handler(armed.filter, armed.tracker.touch, lambda d: self.on_dir(armed, d))
+        handler = _Handler(armed, lambda d: self.on_dir(armed, d))
         try:
-            observer.schedule(handler, str(w.path), recursive=w.recursive)
+            observer.schedule(handler, str(w.path.resolve()), recursive=w.recursive)
             observer.start()
         except BaseException:
             observer.stop()
@@ -377,7 +499,8 @@ class WatchSet:
 
     def healthy(self) -> bool:
         """Restart observers whose thread died or whose folder came back; True when all run.
-        A vanished folder is marked unavailable, never taken as 'every file was deleted'."""
+        A vanished or unmounted folder is marked unavailable, never taken as 'every file was
+        deleted'."""
         ok = True
         for armed in self.armed:
             if armed.exhausted and armed.mode == "native":
@@ -389,20 +512,17 @@ class WatchSet:
                 self._arm(armed, force_polling=f"inotify failed: {exc.strerror or exc}")
                 self.on_dir(armed, armed.watch.path)  # whatever landed in the unwatched folders
                 continue
-            present = armed.watch.path.is_dir()
-            alive = armed.observer is not None and armed.observer.is_alive()
-            if present and alive and armed.available:
-                continue
-            if not present:
-                if armed.available:
-                    self.log.error("watch_unavailable", watch=str(armed.watch.path),
-                                   error="folder vanished (unmounted?); waiting for it to return")
+            was = armed.available
+            if not armed.check():
+                if was:
+                    self.log.error("watch_unavailable", watch=str(armed.watch.path), error=armed.unavailable)
                 self._stop(armed)
-                armed.available = False
                 ok = False
                 continue
+            if was and armed.observer is not None and armed.observer.is_alive():
+                continue
             self.log.warning("observer_restarted", watch=str(armed.watch.path),
-                             reason="observer thread died" if armed.available else "folder is back")
+                             reason="observer thread died" if was else "folder is back")
             self._stop(armed)
             self._arm(armed)
             self.on_dir(armed, armed.watch.path)  # catch up on what happened meanwhile

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import make_image
+from helpers import make_image
 from smolvlm_watch import config as configmod
 
 MINIMAL = """

@@ -6,76 +6,20 @@ import errno
 import json
 import os
 import signal
-import subprocess
 import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import make_image, read_sidecar, write_trap_plugin
-from smolvlm_watch import pipeline as pipeline_module, service, watcher
+from helpers import (InProcess, daemon_config, journal_states, make_image, read_sidecar, spawn, wait_for,
+                     write_trap_plugin)
+from smolvlm_watch import daemon as daemon_module, media as media_module, watcher
+from smolvlm_watch.cli import load_checked
+from smolvlm_watch.pipeline import Pipeline
+from smolvlm_watch.media import base as media_base
 from smolvlm_watch.journal import Journal, JournalLocked
-
-
-def wait_for(predicate, timeout=30.0, interval=0.05, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def daemon_config(tmp_path: Path, tiny_model: Path, extra_watch: str = "", extra: str = "",
-                  tasks: str = "[caption]", outputs: str = "[json]") -> Path:
-    (tmp_path / "inbox").mkdir(exist_ok=True)
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(textwrap.dedent(f"""\
-        model: {{path: {tiny_model}, threads: 1}}
-        tasks:
-          caption: {{max_new_tokens: 2}}
-          ocr: {{max_new_tokens: 2, image_splitting: false}}
-        watches:
-          - path: ./inbox
-            tasks: {tasks}
-            outputs: {outputs}
-            settle_seconds: 0.3
-            poll_interval: 0.3
-        {textwrap.indent(extra_watch, '  ')}
-        state: {{db: ./state/journal.sqlite, retry_base_seconds: 0.05, max_attempts: 3}}
-        logging: {{format: json}}
-        """) + extra)
-    return cfg
-
-
-class InProcess:
-    """The daemon in this process: start() arms everything, supervise() runs in a thread."""
-
-    def __init__(self, cfg: Path):
-        config, registry = service.load_checked(cfg)
-        self.daemon = service.Daemon(cfg)
-        self.daemon.start(config, registry)
-        self.thread = threading.Thread(target=self.daemon.supervise, daemon=True)
-        self.thread.start()
-
-    @property
-    def journal(self) -> Journal:
-        return self.daemon.journal
-
-    def state(self, path: Path) -> str | None:
-        job = self.journal.get(str(path))
-        return job.state if job else None
-
-    def wait_done(self, paths, timeout=60.0):
-        wait_for(lambda: all(self.state(p) == "done" for p in paths), timeout, what=f"{len(paths)} files done")
-
-    def stop(self):
-        self.daemon.stop_event.set()
-        self.thread.join(10)
-        self.daemon.shutdown()
 
 
 @pytest.fixture
@@ -108,20 +52,18 @@ def test_slow_copy_is_processed_once_after_it_ends(tmp_path, running):
     d.wait_done([dst])
     time.sleep(1.0)
     job = d.journal.get(str(dst))
-    assert job.attempts == 0 and d.daemon.runtime.vision_passes == 1
+    assert job.attempts == 0 and d.daemon.engine.vision_passes == 1
     assert read_sidecar(dst)["source"]["sha256"] == job.sha256 and job.size == len(data)
 
 
-def test_queued_files_share_batches_and_a_live_file_is_not_held_back(tmp_path, tiny_model):
+def test_queued_files_share_batches_and_a_live_file_is_not_held_back(tmp_path, tiny_model, monkeypatch):
     """Files waiting at start are decoded ahead and batched together; later, one file alone on
     an empty queue runs at once in a batch of its own."""
     paths = [make_image(tmp_path / "inbox" / f"q{i}.png", (40 + i, 30), (i * 40, 90, 0), fmt="PNG")
              for i in range(6)]
     cfg = daemon_config(tmp_path, tiny_model, extra="runtime: {max_batch: 4, prefetch: 4}\n")
-    config, registry = service.load_checked(cfg)
-    daemon = service.Daemon(cfg)
     batches: list[int] = []
-    original = service.Pipeline.run
+    original = Pipeline.run
 
     def spy(self, items, pages=None):
         batches.append(len(items))
@@ -129,22 +71,24 @@ def test_queued_files_share_batches_and_a_live_file_is_not_held_back(tmp_path, t
         return original(self, items, pages)
 
     hashed: list[str] = []
-    real_hash = service.sha256_file
+    real_hash = media_base.sha256_of
 
-    def counting_hash(path):
-        hashed.append(Path(path).name)
-        return real_hash(path)
+    def counting_hash(f, *args):
+        hashed.append(Path(os.readlink(f"/proc/self/fd/{f.fileno()}")).name)
+        return real_hash(f, *args)
 
-    service.Pipeline.run = spy
-    service.sha256_file = pipeline_module.sha256_file = counting_hash
+    monkeypatch.setattr(Pipeline, "run", spy)
+    monkeypatch.setattr(media_base, "sha256_of", counting_hash)
+    monkeypatch.setattr(media_module, "sha256_of", counting_hash)
+    daemon = daemon_module.Daemon(cfg, lambda: load_checked(cfg))
+    daemon.worker.start()
+    thread = threading.Thread(target=daemon.supervisor.run, daemon=True)
+    thread.start()
     try:
-        daemon.start(config, registry)
-        thread = threading.Thread(target=daemon.supervise, daemon=True)
-        thread.start()
         journal = daemon.journal
         wait_for(lambda: all(journal.get(str(p)).state == "done" for p in paths), 60, what="queued files done")
         assert max(batches) > 1 and sum(batches) == 6, batches
-        assert daemon.runtime.vision_passes == 6
+        assert daemon.engine.vision_passes == 6
         assert sorted(hashed) == sorted(p.name for p in paths)  # the rename check's hash is the one recorded
         before = len(batches)
         live = make_image(tmp_path / "inbox" / "live.png", (50, 50), (0, 0, 255), fmt="PNG")
@@ -152,38 +96,34 @@ def test_queued_files_share_batches_and_a_live_file_is_not_held_back(tmp_path, t
         assert batches[before:] == [1]
         assert read_sidecar(live)["tasks"]["caption"]["fingerprint"]
     finally:
-        service.Pipeline.run = original
-        service.sha256_file = pipeline_module.sha256_file = real_hash
-        daemon.stop_event.set()
+        daemon.stop()
         thread.join(10)
         daemon.shutdown()
 
 
-def test_a_stop_mid_stream_gives_the_files_decoded_ahead_back_to_the_queue(tmp_path, tiny_model):
+def test_a_stop_mid_stream_gives_the_files_decoded_ahead_back_to_the_queue(tmp_path, tiny_model, monkeypatch):
     paths = [make_image(tmp_path / "inbox" / f"s{i}.png", (40, 30 + i), (i * 20, 0, 90), fmt="PNG")
              for i in range(10)]
     cfg = daemon_config(tmp_path, tiny_model, extra="runtime: {max_batch: 2, prefetch: 4}\n")
-    config, registry = service.load_checked(cfg)
-    daemon = service.Daemon(cfg)
-    original = service.Pipeline.run
+    original = Pipeline.run
 
     def slow(self, items, pages=None):
         time.sleep(0.4)
         return original(self, items, pages)
 
-    service.Pipeline.run = slow
+    monkeypatch.setattr(Pipeline, "run", slow)
+    daemon = daemon_module.Daemon(cfg, lambda: load_checked(cfg))
+    daemon.worker.start()
     try:
-        daemon.start(config, registry)
         journal = daemon.journal
         wait_for(lambda: journal.counts()["done"] >= 1, 30, what="a first file done")
-        daemon.stop_event.set()
-        daemon.worker.join(30)
-        assert not daemon.worker.is_alive()
+        daemon.stop()
+        daemon.worker.thread.join(30)
+        assert not daemon.worker.thread.is_alive()
         states = {p.name: journal.get(str(p)).state for p in paths}
         assert set(states.values()) == {"done", "pending"}, states  # nothing left 'running'
-        assert all(j.attempts == 0 for j in journal.jobs())
+        assert all(j.attempts == 0 for j in journal.all())
     finally:
-        service.Pipeline.run = original
         daemon.shutdown()
 
 
@@ -197,7 +137,7 @@ def test_part_file_then_rename_is_processed_once_under_final_name(tmp_path, runn
     d.wait_done([final])
     assert d.journal.get(str(part)) is None
     assert sorted(p.name for p in (tmp_path / "inbox").iterdir()) == ["photo.png", "photo.png.smolvlm.json"]
-    assert d.daemon.runtime.vision_passes == 1
+    assert d.daemon.engine.vision_passes == 1
 
 
 def test_burst_of_500_files_is_processed_exactly_once_each(tmp_path, running):
@@ -207,9 +147,9 @@ def test_burst_of_500_files_is_processed_exactly_once_each(tmp_path, running):
         paths.append(make_image(tmp_path / "inbox" / f"b{i:03d}.png", (16, 16), (i % 256, 0, 0), fmt="PNG"))
     d.wait_done(paths, timeout=240)
     time.sleep(0.5)
-    assert d.daemon.runtime.vision_passes == 500
+    assert d.daemon.engine.vision_passes == 500
     assert d.journal.counts()["done"] == 500
-    assert all(j.attempts == 0 for j in d.journal.jobs())
+    assert all(j.attempts == 0 for j in d.journal.all())
     assert len(list((tmp_path / "inbox").glob("*.smolvlm.json"))) == 500
 
 
@@ -229,12 +169,12 @@ def test_renamed_file_keeps_its_sidecars_without_a_model_run(tmp_path, running, 
     d = running(daemon_config(tmp_path, tiny_model, tasks="[caption, ocr]", outputs="[json, txt]"))
     img = make_image(tmp_path / "inbox" / "before.png")
     d.wait_done([img])
-    passes = d.daemon.runtime.vision_passes
+    passes = d.daemon.engine.vision_passes
     original = read_sidecar(img)
     after = tmp_path / "inbox" / "after.png"
     img.rename(after)
     d.wait_done([after])
-    assert d.daemon.runtime.vision_passes == passes
+    assert d.daemon.engine.vision_passes == passes
     moved = read_sidecar(after)
     assert moved["tasks"] == original["tasks"] and moved["source"]["path"] == str(after)
     assert (tmp_path / "inbox" / "after.png.txt").read_text() == original["tasks"]["ocr"]["result"]
@@ -297,7 +237,7 @@ def test_undecodable_file_fails_at_once_and_retry_requeues(tmp_path, running, ru
     wait_for(lambda: d.state(bad) == "failed", 20, what="failure")
     assert d.journal.get(str(bad)).attempts == 1
     make_image(bad, fmt="PNG")  # fixed (the new mtime also requeues it; retry does so explicitly)
-    n = d.journal.requeue("path = ?", (str(bad),))
+    n = d.journal.requeue_failed(str(bad))
     assert n == 1
     d.wait_done([bad])
 
@@ -316,7 +256,7 @@ def test_status_explain_backfill_retry_commands(tmp_path, running, run_cli, tiny
     d.wait_done([img])
     wait_for(lambda: d.state(bad) == "failed", 20)
     cfg = tmp_path / "config.yaml"
-    d.daemon._write_meta()
+    d.daemon.write_meta()
     code, out, _ = run_cli("status", "-c", cfg, "--json")
     status = json.loads(out)
     assert code == 0 and status["daemon_running"] is True and status["model_loaded"] is True
@@ -345,24 +285,6 @@ def test_status_explain_backfill_retry_commands(tmp_path, running, run_cli, tiny
     make_image(tmp_path / "inbox" / "new.png")
     code, out, _ = run_cli("backfill", "-c", cfg, "--missing")
     assert "queued 1 file(s)" in out
-
-
-# --- the daemon as a real subprocess -------------------------------------------------------------
-
-def spawn(cfg: Path, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "smolvlm_watch.cli", "run", "-c", str(cfg)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, **(env or {})}, cwd=cfg.parent)
-
-
-def journal_states(db: Path) -> dict[str, str]:
-    if not db.exists():
-        return {}
-    j = Journal(db)
-    try:
-        return {job.path: job.state for job in j.jobs()}
-    finally:
-        j.close()
 
 
 def test_kill_9_mid_run_then_restart_leaves_exactly_one_complete_sidecar_set(tmp_path, tiny_model):
@@ -501,7 +423,7 @@ def test_inotify_exhausted_after_start_switches_the_watch_to_polling(tmp_path, r
         return original(self, path, *args, **kwargs)
 
     monkeypatch.setattr(InotifyFD, "add_callback", limited)
-    monkeypatch.setattr(service, "HEALTH_INTERVAL", 0.5)
+    monkeypatch.setattr(daemon_module, "HEALTH_INTERVAL", 0.5)
     d = running()
     assert d.daemon.watches.armed[0].mode == "native"
     (tmp_path / "inbox" / "late").mkdir()
@@ -552,7 +474,7 @@ def test_only_the_file_that_kills_the_daemon_is_quarantined_not_the_files_in_fli
         if proc.returncode != 3:
             break
     j = Journal(db)
-    jobs = {Path(job.path).name: job for job in j.jobs()}
+    jobs = {Path(job.path).name: job for job in j.all()}
     j.close()
     assert crashes == 3  # max_attempts 3: the poison file is blamed at every crash ...
     assert jobs["poison.png"].state == "quarantined" and jobs["poison.png"].attempts == 3

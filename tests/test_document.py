@@ -10,12 +10,12 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from conftest import process_peak_mb, read_sidecar
+from helpers import daemon_config, journal_states, process_peak_mb, read_sidecar, spawn, wait_for
 from smolvlm_watch.config import ModelConfig
-from smolvlm_watch.config import DocumentConfig
-from smolvlm_watch.document import Document
+from smolvlm_watch.media import Document, Limits
 from smolvlm_watch.media import MediaError
-from smolvlm_watch.runtime import Request, Runtime, question
+from smolvlm_watch.engine import Request, question
+from smolvlm_watch.runtime import Runtime
 
 
 def page_images(count: int, size=(425, 550)) -> list[Image.Image]:
@@ -98,7 +98,7 @@ def test_page_prompt_ids_equal_the_processors_for_the_rendered_image(tmp_path, t
     from transformers import AutoProcessor
 
     pdf = make_pdf(tmp_path / "one.pdf", 2)
-    doc = Document(pdf, DocumentConfig(dpi=100))
+    doc = Document(pdf, Limits(dpi=100))
     image, _ = doc.page(1)
     doc.close()
     reference_image = pdfium.PdfDocument(str(pdf))[1].render(scale=100 / 72).to_pil().convert("RGB")
@@ -122,19 +122,19 @@ def test_broken_documents_give_clear_errors(tmp_path):
     with open(tmp_path / "locked.pdf", "wb") as f:
         writer.write(f)
     with pytest.raises(MediaError, match="the PDF is encrypted"):
-        Document(tmp_path / "locked.pdf", DocumentConfig())
+        Document(tmp_path / "locked.pdf", Limits())
     data = good.read_bytes()
     (tmp_path / "trunc.pdf").write_bytes(data[: len(data) // 4])
     with pytest.raises(MediaError, match="broken or truncated PDF"):
-        Document(tmp_path / "trunc.pdf", DocumentConfig())
+        Document(tmp_path / "trunc.pdf", Limits())
     text_layer_pdf(tmp_path / "empty.pdf", [])
     with pytest.raises(MediaError, match="or one without pages"):
-        Document(tmp_path / "empty.pdf", DocumentConfig())
+        Document(tmp_path / "empty.pdf", Limits())
     (tmp_path / "garbage.pdf").write_bytes(b"%PDF-1.7\n" + b"\x13\x37" * 100)
     with pytest.raises(MediaError, match="broken or truncated PDF"):
-        Document(tmp_path / "garbage.pdf", DocumentConfig())
+        Document(tmp_path / "garbage.pdf", Limits())
     with pytest.raises(MediaError, match="6 pages, over the document.max_pages limit of 5"):
-        Document(make_pdf(tmp_path / "long.pdf", 6), DocumentConfig(max_pages=5))
+        Document(make_pdf(tmp_path / "long.pdf", 6), Limits(max_pages=5))
 
 
 def test_failed_page_is_recorded_while_the_others_complete(tmp_path, tiny_model, run_cli, write_config):
@@ -198,7 +198,6 @@ watches: [{{path: ./docs, tasks: [ocr], outputs: [json]}}]
 
 
 def test_kill_9_mid_document_resumes_without_redoing_finished_pages(tmp_path, tiny_model):
-    from test_daemon import daemon_config, journal_states, spawn, wait_for
     from smolvlm_watch.journal import Journal
 
     cfg = daemon_config(tmp_path, tiny_model, tasks="[ocr]", outputs="[json, txt]")

@@ -8,15 +8,15 @@ import os
 import pytest
 from PIL import Image
 
-from conftest import make_image, read_sidecar
-from smolvlm_watch.media import MediaError, load_image
+from helpers import make_image, read_sidecar
+from smolvlm_watch.media import Limits, MediaError, load
 from smolvlm_watch.sidecar import atomic_write
 
 
 def test_alpha_is_composited_on_white(tmp_path):
     path = tmp_path / "t.png"
     Image.new("RGBA", (4, 4), (255, 0, 0, 0)).save(path)
-    media = load_image(path)
+    media = load(path)
     assert media.images[0].mode == "RGB" and media.images[0].getpixel((0, 0)) == (255, 255, 255)
 
 
@@ -25,14 +25,14 @@ def test_gif_first_frame_and_tiff_and_bmp(tmp_path):
     frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:])
     make_image(tmp_path / "b.tif", (12, 9), fmt="TIFF")
     make_image(tmp_path / "c.bmp", (7, 5), fmt="BMP")
-    assert load_image(tmp_path / "a.gif").info.width == 10
-    assert (load_image(tmp_path / "b.tif").info.width, load_image(tmp_path / "c.bmp").info.height) == (12, 5)
+    assert load(tmp_path / "a.gif").info.width == 10
+    assert (load(tmp_path / "b.tif").info.width, load(tmp_path / "c.bmp").info.height) == (12, 5)
 
 
 def test_pixel_limit_guards_against_bombs(tmp_path):
     path = make_image(tmp_path / "big.png", (500, 500))
     with pytest.raises(MediaError, match=r"500x500 = 250000 pixels, over the media.max_pixels limit of 1000"):
-        load_image(path, max_pixels=1000)
+        load(path, Limits(max_pixels=1000))
 
 
 def test_truncated_and_wrong_content(tmp_path):
@@ -40,12 +40,12 @@ def test_truncated_and_wrong_content(tmp_path):
     data = path.read_bytes()
     (tmp_path / "trunc.jpg").write_bytes(data[: len(data) // 3])
     with pytest.raises(MediaError, match="corrupt or truncated image"):
-        load_image(tmp_path / "trunc.jpg")
+        load(tmp_path / "trunc.jpg")
     (tmp_path / "text.png").write_text("hello, I am text")
     with pytest.raises(MediaError, match="not a supported image"):
-        load_image(tmp_path / "text.png")
+        load(tmp_path / "text.png")
     with pytest.raises(MediaError, match="vanished"):
-        load_image(tmp_path / "gone.png")
+        load(tmp_path / "gone.png")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file")
@@ -53,7 +53,7 @@ def test_unreadable_file(tmp_path):
     path = make_image(tmp_path / "locked.png")
     path.chmod(0)
     with pytest.raises(MediaError, match="permission denied"):
-        load_image(path)
+        load(path)
 
 
 def test_atomic_write_leaves_no_temp_files_and_keeps_old_file_on_failure(tmp_path, monkeypatch):

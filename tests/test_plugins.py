@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_image, read_sidecar
+from helpers import make_image, read_sidecar
 from smolvlm_watch import hookspecs
 from smolvlm_watch.plugins import PluginError, Registry
 

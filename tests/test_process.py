@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from conftest import make_image, process_peak_mb, read_sidecar
+from helpers import make_image, process_peak_mb, read_sidecar
 from smolvlm_watch.runtime import cpu_has_bf16
 
 AUTO_CPU_DTYPE = "bfloat16" if cpu_has_bf16() else "float32"

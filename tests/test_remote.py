@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import make_image, read_sidecar
+from helpers import make_image, read_sidecar
 
 
 def free_port() -> int:

@@ -9,10 +9,11 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from conftest import make_image
+from helpers import make_image
 from smolvlm_watch.config import ImageSettings, ModelConfig, RuntimeConfig
-from smolvlm_watch.media import load_image
-from smolvlm_watch.runtime import GenerationSettings, LoopGuard, ModelLoadError, Request, Runtime, question
+from smolvlm_watch.media import load
+from smolvlm_watch.engine import GenerationSettings, ModelLoadError, Request, question
+from smolvlm_watch.runtime import LoopGuard, Runtime
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def test_parity_with_reference_usage(tmp_path, tiny_model, runtime):
     ref_out = model.generate(**ref, max_new_tokens=24, do_sample=False)
     ref_tokens = ref_out[0, ref["input_ids"].shape[1]:].tolist()
 
-    media = load_image(path)
+    media = load(path)
     request = Request(images=media.images, messages=question("Describe this image."),
                       generation=GenerationSettings(max_new_tokens=24, loop_guard=False))
     ours = runtime.encode([request])
@@ -159,7 +160,7 @@ def test_pipeline_prefetch_is_bounded_over_200_files(tmp_path, tiny_model):
     import threading
 
     from smolvlm_watch import config as configmod
-    from smolvlm_watch.pipeline import Pipeline
+    from smolvlm_watch.pipeline import FileJob, Pipeline
     from smolvlm_watch.plugins import Registry
 
     folder = tmp_path / "many"
@@ -187,7 +188,7 @@ def test_pipeline_prefetch_is_bounded_over_200_files(tmp_path, tiny_model):
 
     pipeline.prepare = counting_prepare
     done = []
-    for result in pipeline.process_many([(p, config.watches[0], False) for p in paths]):
+    for _, result in pipeline.process_many([FileJob(p, config.watches[0]) for p in paths]):
         with lock:
             state["yielded"] += 1
         done.append(result)
@@ -233,7 +234,7 @@ def test_prefetch_threads_prepare_the_pixels_once_per_image_and_settings(tmp_pat
     import threading
 
     from smolvlm_watch import config as configmod
-    from smolvlm_watch.pipeline import Pipeline
+    from smolvlm_watch.pipeline import FileJob, Pipeline
     from smolvlm_watch.plugins import Registry
 
     paths = [make_image(tmp_path / f"p{i}.png", (120 + i, 90), (i * 20, 0, 0)) for i in range(8)]
@@ -253,7 +254,7 @@ def test_prefetch_threads_prepare_the_pixels_once_per_image_and_settings(tmp_pat
 
     runtime.processor.image_processor = recording
     pipeline = Pipeline(config, Registry(entrypoints=False), runtime)
-    results = list(pipeline.process_many([(p, config.watches[0], False) for p in paths]))
+    results = [r for _, r in pipeline.process_many([FileJob(p, config.watches[0]) for p in paths])]
     assert [r.status for r in results] == ["done"] * 8
     assert len(calls) == 8 * 2  # caption and tags share one tile's preparation, OCR has its own tiles
     assert all(name.startswith("prefetch") for name in calls), calls
@@ -325,7 +326,7 @@ def test_the_prefetch_window_fills_a_batch_by_default(tmp_path, tiny_model):
     import time as timer
 
     from smolvlm_watch import config as configmod
-    from smolvlm_watch.pipeline import Pipeline
+    from smolvlm_watch.pipeline import FileJob, Pipeline
     from smolvlm_watch.plugins import Registry
 
     paths = [make_image(tmp_path / f"w{i:02d}.png", (40, 30), (i * 6, 0, 0)) for i in range(40)]
@@ -351,5 +352,5 @@ def test_the_prefetch_window_fills_a_batch_by_default(tmp_path, tiny_model):
         return original_run(items, pages)
 
     pipeline.prepare, pipeline.run = counting_prepare, slow_run
-    assert [r.status for r in pipeline.process_many([(p, config.watches[0], False) for p in paths])] == ["done"] * 40
+    assert [r.status for _, r in pipeline.process_many([FileJob(p, config.watches[0]) for p in paths])] == ["done"] * 40
     assert 4 < most[0] <= 8, most

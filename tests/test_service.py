@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_image, write_trap_plugin
-from test_daemon import daemon_config, spawn, wait_for
+from helpers import daemon_config, journal_states, make_image, spawn, wait_for, write_trap_plugin
 
 UNITS = Path(__file__).resolve().parents[1] / "systemd"
 EXPOSURE_THRESHOLD = 20  # README promises exposure 2.0 or lower ("OK"); measured 0.4 SAFE
@@ -141,7 +140,6 @@ def test_sd_notify_ready_watchdog_stopping_and_wedged_worker(tmp_path, tiny_mode
 
 
 def test_logs_are_json_with_path_and_job_id_on_every_line_about_a_file(tmp_path, tiny_model):
-    from test_daemon import journal_states
 
     cfg = daemon_config(tmp_path, tiny_model, tasks="[caption, ocr]", outputs="[json, txt]")
     proc = spawn(cfg, {"NOTIFY_SOCKET": "@smolvlm-watch-test-nobody-listens"})  # abstract address
@@ -188,7 +186,7 @@ def test_reloading_ready_on_sighup_and_stopping_on_sigterm(tmp_path, tiny_model)
 
 
 def test_notify_is_a_no_op_without_systemd(monkeypatch):
-    from smolvlm_watch.service import notify, watchdog_interval
+    from smolvlm_watch.notify import notify, watchdog_interval
 
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     assert notify("READY=1") is False

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import read_sidecar
+from helpers import InProcess, daemon_config, read_sidecar
 from smolvlm_watch.media import MediaError, load
-from smolvlm_watch.runtime import Request, Runtime, question
+from smolvlm_watch.engine import Request, question
+from smolvlm_watch.runtime import Runtime
 from smolvlm_watch.config import ModelConfig
-from smolvlm_watch.video import Sampling, decode, sample_timestamps
+from smolvlm_watch.media.video import Sampling, decode, sample_timestamps
 
 
 def make_clip(path: Path, seconds: float = 4, fps: int = 10, size=(64, 48), rotation: int = 0,
@@ -150,7 +151,7 @@ def test_long_clip_sampling_memory_is_bounded(tmp_path):
     path = make_clip(tmp_path / "long.mp4", seconds=20 * 60, fps=2, size=(320, 240), gop=60)
     script = f"""
 import resource, json
-from smolvlm_watch.video import Sampling, decode
+from smolvlm_watch.media.video import Sampling, decode
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 clip = decode({str(path)!r}, Sampling(fps=1, max_frames=16))
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -164,7 +165,6 @@ print(json.dumps({{"frames": len(clip.frames), "grew_mb": (after - before) / 102
 
 
 def test_daemon_writes_a_video_sidecar(clip_path, tmp_path, tiny_model):
-    from test_daemon import InProcess, daemon_config
 
     d = InProcess(daemon_config(tmp_path, tiny_model, tasks="[caption, ocr]", outputs="[json, txt]"))
     try:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_image, read_sidecar
+from helpers import make_image, read_sidecar
 
 DARKTABLE_XMP = """<?xml version="1.0" encoding="UTF-8"?>
 <x:xmpmeta xmlns:x="adobe:ns:meta/" x:xmptk="XMP Core 4.4.0-Exiv2">

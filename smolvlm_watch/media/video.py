@@ -8,22 +8,24 @@ processor with ``VideoMetadata``, which writes SmolVLM2's trained video prompt.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Iterator
 
 from PIL import Image, ImageStat
 
-from .media import Media, MediaError, SourceInfo, sha256_file
+from .base import Media, MediaError, open_input, source_info
 
 BLACK_LUMA = 12.0
 LONG_ENOUGH_FOR_BLACK_SKIP = 10.0  # seconds
 NO_DURATION_FRAME_CAP = 200_000  # frames decoded at most when a container gives no duration
 
 
-def sniff_video(head: bytes) -> bool:
+def sniff(head: bytes) -> bool:
     """ISO BMFF (mp4/mov/m4v: 'ftyp' at offset 4), Matroska/WebM (EBML), AVI (RIFF....AVI )."""
     return (head[4:8] == b"ftyp" or head[:4] == b"\x1a\x45\xdf\xa3"
             or (head[:4] == b"RIFF" and head[8:12] == b"AVI "))
@@ -76,13 +78,14 @@ def _is_black(img: Image.Image) -> bool:
 class _Decoder:
     """One open container; ``at(t)`` decodes the first frame at or after ``t``."""
 
-    def __init__(self, path: Path, sampling: Sampling):
+    def __init__(self, f: BinaryIO, path: Path, sampling: Sampling):
         import av
 
         self.deadline = time.monotonic() + sampling.timeout
         self.path = path
+        f.seek(0)
         try:
-            self.container = av.open(str(path), timeout=30)
+            self.container = av.open(f, timeout=30)
         except av.error.FFmpegError as exc:
             raise MediaError(path, f"not a readable video: {exc}") from None
         if not self.container.streams.video:
@@ -182,9 +185,27 @@ def _nudge(dec: _Decoder, picked: list, duration: float) -> list:
     return picked
 
 
-def decode(path: Path, sampling: Sampling) -> Clip:
-    """Sample a video file; every failure is a MediaError with a readable reason."""
-    dec = _Decoder(path, sampling)
+def decode(source: Path | BinaryIO, sampling: Sampling, path: Path | None = None) -> Clip:
+    """Sample a video (a path, or an input already opened with ``open_input``); every failure
+    is a MediaError with a readable reason."""
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+    with _opened(source) as f:
+        return _decode(_Decoder(f, path or Path("<video>"), sampling), sampling)
+
+
+@contextlib.contextmanager
+def _opened(source: Path | BinaryIO) -> Iterator[BinaryIO]:
+    if isinstance(source, (str, Path)):
+        f, _ = open_input(Path(source))
+        with f:
+            yield f
+    else:
+        yield source
+
+
+def _decode(dec: _Decoder, sampling: Sampling) -> Clip:
+    path = dec.path
     try:
         s = dec.stream
         codec = s.codec_context.name
@@ -211,22 +232,11 @@ def decode(path: Path, sampling: Sampling) -> Clip:
                 width=frames[0].width, height=frames[0].height, extra={"codec": codec, "rotation": dec.rotation})
 
 
-def load_video(path: str | Path, sampling: Sampling, max_bytes: int, sha256: str | None = None) -> Media:
+def load_video(f: BinaryIO, path: Path, st: os.stat_result, sha256: str, sampling: Sampling) -> Media:
     """A video as Media: sampled frames as images, the clip for the runtime, sidecar sections."""
-    path = Path(path)
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise MediaError(path, "file vanished before it could be read") from None
-    if st.st_size > max_bytes:
-        raise MediaError(path, f"file is {st.st_size} bytes, over the media.max_bytes limit of {max_bytes}")
-    clip = decode(path, sampling)
-    info = SourceInfo(
-        path=str(path), size=st.st_size, mtime=st.st_mtime, sha256=sha256 or sha256_file(path), kind="video",
-        width=clip.width, height=clip.height,
-        extra={"duration": clip.duration, "fps": clip.fps, "frame_count": clip.total_frames,
-               "codec": clip.extra["codec"]},
-    )
+    clip = decode(f, sampling, path)
+    info = source_info(path, st, sha256, "video", clip.width, clip.height, duration=clip.duration, fps=clip.fps,
+                       frame_count=clip.total_frames, codec=clip.extra["codec"])
     extra = {"video": {"sampled_timestamps": list(clip.timestamps), "sampling": sampling.as_dict()}}
     return Media(info=info, images=clip.frames, sidecar_extra=extra, clip=clip)
 

@@ -8,48 +8,70 @@ the pages of the batch in flight.
 
 from __future__ import annotations
 
+import os
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from PIL import Image
 
-from .config import DocumentConfig
-from .media import Media, MediaError, SourceInfo, upright_rgb
+from .base import Limits, Media, MediaError, SourceInfo, open_input, source_info, upright_rgb
 
 TEXT_LAYER_MIN_CHARS = 16  # "auto": a page with at least this much text uses its text layer
 
 
-def sniff_document(head: bytes) -> bool:
+def sniff(head: bytes) -> bool:
     return head.startswith(b"%PDF-")
 
 
 class Document:
-    """An open PDF or multi-page TIFF; ``page(i)`` renders page i (0-based) when asked."""
+    """An open PDF or multi-page TIFF; ``page(i)`` renders page i (0-based) when asked.
 
-    def __init__(self, path: Path, settings: DocumentConfig):
-        self.path, self.settings = path, settings
-        self._pdf = self._tiff = None
-        with open(path, "rb") as f:
-            head = f.read(8)
-        if sniff_document(head):
-            self._open_pdf()
-        else:
-            self._open_tiff()
+    ``source`` is a path, or an input opened with ``open_input`` (then it is read through that
+    file, which the caller closes); ``tiff`` is the TIFF Pillow already opened to count its pages.
+    """
+
+    def __init__(self, source: Path | BinaryIO, limits: Limits, path: Path | None = None,
+                 tiff: Image.Image | None = None):
+        self.limits = limits
+        self._pdf: Any = None
+        self._tiff: Image.Image | None = tiff
+        self._own: BinaryIO | None = None
+        if isinstance(source, (str, Path)):
+            path = Path(source)
+            source = self._own = open_input(path)[0]
+        self.path: Path = path or Path("<document>")
+        try:
+            self._open(source)
+        except BaseException:
+            self.close()
+            raise
         if self.page_count == 0:
             self.close()
-            raise MediaError(path, "the document has no pages")
-        if self.page_count > settings.max_pages:
+            raise MediaError(self.path, "the document has no pages")
+        if self.page_count > limits.max_pages:
             count = self.page_count
             self.close()
-            raise MediaError(path, f"the document has {count} pages, over the document.max_pages limit of "
-                                   f"{settings.max_pages}")
+            raise MediaError(self.path, f"the document has {count} pages, over the document.max_pages limit of "
+                                        f"{limits.max_pages}")
 
-    def _open_pdf(self) -> None:
+    def _open(self, f: BinaryIO) -> None:
+        if self._tiff is not None:
+            self.format, self.page_count = "tiff", getattr(self._tiff, "n_frames", 1)
+            return
+        f.seek(0)
+        if sniff(f.read(8)):
+            self._open_pdf(f)
+        else:
+            self._open_tiff(f)
+
+    def _open_pdf(self, f: BinaryIO) -> None:
         import pypdfium2 as pdfium
 
         self.format = "pdf"
+        f.seek(0)
         try:
-            self._pdf = pdfium.PdfDocument(str(self.path))
+            self._pdf = pdfium.PdfDocument(f)
         except pdfium.PdfiumError as exc:
             text = str(exc)
             if "password" in text.lower():
@@ -58,24 +80,34 @@ class Document:
             raise MediaError(self.path, f"broken or truncated PDF, or one without pages: {text}") from None
         self.page_count = len(self._pdf)
 
-    def _open_tiff(self) -> None:
+    def _open_tiff(self, f: BinaryIO) -> None:
         self.format = "tiff"
+        f.seek(0)
         try:
-            self._tiff = Image.open(self.path)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                self._tiff = Image.open(f)
             self.page_count = getattr(self._tiff, "n_frames", 1)
-        except OSError as exc:
+        except Image.DecompressionBombError as exc:
+            raise MediaError(self.path, f"refused as a decompression bomb: {exc}") from None
+        except (OSError, SyntaxError, ValueError) as exc:
             raise MediaError(self.path, f"corrupt or truncated TIFF: {exc}") from None
 
     def page(self, index: int) -> tuple[Image.Image, str | None]:
         """The page as an upright RGB image, and its PDF text layer (None for a TIFF)."""
         if self._pdf is not None:
             return self._pdf_page(index)
+        assert self._tiff is not None
         try:
-            self._tiff.seek(index)
-            img = self._tiff.copy()
-            self._check_pixels(index, img.width, img.height)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                self._tiff.seek(index)
+                self._check_pixels(index, *self._tiff.size)
+                img = self._tiff.copy()
             return upright_rgb(img), None
-        except (OSError, EOFError) as exc:
+        except Image.DecompressionBombError as exc:
+            raise MediaError(self.path, f"page {index + 1}: refused as a decompression bomb: {exc}") from None
+        except (OSError, EOFError, SyntaxError, ValueError) as exc:
             raise MediaError(self.path, f"page {index + 1}: cannot decode: {exc}") from None
 
     def _pdf_page(self, index: int) -> tuple[Image.Image, str | None]:
@@ -84,7 +116,7 @@ class Document:
         try:
             page = self._pdf[index]
             w_pt, h_pt = page.get_size()
-            scale = self.settings.dpi / 72
+            scale = self.limits.dpi / 72
             self._check_pixels(index, round(w_pt * scale), round(h_pt * scale))
             img = page.render(scale=scale).to_pil().convert("RGB")
             textpage = page.get_textpage()
@@ -96,36 +128,25 @@ class Document:
         return img, text.replace("\r\n", "\n").strip()
 
     def _check_pixels(self, index: int, w: int, h: int) -> None:
-        if w * h > self.settings.max_page_pixels:
+        if w * h > self.limits.max_page_pixels:
             raise MediaError(self.path, f"page {index + 1} would be {w}x{h} pixels, over the "
-                                        f"document.max_page_pixels limit of {self.settings.max_page_pixels} "
+                                        f"document.max_page_pixels limit of {self.limits.max_page_pixels} "
                                         "(lower document.dpi)")
 
     def close(self) -> None:
         if self._pdf is not None:
             self._pdf.close()
+            self._pdf = None
         if self._tiff is not None:
             self._tiff.close()
+            self._tiff = None
+        if self._own is not None:
+            self._own.close()
+            self._own = None
 
-
-def is_document(path: Path, head: bytes) -> bool:
-    """PDFs, and TIFFs holding more than one page."""
-    if sniff_document(head):
-        return True
-    if head[:4] in (b"II*\x00", b"MM\x00*"):
-        try:
-            with Image.open(path) as img:
-                return getattr(img, "n_frames", 1) > 1
-        except OSError:
-            return False
-    return False
-
-
-def source_info(path: Path, doc: Document, sha256: str) -> SourceInfo:
-    st = path.stat()
-    return SourceInfo(path=str(path), size=st.st_size, mtime=st.st_mtime, sha256=sha256,
-                      kind="document", width=0, height=0,
-                      extra={"pages": doc.page_count, "format": doc.format, "dpi": doc.settings.dpi})
+    def source_info(self, st: os.stat_result, sha256: str) -> SourceInfo:
+        return source_info(self.path, st, sha256, "document", 0, 0, pages=self.page_count, format=self.format,
+                           dpi=self.limits.dpi)
 
 
 def page_media(info: SourceInfo, index: int, image: Image.Image, text_layer: str | None) -> Media:

@@ -1,0 +1,264 @@
+"""The operator's commands over the daemon's journal: ``status``, ``explain``, ``backfill``,
+``retry``, and ``doctor`` for a setup before it runs for months."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import doctor, jsontext
+from ..config import Config, ConfigError, WatchConfig
+from ..journal import BACKFILL, Job, Journal, JournalError
+from ..jsontext import printable
+from ..pipeline import Pipeline
+from ..plugins import PluginError
+from ..progress import Progress
+from ..reconcile import Reconciler
+from ..runtime import create_runtime
+from ..sidecar import Target
+from ..watcher import MediaFilter, scan
+from . import EXIT_FAILED, EXIT_OK, config_arg, load_checked
+
+
+def _daemon(journal: Journal) -> dict[str, Any]:
+    """What the running daemon last wrote about itself, and whether it runs now."""
+    info = json.loads(journal.meta("daemon") or "{}")
+    info["running"] = journal.daemon_running()
+    return info
+
+
+def _absolute(path: str) -> str:
+    return str(Path(path).expanduser().absolute())
+
+
+# --- status ------------------------------------------------------------------------------------
+
+def cmd_status(args: argparse.Namespace) -> int:
+    config, _ = load_checked(args.config)
+    journal = Journal(config.state.db, readonly=True)
+    try:
+        status = _status(config, journal)
+    finally:
+        journal.close()
+    if args.json:
+        print(jsontext.dumps(status, indent=2))
+    else:
+        _print_status(status)
+    return EXIT_OK
+
+
+def _status(config: Config, journal: Journal) -> dict[str, Any]:
+    counts = journal.counts()
+    done_hour, busy = journal.done_since(time.time() - 3600)
+    daemon = _daemon(journal)
+    watches = daemon.get("watches") or [{"path": str(w.path), "mode": "not running"} for w in config.watches]
+    for w in watches:
+        w["scan"] = json.loads(journal.meta(f"scan:{w['path']}") or "{}")
+    return {
+        "db": str(config.state.db), "daemon_running": daemon["running"], "pid": daemon.get("pid"),
+        "queue": counts, "done_last_hour": done_hour,
+        "throughput_per_min": round(done_hour / busy * 60, 2) if busy else None,
+        "model": config.model.source, "model_loaded": bool(daemon.get("model_loaded")) and daemon["running"],
+        "watches": watches,
+        "failures": [{"path": j.path, "state": j.state, "attempts": j.attempts, "error": j.last_error}
+                     for j in journal.failures()],
+    }
+
+
+def _print_status(status: dict[str, Any]) -> None:
+    running = status["daemon_running"]
+    print(f"daemon: {'running, pid ' + str(status['pid']) if running else 'not running'}")
+    print(f"model: {status['model']} ({'loaded' if status['model_loaded'] else 'not loaded'})")
+    print("queue: " + ", ".join(f"{k} {v}" for k, v in status["queue"].items()))
+    rate = status["throughput_per_min"]
+    print(f"done in the last hour: {status['done_last_hour']}" + (f" ({rate}/min of busy time)" if rate else ""))
+    for w in status["watches"]:
+        print(printable(f"watch {w['path']}: {w.get('mode')}" + (f" ({w['reason']})" if w.get("reason") else "")))
+        skipped = (w.get("scan") or {}).get("skipped") or {}
+        if skipped:
+            print("  skipped at the last scan: " + ", ".join(f"{n} {what}" for what, n in skipped.items()))
+    for f in status["failures"]:
+        print(printable(f"{f['state']} {f['path']} (attempts {f['attempts']}): {f['error']}"))
+
+
+# --- explain -----------------------------------------------------------------------------------
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    config, registry = load_checked(args.config)
+    path = Path(args.file).expanduser().absolute()
+    watch = config.watch_for(path)
+    lines = [f"file: {path}"]
+    if watch is None:
+        lines.append("watch: none — the file lies outside every configured watch; it would not be processed")
+        print(printable("\n".join(lines)))
+        return EXIT_FAILED
+    why_not = MediaFilter(watch).reason(path)
+    pipeline = Pipeline(config, registry, create_runtime(config.model, config.runtime))
+    target = Target.for_media(path, watch.output, watch.path)
+    lines += [
+        f"watch: {watch.path} (recursive {watch.recursive}, include {list(watch.include) or 'all'}, "
+        f"exclude {list(watch.exclude) or 'none'})",
+        f"filter: {'accepted' if why_not is None else 'not input: ' + why_not}",
+        "tasks: " + ", ".join(f"{p.task.name} (fingerprint {p.fingerprint})" for p in pipeline.planned(watch)),
+        f"outputs: {', '.join(watch.outputs)}; JSON sidecar {target.json_path}; policy {watch.output.policy}",
+    ]
+    job = _job(config, path)
+    if job is None:
+        lines.append("journal: no entry")
+    else:
+        lines.append(f"journal: {job.state}, attempts {job.attempts}"
+                     + (f", last error: {job.last_error}" if job.last_error else ""))
+    exists = os.path.lexists(path)
+    lines.append("verdict: " + (_verdict(path, why_not, job, pipeline.fingerprint(watch), watch) if exists
+                                else "the file does not exist"))
+    print(printable("\n".join(lines)))
+    return EXIT_OK if exists else EXIT_FAILED
+
+
+def _job(config: Config, path: Path) -> Job | None:
+    try:
+        journal = Journal(config.state.db, readonly=True)
+    except JournalError:
+        return None
+    try:
+        return journal.get(str(path))
+    finally:
+        journal.close()
+
+
+def _verdict(path: Path, why_not: str | None, job: Job | None, fingerprint: str, watch: WatchConfig) -> str:
+    if why_not is not None:
+        return f"would not be processed ({why_not})"
+    if job is None:
+        return "would be processed (not in the journal yet)"
+    if job.state == "done":
+        st = path.stat()
+        if (job.size, job.mtime) != (st.st_size, st.st_mtime):
+            return "would be processed again (the file changed since)"
+        missing = Reconciler.missing(job, watch)
+        if missing is not None:
+            return f"would be processed again (its sidecar {missing} is missing)"
+        if job.fingerprint != fingerprint:
+            return "results are stale (tasks, prompts or model changed): `smolvlm-watch backfill --stale` queues it"
+        return "up to date; nothing to do"
+    if job.state in ("failed", "quarantined"):
+        return f"{job.state}; `smolvlm-watch retry {path}` queues it again once the cause is fixed"
+    return f"{job.state}: the daemon will process it"
+
+
+# --- backfill and retry ------------------------------------------------------------------------
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    config, registry = load_checked(args.config)
+    pipeline = Pipeline(config, registry, create_runtime(config.model, config.runtime))
+    journal = Journal(config.state.db)
+    under = _absolute(args.path) if args.path else None
+    try:
+        mode = "all" if args.all else "stale" if args.stale else "missing"
+        if mode == "stale":
+            queued = sum(journal.requeue_stale(str(w.path), pipeline.fingerprint(w), under) for w in config.watches)
+        else:
+            queued = _backfill_scan(config, journal, under, force=mode == "all")
+        daemon = _daemon(journal)
+    finally:
+        journal.close()
+    print(f"backfill --{mode}: queued {queued} file(s); " + _who_runs_them(daemon, config, pipeline))
+    return EXIT_OK
+
+
+def _backfill_scan(config: Config, journal: Journal, under: str | None, force: bool) -> int:
+    """Every file below ``under`` (whole path components), queued when it is new, changed, has
+    a sidecar missing, or ``force``."""
+    files = [(w, p) for w in config.watches for p in scan(w)
+             if under is None or p == Path(under) or p.is_relative_to(under)]
+    progress = Progress(len(files), unit="files scanned")
+    queued = 0
+    for watch, path in files:
+        st = path.stat()
+        if journal.enqueue(str(path), str(watch.path), st.st_size, st.st_mtime, BACKFILL, force=force):
+            queued += 1
+        else:
+            job = journal.get(str(path))
+            missing = Reconciler.missing(job, watch) if job is not None and job.state == "done" else None
+            queued += missing is not None and journal.requeue(str(path), f"its sidecar {missing} is missing")
+        progress.advance()
+    progress.close()
+    return queued
+
+
+def _who_runs_them(daemon: dict[str, Any], config: Config, pipeline: Pipeline) -> str:
+    """Whether the queued files will actually be run, and what to do if not."""
+    if not daemon["running"]:
+        return "no daemon is running: start it (systemctl start smolvlm-watch), or use `smolvlm-watch process`"
+    theirs = daemon.get("fingerprints") or {}
+    if any(theirs.get(str(w.path)) != pipeline.fingerprint(w) for w in config.watches):
+        return ("the daemon runs an older config and would skip them: reload it "
+                "(systemctl reload smolvlm-watch) so it uses this one")
+    return "the running daemon processes them after live files (`smolvlm-watch status` shows progress)"
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    config, _ = load_checked(args.config)
+    if not args.all and not args.path:
+        print("error: name a PATH or give --all", file=sys.stderr)
+        return 2
+    under = None if args.all else _absolute(args.path)
+    journal = Journal(config.state.db)
+    try:
+        if under is not None and not journal.knows(under):
+            print(printable(f"error: the journal knows no file at or under {under}"), file=sys.stderr)
+            return EXIT_FAILED
+        n = journal.requeue_failed(under)
+    finally:
+        journal.close()
+    print(f"re-queued {n} failed file(s)")
+    return EXIT_OK
+
+
+# --- doctor --------------------------------------------------------------------------------------
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    try:
+        config, _ = load_checked(args.config)
+    except (ConfigError, PluginError) as exc:
+        checks = [doctor.Check("FAIL", f"config: {exc}", "correct the config file")]
+    else:
+        checks = [doctor.Check("ok", f"config {args.config} is valid ({len(config.watches)} watches)"),
+                  *doctor.run_checks(config)]
+    for c in checks:
+        print(c.line())
+    failed = sum(c.level == "FAIL" for c in checks)
+    print(f"{failed} problem(s)" if failed else "all checks passed")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def add_commands(sub: Any) -> None:
+    s = sub.add_parser("status", help="queue depth, throughput, failures, watches")
+    config_arg(s)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_status)
+    e = sub.add_parser("explain", help="which watch, rules, tasks and outputs apply to a file, and why")
+    config_arg(e)
+    e.add_argument("file")
+    e.set_defaults(func=cmd_explain)
+    b = sub.add_parser("backfill", help="queue files with missing or stale results")
+    config_arg(b)
+    g = b.add_mutually_exclusive_group()
+    g.add_argument("--missing", action="store_true", help="files without results (default)")
+    g.add_argument("--stale", action="store_true", help="results from older prompts, plugins or models")
+    g.add_argument("--all", action="store_true", help="everything, recomputed")
+    b.add_argument("path", nargs="?")
+    b.set_defaults(func=cmd_backfill)
+    t = sub.add_parser("retry", help="re-queue failed and quarantined files")
+    config_arg(t)
+    t.add_argument("path", nargs="?")
+    t.add_argument("--all", action="store_true")
+    t.set_defaults(func=cmd_retry)
+    d = sub.add_parser("doctor", help="check config, model, permissions, inotify limits, disk and device")
+    config_arg(d)
+    d.set_defaults(func=cmd_doctor)

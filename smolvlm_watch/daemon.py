@@ -1,0 +1,454 @@
+"""The daemon: watches armed, journal open, one worker that owns the model.
+
+Three parts, as in huey's consumer, each with a one-tick method tests can drive:
+
+- ``WorkQueue``: the journal as the worker sees it: due jobs leased and checked (vanished?
+  only renamed?), results recorded, what was taken but not run given back.
+- ``Worker``: streams due jobs through the pipeline (the next files decode while the model
+  runs; the files decoded by then share a batch); ``tick()`` drains the queue once. Its
+  heartbeat is what the systemd watchdog rule reads.
+- ``Supervisor``: the main thread; ``tick(now)`` turns settled paths into jobs, checks what the
+  observers saw vanish, keeps the observers alive, rescans, reloads on SIGHUP, and talks to
+  systemd.
+
+``Daemon`` builds all of them whole on construction (journal, model, watches armed, first scan)
+and ``serve()`` runs them until a stop is asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import structlog
+
+from . import jsontext
+from .config import Config, ConfigError, WatchConfig
+from .engine import Engine, Interrupted, ModelLoadError
+from .journal import LIVE, Job, Journal, RetryPolicy
+from .media import sha256_file
+from .media.base import MediaError
+from .notify import notify, watchdog_interval
+from .pipeline import FileJob, FileResult, Pipeline
+from .plugins import PluginError, Registry
+from .reconcile import Reconciler
+from .runtime import create_runtime
+from .sidecar import Target
+from .watcher import ArmedWatch, Device, WatchSet
+
+STOP_GRACE_SECONDS = 20.0  # a running job may finish within this; then the model is cancelled
+CANCEL_GRACE_SECONDS = 5.0
+HEALTH_INTERVAL = 5.0
+STATUS_INTERVAL = 2.0
+
+Loader = Callable[[], "tuple[Config, Registry]"]
+
+
+@dataclass(frozen=True)
+class Taken:
+    """A leased job on its way through the pipeline, with the file's state when it was taken
+    (recorded on success: a file that changed meanwhile is seen as changed)."""
+
+    job: Job
+    watch: WatchConfig
+    fingerprint: str
+    size: int
+    mtime: float
+    sha256: str | None  # when the rename check hashed the file already: prepare need not again
+
+
+class Heartbeat:
+    """When the worker last made progress, and how many files it has in hand: a worker that
+    is busy and silent for longer than the files' time limits allow is wedged."""
+
+    def __init__(self) -> None:
+        self.busy_since: float | None = None
+        self.files = 0
+        self.overdue_logged = False
+
+    def beat(self, files: int) -> None:
+        self.busy_since, self.files, self.overdue_logged = time.monotonic(), files, False
+
+    def idle(self) -> None:
+        self.busy_since, self.files = None, 0
+
+    def overdue(self, item_timeout: float) -> bool:
+        since = self.busy_since
+        return since is not None and time.monotonic() - since >= item_timeout * max(1, self.files)
+
+
+class WorkQueue:
+    """Due jobs, checked and handed to the pipeline; their results recorded in the journal."""
+
+    def __init__(self, journal: Journal, reconciler: Reconciler, config: Callable[[], Config], log: Any):
+        self.journal, self.reconciler, self.config, self.log = journal, reconciler, config, log
+        self.taken: dict[str, Taken] = {}  # leased and not yet recorded, by path
+
+    def jobs(self, pipeline: Pipeline, running: Callable[[], bool], beat: Heartbeat) -> Iterator[FileJob]:
+        """Due jobs, live before backfill, while there are any and ``running()``. A job that was
+        running when a daemon died runs alone, in a stream of its own."""
+        while running():
+            job = self.journal.lease(self.config().state.lease_seconds)
+            if job is None:
+                return
+            if job.path in self.taken:
+                continue  # its lease ran out while it waited to run; it is ours already
+            if job.interrupted and self.taken:
+                self.journal.release(job.id)  # it runs alone, once the files in flight are done
+                return
+            beat.beat(len(self.taken) + 1)
+            _bind(path=job.path, job_id=job.id)
+            taken = self._admit(job, pipeline)
+            if taken is not None:
+                self.taken[job.path] = taken
+                yield FileJob(Path(job.path), taken.watch, job.force, taken.sha256)
+            if job.interrupted:
+                return  # alone: if it kills the daemon again, no file beside it shares the blame
+
+    def _admit(self, job: Job, pipeline: Pipeline) -> Taken | None:
+        """A job worth running, or None when it was settled here: the file vanished or left every
+        watch, or it is a known file under a new name whose sidecars are simply moved. One
+        job's trouble is that job's failure."""
+        try:
+            return self._check(job, pipeline)
+        except MediaError as exc:
+            self.fail(job.id, exc.reason, exc.transient)
+        except Exception as exc:  # noqa: BLE001 - the worker must survive any file
+            self.log.exception("job_crashed", error=str(exc))
+            self.fail(job.id, f"internal error: {type(exc).__name__}: {exc}", transient=True)
+        return None
+
+    def _check(self, job: Job, pipeline: Pipeline) -> Taken | None:
+        path = Path(job.path)
+        watch = pipeline.config.watch_for(path)
+        if watch is None or not os.path.lexists(path):
+            self.journal.mark_gone(job.id)
+            self.log.info("job_dropped", reason="file vanished" if watch else "no longer in any watch")
+            return None
+        st = path.stat()
+        fingerprint = pipeline.fingerprint(watch)
+        sha = None
+        if not job.force and not os.path.lexists(Target.for_media(path, watch.output, watch.path).json_path):
+            sha = sha256_file(path)
+            if self.reconciler.adopt_renamed(pipeline.config, path, watch, fingerprint, job.id, st, sha):
+                return None
+        return Taken(job, watch, fingerprint, st.st_size, st.st_mtime, sha)
+
+    def record(self, file_job: FileJob, result: FileResult) -> None:
+        """A taken job's result, into the journal."""
+        taken = self.taken.pop(str(file_job.path))
+        job = taken.job
+        _bind(path=job.path, job_id=job.id)
+        if result.status == "failed":
+            state = self.fail(job.id, result.error or "unknown error", result.transient)
+            self.log.warning("job_failed", state=state, error=result.error, transient=result.transient,
+                             seconds=round(result.seconds, 3))
+            return
+        processed = result.status == "done"
+        state = self.journal.done(job.id, result.sha256, taken.fingerprint, result.seconds if processed else 0.0,
+                                  taken.size, taken.mtime, result.outputs)
+        self.log.info("job_done", status=result.status, tasks=list(result.tasks_run),
+                      seconds=round(result.seconds, 3), outputs=len(result.outputs),
+                      pages_resumed=result.pages_resumed)
+        if state == "pending":
+            self.log.info("job_requeued", reason="the file changed while it was being processed")
+
+    def fail(self, job_id: int, error: str, transient: bool) -> str:
+        s = self.config().state
+        return self.journal.failed(job_id, error, transient, RetryPolicy(s.max_attempts, s.retry_base_seconds,
+                                                                         s.retry_max_seconds))
+
+    def release_all(self, why: str | None = None) -> None:
+        """Taken but not run (a stop, a reload, a cancelled model): back to pending, no attempt counted."""
+        for taken in self.taken.values():
+            self.journal.release(taken.job.id)
+            if why:
+                self.log.warning("job_released", path=taken.job.path, reason=why)
+        self.taken.clear()
+
+    def fail_all(self, error: str) -> None:
+        for taken in self.taken.values():
+            self.fail(taken.job.id, error, transient=True)
+        self.taken.clear()
+
+
+class Worker:
+    """The one thread that owns the pipeline and, through it, the model."""
+
+    def __init__(self, queue: WorkQueue, pipeline: Pipeline, stopping: threading.Event, log: Any):
+        self.queue, self.pipeline, self.stopping, self.log = queue, pipeline, stopping, log
+        self.wake = threading.Event()
+        self.heartbeat = Heartbeat()
+        self.processed = 0
+        self.thread: threading.Thread | None = None
+
+    def tick(self) -> int:
+        """Stream due jobs until the queue is empty, a stop is asked for, or a reload swapped the
+        pipeline (what was taken finishes with the pipeline it started with). Returns how many
+        results were recorded."""
+        pipeline = self.pipeline
+        done = 0
+        try:
+            for result in pipeline.process_many(
+                    self.queue.jobs(pipeline, lambda: self._running(pipeline), self.heartbeat),
+                    pages=self.queue.journal, on_batch=self._on_batch,
+                    stop=lambda: not self._running(pipeline)):
+                self.queue.record(*result)
+                self.processed += result[1].status != "skipped"
+                done += 1
+                self.heartbeat.beat(len(self.queue.taken))
+        except Interrupted:
+            self.queue.release_all("the model was stopped while it ran (the daemon is stopping)")
+        except Exception as exc:  # noqa: BLE001 - the worker must survive any batch
+            self.log.exception("batch_crashed", error=str(exc))
+            self.queue.fail_all(f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            self.heartbeat.idle()
+            structlog.contextvars.clear_contextvars()
+        self.queue.release_all()  # taken but not run: a stop or a reload came first
+        return done
+
+    def _running(self, pipeline: Pipeline) -> bool:
+        return not self.stopping.is_set() and self.pipeline is pipeline
+
+    def _on_batch(self, paths: list[Path]) -> None:
+        self.heartbeat.beat(len(paths))
+        if len(paths) == 1:
+            _bind(path=str(paths[0]))
+        else:
+            _bind(paths=[str(p) for p in paths])
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            if not self.tick():
+                self.wake.wait(self._idle_wait())
+                self.wake.clear()
+
+    def _idle_wait(self) -> float:
+        due = self.queue.journal.next_due()
+        return 0.5 if due is None else min(0.5, max(0.01, due))
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self.run, name="worker", daemon=True)
+        self.thread.start()
+
+    def healthy(self, item_timeout: float) -> bool:
+        """Alive, and idle or making progress within the files' time limits: what earns a
+        WATCHDOG=1. The clock runs from the moment a job is taken (decoding can wedge too)."""
+        alive = self.thread is None or self.thread.is_alive()
+        return alive and not self.heartbeat.overdue(item_timeout)
+
+
+class Supervisor:
+    """The main loop's one tick, and what it keeps between ticks."""
+
+    def __init__(self, daemon: "Daemon"):
+        self.d = daemon
+        self.interval = watchdog_interval()
+        now = time.monotonic()
+        self.last_ping = self.last_rescan = self.last_health = self.last_status = now
+        self.observers_ok = True
+
+    def tick(self, now: float | None = None) -> None:
+        d = self.d
+        now = time.monotonic() if now is None else now
+        if d.reload_requested.is_set():
+            d.reload_requested.clear()
+            d.reload()
+        for armed in d.watches.armed:
+            self._settled(armed)
+            d.reconciler.gone(armed)
+        if now - self.last_health >= HEALTH_INTERVAL:
+            self.last_health = now
+            self.observers_ok = d.watches.healthy()
+        if now - self.last_rescan >= d.config.state.rescan_interval:
+            self.last_rescan = now
+            d.scan_all()
+        healthy = d.worker.healthy(d.config.state.item_timeout)
+        if self.interval and now - self.last_ping >= self.interval and self.observers_ok and healthy:
+            self.last_ping = now
+            notify("WATCHDOG=1")
+        if now - self.last_status >= STATUS_INTERVAL:
+            self.last_status = now
+            d.status_line()
+        beat = d.worker.heartbeat
+        if not healthy and not beat.overdue_logged:
+            beat.overdue_logged = True  # once per stall; the stopped WATCHDOG pings do the rest
+            d.log.error("job_over_time_limit", paths=list(d.queue.taken), item_timeout=d.config.state.item_timeout)
+
+    def _settled(self, armed: ArmedWatch) -> None:
+        d = self.d
+        for path, forced in armed.tracker.due():
+            if forced:
+                d.log.warning("taken_while_changing", path=str(path), max_settle_seconds=armed.watch.max_settle_seconds)
+            if d.reconciler.enqueue(armed.watch, path, LIVE):
+                d.worker.wake.set()
+
+    def run(self) -> None:
+        while not self.d.stopping.wait(0.2):
+            self.tick()
+
+
+class Daemon:
+    """Everything the daemon is, built whole: construction opens the journal (taking its lock),
+    loads the model (``model.preload``), arms every watch and reconciles the journal with the
+    folders. ``serve()`` then runs the worker thread and the supervisor loop until ``stop()``."""
+
+    def __init__(self, config_path: str | Path, loader: Loader, loaded: tuple[Config, Registry] | None = None):
+        self.config_path = Path(config_path)
+        self.loader = loader  # read again at every reload
+        self.log = structlog.get_logger("smolvlm_watch.daemon")
+        self.stopping = threading.Event()
+        self.reload_requested = threading.Event()
+        self.started = time.time()
+        self.clean_exit = True
+        self.config, self.registry = loaded or loader()
+        self.journal = Journal(self.config.state.db, exclusive=True)
+        try:
+            self._build()
+        except BaseException:
+            self.journal.close()
+            raise
+
+    def _build(self) -> None:
+        recovered = self.journal.recover(self.config.state.max_attempts)
+        if recovered:
+            self.log.warning("recovered_interrupted_jobs", count=recovered)
+        self.engine = self._engine(self.config)
+        self.pipeline = Pipeline(self.config, self.registry, self.engine)
+        self.reconciler = Reconciler(self.journal, self.log)
+        self.queue = WorkQueue(self.journal, self.reconciler, lambda: self.config, self.log)
+        self.worker = Worker(self.queue, self.pipeline, self.stopping, self.log)
+        self.watches = self._arm(self.config)
+        self.scan_all()
+        self.write_meta()
+        self.supervisor = Supervisor(self)
+
+    def _engine(self, config: Config) -> Engine:
+        engine = create_runtime(config.model, config.runtime)
+        if config.model.preload:
+            notify("EXTEND_TIMEOUT_USEC=600000000\nSTATUS=loading model " + config.model.source)
+            self.log.info("model_loading", model=config.model.source)
+            t0 = time.monotonic()
+            engine.load()
+            info = engine.info()
+            self.log.info("model_loaded", model=config.model.source, device=info.device, dtype=info.dtype,
+                          seconds=round(time.monotonic() - t0, 2))
+        return engine
+
+    def _arm(self, config: Config) -> WatchSet:
+        watches = WatchSet(config.watches, self.reconciler.on_dir, self.log, self._devices())
+        watches.start()
+        return watches
+
+    def _devices(self) -> dict[str, Device]:
+        raw = json.loads(self.journal.meta("devices") or "{}")
+        return {path: Device(d["dev"], d["mount"]) for path, d in raw.items()}
+
+    # --- running ---------------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        self.worker.start()
+        notify("READY=1\nSTATUS=watching " + ", ".join(str(w.path) for w in self.config.watches))
+        self.log.info("ready", watches=len(self.config.watches), db=str(self.config.state.db),
+                      model=self.config.model.source, model_loaded=self.engine.loaded)
+        self.supervisor.run()
+        self.clean_exit = self.shutdown()
+
+    def tick(self, now: float | None = None) -> None:
+        """One round of the supervisor (tests drive the daemon with it)."""
+        self.supervisor.tick(now)
+
+    def stop(self) -> None:
+        """Stop taking work (a signal handler may call this)."""
+        self.stopping.set()
+        self.worker.wake.set()
+
+    def scan_all(self) -> int:
+        """Reconcile the journal with every available watch (see ``Reconciler.scan``)."""
+        queued = sum(self.reconciler.scan(armed) for armed in self.watches.armed)
+        if queued:
+            self.log.info("scan_queued", files=queued)
+            self.worker.wake.set()
+        return queued
+
+    # --- status --------------------------------------------------------------------------------------
+
+    def status_line(self) -> None:
+        counts = self.journal.counts()
+        hour, _ = self.journal.done_since(time.time() - 3600)
+        model = "loaded" if self.engine.loaded else "not loaded"
+        notify(f"STATUS=queue {counts['pending'] + counts['running']}, done last hour {hour}, "
+               f"failed {counts['failed'] + counts['quarantined']}, model {model}")
+        self.write_meta()
+
+    def write_meta(self) -> None:
+        info = self.engine.info()
+        self.journal.set_meta("devices", jsontext.dumps({p: d.as_dict() for p, d in self.watches.devices.items()}))
+        self.journal.set_meta("daemon", jsontext.dumps({
+            "pid": os.getpid(), "started": self.started, "updated": time.time(),
+            "model": self.config.model.source, "model_loaded": self.engine.loaded, "device": info.device,
+            "config": str(self.config_path),
+            "fingerprints": {str(w.path): self.pipeline.fingerprint(w) for w in self.config.watches},
+            "watches": [{"path": str(a.watch.path), "mode": a.mode if a.available else "unavailable",
+                         "reason": a.unavailable or a.reason, "available": a.available}
+                        for a in self.watches.armed],
+        }))
+
+    # --- reload and stop -----------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """SIGHUP: a valid new config replaces the old one. Everything new is built first (a
+        new model loaded, if the model changed), and only then is the old one let go: an
+        invalid config or a model that cannot be loaded is refused, and the old config keeps
+        running."""
+        notify("RELOADING=1")
+        try:
+            config, registry = self.loader()
+            same = (config.model, config.runtime) == (self.config.model, self.config.runtime)
+            engine = self.engine if same else self._engine(config)
+        except (ConfigError, PluginError, ModelLoadError) as exc:
+            self.log.error("reload_refused", error=str(exc))
+            notify("READY=1")
+            return
+        self.watches.stop()
+        self.config, self.registry, self.engine = config, registry, engine
+        self.pipeline = self.worker.pipeline = Pipeline(config, registry, engine)
+        self.watches = self._arm(config)
+        self.scan_all()
+        self.write_meta()
+        self.log.info("reloaded", watches=len(config.watches))
+        notify("READY=1")
+
+    def shutdown(self) -> bool:
+        """Stop watching, let the running job finish within the grace period, then cancel the
+        model and give back what was not finished. Returns False when the worker is still stuck
+        (in a decoder that cannot be interrupted): the caller must then exit without waiting."""
+        notify("STOPPING=1")
+        self.log.info("stopping")
+        self.stop()
+        self.watches.stop()
+        thread = self.worker.thread
+        if thread is not None:
+            thread.join(timeout=STOP_GRACE_SECONDS)
+            if thread.is_alive():
+                self.log.warning("cancelling", reason=f"a job still ran after {STOP_GRACE_SECONDS:.0f} s")
+                self.engine.cancel()
+                thread.join(timeout=CANCEL_GRACE_SECONDS)
+        stuck = thread is not None and thread.is_alive()
+        if stuck:
+            self.queue.release_all("still running at shutdown")
+        self.journal.close()
+        self.log.info("stopped", processed=self.worker.processed)
+        return not stuck
+
+
+def _bind(**values: Any) -> None:
+    """Every log line of the worker's thread carries the file (and job) it is about."""
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(**values)

@@ -1,0 +1,125 @@
+"""The named model interface: what the pipeline and the tasks say to a model, and what comes back.
+
+A task describes *what* to ask (``Request``: a conversation, generation and image settings);
+an ``Engine`` decides *how* to run it: in-process transformers (``runtime.Runtime``), an
+OpenAI-compatible server (``remote.RemoteRuntime``), or a third-party backend. Both built-ins
+import this module and nothing of each other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Protocol, Sequence
+
+from PIL import Image
+
+from .config import ImageSettings
+
+
+class Interrupted(Exception):
+    """The engine was cancelled (the daemon is stopping): answers in flight are incomplete and
+    must not be recorded; the jobs go back to the queue."""
+
+
+class ModelLoadError(Exception):
+    """The model could not be loaded; the message says which, why, and how to fix it."""
+
+
+class InferenceError(Exception):
+    """A request failed in the model (out of memory, a shape the model rejects)."""
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How to decode: greedy, bounded, with a loop guard so a degenerate answer ends."""
+
+    max_new_tokens: int = 256
+    min_new_tokens: int | None = None
+    loop_guard: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"max_new_tokens": self.max_new_tokens, "min_new_tokens": self.min_new_tokens,
+                "do_sample": False, "loop_guard": self.loop_guard}
+
+
+@dataclass(frozen=True)
+class Request:
+    """One question about one or more images: a chat conversation in transformers' format whose
+    image items stand for ``images`` in order."""
+
+    images: tuple[Image.Image, ...]
+    messages: tuple[dict[str, Any], ...]
+    generation: GenerationSettings = GenerationSettings()
+    image: ImageSettings = ImageSettings()
+    video: Any = None  # a video.Clip: its frames and timestamps stand for the conversation's video item
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    token_ids: tuple[int, ...] = ()
+    prompt_tokens: int = 0
+    seconds: float = 0.0
+    error: InferenceError | None = None
+    new_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the sidecar's ``model`` records."""
+
+    id: str
+    revision: str | None
+    dtype: str | None
+    device: str | None
+    backend: str = "transformers"
+    endpoint: str | None = None  # the remote backend's base URL
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {"id": self.id, "revision": self.revision, "dtype": self.dtype, "device": self.device,
+               "backend": self.backend}
+        if self.endpoint:
+            out["endpoint"] = self.endpoint
+        return out
+
+
+def question(prompt: str, images: int = 1, video: bool = False) -> tuple[dict[str, Any], ...]:
+    """The user turn SmolVLM2 is trained on: the images (or the video) first, then the text."""
+    media = [{"type": "video"}] if video else [{"type": "image"} for _ in range(images)]
+    return ({"role": "user", "content": media + [{"type": "text", "text": prompt}]},)
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short stable hash of settings; equal fingerprints mean an equal result would be computed."""
+    blob = json.dumps(parts, sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+
+class Engine(Protocol):
+    """What the pipeline needs of a model backend. ``generate`` answers every request (a failed
+    one gets an ``Answer`` with ``error``, never an exception, except ``Interrupted``)."""
+
+    vision_passes: int
+
+    @property
+    def loaded(self) -> bool: ...
+
+    @property
+    def prepares_ahead(self) -> bool: ...
+
+    def load(self) -> None: ...
+
+    def info(self) -> ModelInfo: ...
+
+    def generate(self, requests: Sequence[Request]) -> list[Answer]: ...
+
+    def max_batch(self) -> int: ...
+
+    def video_sampling(self) -> dict[str, Any]: ...
+
+    def preprocess(self, requests: Sequence[Request]) -> None: ...
+
+    def cancel(self) -> None: ...

@@ -1,0 +1,156 @@
+"""What every decoder shares: the decoded ``Media``, its ``SourceInfo``, ``MediaError``, the
+limits a file is held to, and the one safe way to open an input.
+
+Every input is opened exactly once, through ``open_input``: ``O_NONBLOCK`` so that a FIFO or a
+device swapped in under a media name cannot block the worker in ``open()``, then ``fstat`` on
+the open descriptor (not the name, which may change meanwhile) to insist on a regular file. The
+decoders read through that descriptor only.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
+
+from PIL import Image, ImageOps
+
+Kind = Literal["image", "video", "document"]
+KINDS: tuple[Kind, ...] = ("image", "video", "document")
+
+HEAD_BYTES = 64  # what the kind is decided from
+
+# File name extensions a watch considers (content still decides what a file is).
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp"})
+VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi"})
+DOCUMENT_EXTENSIONS = frozenset({".pdf"})
+MEDIA_EXTENSIONS = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS | DOCUMENT_EXTENSIONS
+
+
+class MediaError(Exception):
+    """A file that cannot be read as media. ``transient`` errors (locked, vanished mid-read) may
+    succeed on a later attempt; the others never will without a change to the file."""
+
+    def __init__(self, path: Path | str, reason: str, transient: bool = False):
+        self.path = str(path)
+        self.reason = reason
+        self.transient = transient
+        super().__init__(f"{path}: {reason}")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What an input is held to: guards against decompression bombs and absurd files."""
+
+    max_pixels: int = 100_000_000
+    max_bytes: int = 4 * 1024**3
+    dpi: int = 200  # documents: PDF rendering resolution
+    max_pages: int = 1000
+    max_page_pixels: int = 60_000_000
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What the sidecar's ``source`` records about the input file."""
+
+    path: str
+    size: int
+    mtime: float
+    sha256: str
+    kind: Kind
+    width: int
+    height: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        base = {"path": self.path, "size": self.size, "mtime": self.mtime, "sha256": self.sha256,
+                "kind": self.kind, "width": self.width, "height": self.height}
+        return {**base, **self.extra}
+
+
+@dataclass(frozen=True)
+class Media:
+    """A decoded input: its source info and the images tasks look at (one for a photo, the
+    sampled frames of a video, one or a few pages of a document)."""
+
+    info: SourceInfo
+    images: tuple[Image.Image, ...]
+    sidecar_extra: dict[str, Any] = field(default_factory=dict)  # top-level sidecar sections of this kind
+    clip: Any = None  # a video's sampled frames and timing (media.video.Clip)
+
+    @property
+    def kind(self) -> Kind:
+        return self.info.kind
+
+
+def open_input(path: Path) -> tuple[BinaryIO, os.stat_result]:
+    """The file opened for reading, and its status, refusing anything but a regular file
+    without ever blocking. Every failure is a MediaError that says what to do."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise MediaError(path, "file vanished before it could be read") from None
+    except PermissionError:
+        raise MediaError(path, "permission denied: the daemon's user cannot read this file") from None
+    except OSError as exc:
+        raise MediaError(path, f"cannot open file: {exc.strerror or exc}",
+                         transient=exc.errno in (errno.EAGAIN, errno.EBUSY, errno.EINTR, errno.EIO)) from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise MediaError(path, f"not a regular file ({_file_type(st.st_mode)})")
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    return os.fdopen(fd, "rb"), st
+
+
+def _file_type(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a folder"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def check_size(path: Path, size: int, limits: Limits) -> None:
+    if size == 0:
+        raise MediaError(path, "empty file (0 bytes)")
+    if size >= limits.max_bytes:
+        raise MediaError(path, f"file is {size} bytes, at or over the media.max_bytes limit of {limits.max_bytes}")
+
+
+def sha256_of(f: BinaryIO, chunk: int = 1 << 20) -> str:
+    """The content hash of an open file, read from its start; the position is left at 0."""
+    h = hashlib.sha256()
+    f.seek(0)
+    while block := f.read(chunk):
+        h.update(block)
+    f.seek(0)
+    return h.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    """The content hash of a file, opened as every input is (see ``open_input``)."""
+    f, _ = open_input(path)
+    with f:
+        return sha256_of(f)
+
+
+def upright_rgb(img: Image.Image) -> Image.Image:
+    """EXIF orientation applied, transparency composited on white, RGB: what the model sees."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img)
+    return img.convert("RGB")
+
+
+def source_info(path: Path, st: os.stat_result, sha256: str, kind: Kind, width: int, height: int,
+                **extra: Any) -> SourceInfo:
+    return SourceInfo(path=str(path), size=st.st_size, mtime=st.st_mtime, sha256=sha256, kind=kind,
+                      width=width, height=height, extra=extra)

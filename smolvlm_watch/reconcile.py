@@ -1,0 +1,110 @@
+"""Keeping the journal true to the disk.
+
+The watchers report what they see; this decides what it means. A scan of a watch queues new and
+changed files, marks vanished ones gone, and queues again a done file whose sidecars went
+missing (deleted by hand, a backup restored without them); it removes the temp files of writes
+that will never finish, and counts what it passed over for ``status``. Nothing is marked gone
+while the watch's folder cannot be trusted (``ArmedWatch.check``: an unmounted share leaves an
+empty folder behind, which is not "every file deleted"). A known file that turns up under a new
+name has its sidecars moved along instead of being run again.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from . import jsontext
+from .config import Config, WatchConfig
+from .journal import BACKFILL, Job, Journal
+from .sidecar import TEMP_PREFIX, Target, missing_output, relocate, sweep_temp
+from .watcher import ArmedWatch, ScanReport, scan
+
+
+class Reconciler:
+    def __init__(self, journal: Journal, log: Any):
+        self.journal, self.log = journal, log
+
+    def enqueue(self, watch: WatchConfig, path: Path, priority: int) -> bool:
+        """Queue a settled or scanned file (a vanished one is left to the scan)."""
+        try:
+            st = path.stat()
+        except OSError:
+            return False
+        return self.journal.enqueue(str(path), str(watch.path), st.st_size, st.st_mtime, priority)
+
+    def scan(self, armed: ArmedWatch) -> int:
+        """Reconcile one watch with its folder; returns how many files were queued."""
+        if not armed.check():
+            return 0
+        watch, report = armed.watch, ScanReport()
+        queued = sum(self.enqueue(watch, path, BACKFILL) for path in scan(watch, armed.filter, report))
+        if watch.output.output_dir is not None:
+            report.temp_removed += self._sweep(watch.output.output_dir)
+        if armed.check():  # still there after the walk: what is missing now is really gone
+            queued += self._settle_known(watch)
+        self.journal.set_meta(f"scan:{watch.path}", jsontext.dumps(report.as_dict()))
+        if report.temp_removed:
+            self.log.info("temp_files_removed", watch=str(watch.path), count=report.temp_removed)
+        return queued
+
+    def _settle_known(self, watch: WatchConfig) -> int:
+        requeued = 0
+        for job in self.journal.known(str(watch.path)):
+            if not os.path.lexists(job.path):
+                self.journal.mark_gone(job.id)
+            elif job.state == "done" and (missing := self.missing(job, watch)) is not None:
+                requeued += self.journal.requeue(job.path, f"its sidecar {missing} is missing")
+        return requeued
+
+    @staticmethod
+    def missing(job: Job, watch: WatchConfig) -> str | None:
+        """The first file of a done job's sidecar set that is gone, or None."""
+        target = Target.for_media(Path(job.path), watch.output, watch.path)
+        return missing_output(target, job.outputs, "json" in watch.outputs)
+
+    @staticmethod
+    def _sweep(top: Path) -> int:
+        removed = 0
+        for folder, _, files in os.walk(top):
+            if any(name.startswith(TEMP_PREFIX) for name in files):
+                removed += len(sweep_temp(Path(folder)))
+        return removed
+
+    def gone(self, armed: ArmedWatch) -> None:
+        """Paths the observer saw moved away or deleted: gone at once (a folder with everything
+        below it), unless the watch's folder itself cannot be trusted right now."""
+        paths = []
+        while armed.gone:
+            paths.append(armed.gone.popleft())
+        if paths and armed.check():
+            for path in paths:
+                if not os.path.lexists(path):
+                    self.journal.mark_gone_under(str(path))
+
+    def on_dir(self, armed: ArmedWatch, folder: Path) -> None:
+        """A folder appeared (moved in, a mount back): its files come with no events of their own."""
+        if folder != armed.watch.path and not armed.filter.accepts_dir(folder):
+            return
+        for path in scan(replace(armed.watch, path=folder), armed.filter):
+            armed.tracker.touch(path)
+
+    def adopt_renamed(self, config: Config, path: Path, watch: WatchConfig, fingerprint: str, job_id: int,
+                      st: os.stat_result, sha: str) -> bool:
+        """A file (with no sidecar of its own) whose content the journal knows under a vanished
+        name gets that name's sidecars, without a model run. True when it did."""
+        for old in self.journal.by_sha(sha):
+            if old.path == str(path) or os.path.lexists(old.path) or old.fingerprint != fingerprint:
+                continue
+            old_watch = config.watch_for(Path(old.path)) or watch
+            moved = relocate(Target.for_media(Path(old.path), old_watch.output, old_watch.path),
+                             Target.for_media(path, watch.output, watch.path),
+                             {"path": str(path), "size": st.st_size, "mtime": st.st_mtime})
+            if moved:
+                self.journal.forget(old.path)
+                self.journal.done(job_id, sha, fingerprint, 0.0, st.st_size, st.st_mtime, moved)
+                self.log.info("job_done", status="renamed", renamed_from=old.path, outputs=len(moved))
+                return True
+        return False

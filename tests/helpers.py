@@ -1,0 +1,147 @@
+"""What the tests share: generated images, sidecar reading, trap plugins, the daemon harness
+(in-process and as a real subprocess) and its journal, peak memory of a subprocess run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from smolvlm_watch.cli import load_checked
+from smolvlm_watch.daemon import Daemon
+from smolvlm_watch.journal import Journal
+
+
+
+def make_image(path: Path, size=(96, 64), color=(200, 40, 40), fmt: str | None = None, **save) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path, fmt or None, **save)
+    return path
+
+
+def read_sidecar(media: Path) -> dict:
+    return json.loads(media.with_name(media.name + ".smolvlm.json").read_text(encoding="utf-8"))
+
+
+def write_trap_plugin(folder: Path, module: str, task: str, trigger: str, action: str) -> None:
+    """A plugin module whose task misbehaves (runs ``action``) on files named ``trigger`` only."""
+    (folder / f"{module}.py").write_text(f"""
+import time
+from smolvlm_watch import hookimpl
+from smolvlm_watch.tasks import Task
+
+class Trap(Task):
+    name = {task!r}
+    default_prompt = "x"
+    default_max_new_tokens = 1
+
+    def requests(self, media, spec):
+        if media.info.path.endswith({trigger!r}):
+            {action}
+        return super().requests(media, spec)
+
+@hookimpl
+def register_tasks(register):
+    register(Trap())
+""")
+
+
+_PEAK = """
+import json, resource, sys
+from smolvlm_watch.cli import main
+code = main(["process", sys.argv[1], "-c", sys.argv[2], "--json"])
+print(json.dumps({"code": code, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def process_peak_mb(path: Path, config: Path) -> float:
+    """`process PATH -c CONFIG` in a fresh interpreter; its peak RSS in MB (it must succeed)."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", _PEAK, str(path), str(config)], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert result["code"] == 0, result
+    return result["peak_mb"]
+
+
+def wait_for(predicate, timeout=30.0, interval=0.05, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def daemon_config(tmp_path: Path, tiny_model: Path, extra_watch: str = "", extra: str = "",
+                  tasks: str = "[caption]", outputs: str = "[json]") -> Path:
+    (tmp_path / "inbox").mkdir(exist_ok=True)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(textwrap.dedent(f"""\
+        model: {{path: {tiny_model}, threads: 1}}
+        tasks:
+          caption: {{max_new_tokens: 2}}
+          ocr: {{max_new_tokens: 2, image_splitting: false}}
+        watches:
+          - path: ./inbox
+            tasks: {tasks}
+            outputs: {outputs}
+            settle_seconds: 0.3
+            poll_interval: 0.3
+        {textwrap.indent(extra_watch, '  ')}
+        state: {{db: ./state/journal.sqlite, retry_base_seconds: 0.05, max_attempts: 3}}
+        logging: {{format: json}}
+        """) + extra)
+    return cfg
+
+
+class InProcess:
+    """The daemon in this process: built whole (journal, model, watches, first scan), its worker
+    thread started, its supervisor ticking in a thread of its own."""
+
+    def __init__(self, cfg: Path):
+        self.daemon = Daemon(cfg, lambda: load_checked(cfg))
+        self.daemon.worker.start()
+        self.thread = threading.Thread(target=self.daemon.supervisor.run, daemon=True)
+        self.thread.start()
+
+    @property
+    def journal(self) -> Journal:
+        return self.daemon.journal
+
+    def state(self, path: Path) -> str | None:
+        job = self.journal.get(str(path))
+        return job.state if job else None
+
+    def wait_done(self, paths, timeout=60.0):
+        wait_for(lambda: all(self.state(p) == "done" for p in paths), timeout, what=f"{len(paths)} files done")
+
+    def stop(self):
+        self.daemon.stop()
+        self.thread.join(10)
+        self.daemon.shutdown()
+
+
+def spawn(cfg: Path, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "smolvlm_watch.cli", "run", "-c", str(cfg)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **(env or {})}, cwd=cfg.parent)
+
+
+def journal_states(db: Path) -> dict[str, str]:
+    if not db.exists():
+        return {}
+    j = Journal(db)
+    try:
+        return {job.path: job.state for job in j.all()}
+    finally:
+        j.close()
