@@ -10,9 +10,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, overload
+from collections.abc import Callable
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
+
+from .media.base import MEDIA_EXTENSIONS
 
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolVLM2-256M-Video-Instruct"
 DEFAULT_TASKS = ("caption", "tags")
@@ -42,7 +46,7 @@ class ImageSettings:
     max_image_size: int | None = None
     splitting: bool | None = None
 
-    def over(self, base: "ImageSettings") -> "ImageSettings":
+    def over(self, base: ImageSettings) -> ImageSettings:
         """These settings laid over ``base``: ours win where set."""
         return ImageSettings(
             longest_edge=self.longest_edge if self.longest_edge is not None else base.longest_edge,
@@ -76,10 +80,16 @@ class ModelConfig:
 
     @property
     def source(self) -> str:
-        """What from_pretrained is given (the local folder, else the hub id), or the remote model."""
+        """What from_pretrained is given (the local folder, else the hub id), or the remote model
+        (its URL without credentials: this is what logs, status and sidecars show)."""
         if self.backend == "openai":
-            return f"{self.name} at {self.base_url}"
+            return f"{self.name} at {self.endpoint}"
         return str(self.path) if self.path else self.id
+
+    @property
+    def endpoint(self) -> str | None:
+        """``base_url`` as it may be shown or recorded: without user:password or a query."""
+        return redact_url(self.base_url) if self.base_url else None
 
 
 @dataclass(frozen=True)
@@ -92,7 +102,7 @@ class TaskConfig:
     options: dict[str, Any] = field(default_factory=dict)
     video: dict[str, Any] = field(default_factory=dict)  # this task's own video sampling (fps, max_frames, mode)
 
-    def over(self, base: "TaskConfig") -> "TaskConfig":
+    def over(self, base: TaskConfig) -> TaskConfig:
         return TaskConfig(
             prompt=self.prompt if self.prompt is not None else base.prompt,
             max_new_tokens=self.max_new_tokens if self.max_new_tokens is not None else base.max_new_tokens,
@@ -152,8 +162,11 @@ class WatchConfig:
     video: VideoConfig = VideoConfig()
 
     def contains(self, path: Path) -> bool:
+        """Whether ``path`` lies in this watch: its folder, resolved (a watch reached through a
+        symlink, or named through one), holds it. The file itself is not resolved: a symlink
+        in the watch belongs to the watch, whatever it points at (the filter judges that)."""
         try:
-            rel = path.resolve().relative_to(self.path.resolve())
+            rel = (path.parent.resolve() / path.name).relative_to(self.path.resolve())
         except ValueError:
             return False
         return self.recursive or len(rel.parts) == 1
@@ -168,6 +181,7 @@ class StateConfig:
     lease_seconds: float = 900.0
     item_timeout: float = 1800.0
     rescan_interval: float = 300.0
+    stop_grace_seconds: float = 20.0  # at a stop, a running job may finish within this; then it is cancelled
 
 
 @dataclass(frozen=True)
@@ -218,6 +232,17 @@ class Config:
         return max(hits, key=lambda w: len(w.path.resolve().parts)) if hits else None
 
 
+def redact_url(url: str) -> str:
+    """A URL with its credentials (``user:password@``) and query removed: ``base_url`` may carry
+    them, and nothing that is logged, printed or written to a sidecar ever does."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "", "")).rstrip("/")
+
+
 def default_state_dir() -> Path:
     """$STATE_DIRECTORY under systemd, else the XDG state dir."""
     if os.environ.get("STATE_DIRECTORY"):
@@ -260,7 +285,7 @@ class _Reader:
             return default
         return value
 
-    def choice(self, data: dict, key: str, where: str, allowed: tuple[str, ...], default: str) -> str:
+    def choice(self, data: dict, key: str, where: str, allowed: tuple[str, ...], default: Any) -> Any:
         value = data.get(key, default)
         if value is None:
             return default
@@ -277,6 +302,12 @@ class _Reader:
             self.fail(_join(where, key), f"{_show(value)} is too small (minimum {minimum})")
             return default
         return value
+
+    @overload
+    def path(self, data: dict, key: str, where: str, default: Path) -> Path: ...
+
+    @overload
+    def path(self, data: dict, key: str, where: str, default: None = None) -> Path | None: ...
 
     def path(self, data: dict, key: str, where: str, default: Path | None = None) -> Path | None:
         value = self.get(data, key, where, lambda v: isinstance(v, str) and v != "", "a path", None)
@@ -392,7 +423,7 @@ _OUTPUT_KEYS = ("policy", "output_dir", "json_suffix", "ocr_suffix", "caption_tx
 
 def _output(r: _Reader, data: dict, where: str, base: OutputConfig) -> OutputConfig:
     suffix = lambda v: isinstance(v, str) and v.startswith(".") and "/" not in v  # noqa: E731
-    return OutputConfig(
+    out = OutputConfig(
         policy=r.choice(data, "policy", where, POLICIES, base.policy),
         output_dir=r.path(data, "output_dir", where, base.output_dir),
         json_suffix=r.get(data, "json_suffix", where, suffix, "a suffix starting with '.'", base.json_suffix),
@@ -403,6 +434,25 @@ def _output(r: _Reader, data: dict, where: str, base: OutputConfig) -> OutputCon
         xmp_keyword_parent=r.get(data, "xmp_keyword_parent", where, lambda v: isinstance(v, str), "a string",
                                  base.xmp_keyword_parent),
     )
+    _check_suffixes(r, where, out, set(data))
+    return out
+
+
+def _check_suffixes(r: _Reader, where: str, out: OutputConfig, given: set[str]) -> None:
+    """A sidecar suffix that is also a media extension would make every such file look like a
+    sidecar (and never be processed); two outputs with one suffix would overwrite each other.
+    Reported where the suffix is set, not again in every watch that inherits it."""
+    for key in ("json_suffix", "ocr_suffix"):
+        if key not in given:
+            continue
+        value = getattr(out, key)
+        last = "." + value.rsplit(".", 1)[-1].lower()
+        if last in MEDIA_EXTENSIONS or last == ".xmp":
+            r.fail(_join(where, key), f"{value!r} ends like a media file or an XMP sidecar ({last}); "
+                                      "choose a suffix such as .smolvlm.json or .txt")
+    if out.json_suffix == out.ocr_suffix and given & {"json_suffix", "ocr_suffix"}:
+        r.fail(_join(where, "ocr_suffix"), f"{out.ocr_suffix!r} is also outputs.json_suffix: the OCR text would "
+                                           "overwrite the JSON sidecar; give them different suffixes")
 
 
 def _watch_tasks(r: _Reader, data: dict, where: str) -> tuple[tuple[str, ...], dict[str, TaskConfig]]:
@@ -483,7 +533,7 @@ def _watch(r: _Reader, raw: Any, where: str, outputs: OutputConfig, video: Video
 def _state(r: _Reader, raw: Any) -> StateConfig:
     d = StateConfig()
     keys = ("db", "max_attempts", "retry_base_seconds", "retry_max_seconds", "lease_seconds",
-            "item_timeout", "rescan_interval")
+            "item_timeout", "rescan_interval", "stop_grace_seconds")
     data = r.mapping(raw, "state", keys)
     return StateConfig(
         db=r.path(data, "db", "state", d.db),
@@ -493,6 +543,7 @@ def _state(r: _Reader, raw: Any) -> StateConfig:
         lease_seconds=r.number(data, "lease_seconds", "state", d.lease_seconds, minimum=1),
         item_timeout=r.number(data, "item_timeout", "state", d.item_timeout, minimum=1),
         rescan_interval=r.number(data, "rescan_interval", "state", d.rescan_interval, minimum=1),
+        stop_grace_seconds=r.number(data, "stop_grace_seconds", "state", d.stop_grace_seconds),
     )
 
 
@@ -609,4 +660,6 @@ def resolved(config: Config) -> dict[str, Any]:
 
     out = plain(config)
     out.pop("source", None)
+    if config.model.base_url:
+        out["model"]["base_url"] = config.model.endpoint
     return out

@@ -23,7 +23,8 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
+from collections.abc import Callable, Iterator
 
 import structlog
 
@@ -41,8 +42,7 @@ from .runtime import create_runtime
 from .sidecar import Target
 from .watcher import ArmedWatch, Device, WatchSet
 
-STOP_GRACE_SECONDS = 20.0  # a running job may finish within this; then the model is cancelled
-CANCEL_GRACE_SECONDS = 5.0
+CANCEL_GRACE_SECONDS = 5.0  # after the stop grace: the model is cancelled, and has this long to let go
 HEALTH_INTERVAL = 5.0
 STATUS_INTERVAL = 2.0
 
@@ -118,7 +118,7 @@ class WorkQueue:
             return self._check(job, pipeline)
         except MediaError as exc:
             self.fail(job.id, exc.reason, exc.transient)
-        except Exception as exc:  # noqa: BLE001 - the worker must survive any file
+        except Exception as exc:
             self.log.exception("job_crashed", error=str(exc))
             self.fail(job.id, f"internal error: {type(exc).__name__}: {exc}", transient=True)
         return None
@@ -204,7 +204,7 @@ class Worker:
                 self.heartbeat.beat(len(self.queue.taken))
         except Interrupted:
             self.queue.release_all("the model was stopped while it ran (the daemon is stopping)")
-        except Exception as exc:  # noqa: BLE001 - the worker must survive any batch
+        except Exception as exc:
             self.log.exception("batch_crashed", error=str(exc))
             self.queue.fail_all(f"internal error: {type(exc).__name__}: {exc}")
         finally:
@@ -247,7 +247,7 @@ class Worker:
 class Supervisor:
     """The main loop's one tick, and what it keeps between ticks."""
 
-    def __init__(self, daemon: "Daemon"):
+    def __init__(self, daemon: Daemon):
         self.d = daemon
         self.interval = watchdog_interval()
         now = time.monotonic()
@@ -434,10 +434,11 @@ class Daemon:
         self.stop()
         self.watches.stop()
         thread = self.worker.thread
+        grace = self.config.state.stop_grace_seconds
         if thread is not None:
-            thread.join(timeout=STOP_GRACE_SECONDS)
+            thread.join(timeout=grace)
             if thread.is_alive():
-                self.log.warning("cancelling", reason=f"a job still ran after {STOP_GRACE_SECONDS:.0f} s")
+                self.log.warning("cancelling", reason=f"a job still ran after {grace:g} s (state.stop_grace_seconds)")
                 self.engine.cancel()
                 thread.join(timeout=CANCEL_GRACE_SECONDS)
         stuck = thread is not None and thread.is_alive()

@@ -58,12 +58,13 @@ def check_endpoint(config: Config) -> Check:
     import httpx
 
     m = config.model
+    assert m.base_url is not None  # the config requires it for the openai backend
     try:
         response = httpx.get(m.base_url.rstrip("/") + "/models", timeout=5)
     except httpx.HTTPError as exc:
-        return Check("FAIL", f"remote backend {m.base_url} cannot be reached ({type(exc).__name__})",
+        return Check("FAIL", f"remote backend {m.endpoint} cannot be reached ({type(exc).__name__})",
                      "start the server, or correct model.base_url (and the unit's network drop-in)")
-    return Check("ok", f"remote backend {m.base_url} answers (HTTP {response.status_code}), model {m.name}")
+    return Check("ok", f"remote backend {m.endpoint} answers (HTTP {response.status_code}), model {m.name}")
 
 
 def check_writable(folder: Path, what: str) -> Check:

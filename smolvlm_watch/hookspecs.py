@@ -7,7 +7,7 @@ point in the ``smolvlm_watch`` group, and modules named in the config's ``plugin
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from pluggy import HookimplMarker, HookspecMarker
 

@@ -33,7 +33,8 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, TypeVar
+from typing import Any, Literal, TypeVar
+from collections.abc import Callable
 
 from . import jsontext
 
@@ -116,7 +117,7 @@ def under(folder: str | None) -> tuple[str, tuple[Any, ...]]:
     raw = os.fsencode(prefix)
     return ("(path = ? OR path = ? OR substr(path, 1, ?) = ?"
             " OR (typeof(path) = 'blob' AND substr(path, 1, ?) = ?))",
-            (to_db(folder), os.fsencode(folder), len(prefix), prefix, len(raw), raw))
+            (to_db(folder), os.fsencode(folder), len(prefix), to_db(prefix), len(raw), raw))
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,7 @@ class Job:
         return self.last_error == INTERRUPTED
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> "Job":
+    def from_row(cls, row: sqlite3.Row) -> Job:
         outputs = row["outputs"]
         return cls(id=row["id"], path=from_db(row["path"]), watch=from_db(row["watch"]), size=row["size"],
                    mtime=row["mtime"], sha256=row["sha256"], fingerprint=row["fingerprint"], state=row["state"],
@@ -173,7 +174,7 @@ def _locked(method: F) -> F:
     transaction must never swallow the other thread's statements."""
 
     @functools.wraps(method)
-    def wrapper(self: "Journal", *args: Any, **kwargs: Any) -> Any:
+    def wrapper(self: Journal, *args: Any, **kwargs: Any) -> Any:
         with self._mu:
             return method(self, *args, **kwargs)
 
@@ -226,10 +227,7 @@ class Journal:
             raise JournalError(f"no journal at {self.path}: no daemon has run with this config yet "
                                "(start it with `smolvlm-watch run`, or check state.db)")
         try:
-            self.db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30,
-                                      isolation_level=None, check_same_thread=False)
-            self.db.row_factory = sqlite3.Row
-            self.db.execute("SELECT 1 FROM jobs LIMIT 1").fetchall()
+            self.db = self._connect_readonly()
             columns = {row["name"] for row in self.db.execute("PRAGMA table_info(jobs)")}
             if "outputs" not in columns:
                 raise JournalError(f"the journal {self.path} is from an older smolvlm-watch: start the daemon "
@@ -238,20 +236,39 @@ class Journal:
             self.close()
             raise JournalError(self._explain(exc)) from None
 
+    def _connect_readonly(self) -> sqlite3.Connection:
+        """Read-only, beside a daemon that writes. On a read-only disk, where SQLite cannot
+        create the WAL index a reader needs, nothing can be writing: read it as immutable."""
+        uri = self.path.resolve().as_uri()
+        for mode in ("mode=ro", "mode=ro&immutable=1"):
+            db = sqlite3.connect(f"{uri}?{mode}", uri=True, timeout=30, isolation_level=None, check_same_thread=False)
+            db.row_factory = sqlite3.Row
+            try:
+                db.execute("SELECT 1 FROM jobs LIMIT 1").fetchall()
+                return db
+            except sqlite3.OperationalError as exc:
+                db.close()
+                if "unable to open" not in str(exc) or mode.endswith("immutable=1"):
+                    raise
+        raise AssertionError("unreachable")
+
     def _migrate(self) -> None:
-        """Create a new journal, or upgrade an older one in place (``_MIGRATIONS``)."""
+        """Create a new journal, or upgrade an older one in place (``_MIGRATIONS``), in one
+        transaction: two processes opening a new journal at once do it once."""
         assert self.db is not None
-        version = self.db.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise JournalError(f"the journal {self.path} was written by a newer smolvlm-watch (schema {version}, this "
-                               f"one knows {SCHEMA_VERSION}); upgrade smolvlm-watch, or give this one its own state.db")
-        fresh = self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'jobs'").fetchone() is None
-        self.db.executescript(_SCHEMA)  # a new journal's tables; a no-op on an existing one
-        todo = _MIGRATIONS if fresh else _MIGRATIONS[version:]
-        if not todo:
-            return
         with self._tx():
-            for statements in todo:
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise JournalError(f"the journal {self.path} was written by a newer smolvlm-watch (schema {version}, "
+                                   f"this one knows {SCHEMA_VERSION}); upgrade smolvlm-watch, or give this one its "
+                                   "own state.db")
+            if version == SCHEMA_VERSION:
+                return
+            fresh = self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'jobs'").fetchone() is None
+            for sql in _SCHEMA.split(";"):  # a new journal's tables; no-ops on an existing one
+                if sql.strip():
+                    self.db.execute(sql)
+            for statements in _MIGRATIONS if fresh else _MIGRATIONS[version:]:
                 for sql in statements:
                     self.db.execute(sql)
             self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -573,7 +590,7 @@ class Journal:
         row = self._x("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return row["state"] if row else "gone"
 
-    def _tx(self) -> "_Transaction":
+    def _tx(self) -> _Transaction:
         assert self.db is not None
         return _Transaction(self.db)
 

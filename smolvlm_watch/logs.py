@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import structlog
 
@@ -24,7 +25,7 @@ def configure(level: str = "info", fmt: str = "auto", stream=None) -> None:
     stream = stream or sys.stderr
     if fmt == "auto":
         fmt = "console" if getattr(stream, "isatty", lambda: False)() else "json"
-    shared = [
+    shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
@@ -47,8 +48,10 @@ def configure(level: str = "info", fmt: str = "auto", stream=None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(_LEVELS.get(level, logging.INFO))
-    for noisy in ("watchdog", "PIL", "urllib3", "httpx", "filelock"):
+    for noisy in ("watchdog", "PIL", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))
+    for per_request in ("httpx", "httpcore"):  # a line per request to the remote backend: noise
+        logging.getLogger(per_request).setLevel(max(logging.WARNING, root.level))
     logging.captureWarnings(True)
     if "transformers" in sys.modules:
         adopt_transformers()

@@ -9,6 +9,7 @@ are missing or stale run, and the others' results are kept.
 from __future__ import annotations
 
 import contextvars
+import functools
 import errno
 import os
 import time
@@ -16,7 +17,8 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Iterator
 
 import structlog
 
@@ -89,7 +91,7 @@ def _guarded(path: Path, start: float, step: Callable[[], Any]) -> Any:
     except (SidecarError, OSError) as exc:
         transient = isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS
         return FileResult(str(path), "failed", str(exc), transient=transient, seconds=time.perf_counter() - start)
-    except Exception as exc:  # noqa: BLE001 - one file's trouble is that file's failure
+    except Exception as exc:
         log.exception("file_crashed", path=str(path), error=str(exc))
         return FileResult(str(path), "failed", f"internal error: {type(exc).__name__}: {exc}", transient=True,
                           seconds=time.perf_counter() - start)
@@ -199,7 +201,7 @@ class Pipeline:
         return self.config.runtime.prefetch or max(4, self.runtime.max_batch())
 
     def prepare(self, path: str | Path, watch: WatchConfig, force: bool = False,
-                sha256: str | None = None) -> "Prepared | FileResult":
+                sha256: str | None = None) -> Prepared | FileResult:
         """Everything before the model: the sidecar check, hashing (unless the caller knows the
         hash), decoding. A FileResult when there is nothing to run (skipped) or the file failed."""
         path = Path(path)
@@ -207,9 +209,11 @@ class Pipeline:
         return _guarded(path, start, lambda: self._prepare(path, watch, force, sha256, start))
 
     def _prepare(self, path: Path, watch: WatchConfig, force: bool, sha: str | None,
-                 start: float) -> "Prepared | FileResult":
+                 start: float) -> Prepared | FileResult:
         output: OutputConfig = watch.output
         target = Target.for_media(path, output, watch.path)
+        if (problem := target.name_problem()) is not None:
+            raise SidecarError(problem)
         existing = read_json(target.json_path) if "json" in watch.outputs else None
         if existing is not None and output.policy == "skip" and not force:
             return FileResult(str(path), "skipped", seconds=time.perf_counter() - start)
@@ -224,19 +228,19 @@ class Pipeline:
         return prepared
 
     def _decode(self, opened: Opened, path: Path, watch: WatchConfig, force: bool, target: Target,
-                existing: dict[str, Any] | None, start: float) -> "Prepared | FileResult":
+                existing: dict[str, Any] | None, start: float) -> Prepared | FileResult:
         sha = opened.sha256
-        # an unfinished write set (a crash mid-commit) is redone whole
-        same_content = (existing is not None and PENDING not in existing
+        # an unfinished write set (a crash mid-commit) or a page that failed is redone whole
+        same_content = (existing is not None and PENDING not in existing and not _page_errors(existing)
                         and (existing.get("source") or {}).get("sha256") == sha)
         planned = self.planned(watch)
-        todo = planned if force or not same_content else [p for p in planned if not _current(existing, p)]
+        kept = existing if same_content else None
+        todo = planned if force or kept is None else [p for p in planned if not _current(kept, p)]
         if not todo:  # results current: the set is rendered again from them, no model run
             assert existing is not None
             moved = {"path": str(path), "size": opened.stat.st_size, "mtime": opened.stat.st_mtime}
             outputs = self._write(SidecarRecord.from_doc(existing, moved), target, existing, watch)
             return FileResult(str(path), "skipped", seconds=time.perf_counter() - start, sha256=sha, outputs=outputs)
-        kept = existing if same_content else None
         if opened.kind == "document":  # documents render their pages as the model needs them
             return Prepared(path, watch, target, todo, kept, None, start, sha, todo, opened=opened, existing=existing)
         if opened.kind == "image":
@@ -252,13 +256,13 @@ class Pipeline:
         extra = tuple((tasks, opened.video(sampling)) for sampling, tasks in own.items())
         return Prepared(path, watch, target, todo, kept, media, start, sha, main, extra, existing=existing)
 
-    def run(self, items: list["Prepared"], pages: PageStore | None = None) -> list[FileResult]:
+    def run(self, items: list[Prepared], pages: PageStore | None = None) -> list[FileResult]:
         """Run prepared files; files with the same tasks share one runtime call."""
         results: dict[int, FileResult] = {}
         groups: dict[tuple[str, ...], list[int]] = {}
         for i, item in enumerate(items):
             if item.media is None:
-                results[i] = _guarded(item.path, item.start, lambda item=item: self._document(item, pages))
+                results[i] = _guarded(item.path, item.start, functools.partial(self._document, item, pages))
             else:
                 groups.setdefault(tuple(p.fingerprint for p in item.main), []).append(i)
         for idx in groups.values():
@@ -269,8 +273,8 @@ class Pipeline:
                 for tasks, media in item.extra:  # a task with its own video sampling saw its own frames
                     for o in run_tasks(media, tasks, self.runtime):
                         data[o.name] = {**o.data, "video": media.sidecar_extra.get("video")}
-                results[i] = _guarded(item.path, item.start, lambda item=item, data=data: self._finish(
-                    item, data, item.media.info.as_dict(), dict(item.media.sidecar_extra)))
+                results[i] = _guarded(item.path, item.start, functools.partial(
+                    self._finish, item, data, item.media.info.as_dict(), dict(item.media.sidecar_extra)))
         return [results[i] for i in range(len(items))]
 
     def _finish(self, item: Prepared, outcomes: dict[str, dict], source: dict[str, Any], extra: dict[str, Any],
@@ -332,17 +336,21 @@ class Pipeline:
         return target.writes.commit(json_path, existing or record.stub())
 
 
-def _take(entry: tuple[FileJob, "Future[Prepared | FileResult]"]) -> tuple[FileJob, "Prepared | FileResult"]:
+def _take(entry: tuple[FileJob, Future[Prepared | FileResult]]) -> tuple[FileJob, Prepared | FileResult]:
     job, future = entry
     return job, future.result()
 
 
-def _close_unused(future: "Future[Prepared | FileResult]") -> None:
+def _close_unused(future: Future[Prepared | FileResult]) -> None:
     """A file decoded ahead but never run (a stop came first): its input is closed."""
     if not future.cancelled() and future.exception() is None:
         result = future.result()
         if isinstance(result, Prepared) and result.opened is not None:
             result.opened.close()
+
+
+def _page_errors(doc: dict[str, Any]) -> bool:
+    return any("error" in page for page in doc.get("pages") or ())
 
 
 def _current(existing: dict[str, Any], p: Planned) -> bool:

@@ -11,11 +11,16 @@ import importlib
 import os
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Iterable
+from typing import Any, Generic, TypeVar
+from collections.abc import Iterable
 
 import pluggy
 
 from . import hookspecs
+from .sidecar import Writer
+from .tasks import Task
+
+T = TypeVar("T")
 
 DEFAULT_PLUGINS = (
     "smolvlm_watch_plugins.caption",
@@ -34,13 +39,13 @@ class PluginError(Exception):
 
 
 @dataclass(frozen=True)
-class Provided:
+class Provided(Generic[T]):
     """A task or writer with the plugin that registered it."""
 
     name: str
     plugin: str
     version: str
-    obj: object
+    obj: T
 
 
 class Registry:
@@ -49,8 +54,8 @@ class Registry:
     def __init__(self, extra_modules: Iterable[str] = (), entrypoints: bool | None = None):
         self.pm = pluggy.PluginManager("smolvlm_watch")
         self.pm.add_hookspecs(hookspecs)
-        self.tasks: dict[str, Provided] = {}
-        self.writers: dict[str, Provided] = {}
+        self.tasks: dict[str, Provided[Task]] = {}
+        self.writers: dict[str, Provided[Writer]] = {}
         for name in DEFAULT_PLUGINS:
             self._register_module(name)
         if entrypoints is None:
@@ -64,7 +69,7 @@ class Registry:
     def _register_module(self, name: str) -> None:
         try:
             module = importlib.import_module(name)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise PluginError(f"plugin {name!r} failed to import: {type(exc).__name__}: {exc}") from exc
         if self.pm.get_plugin(name) is None:
             self.pm.register(module, name)
@@ -75,7 +80,7 @@ class Registry:
                 continue
             try:
                 plugin = ep.load()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 raise PluginError(f"plugin {ep.name!r} (entry point {ep.value}) failed to load: "
                                   f"{type(exc).__name__}: {exc}") from exc
             self.pm.register(plugin, ep.name)
@@ -96,11 +101,11 @@ class Registry:
                     impl.function(*([register] if impl.argnames else []))
                 except PluginError:
                     raise
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     raise PluginError(f"plugin {plugin_name!r} failed to register its {kind}s: "
                                       f"{type(exc).__name__}: {exc}") from exc
 
-    def _add(self, table: dict[str, Provided], kind: str, plugin: str, obj: object) -> None:
+    def _add(self, table: dict[str, Provided[Any]], kind: str, plugin: str, obj: Any) -> None:
         name = getattr(obj, "name", None)
         if not isinstance(name, str) or not name:
             raise PluginError(f"plugin {plugin!r} registered a {kind} without a name: {obj!r}")

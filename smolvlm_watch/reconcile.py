@@ -99,8 +99,10 @@ class Reconciler:
             if old.path == str(path) or os.path.lexists(old.path) or old.fingerprint != fingerprint:
                 continue
             old_watch = config.watch_for(Path(old.path)) or watch
-            moved = relocate(Target.for_media(Path(old.path), old_watch.output, old_watch.path),
-                             Target.for_media(path, watch.output, watch.path),
+            new = Target.for_media(path, watch.output, watch.path)
+            if new.name_problem() is not None:
+                return False  # the pipeline says why, once
+            moved = relocate(Target.for_media(Path(old.path), old_watch.output, old_watch.path), new,
                              {"path": str(path), "size": st.st_size, "mtime": st.st_mtime})
             if moved:
                 self.journal.forget(old.path)

@@ -16,7 +16,8 @@ import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import httpx
 from PIL import Image
@@ -65,7 +66,8 @@ class RemoteRuntime:
         if not model.base_url or not model.name:
             raise ModelLoadError("model.backend openai needs model.base_url and model.name")
         self.config = model
-        self.base_url = model.base_url.rstrip("/")
+        self.base_url = model.base_url.rstrip("/")  # credentials in it stay with the client only
+        self.endpoint = model.endpoint or ""
         self.device, self.dtype = "remote", None
         self.vision_passes = 0
         self.prepares_ahead = False  # nothing to prepare: the server resizes and tiles images itself
@@ -78,8 +80,8 @@ class RemoteRuntime:
         return self._client is not None
 
     def info(self) -> ModelInfo:
-        return ModelInfo(id=self.config.name, revision=None, dtype=None, device=None, backend="openai",
-                         endpoint=self.base_url)
+        return ModelInfo(id=self.config.name or "", revision=None, dtype=None, device=None, backend="openai",
+                         endpoint=self.endpoint)
 
     def load(self) -> None:
         if self._client is not None:
@@ -90,7 +92,10 @@ class RemoteRuntime:
             if not key:
                 raise ModelLoadError(f"model.api_key_env names ${self.config.api_key_env}, which is not set")
             headers["Authorization"] = f"Bearer {key}"
-        self._client = httpx.Client(base_url=self.base_url, headers=headers, timeout=self.config.timeout)
+        url = httpx.URL(self.base_url)
+        auth = httpx.BasicAuth(url.username, url.password) if url.username else None  # never in a logged URL
+        self._client = httpx.Client(base_url=url.copy_with(username=None, password=None), headers=headers, auth=auth,
+                                    timeout=self.config.timeout)
 
     def max_batch(self) -> int:
         return max(1, self.config.concurrency)
@@ -117,22 +122,24 @@ class RemoteRuntime:
                 "max_tokens": request.generation.max_new_tokens, "temperature": 0.0, "stream": False}
         start = time.perf_counter()
         last = ""
+        assert self._client is not None  # generate loads first
         for attempt in range(RETRIES):
             if self._cancelled.is_set():
                 return Answer(text="", error=InferenceError("cancelled: the daemon is stopping"))
             try:
                 response = self._client.post("/chat/completions", json=body)
             except httpx.TransportError as exc:
-                last = f"cannot reach {self.base_url}: {type(exc).__name__}: {exc}"
+                why = str(exc).replace(self.base_url, self.endpoint)
+                last = f"cannot reach {self.endpoint}: {type(exc).__name__}: {why}"
             else:
                 if response.status_code == 200:
                     return self._answer(response.json(), time.perf_counter() - start)
                 detail = _detail(response)
                 if response.status_code != 429 and response.status_code < 500:
                     return Answer(text="", error=InferenceError(
-                        f"remote model {self.config.name!r} at {self.base_url} refused the request "
+                        f"remote model {self.config.name!r} at {self.endpoint} refused the request "
                         f"(HTTP {response.status_code}): {detail}"))
-                last = f"HTTP {response.status_code} from {self.base_url}: {detail}"
+                last = f"HTTP {response.status_code} from {self.endpoint}: {detail}"
             time.sleep(min(BACKOFF_CAP, BACKOFF_BASE * 2 ** attempt) * random.uniform(0.8, 1.2))
         return Answer(text="", error=InferenceError(f"remote backend unavailable after {RETRIES} tries: {last}"))
 

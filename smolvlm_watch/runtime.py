@@ -14,7 +14,8 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 from urllib.parse import urlparse
 
 from PIL import Image
@@ -83,8 +84,8 @@ class Runtime:
         self.config = model
         self.runtime_config = runtime or RuntimeConfig()
         self._lock = threading.Lock()
-        self.processor = None
-        self.model = None
+        self.processor: Any = None  # transformers' SmolVLMProcessor, once loaded
+        self.model: Any = None
         self.device: str | None = None
         self.dtype: str | None = None
         self.vision_passes = 0  # images (or videos) the vision tower encoded
@@ -157,7 +158,7 @@ class Runtime:
             model = AutoModelForImageTextToText.from_pretrained(
                 source, dtype=getattr(torch, dtype), use_safetensors=True,
                 attn_implementation=self.config.attn_implementation or default_attention(device), **kwargs)
-        except Exception as exc:  # noqa: BLE001 - every failure becomes one actionable message
+        except Exception as exc:
             raise ModelLoadError(self._explain_load_failure(source, exc)) from exc
         self.processor = processor
         self.model = model.to(device).eval()
@@ -273,7 +274,7 @@ class Runtime:
             if r.images and r.video is None:
                 try:
                     self.pixels(r.images, r.image)
-                except Exception:  # noqa: BLE001 - reported where it matters, by generate
+                except Exception:
                     continue
 
     def video_sampling(self) -> dict[str, Any]:
@@ -346,7 +347,7 @@ class Runtime:
     def _run_batch(self, batch: list[Request], features: dict[tuple, Any]) -> list[Answer]:
         try:
             return self._generate(batch, features)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if len(batch) > 1:  # find out which request is to blame: run them one at a time
                 return [a for r in batch for a in self._run_batch([r], features)]
             return [Answer(text="", error=_inference_error(exc))]

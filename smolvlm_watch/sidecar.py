@@ -176,7 +176,7 @@ class SidecarRecord:
         return doc
 
     @classmethod
-    def from_doc(cls, doc: dict[str, Any], source: dict[str, Any]) -> "SidecarRecord":
+    def from_doc(cls, doc: dict[str, Any], source: dict[str, Any]) -> SidecarRecord:
         """The record a sidecar holds, with ``source`` fields brought up to date (a file moved
         along with its sidecars keeps its results, under its new path)."""
         extra = {k: v for k, v in doc.items() if k not in _CORE}
@@ -213,7 +213,7 @@ class WriteSet:
         self.staged: dict[Path, bytes] = {}
 
     @classmethod
-    def after(cls, doc: dict[str, Any] | None) -> "WriteSet":
+    def after(cls, doc: dict[str, Any] | None) -> WriteSet:
         """A write set replacing what the sidecar ``doc`` (ours, or None) says we wrote."""
         previous: dict[str, set[str]] = {}
         for name, digest in ((doc or {}).get("outputs") or {}).items():
@@ -301,7 +301,7 @@ class Target:
     writes: WriteSet = field(default_factory=WriteSet, compare=False)
 
     @classmethod
-    def for_media(cls, media: Path, output: OutputConfig, watch_root: Path | None = None) -> "Target":
+    def for_media(cls, media: Path, output: OutputConfig, watch_root: Path | None = None) -> Target:
         """Beside the media, or under ``output_dir`` mirroring the path below the watch root."""
         media = Path(media)
         if output.output_dir is None:
@@ -320,6 +320,20 @@ class Target:
     @property
     def json_path(self) -> Path:
         return self.path(self.output.json_suffix)
+
+    def name_problem(self) -> str | None:
+        """Why this file's sidecars cannot be named after it (too long for the file system),
+        or None. Permanent: no retry makes a name shorter."""
+        try:
+            limit = os.pathconf(self.folder if self.folder.is_dir() else "/", "PC_NAME_MAX")
+        except (OSError, ValueError):
+            limit = 255
+        for path in (self.json_path, self.path(self.output.ocr_suffix)):
+            size = len(os.fsencode(path.name))
+            if size > limit:
+                return (f"the sidecar name {path.name[:40]}…{path.name[-20:]} would be {size} bytes, over this file "
+                        f"system's limit of {limit}: shorten the file's name (its sidecars are named after it)")
+        return None
 
     def owned(self, path: Path) -> bool:
         """True when ``path`` is absent, or holds bytes an earlier run of ours wrote there."""

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 from .config import ImageSettings, TaskConfig
 from .media import Media
@@ -122,7 +123,7 @@ def _ask(media: Media, p: Planned) -> list[Request] | Outcome:
         return skipped(p, media.kind)
     try:
         return list(p.task.requests(media, p.spec))
-    except Exception as exc:  # noqa: BLE001 - a broken task must not stop the others
+    except Exception as exc:
         return _error(p, f"{type(exc).__name__} in {p.task.name}.requests: {exc}")
 
 
@@ -168,7 +169,7 @@ def _finish(p: Planned, media: Media, answers: list[Answer], seconds: float) -> 
         return _error(p, str(failed[0]))
     try:
         result = p.task.parse(answers, p.spec, media)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return _error(p, f"{type(exc).__name__} in {p.task.name}.parse: {exc}")
     raw: Any = answers[0].text if len(answers) == 1 else [a.text for a in answers]
     return Outcome(p.task.name, {

@@ -194,6 +194,62 @@ def sample_images(out_dir: str | Path, count: int = 6, seed: int = 0) -> list[Pa
     return paths
 
 
+class InstantServer:
+    """An OpenAI-compatible ``/v1/chat/completions`` on 127.0.0.1 that answers at once and keeps
+    what it was sent (bodies, headers, sizes): for measuring and testing the remote backend's
+    client alone, with no model behind it. Use as a context manager; ``url`` is its base URL."""
+
+    def __init__(self, answer: str = "a quick answer", host: str = "127.0.0.1"):
+        import http.server
+        import json
+        import threading
+
+        server = self
+        self.answer = answer
+        self.requests: list[dict] = []
+        self.lock = threading.Lock()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with server.lock:
+                    server.requests.append({"path": self.path, "headers": dict(self.headers), "bytes": len(body),
+                                            "json": json.loads(body or b"{}")})
+                payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": server.answer}}],
+                                      "usage": {"prompt_tokens": 1, "completion_tokens": 3}}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def do_GET(self) -> None:
+                payload = json.dumps({"object": "list", "data": [{"id": "instant", "object": "model"}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer((host, 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://{host}:{self.httpd.server_address[1]}/v1"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="instant-server", daemon=True)
+
+    def __enter__(self) -> InstantServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
 def demo(root: str | Path) -> int:
     """Build the tiny model, generate samples and process them: the offline first run."""
     from . import cli

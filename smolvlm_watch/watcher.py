@@ -19,7 +19,8 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
+from collections.abc import Callable, Iterator
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
@@ -225,7 +226,7 @@ class _Handler(FileSystemEventHandler):
     symlink is observed at its real path (inotify does not follow the link for the root's own
     entries); paths are reported under the configured root, as the scan finds them."""
 
-    def __init__(self, armed: "ArmedWatch", report_dir: Callable[[Path], None]):
+    def __init__(self, armed: ArmedWatch, report_dir: Callable[[Path], None]):
         self.armed, self.report_dir = armed, report_dir
         self.root, self.real = armed.watch.path, armed.watch.path.resolve()
 
@@ -268,7 +269,7 @@ def filesystem_type(path: Path, mounts_file: str = "/proc/self/mounts") -> str |
 
 
 def is_network_fs(fstype: str | None) -> bool:
-    return bool(fstype) and (fstype in NETWORK_FS or fstype.startswith("fuse"))
+    return fstype is not None and (fstype in NETWORK_FS or fstype.startswith("fuse"))
 
 
 def max_user_watches() -> int | None:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import io
 import re
 import xml.etree.ElementTree as ET
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 NS = {
     "x": "adobe:ns:meta/",
@@ -83,7 +84,9 @@ class Packet:
     def __init__(self, data: bytes | None):
         self.root, prefixes = _parse(data) if data else (_new(), [])
         _register(prefixes)
-        self.rdf = self.root.find(_q("rdf", "RDF"))
+        rdf = self.root.find(_q("rdf", "RDF"))
+        assert rdf is not None  # _parse and _new both make one
+        self.rdf: ET.Element = rdf
         self.ours = self._description()
 
     def _description(self) -> ET.Element:

@@ -11,12 +11,12 @@ os.environ["SMOLVLM_WATCH_LOAD_ENTRYPOINTS"] = "0"
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
+import sys
+from pathlib import Path
 
-import pytest  # noqa: E402
+import pytest
 
-from smolvlm_watch import logs  # noqa: E402
+from smolvlm_watch import logs
 
 # In-process daemons log to the real stderr (fd 2, captured per test), never into a test's stdout.
 logs.configure("info", "console", stream=sys.__stderr__)

@@ -16,7 +16,7 @@ from PIL import Image
 
 from smolvlm_watch.cli import load_checked
 from smolvlm_watch.daemon import Daemon
-from smolvlm_watch.journal import Journal
+from smolvlm_watch.journal import Journal, JournalError
 
 
 
@@ -140,7 +140,10 @@ def spawn(cfg: Path, env: dict | None = None) -> subprocess.Popen:
 def journal_states(db: Path) -> dict[str, str]:
     if not db.exists():
         return {}
-    j = Journal(db)
+    try:
+        j = Journal(db, readonly=True)
+    except JournalError:
+        return {}  # being created
     try:
         return {job.path: job.state for job in j.all()}
     finally:

@@ -463,7 +463,7 @@ def test_only_the_file_that_kills_the_daemon_is_quarantined_not_the_files_in_fli
     for _ in range(6):
         proc = spawn(cfg, {"PYTHONPATH": str(tmp_path)})
         try:
-            wait_for(lambda: proc.poll() is not None or all(
+            wait_for(lambda proc=proc: proc.poll() is not None or all(
                 s in ("done", "quarantined") for s in journal_states(db).values()) and len(journal_states(db)) == 7,
                 60, what="a crash or every file settled")
         finally:

@@ -80,6 +80,6 @@ def test_unicode_results_round_trip_byte_identical(tmp_path, tiny_model, run_cli
     assert code == 0
     assert (tmp_path / "scan.png.txt").read_bytes() == text.encode("utf-8")
     raw = (tmp_path / "scan.png.smolvlm.json").read_bytes()
-    assert "Счёт № 42".encode("utf-8") in raw  # stored as UTF-8, not \\u escapes
+    assert "Счёт № 42".encode() in raw  # stored as UTF-8, not \\u escapes
     assert json.loads(raw.decode("utf-8"))["tasks"]["ocr"]["result"] == text
     assert read_sidecar(img)["tasks"]["ocr"]["result"].encode("utf-8") == text.encode("utf-8")

@@ -83,7 +83,7 @@ class NotifySocket:
         while time.monotonic() < end:
             try:
                 data = self.sock.recv(4096)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             for line in data.decode().splitlines():
                 self.messages.append((time.monotonic(), line))

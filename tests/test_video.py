@@ -193,7 +193,8 @@ watches: [{{path: ./inbox, tasks: [caption, ocr], outputs: [json], video: {{max_
     code, out, err = run_cli("process", clip, "-c", cfg, "--json")
     assert code == 0, out + err
     doc = read_sidecar(clip)
-    assert doc["video"]["sampled_timestamps"] == [0.7, 2.0, 3.4]  # 1 fps, at most 3: the frames at or after 0.667, 2, 3.333
+    # 1 fps, at most 3: the frames at or after 0.667, 2, 3.333
+    assert doc["video"]["sampled_timestamps"] == [0.7, 2.0, 3.4]
     assert doc["tasks"]["caption"]["video"]["sampled_timestamps"] == [1.0, 3.0]  # caption's own: 0.5 fps
     assert "video" not in doc["tasks"]["ocr"]
     assert len(doc["tasks"]["ocr"]["result"]) <= 3

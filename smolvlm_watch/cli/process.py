@@ -6,7 +6,8 @@ import argparse
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import yaml
 
@@ -14,6 +15,7 @@ from .. import config as configmod, jsontext, logs
 from ..config import Config, WatchConfig
 from ..jsontext import printable
 from ..pipeline import FileJob, FileResult, Pipeline
+from ..plugins import Provided
 from ..progress import Progress
 from ..runtime import create_runtime
 from ..watcher import MediaFilter, scan
@@ -91,11 +93,11 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 def cmd_plugins(args: argparse.Namespace) -> int:
     _, registry = load_checked(args.config)
+    tables: tuple[tuple[str, dict[str, Provided[Any]]], ...] = (("task", registry.tasks), ("writer", registry.writers))
     rows: list[dict[str, Any]] = [
         {"kind": kind, "name": p.name, "plugin": p.plugin, "version": p.version,
          "description": getattr(p.obj, "description", "")}
-        for kind, table in (("task", registry.tasks), ("writer", registry.writers))
-        for p in sorted(table.values(), key=lambda p: p.name)]
+        for kind, table in tables for p in sorted(table.values(), key=lambda p: p.name)]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:

@@ -57,7 +57,7 @@ class Opened:
     def close(self) -> None:
         self.file.close()
 
-    def __enter__(self) -> "Opened":
+    def __enter__(self) -> Opened:
         return self
 
     def __exit__(self, *_: object) -> None:

@@ -75,7 +75,8 @@ class Document:
         except pdfium.PdfiumError as exc:
             text = str(exc)
             if "password" in text.lower():
-                raise MediaError(self.path, "the PDF is encrypted (password protected); save an unprotected copy")
+                raise MediaError(self.path, "the PDF is encrypted (password protected); "
+                                            "save an unprotected copy") from None
             # PDFium also refuses a well-formed PDF with zero pages as a "data format error".
             raise MediaError(self.path, f"broken or truncated PDF, or one without pages: {text}") from None
         self.page_count = len(self._pdf)

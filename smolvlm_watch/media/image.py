@@ -6,10 +6,11 @@ needs, so a 4 GiB file with a JPEG's magic costs what its header costs until it 
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from PIL import Image, UnidentifiedImageError
 
@@ -27,18 +28,60 @@ def sniff(head: bytes) -> bool:
     return head.startswith(_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
 
 
+HEADER_BUDGET = 16 * 1024**2  # bytes Pillow may read to parse a header (EXIF, ICC, XMP, previews)
+
+
+class _Budget(io.RawIOBase):
+    """A file Pillow parses a header from, with a byte budget: a JPEG's marker scan reads junk
+    one byte at a time, so a JPEG signature followed by 4 GiB of zeros would take minutes
+    before failing. Lifted once the header is parsed (``budget = None``)."""
+
+    def __init__(self, f: BinaryIO, path: Path, budget: int):
+        self.f, self.path, self.budget = f, path, budget
+        self.spent = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.f.read(size)
+        if self.budget is not None:
+            self.spent += len(data)
+            if self.spent > self.budget:
+                raise MediaError(self.path, f"corrupt or truncated image: no image header in the first "
+                                            f"{self.budget // 1024**2} MiB")
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.f.tell()
+
+
 def open_pillow(f: BinaryIO, path: Path) -> Image.Image:
-    """The file opened by Pillow (header only). A declared size past Pillow's own bomb guard
-    is refused as what it is, not as a corrupt file."""
+    """The file opened by Pillow (header only, within ``HEADER_BUDGET``). A declared size past
+    Pillow's own bomb guard is refused as what it is, not as a corrupt file."""
     f.seek(0)
+    reader = _Budget(f, path, HEADER_BUDGET)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return Image.open(f)
+            img = Image.open(reader)  # type: ignore[arg-type]
     except Image.DecompressionBombError as exc:
         raise MediaError(path, f"refused as a decompression bomb: {exc}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise MediaError(path, f"corrupt or truncated image: {exc}") from None
+    reader.budget = None  # type: ignore[assignment]
+    return img
 
 
 def check_pixels(path: Path, width: int, height: int, limit: int, what: str = "image") -> None:
