@@ -1,31 +1,56 @@
 # One command each: `make run` (the daemon on config.example.yaml), `make test`, `make demo`.
+# The venv is installed from the hashed locks (requirements.lock, requirements-test.lock), so a
+# release on PyPI never changes what runs or is tested; `make lock` refreshes them on purpose.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+PIP := $(BIN)/python -m pip install -q --disable-pip-version-check
+RUN_STAMP := $(VENV)/.installed-run
+TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: venv run test demo bench clean
+.PHONY: venv run test check demo bench lock clean
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
-	touch $(STAMP)
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
 
-venv: $(STAMP)
+$(RUN_STAMP): requirements.lock pyproject.toml | $(BIN)/python
+	$(PIP) --require-hashes -r requirements.lock
+	$(PIP) --no-deps -e .
+	touch $@
 
-run: $(STAMP)
+$(TEST_STAMP): requirements-test.lock pyproject.toml | $(BIN)/python
+	$(PIP) --require-hashes -r requirements-test.lock
+	$(PIP) --no-deps -e .
+	touch $@ $(RUN_STAMP)
+
+venv: $(TEST_STAMP)
+
+run: $(RUN_STAMP)
 	mkdir -p inbox
 	$(BIN)/smolvlm-watch run -c config.example.yaml
 
-test: $(STAMP)
+check: $(TEST_STAMP)
+	$(BIN)/ruff check smolvlm_watch plugins tests bench
+	$(BIN)/mypy
+
+test: check
 	$(BIN)/python -m pytest -q
 
-demo: $(STAMP)
+demo: $(RUN_STAMP)
 	$(BIN)/python -m smolvlm_watch.testing demo demo
 
-bench: $(STAMP)
+bench: $(TEST_STAMP)
 	$(BIN)/python bench/throughput.py --quick
 
+# Resolve pyproject.toml's ranges (with constraints.txt) to exact, hashed pins. Needs the network.
+lock:
+	$(PYTHON) -m venv $(VENV)-lock
+	$(VENV)-lock/bin/python -m pip install -q pip-tools
+	$(VENV)-lock/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
+	  --no-emit-find-links -c constraints.txt -o requirements.lock pyproject.toml
+	$(VENV)-lock/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
+	  --no-emit-find-links -c constraints.txt --extra test -o requirements-test.lock pyproject.toml
+	rm -rf $(VENV)-lock
+
 clean:
-	rm -rf $(VENV) demo build *.egg-info
+	rm -rf $(VENV) $(VENV)-lock demo build *.egg-info
