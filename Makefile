@@ -8,7 +8,7 @@ PIP := $(BIN)/python -m pip install -q --disable-pip-version-check
 RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: venv run test check demo bench lock clean
+.PHONY: venv run test test-long check demo bench lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ check: $(TEST_STAMP)
 
 test: check
 	$(BIN)/python -m pytest -q
+
+# The long variants of the reliability harness (a dozen kills, the whole fuzz budget); .ci/run runs
+# them after `make test`.
+test-long: $(TEST_STAMP)
+	$(BIN)/python -m pytest -q -m long
 
 demo: $(RUN_STAMP)
 	$(BIN)/python -m smolvlm_watch.testing demo demo

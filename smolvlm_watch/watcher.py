@@ -153,6 +153,8 @@ def scan(watch: WatchConfig, media_filter: MediaFilter | None = None,
             if why is None:
                 if path.is_file():
                     yield path
+                elif report is not None:
+                    report.skipped["not regular files (a FIFO, socket or device under a media name)"] += 1
             elif report is not None:
                 _count(report, path, why)
 

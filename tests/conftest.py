@@ -52,3 +52,14 @@ def run_cli(capsys):
         return code, out, err
 
     return run
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The reliability harness's figures (recorded with record_property, which xdist carries
+    back from its workers), printed after the run."""
+    lines = [value for reports in terminalreporter.stats.values() for report in reports
+             for key, value in getattr(report, "user_properties", ()) if key == "harness"]
+    if lines:
+        terminalreporter.section("reliability harness")
+        for line in sorted(set(lines)):
+            terminalreporter.line(line)

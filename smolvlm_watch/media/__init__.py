@@ -17,7 +17,7 @@ from PIL import Image
 
 from . import document, image, video
 from .base import (HEAD_BYTES, KINDS, MEDIA_EXTENSIONS, Kind, Limits, Media, MediaError, SourceInfo, check_size,
-                   open_input, sha256_file, sha256_of)
+                   frame_count, open_input, sha256_file, sha256_of)
 from .document import Document
 from .video import Sampling
 
@@ -85,7 +85,7 @@ def _classify(path: Path, f: BinaryIO, st: os.stat_result, head: bytes, sha256: 
         return Opened(path, f, st, "video", "video", sha256=sha256)
     if image.sniff(head):
         pillow = image.open_pillow(f, path)
-        if pillow.format == "TIFF" and getattr(pillow, "n_frames", 1) > 1:
+        if pillow.format == "TIFF" and frame_count(pillow, path) > 1:
             return Opened(path, f, st, "document", "tiff", pillow, sha256)
         return Opened(path, f, st, "image", pillow.format or "image", pillow, sha256)
     raise MediaError(path, f"not a supported image or video, nor a PDF (content starts with {head[:8]!r}; {SUPPORTED})")

@@ -116,6 +116,26 @@ def _file_type(mode: int) -> str:
     return "not a regular file"
 
 
+def broken(path: Path, what: str, exc: BaseException) -> MediaError:
+    """What a decoder raised on a file it could not read, as the file's error. Pillow and the
+    other decoders raise all sorts on damaged input (OSError, but also TypeError, KeyError,
+    struct.error, ...): none of them is a bug of ours, all of them mean the file is broken."""
+    if isinstance(exc, MediaError):
+        return exc
+    detail = str(exc) if isinstance(exc, (OSError, SyntaxError, ValueError, EOFError)) else \
+        f"{type(exc).__name__}: {exc}"
+    return MediaError(path, f"{what}: {detail}")
+
+
+def frame_count(img: Image.Image, path: Path) -> int:
+    """How many frames (TIFF pages) the file holds; counting walks every IFD, which a damaged
+    file makes Pillow fail in any way it likes."""
+    try:
+        return int(getattr(img, "n_frames", 1))
+    except Exception as exc:
+        raise broken(path, "corrupt or truncated image", exc) from None
+
+
 def check_size(path: Path, size: int, limits: Limits) -> None:
     if size == 0:
         raise MediaError(path, "empty file (0 bytes)")

@@ -15,7 +15,8 @@ from typing import Any, BinaryIO
 
 from PIL import Image
 
-from .base import Limits, Media, MediaError, SourceInfo, open_input, source_info, upright_rgb
+from .base import (Limits, Media, MediaError, SourceInfo, broken, frame_count, open_input, source_info,
+                   upright_rgb)
 
 TEXT_LAYER_MIN_CHARS = 16  # "auto": a page with at least this much text uses its text layer
 
@@ -57,7 +58,7 @@ class Document:
 
     def _open(self, f: BinaryIO) -> None:
         if self._tiff is not None:
-            self.format, self.page_count = "tiff", getattr(self._tiff, "n_frames", 1)
+            self.format, self.page_count = "tiff", frame_count(self._tiff, self.path)
             return
         f.seek(0)
         if sniff(f.read(8)):
@@ -88,11 +89,11 @@ class Document:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 self._tiff = Image.open(f)
-            self.page_count = getattr(self._tiff, "n_frames", 1)
+            self.page_count = frame_count(self._tiff, self.path)
         except Image.DecompressionBombError as exc:
             raise MediaError(self.path, f"refused as a decompression bomb: {exc}") from None
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise MediaError(self.path, f"corrupt or truncated TIFF: {exc}") from None
+        except Exception as exc:
+            raise broken(self.path, "corrupt or truncated TIFF", exc) from None
 
     def page(self, index: int) -> tuple[Image.Image, str | None]:
         """The page as an upright RGB image, and its PDF text layer (None for a TIFF)."""
@@ -108,11 +109,10 @@ class Document:
             return upright_rgb(img), None
         except Image.DecompressionBombError as exc:
             raise MediaError(self.path, f"page {index + 1}: refused as a decompression bomb: {exc}") from None
-        except (OSError, EOFError, SyntaxError, ValueError) as exc:
-            raise MediaError(self.path, f"page {index + 1}: cannot decode: {exc}") from None
+        except Exception as exc:
+            raise broken(self.path, f"page {index + 1}: cannot decode", exc) from None
 
     def _pdf_page(self, index: int) -> tuple[Image.Image, str | None]:
-        import pypdfium2 as pdfium
 
         try:
             page = self._pdf[index]
@@ -124,8 +124,8 @@ class Document:
             text = textpage.get_text_range()
             textpage.close()
             page.close()
-        except pdfium.PdfiumError as exc:
-            raise MediaError(self.path, f"page {index + 1}: cannot render: {exc}") from None
+        except Exception as exc:
+            raise broken(self.path, f"page {index + 1}: cannot render", exc) from None
         return img, text.replace("\r\n", "\n").strip()
 
     def _check_pixels(self, index: int, w: int, h: int) -> None:

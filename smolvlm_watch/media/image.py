@@ -12,9 +12,9 @@ import warnings
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from .base import Limits, Media, MediaError, source_info, upright_rgb
+from .base import Limits, Media, MediaError, broken, source_info, upright_rgb
 
 FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP", "MPO"})
 SUPPORTED = "JPEG, PNG, WebP, GIF, TIFF, BMP"
@@ -78,8 +78,8 @@ def open_pillow(f: BinaryIO, path: Path) -> Image.Image:
             img = Image.open(reader)  # type: ignore[arg-type]
     except Image.DecompressionBombError as exc:
         raise MediaError(path, f"refused as a decompression bomb: {exc}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise MediaError(path, f"corrupt or truncated image: {exc}") from None
+    except Exception as exc:
+        raise broken(path, "corrupt or truncated image", exc) from None
     reader.budget = None  # type: ignore[assignment]
     return img
 
@@ -103,7 +103,7 @@ def decode(img: Image.Image, path: Path, st: os.stat_result, sha256: str, limits
             rgb = upright_rgb(img)
     except Image.DecompressionBombError as exc:
         raise MediaError(path, f"refused as a decompression bomb: {exc}") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise MediaError(path, f"corrupt or truncated image: {exc}") from None
+    except Exception as exc:
+        raise broken(path, "corrupt or truncated image", exc) from None
     info = source_info(path, st, sha256, "image", rgb.width, rgb.height)
     return Media(info=info, images=(rgb,))

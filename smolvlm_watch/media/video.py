@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 from PIL import Image, ImageStat
 
-from .base import Media, MediaError, open_input, source_info
+from .base import Media, MediaError, broken, open_input, source_info
 
 BLACK_LUMA = 12.0
 LONG_ENOUGH_FOR_BLACK_SKIP = 10.0  # seconds
@@ -191,8 +191,12 @@ def decode(source: Path | BinaryIO, sampling: Sampling, path: Path | None = None
     is a MediaError with a readable reason."""
     if isinstance(source, (str, Path)):
         path = Path(source)
+    path = path or Path("<video>")
     with _opened(source) as f:
-        return _decode(_Decoder(f, path or Path("<video>"), sampling), sampling)
+        try:
+            return _decode(_Decoder(f, path, sampling), sampling)
+        except Exception as exc:
+            raise broken(path, "corrupt or truncated video", exc) from None
 
 
 @contextlib.contextmanager
