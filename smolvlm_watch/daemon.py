@@ -31,7 +31,7 @@ import structlog
 from . import jsontext
 from .config import Config, ConfigError, WatchConfig
 from .engine import Engine, Interrupted, ModelLoadError
-from .journal import LIVE, Job, Journal, RetryPolicy
+from .journal import LIVE, Job, Journal, JournalError, RetryPolicy
 from .media import sha256_file
 from .media.base import MediaError
 from .notify import notify, watchdog_interval
@@ -82,6 +82,30 @@ class Heartbeat:
         return since is not None and time.monotonic() - since >= item_timeout * max(1, self.files)
 
 
+class JournalHealth:
+    """Whether the journal can be written now. A full or read-only disk under the state folder
+    stops the daemon from recording anything, but not from running: it says so once, keeps
+    trying, and says so again when the journal is back. Jobs it could not record stay `running`
+    and are taken again when their lease runs out (their sidecars, if written, are found current)."""
+
+    RETRY_SECONDS = 2.0
+
+    def __init__(self, log: Any):
+        self.log = log
+        self.problem: str | None = None
+
+    def down(self, exc: Exception) -> None:
+        if self.problem is None:
+            self.log.error("journal_unwritable", error=str(exc))
+        self.problem = str(exc)
+
+    def up(self) -> None:
+        """A write went through (the supervisor's status line writes one every 2 s)."""
+        if self.problem is not None:
+            self.log.info("journal_writable_again")
+        self.problem = None
+
+
 class WorkQueue:
     """Due jobs, checked and handed to the pipeline; their results recorded in the journal."""
 
@@ -118,7 +142,7 @@ class WorkQueue:
             return self._check(job, pipeline)
         except MediaError as exc:
             self.fail(job.id, exc.reason, exc.transient)
-        except Exception as exc:
+        except Exception as exc:  # the worker must survive any file: one job's trouble is that job's failure
             self.log.exception("job_crashed", error=str(exc))
             self.fail(job.id, f"internal error: {type(exc).__name__}: {exc}", transient=True)
         return None
@@ -180,8 +204,9 @@ class WorkQueue:
 class Worker:
     """The one thread that owns the pipeline and, through it, the model."""
 
-    def __init__(self, queue: WorkQueue, pipeline: Pipeline, stopping: threading.Event, log: Any):
-        self.queue, self.pipeline, self.stopping, self.log = queue, pipeline, stopping, log
+    def __init__(self, queue: WorkQueue, pipeline: Pipeline, stopping: threading.Event, health: JournalHealth,
+                 log: Any):
+        self.queue, self.pipeline, self.stopping, self.health, self.log = queue, pipeline, stopping, health, log
         self.wake = threading.Event()
         self.heartbeat = Heartbeat()
         self.processed = 0
@@ -204,7 +229,10 @@ class Worker:
                 self.heartbeat.beat(len(self.queue.taken))
         except Interrupted:
             self.queue.release_all("the model was stopped while it ran (the daemon is stopping)")
-        except Exception as exc:
+        except JournalError:
+            self.queue.taken.clear()  # still `running` in the journal: taken again when their lease runs out
+            raise
+        except Exception as exc:  # the worker must survive any batch
             self.log.exception("batch_crashed", error=str(exc))
             self.queue.fail_all(f"internal error: {type(exc).__name__}: {exc}")
         finally:
@@ -225,8 +253,14 @@ class Worker:
 
     def run(self) -> None:
         while not self.stopping.is_set():
-            if not self.tick():
-                self.wake.wait(self._idle_wait())
+            try:
+                done = self.tick()
+                wait = self._idle_wait() if not done else 0.0
+            except JournalError as exc:
+                self.health.down(exc)
+                wait = JournalHealth.RETRY_SECONDS
+            if wait:
+                self.wake.wait(wait)
                 self.wake.clear()
 
     def _idle_wait(self) -> float:
@@ -276,6 +310,7 @@ class Supervisor:
         if now - self.last_status >= STATUS_INTERVAL:
             self.last_status = now
             d.status_line()
+            d.health.up()  # the status line writes the journal: it takes writes again
         beat = d.worker.heartbeat
         if not healthy and not beat.overdue_logged:
             beat.overdue_logged = True  # once per stall; the stopped WATCHDOG pings do the rest
@@ -283,15 +318,25 @@ class Supervisor:
 
     def _settled(self, armed: ArmedWatch) -> None:
         d = self.d
-        for path, forced in armed.tracker.due():
+        due = armed.tracker.due()
+        for i, (path, forced) in enumerate(due):
             if forced:
                 d.log.warning("taken_while_changing", path=str(path), max_settle_seconds=armed.watch.max_settle_seconds)
-            if d.reconciler.enqueue(armed.watch, path, LIVE):
+            try:
+                queued = d.reconciler.enqueue(armed.watch, path, LIVE)
+            except JournalError:
+                for later, _ in due[i:]:
+                    armed.tracker.touch(later)  # not lost: offered again once the journal takes writes
+                raise
+            if queued:
                 d.worker.wake.set()
 
     def run(self) -> None:
         while not self.d.stopping.wait(0.2):
-            self.tick()
+            try:
+                self.tick()
+            except JournalError as exc:
+                self.d.health.down(exc)
 
 
 class Daemon:
@@ -323,7 +368,8 @@ class Daemon:
         self.pipeline = Pipeline(self.config, self.registry, self.engine)
         self.reconciler = Reconciler(self.journal, self.log)
         self.queue = WorkQueue(self.journal, self.reconciler, lambda: self.config, self.log)
-        self.worker = Worker(self.queue, self.pipeline, self.stopping, self.log)
+        self.health = JournalHealth(self.log)
+        self.worker = Worker(self.queue, self.pipeline, self.stopping, self.health, self.log)
         self.watches = self._arm(self.config)
         self.scan_all()
         self.write_meta()
@@ -383,8 +429,9 @@ class Daemon:
         counts = self.journal.counts()
         hour, _ = self.journal.done_since(time.time() - 3600)
         model = "loaded" if self.engine.loaded else "not loaded"
+        journal = f", journal unwritable: {self.health.problem}" if self.health.problem else ""
         notify(f"STATUS=queue {counts['pending'] + counts['running']}, done last hour {hour}, "
-               f"failed {counts['failed'] + counts['quarantined']}, model {model}")
+               f"failed {counts['failed'] + counts['quarantined']}, model {model}{journal}")
         self.write_meta()
 
     def write_meta(self) -> None:

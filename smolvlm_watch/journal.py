@@ -277,6 +277,12 @@ class Journal:
         """One message per way a state database fails, each with the fix that is right for it."""
         text = str(exc)
         folder = self.path.parent
+        if "full" in text:
+            return (f"the disk holding the state database {self.path} is full ({text}); free some space there: "
+                    "the daemon keeps trying and catches up")
+        if "locked" in text or "busy" in text:
+            return (f"the state database {self.path} stayed locked by another process for 30 s ({text}); "
+                    "a backup tool or a second smolvlm-watch command may hold it")
         if "readonly" in text or "read-only" in text:
             return (f"the state database {self.path} is read-only ({text}); give the daemon's user write access to "
                     f"it and to {folder} (its -wal and -shm files live there too)")
@@ -309,8 +315,8 @@ class Journal:
         if self.db is not None:
             try:
                 self._save_clock()
-            except sqlite3.DatabaseError:
-                pass  # a read-only or broken journal: nothing to keep
+            except JournalError:
+                pass  # a read-only, full or broken journal: nothing more to keep
             self.db.close()
             self.db = None
         if self._lock_fd is not None:
@@ -326,8 +332,8 @@ class Journal:
     def _save_clock(self) -> None:
         """Persist the clock, so the next start resumes from here even if the wall clock went back."""
         if self.db is not None and not self.readonly:
-            self.db.execute("INSERT INTO meta (key, value) VALUES ('clock', ?) "
-                            "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (repr(self.now()),))
+            self._x("INSERT INTO meta (key, value) VALUES ('clock', ?) "
+                    "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (repr(self.now()),))
 
     # --- queueing ------------------------------------------------------------------------------
 
@@ -575,10 +581,10 @@ class Journal:
             raise JournalError(f"the journal {self.path} is closed")
         try:
             return self.db.execute(sql, params)
-        except sqlite3.OperationalError as exc:
-            if "readonly" in str(exc) or "disk I/O" in str(exc) or "full" in str(exc):
-                raise JournalError(self._explain(exc)) from None
-            raise
+        except (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError):
+            raise  # a bug of ours, not the disk's
+        except sqlite3.DatabaseError as exc:  # full, read-only, I/O, locked, corrupt: the disk's
+            raise JournalError(self._explain(exc)) from None
 
     def _row(self, path: str) -> sqlite3.Row | None:
         return self._x("SELECT * FROM jobs WHERE path = ?", (to_db(path),)).fetchone()

@@ -91,7 +91,7 @@ def _guarded(path: Path, start: float, step: Callable[[], Any]) -> Any:
     except (SidecarError, OSError) as exc:
         transient = isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS
         return FileResult(str(path), "failed", str(exc), transient=transient, seconds=time.perf_counter() - start)
-    except Exception as exc:
+    except Exception as exc:  # one file's trouble is that file's failure, never its neighbours'
         log.exception("file_crashed", path=str(path), error=str(exc))
         return FileResult(str(path), "failed", f"internal error: {type(exc).__name__}: {exc}", transient=True,
                           seconds=time.perf_counter() - start)

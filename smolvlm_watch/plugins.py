@@ -69,7 +69,7 @@ class Registry:
     def _register_module(self, name: str) -> None:
         try:
             module = importlib.import_module(name)
-        except Exception as exc:
+        except Exception as exc:  # a plugin may fail to import in any way: the start stops, naming it
             raise PluginError(f"plugin {name!r} failed to import: {type(exc).__name__}: {exc}") from exc
         if self.pm.get_plugin(name) is None:
             self.pm.register(module, name)
@@ -80,7 +80,7 @@ class Registry:
                 continue
             try:
                 plugin = ep.load()
-            except Exception as exc:
+            except Exception as exc:  # likewise for an entry point
                 raise PluginError(f"plugin {ep.name!r} (entry point {ep.value}) failed to load: "
                                   f"{type(exc).__name__}: {exc}") from exc
             self.pm.register(plugin, ep.name)
@@ -101,7 +101,7 @@ class Registry:
                     impl.function(*([register] if impl.argnames else []))
                 except PluginError:
                     raise
-                except Exception as exc:
+                except Exception as exc:  # and for a register hook
                     raise PluginError(f"plugin {plugin_name!r} failed to register its {kind}s: "
                                       f"{type(exc).__name__}: {exc}") from exc
 

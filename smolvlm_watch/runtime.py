@@ -158,7 +158,7 @@ class Runtime:
             model = AutoModelForImageTextToText.from_pretrained(
                 source, dtype=getattr(torch, dtype), use_safetensors=True,
                 attn_implementation=self.config.attn_implementation or default_attention(device), **kwargs)
-        except Exception as exc:
+        except Exception as exc:  # every failure becomes one actionable message
             raise ModelLoadError(self._explain_load_failure(source, exc)) from exc
         self.processor = processor
         self.model = model.to(device).eval()
@@ -274,7 +274,7 @@ class Runtime:
             if r.images and r.video is None:
                 try:
                     self.pixels(r.images, r.image)
-                except Exception:
+                except Exception:  # noqa: BLE001 - reported where it matters, by generate
                     continue
 
     def video_sampling(self) -> dict[str, Any]:
@@ -347,7 +347,7 @@ class Runtime:
     def _run_batch(self, batch: list[Request], features: dict[tuple, Any]) -> list[Answer]:
         try:
             return self._generate(batch, features)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a failed batch is split to find the request to blame
             if len(batch) > 1:  # find out which request is to blame: run them one at a time
                 return [a for r in batch for a in self._run_batch([r], features)]
             return [Answer(text="", error=_inference_error(exc))]

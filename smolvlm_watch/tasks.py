@@ -123,7 +123,7 @@ def _ask(media: Media, p: Planned) -> list[Request] | Outcome:
         return skipped(p, media.kind)
     try:
         return list(p.task.requests(media, p.spec))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - a broken task must not stop the others
         return _error(p, f"{type(exc).__name__} in {p.task.name}.requests: {exc}")
 
 
@@ -169,7 +169,7 @@ def _finish(p: Planned, media: Media, answers: list[Answer], seconds: float) -> 
         return _error(p, str(failed[0]))
     try:
         result = p.task.parse(answers, p.spec, media)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - a task's parse failing is that task's error
         return _error(p, f"{type(exc).__name__} in {p.task.name}.parse: {exc}")
     raw: Any = answers[0].text if len(answers) == 1 else [a.text for a in answers]
     return Outcome(p.task.name, {

@@ -132,7 +132,7 @@ def frame_count(img: Image.Image, path: Path) -> int:
     file makes Pillow fail in any way it likes."""
     try:
         return int(getattr(img, "n_frames", 1))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - counting walks every IFD of a damaged file
         raise broken(path, "corrupt or truncated image", exc) from None
 
 

@@ -92,7 +92,7 @@ class Document:
             self.page_count = frame_count(self._tiff, self.path)
         except Image.DecompressionBombError as exc:
             raise MediaError(self.path, f"refused as a decompression bomb: {exc}") from None
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever a damaged file makes Pillow raise
             raise broken(self.path, "corrupt or truncated TIFF", exc) from None
 
     def page(self, index: int) -> tuple[Image.Image, str | None]:
@@ -109,7 +109,7 @@ class Document:
             return upright_rgb(img), None
         except Image.DecompressionBombError as exc:
             raise MediaError(self.path, f"page {index + 1}: refused as a decompression bomb: {exc}") from None
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever a damaged page makes Pillow raise
             raise broken(self.path, f"page {index + 1}: cannot decode", exc) from None
 
     def _pdf_page(self, index: int) -> tuple[Image.Image, str | None]:
@@ -124,7 +124,7 @@ class Document:
             text = textpage.get_text_range()
             textpage.close()
             page.close()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a damaged page, whatever PDFium or Pillow raise
             raise broken(self.path, f"page {index + 1}: cannot render", exc) from None
         return img, text.replace("\r\n", "\n").strip()
 

@@ -78,7 +78,7 @@ def open_pillow(f: BinaryIO, path: Path) -> Image.Image:
             img = Image.open(reader)  # type: ignore[arg-type]
     except Image.DecompressionBombError as exc:
         raise MediaError(path, f"refused as a decompression bomb: {exc}") from None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever a damaged file makes Pillow raise
         raise broken(path, "corrupt or truncated image", exc) from None
     reader.budget = None  # type: ignore[assignment]
     return img
@@ -103,7 +103,7 @@ def decode(img: Image.Image, path: Path, st: os.stat_result, sha256: str, limits
             rgb = upright_rgb(img)
     except Image.DecompressionBombError as exc:
         raise MediaError(path, f"refused as a decompression bomb: {exc}") from None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever a damaged file makes Pillow raise
         raise broken(path, "corrupt or truncated image", exc) from None
     info = source_info(path, st, sha256, "image", rgb.width, rgb.height)
     return Media(info=info, images=(rgb,))

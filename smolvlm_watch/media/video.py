@@ -195,7 +195,7 @@ def decode(source: Path | BinaryIO, sampling: Sampling, path: Path | None = None
     with _opened(source) as f:
         try:
             return _decode(_Decoder(f, path, sampling), sampling)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever a damaged file makes the decoder raise
             raise broken(path, "corrupt or truncated video", exc) from None
 
 
