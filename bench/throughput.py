@@ -133,7 +133,6 @@ def phase_ours(args, images: list[Path], tasks: list[str]) -> dict:
     from smolvlm_watch import config as configmod
     from smolvlm_watch.pipeline import FileJob, Pipeline
     from smolvlm_watch.plugins import Registry
-    from smolvlm_watch.runtime import create_runtime
 
     folder = images[0].parent
     task_cfg = {t: {"max_new_tokens": args.max_new_tokens, "prompt": PROMPTS[t], "image_splitting": True,
@@ -142,9 +141,10 @@ def phase_ours(args, images: list[Path], tasks: list[str]) -> dict:
            "tasks": task_cfg, "runtime": {"compile": args.compile, **({"max_batch": args.batch} if args.batch else {})},
            "watches": [{"path": str(folder), "tasks": tasks, "outputs": ["json"], "policy": "overwrite"}]}
     config = configmod.parse(raw, folder)
-    runtime = create_runtime(config.model, config.runtime)
+    registry = Registry(entrypoints=False)
+    runtime = registry.engine(config)
     runtime.load()
-    pipeline = Pipeline(config, Registry(entrypoints=False), runtime)
+    pipeline = Pipeline(config, registry, runtime)
     start = time.perf_counter()
     jobs = [FileJob(p, config.watches[0], True) for p in images]
     failed = [r for _, r in pipeline.process_many(jobs) if r.status != "done"]

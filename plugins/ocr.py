@@ -1,9 +1,10 @@
 """``ocr``: all text in the image, line breaks kept, as plain text; on a video, per timestamp."""
 
 from smolvlm_watch import hookimpl
-from smolvlm_watch.media.document import TEXT_LAYER_MIN_CHARS
 from smolvlm_watch.engine import Request, question
-from smolvlm_watch.tasks import Task
+from smolvlm_watch.tasks import Option, Task
+
+TEXT_LAYER_MIN_CHARS = 16  # "auto": a page with at least this much text uses its text layer
 
 
 def clean(text: str) -> str:
@@ -17,7 +18,23 @@ class Ocr(Task):
     default_prompt = "Extract all text from this image. Keep the line breaks."
     default_max_new_tokens = 512
     default_options = {"use_text_layer": "never"}
+    options_schema = {**Task.options_schema, "use_text_layer": Option(
+        ("auto", "never", "always"), help="a PDF page's own text instead of the model's reading: auto uses it when "
+                                          f"it holds {TEXT_LAYER_MIN_CHARS}+ characters")}
     media_kinds = frozenset({"image", "video", "document"})
+    per_page = True  # every page of a document, each page's text in its record, the whole in one result
+
+    def page_fields(self, entry):
+        """A page's record holds its text and where it came from (``ocr``, ``ocr_source``: model
+        or text_layer), or the page's error."""
+        if "error" in entry:
+            return {"error": f"ocr: {entry['error']}"}
+        result = entry.get("result")
+        return {"ocr": result["text"], "ocr_source": result["source"]} if isinstance(result, dict) else {}
+
+    def combine_pages(self, pages):
+        """The document's text, pages separated by a form feed, as pdftotext writes it."""
+        return "\f".join(page.get("ocr", "") for page in pages)
 
     def requests(self, media, spec):
         """On a video, one question per sampled frame (the runtime batches them); on a document

@@ -94,13 +94,16 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TaskConfig:
-    """Per-task settings; None fields fall back to the plugin's defaults."""
+    """Per-task settings; None fields fall back to the plugin's defaults. ``options`` may also be
+    given directly on the task (``tasks.ocr.use_text_layer``); ``direct`` names those, so an
+    error can point at the key the user wrote. The task's own schema checks them all."""
 
     prompt: str | None = None
     max_new_tokens: int | None = None
     image: ImageSettings = ImageSettings()
     options: dict[str, Any] = field(default_factory=dict)
     video: dict[str, Any] = field(default_factory=dict)  # this task's own video sampling (fps, max_frames, mode)
+    direct: frozenset[str] = field(default=frozenset(), metadata={"resolved": False})  # bookkeeping, not a key
 
     def over(self, base: TaskConfig) -> TaskConfig:
         return TaskConfig(
@@ -109,6 +112,7 @@ class TaskConfig:
             image=self.image.over(base.image),
             options={**base.options, **self.options},
             video={**base.video, **self.video},
+            direct=base.direct | self.direct,
         )
 
 
@@ -240,7 +244,7 @@ def redact_url(url: str) -> str:
     if ":" in host:
         host = f"[{host}]"
     netloc = host + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, "", "")).rstrip("/")
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def default_state_dir() -> Path:
@@ -263,16 +267,17 @@ class _Reader:
     def fail(self, where: str, message: str) -> None:
         self.problems.append(f"{where}: {message}")
 
-    def mapping(self, value: Any, where: str, known: tuple[str, ...]) -> dict[str, Any]:
+    def mapping(self, value: Any, where: str, known: tuple[str, ...] | None) -> dict[str, Any]:
+        """A mapping's keys checked against ``known`` (None: any key; a later check knows them)."""
         if value is None:
             return {}
         if not isinstance(value, dict):
             self.fail(where, f"expected a mapping, got {_show(value)}")
             return {}
-        for key in value:
-            if key not in known:
-                self.fail(f"{where}.{key}" if where else str(key),
-                          f"unknown key (known: {', '.join(known)})")
+        if known is not None:
+            for key in value:
+                if key not in known:
+                    self.fail(f"{where}.{key}" if where else str(key), f"unknown key (known: {', '.join(known)})")
         return value
 
     def get(self, data: dict, key: str, where: str, kind: Callable[[Any], bool], expect: str,
@@ -366,12 +371,9 @@ def _model(r: _Reader, raw: Any) -> ModelConfig:
              "preload", "threads", "backend", "base_url", "name", "api_key_env", "timeout",
              "concurrency") + _IMAGE_KEYS
     data = r.mapping(raw, "model", known)
-    backend = r.choice(data, "backend", "model", ("transformers", "openai"), "transformers")
     text = lambda v: isinstance(v, str) and v != ""  # noqa: E731
-    if backend == "openai":
-        for key in ("base_url", "name"):
-            if not data.get(key):
-                r.fail(f"model.{key}", "missing: model.backend openai needs base_url and name")
+    # which backends exist, and what each needs, is the plugins' to say (Registry.check)
+    backend = r.get(data, "backend", "model", text, "a backend name", "transformers")
     return ModelConfig(
         backend=backend,
         base_url=r.get(data, "base_url", "model", lambda v: isinstance(v, str) and v.startswith(("http://", "https://")),
@@ -393,18 +395,21 @@ def _model(r: _Reader, raw: Any) -> ModelConfig:
     )
 
 
+TASK_KEYS = ("prompt", "max_new_tokens", "options", "video") + _IMAGE_KEYS
+
+
 def _task(r: _Reader, raw: Any, where: str) -> TaskConfig:
-    data = r.mapping(raw, where, ("prompt", "max_new_tokens", "options", "use_text_layer", "video") + _IMAGE_KEYS)
+    data = r.mapping(raw, where, None)  # keys besides TASK_KEYS are the task's options, given directly
     options = r.get(data, "options", where, lambda v: isinstance(v, dict), "a mapping", {})
-    if "use_text_layer" in data:  # ocr's documented shortcut for options.use_text_layer
-        options = {**options, "use_text_layer": r.choice(data, "use_text_layer", where,
-                                                         ("auto", "never", "always"), "never")}
+    direct = {k: v for k, v in data.items() if k not in TASK_KEYS}
+    options = {**options, **direct}
     return TaskConfig(
         prompt=r.get(data, "prompt", where, lambda v: isinstance(v, str) and v.strip() != "", "a non-empty string"),
         max_new_tokens=r.number(data, "max_new_tokens", where, None, minimum=1, integer=True),
         image=_image(r, data, where),
         options=options,
         video=_task_video(r, data.get("video"), _join(where, "video")),
+        direct=frozenset(map(str, direct)),
     )
 
 
@@ -618,24 +623,6 @@ def load(path: str | Path) -> Config:
     return parse(data, path.resolve().parent, path.resolve())
 
 
-def check_names(config: Config, tasks: set[str], writers: set[str]) -> None:
-    """Reject task and writer names no plugin provides; run after plugins are loaded."""
-    problems = []
-    for name in config.tasks:
-        if name not in tasks:
-            problems.append(f"tasks.{name}: unknown task {name!r} (known: {', '.join(sorted(tasks))})")
-    for i, watch in enumerate(config.watches):
-        for j, name in enumerate(watch.tasks):
-            if name not in tasks:
-                problems.append(f"watches[{i}].tasks[{j}]: unknown task {name!r} (known: {', '.join(sorted(tasks))})")
-        for j, name in enumerate(watch.outputs):
-            if name not in writers:
-                problems.append(
-                    f"watches[{i}].outputs[{j}]: unknown output {name!r} (known: {', '.join(sorted(writers))})")
-    if problems:
-        raise ConfigError(problems, str(config.source) if config.source else None)
-
-
 def with_model(config: Config, model: str) -> Config:
     """The config with ``--model`` applied: an existing folder is a local path, anything else a hub id."""
     if Path(model).expanduser().is_dir():
@@ -649,7 +636,8 @@ def resolved(config: Config) -> dict[str, Any]:
     """The config as plain data, every default filled in: what ``config check`` prints."""
     def plain(value: Any) -> Any:
         if hasattr(value, "__dataclass_fields__"):
-            return {k: plain(getattr(value, k)) for k in value.__dataclass_fields__}
+            return {k: plain(getattr(value, k)) for k, f in value.__dataclass_fields__.items()
+                    if f.metadata.get("resolved", True)}
         if isinstance(value, dict):
             return {str(k): plain(v) for k, v in value.items()}
         if isinstance(value, (list, tuple)):

@@ -38,7 +38,6 @@ from .notify import notify, watchdog_interval
 from .pipeline import FileJob, FileResult, Pipeline
 from .plugins import PluginError, Registry
 from .reconcile import Reconciler
-from .runtime import create_runtime
 from .sidecar import Target
 from .watcher import ArmedWatch, Device, WatchSet
 
@@ -364,7 +363,7 @@ class Daemon:
         recovered = self.journal.recover(self.config.state.max_attempts)
         if recovered:
             self.log.warning("recovered_interrupted_jobs", count=recovered)
-        self.engine = self._engine(self.config)
+        self.engine = self._engine(self.config, self.registry)
         self.pipeline = Pipeline(self.config, self.registry, self.engine)
         self.reconciler = Reconciler(self.journal, self.log)
         self.queue = WorkQueue(self.journal, self.reconciler, lambda: self.config, self.log)
@@ -375,8 +374,8 @@ class Daemon:
         self.write_meta()
         self.supervisor = Supervisor(self)
 
-    def _engine(self, config: Config) -> Engine:
-        engine = create_runtime(config.model, config.runtime)
+    def _engine(self, config: Config, registry: Registry) -> Engine:
+        engine = registry.engine(config)
         if config.model.preload:
             notify("EXTEND_TIMEOUT_USEC=600000000\nSTATUS=loading model " + config.model.source)
             self.log.info("model_loading", model=config.model.source)
@@ -458,7 +457,7 @@ class Daemon:
         try:
             config, registry = self.loader()
             same = (config.model, config.runtime) == (self.config.model, self.config.runtime)
-            engine = self.engine if same else self._engine(config)
+            engine = self.engine if same else self._engine(config, registry)
         except (ConfigError, PluginError, ModelLoadError) as exc:
             self.log.error("reload_refused", error=str(exc))
             notify("READY=1")

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 from collections.abc import Sequence
 
 from PIL import Image
 
-from .config import ImageSettings
+from .config import ImageSettings, ModelConfig, RuntimeConfig
 
 
 class Interrupted(Exception):
@@ -97,6 +98,19 @@ def fingerprint(*parts: Any) -> str:
     blob = json.dumps(parts, sort_keys=True, default=str, ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A model backend, registered by a plugin (``register_backends``) and chosen by
+    ``model.backend``. ``create(model, runtime)`` builds its engine, not loaded yet (loading is
+    the engine's ``load``); ``check(model)`` lists what is wrong with the ``model`` settings for
+    this backend, each with its key path, before anything starts."""
+
+    name: str
+    create: Callable[[ModelConfig, RuntimeConfig], Engine]
+    description: str = ""
+    check: Callable[[ModelConfig], list[str]] = lambda model: []
 
 
 class Engine(Protocol):

@@ -8,15 +8,21 @@ point in the ``smolvlm_watch`` group, and modules named in the config's ``plugin
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from pluggy import HookimplMarker, HookspecMarker
+
+if TYPE_CHECKING:
+    from .engine import Backend
+    from .sidecar import Writer
+    from .tasks import Task
 
 hookspec = HookspecMarker("smolvlm_watch")
 hookimpl = HookimplMarker("smolvlm_watch")
 
 
 @hookspec
-def register_tasks(register: Callable) -> None:
+def register_tasks(register: Callable[[Task], None]) -> None:
     """Register task plugins: the questions asked about each file.
 
     Call ``register(task)`` once per task, with an instance of a subclass of
@@ -35,7 +41,7 @@ def register_tasks(register: Callable) -> None:
 
 
 @hookspec
-def register_writers(register: Callable) -> None:
+def register_writers(register: Callable[[Writer], None]) -> None:
     """Register output writers: the sidecar files written for each processed file.
 
     Call ``register(writer)`` once per writer, with an instance of a subclass of
@@ -49,4 +55,23 @@ def register_writers(register: Callable) -> None:
     ``{path: sha256}`` of what it staged. The pipeline then commits every writer's files as one
     write set that a crash cannot leave half-recorded; an output an earlier run wrote and this
     run does not stage is removed (when it still holds our bytes).
+    """
+
+
+@hookspec
+def register_backends(register: Callable[[Backend], None]) -> None:
+    """Register model backends: what answers the tasks' requests.
+
+    Call ``register(backend)`` once per backend, with a ``smolvlm_watch.engine.Backend``: its
+    ``name`` is what ``model.backend`` selects, ``create(model, runtime)`` returns an object
+    implementing ``smolvlm_watch.engine.Engine`` (not loaded yet), and ``check(model)`` returns
+    what is wrong with the ``model`` settings for it, each with its key path (checked by
+    ``config check`` and at start). Built in: ``transformers`` (in-process) and ``openai`` (an
+    OpenAI-compatible server); an in-process vLLM, OpenVINO or llama.cpp engine is a plugin.
+    Return value: ignored.
+
+    An engine answers every request of ``generate(requests)`` with an ``Answer`` (a request that
+    fails gets one with ``error``: only ``Interrupted`` is raised, after ``cancel()``), reports
+    ``max_batch()`` and ``video_sampling()``, and says with ``prepares_ahead`` whether
+    ``preprocess(requests)`` is worth calling from the prefetch threads.
     """

@@ -17,12 +17,15 @@ from collections.abc import Iterable
 import pluggy
 
 from . import hookspecs
+from .config import Config, ConfigError
+from .engine import Backend, Engine
 from .sidecar import Writer
 from .tasks import Task
 
 T = TypeVar("T")
 
 DEFAULT_PLUGINS = (
+    "smolvlm_watch_plugins.backends",
     "smolvlm_watch_plugins.caption",
     "smolvlm_watch_plugins.ocr",
     "smolvlm_watch_plugins.tags",
@@ -49,13 +52,14 @@ class Provided(Generic[T]):
 
 
 class Registry:
-    """The plugin manager plus the tasks and writers its plugins registered."""
+    """The plugin manager plus the tasks, writers and backends its plugins registered."""
 
     def __init__(self, extra_modules: Iterable[str] = (), entrypoints: bool | None = None):
         self.pm = pluggy.PluginManager("smolvlm_watch")
         self.pm.add_hookspecs(hookspecs)
         self.tasks: dict[str, Provided[Task]] = {}
         self.writers: dict[str, Provided[Writer]] = {}
+        self.backends: dict[str, Provided[Backend]] = {}
         for name in DEFAULT_PLUGINS:
             self._register_module(name)
         if entrypoints is None:
@@ -91,9 +95,11 @@ class Registry:
         self._collect()
 
     def _collect(self) -> None:
-        self.tasks, self.writers = {}, {}
-        for hook, kind, table in ((self.pm.hook.register_tasks, "task", self.tasks),
-                                  (self.pm.hook.register_writers, "writer", self.writers)):
+        self.tasks, self.writers, self.backends = {}, {}, {}
+        hooks: tuple[tuple[Any, str, dict[str, Provided[Any]]], ...] = (
+            (self.pm.hook.register_tasks, "task", self.tasks), (self.pm.hook.register_writers, "writer", self.writers),
+            (self.pm.hook.register_backends, "backend", self.backends))
+        for hook, kind, table in hooks:
             for impl in hook.get_hookimpls():
                 plugin_name = self.pm.get_name(impl.plugin) or repr(impl.plugin)
                 register = lambda obj, _t=table, _k=kind, _p=plugin_name: self._add(_t, _k, _p, obj)  # noqa: E731
@@ -113,6 +119,44 @@ class Registry:
             raise PluginError(f"{kind} {name!r} is registered twice: by {table[name].plugin!r} and by {plugin!r}")
         version = str(getattr(obj, "version", None) or _distribution_version(plugin))
         table[name] = Provided(name=name, plugin=plugin, version=version, obj=obj)
+
+
+    def engine(self, config: Config) -> Engine:
+        """The engine ``model.backend`` names, built (not loaded) from the config."""
+        return self.backends[config.model.backend].obj.create(config.model, config.runtime)
+
+    def check(self, config: Config) -> None:
+        """What only the loaded plugins can tell about a config: every task, writer and backend
+        it names exists, every task's options fit its schema, the backend has what it needs.
+        Raises one ConfigError listing every problem with its key path."""
+        problems = self._names(config)
+        for name, task_config in config.tasks.items():
+            if name in self.tasks:
+                problems += self.tasks[name].obj.check_options(task_config.options, f"tasks.{name}",
+                                                               task_config.direct)
+        for i, watch in enumerate(config.watches):
+            for name, override in watch.task_overrides.items():
+                if name in self.tasks:
+                    where = f"watches[{i}].tasks[{watch.tasks.index(name)}].{name}"
+                    problems += self.tasks[name].obj.check_options(override.options, where, override.direct)
+        if config.model.backend in self.backends:
+            problems += self.backends[config.model.backend].obj.check(config.model)
+        if problems:
+            raise ConfigError(problems, str(config.source) if config.source else None)
+
+    def _names(self, config: Config) -> list[str]:
+        def unknown(where: str, what: str, name: str, table: dict[str, Any]) -> list[str]:
+            return [] if name in table else [f"{where}: unknown {what} {name!r} (known: {', '.join(sorted(table))})"]
+
+        problems = unknown("model.backend", "backend", config.model.backend, self.backends)
+        for name in config.tasks:
+            problems += unknown(f"tasks.{name}", "task", name, self.tasks)
+        for i, watch in enumerate(config.watches):
+            for j, name in enumerate(watch.tasks):
+                problems += unknown(f"watches[{i}].tasks[{j}]", "task", name, self.tasks)
+            for j, name in enumerate(watch.outputs):
+                problems += unknown(f"watches[{i}].outputs[{j}]", "output", name, self.writers)
+        return problems
 
 
 def _distribution_version(plugin: str) -> str:

@@ -67,7 +67,7 @@ class RemoteRuntime:
             raise ModelLoadError("model.backend openai needs model.base_url and model.name")
         self.config = model
         self.base_url = model.base_url.rstrip("/")  # credentials in it stay with the client only
-        self.endpoint = model.endpoint or ""
+        self.endpoint = (model.endpoint or "").rstrip("/")
         self.device, self.dtype = "remote", None
         self.vision_passes = 0
         self.prepares_ahead = False  # nothing to prepare: the server resizes and tiles images itself

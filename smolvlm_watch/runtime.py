@@ -516,15 +516,6 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def create_runtime(model: ModelConfig, runtime: RuntimeConfig | None = None):
-    """The runtime the config asks for: in-process transformers, or a remote OpenAI-compatible server."""
-    if model.backend == "openai":
-        from .remote import RemoteRuntime
-
-        return RemoteRuntime(model, runtime)
-    return Runtime(model, runtime)
-
-
 def _image_ids(images: Sequence[Image.Image]) -> tuple[int, ...]:
     """Which images these are: requests about the same ones may share their preparation and
     encoding (the objects stay alive for as long as a request or a cache entry keys on them)."""

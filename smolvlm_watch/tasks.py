@@ -1,21 +1,62 @@
 """Tasks: what to ask the model about a file, and how to read its answer.
 
-A task never touches the model. It turns a decoded file into runtime requests and the runtime's
-answers into a result; ``run_tasks`` gathers every task's requests for a file into ONE list for
-the runtime (so it can batch them) and calls each task's hooks itself, so a failing task is
-recorded as that task's error while the others complete.
+A task never touches the model. It turns decoded media into engine requests and the engine's
+answers into a result; ``run_units`` gathers every task's requests for every unit of a batch
+of files into ONE list for the engine (so it can batch them) and calls each task's hooks itself,
+so a failing task is recorded as that task's error while the others complete.
+
+A task declares its options (``options_schema``: checked, with their key paths, before any
+file runs) and, for documents, whether it runs on every page (``per_page``), what it puts into
+a page's record (``page_fields``) and how the pages' results make one (``combine_pages``).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from collections.abc import Sequence
 
 from .config import ImageSettings, TaskConfig
-from .media import Media
 from .engine import Answer, Engine, GenerationSettings, Request, fingerprint, question
+from .media import Media
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option a task takes (``tasks.NAME.options.KEY``, or ``tasks.NAME.KEY``): its type
+    (``int``, ``float``, ``bool``, ``str``, ``list`` of strings, or a tuple of allowed strings),
+    a minimum for numbers, whether ``null`` is allowed, and what it does."""
+
+    kind: Any
+    minimum: float | None = None
+    nullable: bool = False
+    help: str = ""
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` is not acceptable, or None."""
+        if value is None:
+            return None if self.nullable else f"expected {self.expected()}, got null"
+        if isinstance(self.kind, tuple):
+            return None if value in self.kind else f"expected one of {', '.join(self.kind)}, got {value!r}"
+        ok = {
+            int: isinstance(value, int) and not isinstance(value, bool),
+            float: isinstance(value, (int, float)) and not isinstance(value, bool),
+            bool: isinstance(value, bool),
+            str: isinstance(value, str),
+            list: isinstance(value, list) and all(isinstance(v, str) for v in value),
+        }[self.kind]
+        if ok and (self.minimum is None or value >= self.minimum):
+            return None
+        return f"expected {self.expected()}, got {value!r}"
+
+    def expected(self) -> str:
+        names = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+                 list: "a list of strings"}
+        text = names.get(self.kind, "a value")
+        if self.minimum is not None:
+            text += f" >= {self.minimum:g}"
+        return text + (" or null" if self.nullable else "")
 
 
 @dataclass(frozen=True)
@@ -46,6 +87,12 @@ class Task:
     default_image: ImageSettings = ImageSettings()
     default_options: dict[str, Any] = {}
     media_kinds: frozenset[str] = frozenset({"image"})
+    # Options every task takes; a subclass adds its own: {**Task.options_schema, "x": Option(int)}.
+    options_schema: dict[str, Option] = {
+        "min_new_tokens": Option(int, minimum=1, nullable=True, help="generate at least this many tokens"),
+        "loop_guard": Option(bool, help="end an answer whose tail repeats one short unit (default true)"),
+    }
+    per_page: bool = False  # on a document: run on every page (batched, resumable), not the first
 
     def spec(self, config: TaskConfig) -> TaskSpec:
         return TaskSpec(
@@ -54,6 +101,20 @@ class Task:
             image=config.image.over(self.default_image),
             options={**self.default_options, **config.options},
         )
+
+    def check_options(self, options: dict[str, Any], where: str, direct: frozenset[str] = frozenset()) -> list[str]:
+        """Problems with ``options`` (given under ``where``.options, or at ``where`` itself for the
+        names in ``direct``), each with its key path and what is allowed."""
+        known = {**{k: None for k in self.default_options}, **self.options_schema}
+        problems = []
+        for key, value in options.items():
+            at = f"{where}.{key}" if key in direct else f"{where}.options.{key}"
+            if key not in known:
+                listed = ", ".join(sorted(known)) or "none"
+                problems.append(f"{at}: unknown option of task {self.name!r} (its options: {listed})")
+            elif (option := known[key]) is not None and (why := option.problem(value)) is not None:
+                problems.append(f"{at}: {why}")
+        return problems
 
     def requests(self, media: Media, spec: TaskSpec) -> list[Request]:
         """The questions to ask about ``media``: by default the prompt once, about the video as
@@ -68,6 +129,16 @@ class Task:
     def parse(self, answers: Sequence[Answer], spec: TaskSpec, media: Media) -> Any:
         """The result stored in the sidecar: by default the first answer's text, trimmed."""
         return answers[0].text.strip()
+
+    def page_fields(self, entry: dict[str, Any]) -> dict[str, Any] | None:
+        """What this task's entry for one page puts into that page's record in the sidecar's
+        ``pages`` list. None (the default): the entry goes under the record's ``tasks``."""
+        return None
+
+    def combine_pages(self, pages: list[dict[str, Any]]) -> Any:
+        """The document's result from its page records: by default each page's result, in order
+        (None where a page had none)."""
+        return [((page.get("tasks") or {}).get(self.name) or {}).get("result") for page in pages]
 
 
 @dataclass(frozen=True)
@@ -93,27 +164,82 @@ def plan(task: Task, config: TaskConfig, plugin: str, plugin_version: str, model
                    video=dict(config.video))
 
 
+_ABSENT: Any = object()
+
+
+@dataclass(frozen=True)
+class TaskEntry:
+    """A task's entry in the sidecar's ``tasks``: a result, an error, or why it was skipped.
+    Built here only (``answered``, ``failed``, ``skipped``, ``paged``); ``as_json`` writes the
+    keys in their one order, leaving out what an entry of its kind does not have."""
+
+    result: Any = _ABSENT
+    raw: Any = _ABSENT
+    error: Any = _ABSENT
+    skipped: Any = _ABSENT
+    prompt: Any = _ABSENT
+    generation: Any = _ABSENT
+    plugin: Any = _ABSENT
+    plugin_version: Any = _ABSENT
+    seconds: Any = _ABSENT
+    fingerprint: Any = _ABSENT
+    tokens: Any = _ABSENT
+    pages: Any = _ABSENT
+
+    def as_json(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not _ABSENT}
+
+    @classmethod
+    def answered(cls, p: Planned, result: Any, raw: Any, seconds: float, tokens: int) -> TaskEntry:
+        return cls(result=result, raw=raw, **_settings(p), plugin=p.plugin, plugin_version=p.plugin_version,
+                   seconds=round(seconds, 4), fingerprint=p.fingerprint, tokens=tokens)
+
+    @classmethod
+    def paged(cls, p: Planned, result: Any, seconds: float, pages: int) -> TaskEntry:
+        """A per-page task's entry for a whole document (its pages' records hold the rest)."""
+        return cls(result=result, **_settings(p), plugin=p.plugin, plugin_version=p.plugin_version,
+                   seconds=round(seconds, 4), fingerprint=p.fingerprint, pages=pages)
+
+    @classmethod
+    def failed(cls, p: Planned, message: str) -> TaskEntry:
+        return cls(error=message, plugin=p.plugin, plugin_version=p.plugin_version, fingerprint=p.fingerprint)
+
+    @classmethod
+    def skipped_for(cls, p: Planned, kind: str) -> TaskEntry:
+        """The entry of a task that does not accept this kind of media."""
+        return cls(skipped=f"task {p.task.name!r} does not accept {kind} files", plugin=p.plugin,
+                   plugin_version=p.plugin_version)
+
+
+def _settings(p: Planned) -> dict[str, Any]:
+    return {"prompt": p.spec.prompt, "generation": {**p.spec.generation.as_dict(), "image": p.spec.image.as_dict()}}
+
+
 @dataclass(frozen=True)
 class Outcome:
-    """One task's entry in the sidecar: a result, or an error, or a reason it was skipped."""
+    """One task's entry, by task name."""
 
     name: str
     data: dict[str, Any]
 
-    @property
-    def ok(self) -> bool:
-        return "error" not in self.data and "skipped" not in self.data
-
 
 def skipped(p: Planned, kind: str) -> Outcome:
-    """The entry of a task that does not accept this kind of media."""
-    return Outcome(p.task.name, {"skipped": f"task {p.task.name!r} does not accept {kind} files",
-                                 "plugin": p.plugin, "plugin_version": p.plugin_version})
+    return Outcome(p.task.name, TaskEntry.skipped_for(p, kind).as_json())
 
 
-def _error(p: Planned, message: str) -> Outcome:
-    return Outcome(p.task.name, {"error": message, "plugin": p.plugin, "plugin_version": p.plugin_version,
-                                 "fingerprint": p.fingerprint})
+def _failed(p: Planned, message: str) -> Outcome:
+    return Outcome(p.task.name, TaskEntry.failed(p, message).as_json())
+
+
+@dataclass(frozen=True)
+class Unit:
+    """Model work for one file: some of its tasks about one decoded piece of it (a photo, a
+    video at one sampling, a document page or its first pages together). ``tag`` is the file's
+    own, to fold the outcomes back (a page number, a sampling)."""
+
+    media: Media
+    tasks: tuple[Planned, ...]
+    tag: Any = None
 
 
 def _ask(media: Media, p: Planned) -> list[Request] | Outcome:
@@ -124,62 +250,48 @@ def _ask(media: Media, p: Planned) -> list[Request] | Outcome:
     try:
         return list(p.task.requests(media, p.spec))
     except Exception as exc:  # noqa: BLE001 - a broken task must not stop the others
-        return _error(p, f"{type(exc).__name__} in {p.task.name}.requests: {exc}")
+        return _failed(p, f"{type(exc).__name__} in {p.task.name}.requests: {exc}")
 
 
-def preprocess(media: Media, planned: Sequence[Planned], runtime: Engine) -> None:
-    """Prepare what the model will need for these tasks' questions (resized, tiled pixels) now,
+def preprocess(units: Sequence[Unit], engine: Engine) -> None:
+    """Prepare what the model will need for these units' questions (resized, tiled pixels) now,
     in the caller's thread: the prefetch threads do it while the model answers earlier files. A
     task whose ``requests`` fails here fails again, and is recorded, when it runs."""
-    asked = [_ask(media, p) for p in planned]
-    runtime.preprocess([r for reqs in asked if not isinstance(reqs, Outcome) for r in reqs])
+    asked = [_ask(u.media, p) for u in units for p in u.tasks]
+    engine.preprocess([r for reqs in asked if not isinstance(reqs, Outcome) for r in reqs])
 
 
-def run_tasks(media: Media, planned: Sequence[Planned], runtime: Engine) -> list[Outcome]:
-    """Run every planned task on one decoded file; one runtime call for all their requests."""
-    return run_tasks_many([media], planned, runtime)[0]
-
-
-def run_tasks_many(medias: Sequence[Media], planned: Sequence[Planned], runtime: Engine) -> list[list[Outcome]]:
-    """Run the planned tasks on several media (a document's pages) with ONE runtime call, so the
-    runtime can batch across them. Returns each media's outcomes in ``planned`` order."""
-    outcomes: list[dict[str, Outcome]] = [{} for _ in medias]
+def run_units(units: Sequence[Unit], engine: Engine) -> list[list[Outcome]]:
+    """Run every unit's tasks with ONE engine call, so the engine can batch across tasks, pages
+    and files. Returns each unit's outcomes in the order of its tasks."""
+    outcomes: list[dict[str, Outcome]] = [{} for _ in units]
     asked: list[tuple[int, Planned, list[Request]]] = []
-    for m, media in enumerate(medias):
-        for p in planned:
-            reqs = _ask(media, p)
+    for u, unit in enumerate(units):
+        for p in unit.tasks:
+            reqs = _ask(unit.media, p)
             if isinstance(reqs, Outcome):
-                outcomes[m][p.task.name] = reqs
+                outcomes[u][p.task.name] = reqs
             else:
-                asked.append((m, p, reqs))
+                asked.append((u, p, reqs))
     flat = [r for _, _, reqs in asked for r in reqs]
     start = time.perf_counter()
-    answers = runtime.generate(flat)
+    answers = engine.generate(flat)
     share = (time.perf_counter() - start) / max(len(flat), 1)
     pos = 0
-    for m, p, reqs in asked:
+    for u, p, reqs in asked:
         mine, pos = answers[pos:pos + len(reqs)], pos + len(reqs)
-        outcomes[m][p.task.name] = _finish(p, medias[m], mine, share * len(reqs))
-    return [[out[p.task.name] for p in planned] for out in outcomes]
+        outcomes[u][p.task.name] = _finish(p, units[u].media, mine, share * len(reqs))
+    return [[out[p.task.name] for p in unit.tasks] for out, unit in zip(outcomes, units)]
 
 
 def _finish(p: Planned, media: Media, answers: list[Answer], seconds: float) -> Outcome:
     failed = [a.error for a in answers if a.error is not None]
     if failed:
-        return _error(p, str(failed[0]))
+        return _failed(p, str(failed[0]))
     try:
         result = p.task.parse(answers, p.spec, media)
     except Exception as exc:  # noqa: BLE001 - a task's parse failing is that task's error
-        return _error(p, f"{type(exc).__name__} in {p.task.name}.parse: {exc}")
+        return _failed(p, f"{type(exc).__name__} in {p.task.name}.parse: {exc}")
     raw: Any = answers[0].text if len(answers) == 1 else [a.text for a in answers]
-    return Outcome(p.task.name, {
-        "result": result,
-        "raw": raw,
-        "prompt": p.spec.prompt,
-        "generation": {**p.spec.generation.as_dict(), "image": p.spec.image.as_dict()},
-        "plugin": p.plugin,
-        "plugin_version": p.plugin_version,
-        "seconds": round(seconds, 4),
-        "fingerprint": p.fingerprint,
-        "tokens": sum(a.new_tokens for a in answers),
-    })
+    entry = TaskEntry.answered(p, result, raw, seconds, sum(a.new_tokens for a in answers))
+    return Outcome(p.task.name, entry.as_json())

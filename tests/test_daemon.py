@@ -65,10 +65,10 @@ def test_queued_files_share_batches_and_a_live_file_is_not_held_back(tmp_path, t
     batches: list[int] = []
     original = Pipeline.run
 
-    def spy(self, items, pages=None):
+    def spy(self, items):
         batches.append(len(items))
         time.sleep(0.3)  # a slower model: the prefetch threads get ahead
-        return original(self, items, pages)
+        return original(self, items)
 
     hashed: list[str] = []
     real_hash = media_base.sha256_of
@@ -107,9 +107,9 @@ def test_a_stop_mid_stream_gives_the_files_decoded_ahead_back_to_the_queue(tmp_p
     cfg = daemon_config(tmp_path, tiny_model, extra="runtime: {max_batch: 2, prefetch: 4}\n")
     original = Pipeline.run
 
-    def slow(self, items, pages=None):
+    def slow(self, items):
         time.sleep(0.4)
-        return original(self, items, pages)
+        return original(self, items)
 
     monkeypatch.setattr(Pipeline, "run", slow)
     daemon = daemon_module.Daemon(cfg, lambda: load_checked(cfg))

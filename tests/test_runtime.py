@@ -195,7 +195,7 @@ def test_pipeline_prefetch_is_bounded_over_200_files(tmp_path, tiny_model):
     assert [r.path for r in done] == [str(p) for p in paths]  # in order
     assert all(r.status == "done" for r in done)
     assert 1 <= state["max_ahead"] <= 4 + 4, state
-    assert pipeline.runtime.vision_passes == 200
+    assert pipeline.engine.vision_passes == 200
 
 
 def test_questions_split_across_batches_still_encode_their_photo_once(tiny_model):
@@ -345,11 +345,11 @@ def test_the_prefetch_window_fills_a_batch_by_default(tmp_path, tiny_model):
         prepared[0] += 1
         return result
 
-    def slow_run(items, pages=None):
+    def slow_run(items):
         timer.sleep(0.3)  # a busy model: decoding runs ahead as far as the window lets it
         most[0] = max(most[0], prepared[0] - ran[0] - len(items))  # decoded, waiting behind this batch
         ran[0] += len(items)
-        return original_run(items, pages)
+        return original_run(items)
 
     pipeline.prepare, pipeline.run = counting_prepare, slow_run
     assert [r.status for _, r in pipeline.process_many([FileJob(p, config.watches[0]) for p in paths])] == ["done"] * 40

@@ -30,7 +30,7 @@ def load_checked(path: str | Path | None, model: str | None = None) -> tuple[Con
     if model:
         config = configmod.with_model(config, model)
     registry = Registry(config.plugins)
-    configmod.check_names(config, set(registry.tasks), set(registry.writers))
+    registry.check(config)
     return config, registry
 
 

@@ -19,7 +19,6 @@ from ..pipeline import Pipeline
 from ..plugins import PluginError
 from ..progress import Progress
 from ..reconcile import Reconciler
-from ..runtime import create_runtime
 from ..sidecar import Target
 from ..watcher import MediaFilter, scan
 from . import EXIT_FAILED, EXIT_OK, config_arg, load_checked
@@ -98,7 +97,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(printable("\n".join(lines)))
         return EXIT_FAILED
     why_not = MediaFilter(watch).reason(path)
-    pipeline = Pipeline(config, registry, create_runtime(config.model, config.runtime))
+    pipeline = Pipeline(config, registry, registry.engine(config))
     target = Target.for_media(path, watch.output, watch.path)
     lines += [
         f"watch: {watch.path} (recursive {watch.recursive}, include {list(watch.include) or 'all'}, "
@@ -155,7 +154,7 @@ def _verdict(path: Path, why_not: str | None, job: Job | None, fingerprint: str,
 
 def cmd_backfill(args: argparse.Namespace) -> int:
     config, registry = load_checked(args.config)
-    pipeline = Pipeline(config, registry, create_runtime(config.model, config.runtime))
+    pipeline = Pipeline(config, registry, registry.engine(config))
     journal = Journal(config.state.db)
     under = _absolute(args.path) if args.path else None
     try:

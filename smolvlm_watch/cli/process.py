@@ -17,7 +17,6 @@ from ..jsontext import printable
 from ..pipeline import FileJob, FileResult, Pipeline
 from ..plugins import Provided
 from ..progress import Progress
-from ..runtime import create_runtime
 from ..watcher import MediaFilter, scan
 from . import EXIT_FAILED, EXIT_OK, load_checked
 
@@ -55,10 +54,9 @@ def cmd_process(args: argparse.Namespace) -> int:
     logs.configure(level="debug" if args.verbose else "warning", fmt="auto")
     config, registry = load_checked(args.config, args.model)
     if args.task:
-        configmod.check_names(replace(config, watches=(WatchConfig(path=Path("."), tasks=tuple(args.task)),)),
-                              set(registry.tasks), set(registry.writers))
+        registry.check(replace(config, watches=(WatchConfig(path=Path("."), tasks=tuple(args.task)),)))
     jobs, results = _jobs(config, args.paths, args.task, args.force)
-    pipeline = Pipeline(config, registry, create_runtime(config.model, config.runtime))
+    pipeline = Pipeline(config, registry, registry.engine(config))
     progress = Progress(len(jobs), enabled=not args.json)
     pipeline.on_page = lambda path, done, total: progress.start(f"{Path(path).name} page {done}/{total}")
     try:

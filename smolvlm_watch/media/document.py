@@ -18,8 +18,6 @@ from PIL import Image
 from .base import (Limits, Media, MediaError, SourceInfo, broken, frame_count, open_input, source_info,
                    upright_rgb)
 
-TEXT_LAYER_MIN_CHARS = 16  # "auto": a page with at least this much text uses its text layer
-
 
 def sniff(head: bytes) -> bool:
     return head.startswith(b"%PDF-")
@@ -165,25 +163,3 @@ def pages_media(info: SourceInfo, images: list[Image.Image]) -> Media:
                            kind="document", width=first.width, height=first.height,
                            extra={"page": 1, "pages_in_question": len(images), "text_layer": None})
     return Media(info=page_info, images=tuple(images))
-
-
-def page_record(index: int, media: Media | None, outcomes: dict[str, Any], seconds: float,
-                error: str | None = None) -> dict[str, Any]:
-    """A page's entry in the sidecar's ``pages`` list."""
-    rec: dict[str, Any] = {"page": index + 1}
-    if media is not None:
-        rec.update(width=media.info.width, height=media.info.height)
-    rec["seconds"] = round(seconds, 4)
-    ocr = outcomes.get("ocr")
-    if ocr is not None:
-        if "error" in ocr:
-            rec["error"] = f"ocr: {ocr['error']}"
-        elif isinstance(ocr.get("result"), dict):
-            rec["ocr"] = ocr["result"]["text"]
-            rec["ocr_source"] = ocr["result"]["source"]
-    if error:
-        rec["error"] = error
-    rec["tasks"] = {name: data for name, data in outcomes.items() if name != "ocr"}
-    if not rec["tasks"]:
-        del rec["tasks"]
-    return rec
