@@ -22,6 +22,7 @@ from PIL import Image
 
 from . import logs
 from .config import ImageSettings, ModelConfig, RuntimeConfig
+from .batching import Cancelled, LoopGuard, batch_for_memory, image_ids, padded, plan, shared_prefixes, until_end
 from .engine import (Answer, InferenceError, Interrupted, ModelInfo, ModelLoadError, Request)
 
 
@@ -35,46 +36,6 @@ class Pixels:
     pixel_values: Any  # (tiles, 3, H, W) in the model's dtype
     pixel_attention_mask: Any  # (tiles, H, W)
     replacements: tuple[str, ...]  # per image: its image tokens, as the processor writes them
-
-
-class LoopGuard:
-    """A StoppingCriteria that ends a sequence once its tail is one short unit repeated many times.
-
-    It only cuts an answer short, never changes a token, so guarded output is always a prefix of
-    unguarded greedy output.
-    """
-
-    def __init__(self, prompt_len: int, max_period: int = 8, min_span: int = 24, min_repeats: int = 4):
-        self.prompt_len = prompt_len
-        self.max_period = max_period
-        self.min_span = min_span
-        self.min_repeats = min_repeats
-
-    def __call__(self, input_ids, scores, **kwargs):
-        import torch
-
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        generated = input_ids[:, self.prompt_len:]
-        for period in range(1, self.max_period + 1):
-            span = max(self.min_span, period * self.min_repeats)
-            span -= span % period
-            if generated.shape[1] < span:
-                break
-            tail = generated[:, -span:]
-            done |= (tail == tail[:, -period:].repeat(1, span // period)).all(dim=1)
-        return done
-
-
-class Cancelled:
-    """A StoppingCriteria that ends every sequence once ``event`` is set (see ``Runtime.cancel``)."""
-
-    def __init__(self, event: threading.Event):
-        self.event = event
-
-    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-        import torch
-
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
 class Runtime:
@@ -236,7 +197,7 @@ class Runtime:
         tokens that stand for them in a prompt. Kept while the images live, so the questions of
         every task about one photo share one preparation, and a prefetch thread can prepare it
         (``preprocess``) while the model is busy with earlier files."""
-        key = (_image_ids(images), settings.over(self.config.image))
+        key = (image_ids(images), settings.over(self.config.image))
         with self._pixels_lock:
             found = self._pixels.get(key)
         if found is not None:
@@ -311,7 +272,7 @@ class Runtime:
         self.load()
         answers: list[Answer | None] = [None] * len(requests)
         features: dict[tuple, Any] = {}  # per image set, for this call: a split group is still encoded once
-        for batch in self._plan(requests):
+        for batch in plan(requests, self.max_batch()):
             if self._cancelled.is_set():
                 raise Interrupted("the model was stopped before these requests were answered")
             for index, answer in zip(batch, self._run_batch([requests[i] for i in batch], features)):
@@ -319,30 +280,6 @@ class Runtime:
         if self._cancelled.is_set():
             raise Interrupted("the model was stopped while answering")
         return [a for a in answers if a is not None]
-
-    def _plan(self, requests: Sequence[Request]) -> list[list[int]]:
-        """Group requests that can share a forward pass: same image settings, image count and
-        decoding rules (``max_new_tokens`` may differ: each answer is cut to its own). Requests
-        about the same images are packed whole into one batch where they fit, so their images
-        and shared prompt prefix are computed once. Batches hold at most max_batch requests."""
-        groups: dict[Any, dict[tuple, list[int]]] = {}
-        for i, r in enumerate(requests):
-            frames = len(r.video.frames) if r.video is not None else None
-            key = (r.image, len(r.images), frames, r.generation.min_new_tokens, r.generation.loop_guard)
-            groups.setdefault(key, {}).setdefault(_image_ids(r.images) or (i,), []).append(i)
-        size = self.max_batch()
-        batches: list[list[int]] = []
-        for by_images in groups.values():
-            current: list[int] = []
-            for members in by_images.values():
-                for k in range(0, len(members), size):
-                    chunk = members[k:k + size]
-                    if current and len(current) + len(chunk) > size:
-                        batches.append(current)
-                        current = []
-                    current = current + chunk
-            batches.append(current)
-        return batches
 
     def _run_batch(self, batch: list[Request], features: dict[tuple, Any]) -> list[Answer]:
         try:
@@ -395,13 +332,13 @@ class Runtime:
 
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         rows = [ids[i][mask[i].bool()].tolist() for i in range(len(batch))]
-        keys = [(r.image, _image_ids(r.images)) for r in batch]
+        keys = [(r.image, image_ids(r.images)) for r in batch]
         image_features = self._image_features(keys, inputs, features)
-        shares = _shared_prefixes(rows, keys, self.model.config.image_token_id)
+        shares = shared_prefixes(rows, keys, self.model.config.image_token_id)
         lengths = dict(shares)
         slot = {owner: k for k, owner in enumerate(sorted(lengths))}  # owner row -> its prefix row
         pad = self.processor.tokenizer.pad_token_id
-        prefix_ids, prefix_mask = _padded([rows[o][:lengths[o]] for o in slot], pad, left=False, device=self.device)
+        prefix_ids, prefix_mask = padded([rows[o][:lengths[o]] for o in slot], pad, left=False, device=self.device)
         out = self.model.model(input_ids=prefix_ids, attention_mask=prefix_mask,
                                mm_encoder_outputs={"image": BaseModelOutputWithPooling(
                                    pooler_output=[image_features[o] for o in slot])}, use_cache=True)
@@ -409,7 +346,7 @@ class Runtime:
         index = torch.tensor([slot[owner] for owner, _ in shares], device=self.device)
         for layer in cache.layers:
             layer.batch_select_indices(index)
-        suffix_ids, suffix_mask = _padded([row[n:] for row, (_, n) in zip(rows, shares)], pad, left=True,
+        suffix_ids, suffix_mask = padded([row[n:] for row, (_, n) in zip(rows, shares)], pad, left=True,
                                           device=self.device)
         self.prefill_tokens += sum(lengths.values()) + int(suffix_mask.sum())
         return {"input_ids": torch.cat([prefix_ids[index], suffix_ids], dim=1),
@@ -466,21 +403,11 @@ class Runtime:
         answers = []
         rows = out[:, prompt_len:].tolist()
         for request, row, mask in zip(batch, rows, model_inputs["attention_mask"].sum(dim=1).tolist()):
-            ids = tuple(_until_end(row[:request.generation.max_new_tokens], special))
+            ids = tuple(until_end(row[:request.generation.max_new_tokens], special))
             text = tokenizer.decode(list(ids), skip_special_tokens=True)
             answers.append(Answer(text=text, token_ids=ids, prompt_tokens=int(mask), seconds=seconds,
                                   new_tokens=len(ids)))
         return answers
-
-
-def batch_for_memory(free_bytes: int, text_config: Any, itemsize: int, tokens: int = 2048) -> int:
-    """How many requests half of ``free_bytes`` holds the KV caches of, between 1 and 64. Each
-    is counted at ``tokens`` (a 13-tile photo's prompt plus a long answer); the other half is
-    left to activations, the vision tower and the allocator."""
-    kv_heads = getattr(text_config, "num_key_value_heads", None) or text_config.num_attention_heads
-    head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
-    per_request = 2 * text_config.num_hidden_layers * kv_heads * head_dim * tokens * itemsize
-    return max(1, min(64, int(free_bytes // 2 // per_request)))
 
 
 def video_inputs(clip):
@@ -514,54 +441,6 @@ def cpu_has_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def _image_ids(images: Sequence[Image.Image]) -> tuple[int, ...]:
-    """Which images these are: requests about the same ones may share their preparation and
-    encoding (the objects stay alive for as long as a request or a cache entry keys on them)."""
-    return tuple(id(img) for img in images)
-
-
-def _shared_prefixes(rows: list[list[int]], keys: list[Any], image_token: int) -> list[tuple[int, int]]:
-    """For each prompt: the row whose prefix it reuses, and that prefix's length in tokens.
-
-    Prompts about the same images share their longest common prefix when it holds every image
-    token (the image features go in with the prefix); otherwise each keeps its own. Every prompt
-    keeps at least its last token, which generate runs to produce the first answer token."""
-    groups: dict[Any, list[int]] = {}
-    for i, key in enumerate(keys):
-        groups.setdefault(key, []).append(i)
-    shares: list[tuple[int, int]] = [(i, len(row) - 1) for i, row in enumerate(rows)]
-    for members in groups.values():
-        first, limit = rows[members[0]], min(len(rows[i]) for i in members) - 1
-        common = next((k for k in range(limit) if any(rows[i][k] != first[k] for i in members)), limit)
-        last_image = max((k for i in members for k, t in enumerate(rows[i]) if t == image_token), default=-1)
-        if len(members) > 1 and common > last_image:
-            for i in members:
-                shares[i] = (members[0], common)
-    return shares
-
-
-def _padded(rows: list[list[int]], pad: int, left: bool, device: str | None):
-    """Token rows as one (ids, mask) pair of tensors on ``device``, padded on the left or the right."""
-    import torch
-
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        span = slice(width - len(row), width) if left else slice(0, len(row))
-        ids[i, span] = torch.tensor(row, dtype=torch.long)
-        mask[i, span] = 1
-    return ids.to(device), mask.to(device)
-
-
-def _until_end(ids: list[int], stop: set[int]) -> list[int]:
-    """Generated ids up to (not including) the first end or padding token."""
-    for i, t in enumerate(ids):
-        if t in stop:
-            return ids[:i]
-    return ids
 
 
 def _inference_error(exc: Exception) -> InferenceError:

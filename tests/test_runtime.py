@@ -13,7 +13,8 @@ from helpers import make_image
 from smolvlm_watch.config import ImageSettings, ModelConfig, RuntimeConfig
 from smolvlm_watch.media import load
 from smolvlm_watch.engine import GenerationSettings, ModelLoadError, Request, question
-from smolvlm_watch.runtime import LoopGuard, Runtime
+from smolvlm_watch.batching import LoopGuard, plan
+from smolvlm_watch.runtime import Runtime
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,7 @@ def test_requests_with_different_image_settings_do_not_share_a_batch(runtime):
     img = Image.new("RGB", (256, 256), (120, 120, 0))
     a = Request(images=(img,), messages=question("a"), image=ImageSettings(splitting=False))
     b = Request(images=(img,), messages=question("a"), image=ImageSettings(splitting=True))
-    assert len(runtime._plan([a, b])) == 2
+    assert len(plan([a, b], runtime.max_batch())) == 2
     assert runtime.encode([a])["pixels"][0].pixel_values.shape[0] == 1
     assert runtime.encode([b])["pixels"][0].pixel_values.shape[0] > 1  # not the one-tile preparation above
 
@@ -107,7 +108,7 @@ def test_max_batch_is_configurable(tiny_model):
     rt = Runtime(ModelConfig(path=tiny_model), RuntimeConfig(max_batch=2))
     img = Image.new("RGB", (64, 64))
     reqs = [Request(images=(img,), messages=question("q")) for _ in range(5)]
-    assert [len(b) for b in rt._plan(reqs)] == [2, 2, 1]
+    assert [len(b) for b in plan(reqs, rt.max_batch())] == [2, 2, 1]
 
 
 def test_one_vision_pass_per_image_with_the_answers_of_separate_runs(tiny_model):
@@ -203,7 +204,8 @@ def test_questions_split_across_batches_still_encode_their_photo_once(tiny_model
     photos = [Image.new("RGB", (160, 120), (10, 90, 200)), Image.new("RGB", (90, 90), (200, 200, 0))]
     requests = [Request(images=(photo,), messages=question(q), generation=GenerationSettings(max_new_tokens=6))
                 for photo in photos for q in ("Caption it.", "Keywords?", "Text?")]
-    assert rt._plan(requests) == [[0, 1], [2], [3, 4], [5]]  # a photo's questions are not mixed with the next's
+    # a photo's questions are not mixed with the next's
+    assert plan(requests, rt.max_batch()) == [[0, 1], [2], [3, 4], [5]]
     separate = [rt.generate([r])[0].token_ids for r in requests]
     rt.vision_passes = 0
     assert [a.token_ids for a in rt.generate(requests)] == separate
@@ -283,7 +285,7 @@ def test_tiles_of_several_images_in_one_vision_pass_give_the_same_answers(tiny_m
 def test_gpu_batch_default_follows_free_memory():
     from transformers import LlamaConfig
 
-    from smolvlm_watch.runtime import batch_for_memory
+    from smolvlm_watch.batching import batch_for_memory
     from smolvlm_watch.testing import PRESETS
 
     big, small, gib = LlamaConfig(**PRESETS["2.2B"]["text"]), LlamaConfig(**PRESETS["256M"]["text"]), 2**30
