@@ -4,7 +4,7 @@ import re
 
 from smolvlm_watch import hookimpl
 from smolvlm_watch.config import ImageSettings
-from smolvlm_watch.tasks import Task
+from smolvlm_watch.tasks import Option, Task
 
 _SPLIT = re.compile(r"[,;\n]|\s+-\s+|\u3001")
 _BULLET = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s*")
@@ -36,6 +36,9 @@ class Tags(Task):
     default_max_new_tokens = 64
     default_image = ImageSettings(splitting=False)
     default_options = {"max_tags": 20, "vocabulary": None}
+    options_schema = {**Task.options_schema,
+                      "max_tags": Option(int, minimum=1, help="keep at most this many tags"),
+                      "vocabulary": Option(list, nullable=True, help="keep only these tags (a list of words)")}
     media_kinds = frozenset({"image", "video", "document"})
 
     def parse(self, answers, spec, media):

@@ -367,10 +367,7 @@ def _image(r: _Reader, data: dict, where: str) -> ImageSettings:
 
 
 def _model(r: _Reader, raw: Any) -> ModelConfig:
-    known = ("id", "path", "revision", "dtype", "device", "attn_implementation", "local_files_only",
-             "preload", "threads", "backend", "base_url", "name", "api_key_env", "timeout",
-             "concurrency") + _IMAGE_KEYS
-    data = r.mapping(raw, "model", known)
+    data = r.mapping(raw, "model", SECTIONS["model"])
     text = lambda v: isinstance(v, str) and v != ""  # noqa: E731
     # which backends exist, and what each needs, is the plugins' to say (Registry.check)
     backend = r.get(data, "backend", "model", text, "a backend name", "transformers")
@@ -415,7 +412,7 @@ def _task(r: _Reader, raw: Any, where: str) -> TaskConfig:
 
 def _task_video(r: _Reader, raw: Any, where: str) -> dict[str, Any]:
     """A task's own sampling: only the keys it sets, laid over the watch's at run time."""
-    data = r.mapping(raw, where, ("fps", "max_frames", "mode"))
+    data = r.mapping(raw, where, SECTIONS["tasks.NAME.video"])
     out = {"fps": r.number(data, "fps", where, None, minimum=0.001),
            "max_frames": r.number(data, "max_frames", where, None, minimum=1, integer=True),
            "mode": r.choice(data, "mode", where, ("accurate", "keyframes"), None)}
@@ -424,6 +421,27 @@ def _task_video(r: _Reader, raw: Any, where: str) -> dict[str, Any]:
 
 _OUTPUT_KEYS = ("policy", "output_dir", "json_suffix", "ocr_suffix", "caption_txt", "xmp_replace_extension",
                 "xmp_keyword_parent")
+
+# Every key of every section: what the parser accepts (a key not listed is an error with the
+# known ones) and what README's config reference must document (a test holds it to that).
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "": ("model", "tasks", "watches", "outputs", "state", "logging", "media", "runtime", "video", "document",
+         "plugins"),
+    "model": ("id", "path", "revision", "dtype", "device", "attn_implementation", "local_files_only", "preload",
+              "threads", "backend", "base_url", "name", "api_key_env", "timeout", "concurrency") + _IMAGE_KEYS,
+    "tasks.NAME": TASK_KEYS,
+    "tasks.NAME.video": ("fps", "max_frames", "mode"),
+    "outputs": _OUTPUT_KEYS,
+    "watches[]": ("path", "recursive", "include", "exclude", "tasks", "outputs", "polling", "poll_interval",
+                  "settle_seconds", "max_settle_seconds", "video") + _OUTPUT_KEYS,
+    "state": ("db", "max_attempts", "retry_base_seconds", "retry_max_seconds", "lease_seconds", "item_timeout",
+              "rescan_interval", "stop_grace_seconds"),
+    "logging": ("level", "format"),
+    "media": ("max_pixels", "max_bytes"),
+    "runtime": ("max_batch", "prefetch", "compile", "prepare_ahead"),
+    "video": ("fps", "max_frames", "mode", "skip_black", "timeout"),
+    "document": ("dpi", "max_pages", "max_page_pixels", "pages", "all_max_pages"),
+}
 
 
 def _output(r: _Reader, data: dict, where: str, base: OutputConfig) -> OutputConfig:
@@ -484,7 +502,7 @@ def _watch_tasks(r: _Reader, data: dict, where: str) -> tuple[tuple[str, ...], d
 
 def _document(r: _Reader, raw: Any) -> DocumentConfig:
     d = DocumentConfig()
-    data = r.mapping(raw, "document", ("dpi", "max_pages", "max_page_pixels", "pages", "all_max_pages"))
+    data = r.mapping(raw, "document", SECTIONS["document"])
     return DocumentConfig(
         dpi=r.number(data, "dpi", "document", d.dpi, minimum=36, integer=True),
         max_pages=r.number(data, "max_pages", "document", d.max_pages, minimum=1, integer=True),
@@ -495,7 +513,7 @@ def _document(r: _Reader, raw: Any) -> DocumentConfig:
 
 
 def _video(r: _Reader, raw: Any, where: str, base: VideoConfig) -> VideoConfig:
-    data = r.mapping(raw, where, ("fps", "max_frames", "mode", "skip_black", "timeout"))
+    data = r.mapping(raw, where, SECTIONS["video"])
     return VideoConfig(
         fps=r.number(data, "fps", where, base.fps, minimum=0.001),
         max_frames=r.number(data, "max_frames", where, base.max_frames, minimum=1, integer=True),
@@ -508,9 +526,7 @@ def _video(r: _Reader, raw: Any, where: str, base: VideoConfig) -> VideoConfig:
 def _watch(r: _Reader, raw: Any, where: str, outputs: OutputConfig, video: VideoConfig) -> WatchConfig | None:
     if isinstance(raw, str):
         raw = {"path": raw}
-    known = ("path", "recursive", "include", "exclude", "tasks", "outputs", "polling", "poll_interval",
-             "settle_seconds", "max_settle_seconds", "video") + _OUTPUT_KEYS
-    data = r.mapping(raw, where, known)
+    data = r.mapping(raw, where, SECTIONS["watches[]"])
     if isinstance(data.get("polling"), bool):  # YAML 1.1 reads a bare on/off as a boolean
         data = {**data, "polling": "on" if data["polling"] else "off"}
     path = r.path(data, "path", where)
@@ -537,9 +553,7 @@ def _watch(r: _Reader, raw: Any, where: str, outputs: OutputConfig, video: Video
 
 def _state(r: _Reader, raw: Any) -> StateConfig:
     d = StateConfig()
-    keys = ("db", "max_attempts", "retry_base_seconds", "retry_max_seconds", "lease_seconds",
-            "item_timeout", "rescan_interval", "stop_grace_seconds")
-    data = r.mapping(raw, "state", keys)
+    data = r.mapping(raw, "state", SECTIONS["state"])
     return StateConfig(
         db=r.path(data, "db", "state", d.db),
         max_attempts=r.number(data, "max_attempts", "state", d.max_attempts, minimum=1, integer=True),
@@ -552,17 +566,13 @@ def _state(r: _Reader, raw: Any) -> StateConfig:
     )
 
 
-_TOP_KEYS = ("model", "tasks", "watches", "outputs", "state", "logging", "media", "runtime", "video", "document",
-             "plugins")
-
-
 def parse(data: Any, base_dir: Path, source: Path | None = None) -> Config:
     """Validate a loaded YAML document into a Config, or raise ConfigError listing every problem."""
     r = _Reader(base_dir)
-    top = r.mapping(data, "", _TOP_KEYS) if data is not None else {}
+    top = r.mapping(data, "", SECTIONS[""]) if data is not None else {}
     if data is not None and not isinstance(data, dict):
         raise ConfigError(r.problems, str(source) if source else None)
-    outputs = _output(r, r.mapping(top.get("outputs"), "outputs", _OUTPUT_KEYS), "outputs", OutputConfig())
+    outputs = _output(r, r.mapping(top.get("outputs"), "outputs", SECTIONS["outputs"]), "outputs", OutputConfig())
     tasks_raw = r.mapping(top.get("tasks"), "tasks", tuple(top.get("tasks") or ()))
     raw_watches = top.get("watches") or []
     if not isinstance(raw_watches, list):
@@ -570,9 +580,9 @@ def parse(data: Any, base_dir: Path, source: Path | None = None) -> Config:
         raw_watches = []
     video = _video(r, top.get("video"), "video", VideoConfig())
     watches = [_watch(r, w, f"watches[{i}]", outputs, video) for i, w in enumerate(raw_watches)]
-    log = r.mapping(top.get("logging"), "logging", ("level", "format"))
-    media = r.mapping(top.get("media"), "media", ("max_pixels", "max_bytes"))
-    runtime = r.mapping(top.get("runtime"), "runtime", ("max_batch", "prefetch", "compile", "prepare_ahead"))
+    log = r.mapping(top.get("logging"), "logging", SECTIONS["logging"])
+    media = r.mapping(top.get("media"), "media", SECTIONS["media"])
+    runtime = r.mapping(top.get("runtime"), "runtime", SECTIONS["runtime"])
     config = Config(
         model=_model(r, top.get("model")),
         tasks={str(k): _task(r, v, f"tasks.{k}") for k, v in tasks_raw.items()},

@@ -11,6 +11,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from .config import Config
 from .watcher import INOTIFY_FIX, MediaFilter, choose_mode, count_dirs, filesystem_type, max_user_watches
@@ -18,9 +19,12 @@ from .watcher import INOTIFY_FIX, MediaFilter, choose_mode, count_dirs, filesyst
 LOW_DISK_BYTES = 1 << 30
 
 
+Level = Literal["ok", "warn", "FAIL"]
+
+
 @dataclass(frozen=True)
 class Check:
-    level: str  # ok | warn | FAIL
+    level: Level
     what: str
     fix: str = ""
 
@@ -31,7 +35,7 @@ class Check:
 def check_model(config: Config) -> Check:
     """The model's files are at hand: a local folder with weights, or the hub id in the local cache."""
     m = config.model
-    if m.backend == "openai":
+    if m.base_url:  # a model served elsewhere
         return check_endpoint(config)
     if m.path is not None:
         if not (m.path / "config.json").is_file():
@@ -58,7 +62,7 @@ def check_endpoint(config: Config) -> Check:
     import httpx
 
     m = config.model
-    assert m.base_url is not None  # the config requires it for the openai backend
+    assert m.base_url is not None
     try:
         response = httpx.get(m.base_url.rstrip("/") + "/models", timeout=5)
     except httpx.HTTPError as exc:
@@ -91,7 +95,7 @@ def check_watch(watch) -> list[Check]:
     limit = max_user_watches()
     if limit is not None and mode == "native":
         dirs = count_dirs(watch, f, limit)
-        level = "warn" if dirs > limit * 0.8 else "ok"
+        level: Level = "warn" if dirs > limit * 0.8 else "ok"
         checks.append(Check(level, f"inotify: {dirs} folders under {watch.path}, max_user_watches {limit}",
                             INOTIFY_FIX if level != "ok" else ""))
     out = watch.output.output_dir or watch.path
@@ -104,7 +108,7 @@ def check_disk(path: Path, what: str) -> Check:
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     free = shutil.disk_usage(probe).free
-    level = "warn" if free < LOW_DISK_BYTES else "ok"
+    level: Level = "warn" if free < LOW_DISK_BYTES else "ok"
     return Check(level, f"free disk for {what} ({probe}): {free / 2**30:.1f} GiB",
                  "free some space: sidecar writes fail with ENOSPC and are retried" if level != "ok" else "")
 
@@ -121,12 +125,12 @@ def check_device(config: Config) -> Check:
     weights = _weights_bytes(config)
     need = f", model weights {weights / 2**30:.2f} GiB" if weights else ""
     wanted = config.model.device
-    if config.model.backend == "openai":
+    if config.model.base_url:
         return Check("ok", "device: the remote backend's")
     if wanted in ("auto", "cuda") and torch.cuda.is_available():
         free, total = torch.cuda.mem_get_info()
         name = torch.cuda.get_device_name()
-        level = "FAIL" if weights and weights * 1.5 > free else "ok"
+        level: Level = "FAIL" if weights and weights * 1.5 > free else "ok"
         return Check(level, f"device cuda ({name}): {free / 2**30:.1f} of {total / 2**30:.1f} GiB free{need}",
                      "free GPU memory or pick a smaller model" if level != "ok" else "")
     if wanted == "cuda":
@@ -137,10 +141,10 @@ def check_device(config: Config) -> Check:
         avail = pages * size
     except (ValueError, OSError):
         avail = None
-    level = "FAIL" if weights and avail and weights * 3 > avail else "ok"
+    cpu: Level = "FAIL" if weights and avail and weights * 3 > avail else "ok"
     mem = f", {avail / 2**30:.1f} GiB memory available" if avail else ""
-    return Check(level, f"device cpu, {torch.get_num_threads()} threads{mem}{need}",
-                 "free memory or pick a smaller model" if level != "ok" else "")
+    return Check(cpu, f"device cpu, {torch.get_num_threads()} threads{mem}{need}",
+                 "free memory or pick a smaller model" if cpu != "ok" else "")
 
 
 def run_checks(config: Config) -> list[Check]:

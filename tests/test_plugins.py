@@ -153,3 +153,96 @@ def test_ask_without_a_question_is_a_task_error(tmp_path, tiny_model, run_cli):
     code, out, _ = run_cli("process", img, "--model", tiny_model, "--task", "ask", "--json")
     assert code == 1
     assert "no question configured: set tasks.ask.prompt" in json.loads(out)["failed"][0]["error"]
+
+
+# --- option schemas, checked before any file runs ---------------------------------------------------
+
+@pytest.mark.parametrize("yaml, message", [
+    ("tasks: {tags: {options: {max_tags: many}}}", "tasks.tags.options.max_tags: expected an integer >= 1, got 'many'"),
+    ("tasks: {tags: {options: {max_tags: 0}}}", "tasks.tags.options.max_tags: expected an integer >= 1, got 0"),
+    ('tasks: {tags: {options: {vocabulary: "cat, dog"}}}',
+     "tasks.tags.options.vocabulary: expected a list of strings or null, got 'cat, dog'"),
+    ("tasks: {ocr: {use_text_layer: sometimes}}",
+     "tasks.ocr.use_text_layer: expected one of auto, never, always, got 'sometimes'"),
+    ("tasks: {caption: {options: {loop_guard: maybe}}}",
+     "tasks.caption.options.loop_guard: expected true or false, got 'maybe'"),
+    ("tasks: {caption: {max_tags: 3}}",
+     "tasks.caption.max_tags: unknown option of task 'caption' (its options: loop_guard, min_new_tokens)"),
+    ("watches:\n  - path: ./p\n    tasks: [caption, {tags: {options: {max_tags: -1}}}]",
+     "watches[0].tasks[1].tags.options.max_tags: expected an integer >= 1, got -1"),
+    ("model: {backend: vllm}", "model.backend: unknown backend 'vllm' (known: openai, transformers)"),
+    ("model: {backend: openai, name: m}", "model.base_url: missing: model.backend openai needs base_url and name"),
+])
+def test_plugin_options_and_backends_are_checked_with_their_key_path(run_cli, write_config, yaml, message):
+    code, out, err = run_cli("config", "check", write_config(yaml + "\n"))
+    assert code == 2 and message in err, err
+
+
+def test_valid_options_pass_and_reach_the_task(run_cli, write_config):
+    cfg = write_config("tasks:\n  tags: {options: {max_tags: 3, vocabulary: [cat, dog]}}\n"
+                       "  ocr: {use_text_layer: always}\n")
+    code, out, _ = run_cli("config", "check", cfg)
+    assert code == 0
+    assert "max_tags: 3" in out and "use_text_layer: always" in out
+
+
+# --- a third-party per-page task gets what OCR gets ------------------------------------------------------
+
+PER_PAGE = '''
+from smolvlm_watch import hookimpl
+from smolvlm_watch.tasks import Task
+
+class Handwriting(Task):
+    """Defaults: its page entries go under each page's `tasks`, its result is the list of them."""
+    name = "handwriting"
+    default_prompt = "Read the handwriting."
+    default_max_new_tokens = 3
+    media_kinds = frozenset({"image", "document"})
+    per_page = True
+
+class Totals(Task):
+    """Its own page field and its own way to combine the pages."""
+    name = "totals"
+    default_prompt = "What is the total?"
+    default_max_new_tokens = 2
+    media_kinds = frozenset({"document"})
+    per_page = True
+
+    def page_fields(self, entry):
+        return {"total_chars": len(entry["result"])} if "result" in entry else {}
+
+    def combine_pages(self, pages):
+        return sum(page.get("total_chars", 0) for page in pages)
+
+@hookimpl
+def register_tasks(register):
+    register(Handwriting())
+    register(Totals())
+'''
+
+
+def test_a_third_party_per_page_task_gets_page_records_and_a_combined_result(tmp_path, tiny_model, run_cli,
+                                                                          write_config, monkeypatch):
+    from PIL import Image
+
+    (tmp_path / "pagetasks.py").write_text(PER_PAGE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    pages = [Image.new("L", (60, 80), 255 - 40 * i) for i in range(3)]
+    scan = tmp_path / "in" / "scan.tif"
+    scan.parent.mkdir()
+    pages[0].save(scan, save_all=True, append_images=pages[1:])
+    cfg = write_config(f"model: {{path: {tiny_model}, threads: 1}}\nplugins: [pagetasks]\n"
+                       "watches:\n  - {path: ./in, tasks: [handwriting, totals, caption], outputs: [json]}\n")
+    code, out, err = run_cli("process", scan, "-c", cfg, "--json")
+    sys.modules.pop("pagetasks", None)
+    assert code == 0, out + err
+    doc = read_sidecar(scan)
+    records = doc["pages"]
+    assert [r["page"] for r in records] == [1, 2, 3]
+    for r in records:
+        assert set(r) == {"page", "width", "height", "seconds", "total_chars", "tasks"}
+        assert set(r["tasks"]) == {"handwriting"} and "result" in r["tasks"]["handwriting"]
+    hand, totals = doc["tasks"]["handwriting"], doc["tasks"]["totals"]
+    assert hand["result"] == [r["tasks"]["handwriting"]["result"] for r in records] and hand["pages"] == 3
+    assert totals["result"] == sum(r["total_chars"] for r in records) and totals["pages"] == 3
+    assert "pages" not in doc["tasks"]["caption"]  # a task without per_page looks at the first page only

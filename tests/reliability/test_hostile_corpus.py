@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
-from helpers import daemon_config, make_image, spawn, wait_for
+from helpers import daemon_config, journal_states, make_image, spawn, wait_for
 from smolvlm_watch.journal import Journal
 from smolvlm_watch.media import Limits, MediaError, open_media
 from smolvlm_watch.media.video import Sampling
@@ -170,13 +170,7 @@ def test_hostile_corpus_through_a_real_daemon(tmp_path, tiny_model, record_prope
     settled = ("done", "failed", "quarantined")
     try:
         def states() -> dict[str, str]:
-            if not db.exists():
-                return {}
-            j = Journal(db, readonly=True)
-            try:
-                return {job.path: job.state for job in j.all()}
-            finally:
-                j.close()
+            return journal_states(db)
 
         try:
             wait_for(lambda: all(states().get(str(p)) in settled for p in corpus), 180, what="every input settled")
