@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from smolvlm_watch import __version__, hookimpl, xmp
+from smolvlm_watch import __version__, hookimpl, media, xmp
 from smolvlm_watch.media.video import timestamp_label
 from smolvlm_watch.sidecar import (SidecarError, SidecarRecord, Target, Writer, read_json, read_regular, render_json,
                                   sha256_bytes)
@@ -55,7 +55,8 @@ class XmpWriter(Writer):
         try:
             existing = read_regular(path)
         except FileNotFoundError:
-            existing = None
+            existing = None  # a new sidecar: it starts with what the photo itself says
+        own = media.embedded(target.media) if existing is None else None
         tags, ocr = record.result("tags"), record.result("ocr")
         if isinstance(ocr, list):
             ocr = "\n".join(item["text"] for item in ocr)
@@ -69,8 +70,10 @@ class XmpWriter(Writer):
                                         for name, entry in sorted(record.tasks.items())),
         }
         try:
+            packet = xmp.seeded(own.xmp, own.description, own.keywords) if own is not None else None
             data = xmp.merge(existing, record.result("caption"), tags if isinstance(tags, list) else None,
-                             ocr if isinstance(ocr, str) else None, provenance, target.output.xmp_keyword_parent)
+                             ocr if isinstance(ocr, str) else None, provenance, target.output.xmp_keyword_parent,
+                             packet)
         except xmp.XmpError as exc:
             raise SidecarError(f"{path}: {exc}; the file is left alone (fix or move it away)") from None
         return {path: target.write_bytes(path, data)}

@@ -26,6 +26,7 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 LOG_FORMATS = ("auto", "console", "json")
 POLLING = ("auto", "on", "off")
+RAW_PAIRS = ("independent", "prefer-jpeg")  # a RAW shot with a JPEG: its own answers, or the JPEG's
 
 
 class ConfigError(Exception):
@@ -125,6 +126,7 @@ class OutputConfig:
     caption_txt: bool = False
     xmp_replace_extension: bool = False  # photo.xmp (Lightroom) instead of photo.jpg.xmp
     xmp_keyword_parent: str = "AI"  # tags go under this parent in lr:hierarchicalSubject / digiKam:TagsList
+    mode: int = 0o644  # of new sidecars (a replaced one keeps its own; a folder's default ACL wins)
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,7 @@ class WatchConfig:
     settle_seconds: float = 2.0
     max_settle_seconds: float = 600.0
     video: VideoConfig = VideoConfig()
+    raw_pairs: str = "independent"
 
     def contains(self, path: Path) -> bool:
         """Whether ``path`` lies in this watch: its folder, resolved (a watch reached through a
@@ -186,6 +189,7 @@ class StateConfig:
     item_timeout: float = 1800.0
     rescan_interval: float = 300.0
     stop_grace_seconds: float = 20.0  # at a stop, a running job may finish within this; then it is cancelled
+    gone_grace: float = 7 * 86400.0  # seconds a vanished file's sidecars are kept before `prune` removes them
 
 
 @dataclass(frozen=True)
@@ -419,7 +423,7 @@ def _task_video(r: _Reader, raw: Any, where: str) -> dict[str, Any]:
     return {k: v for k, v in out.items() if v is not None}
 
 
-_OUTPUT_KEYS = ("policy", "output_dir", "json_suffix", "ocr_suffix", "caption_txt", "xmp_replace_extension",
+_OUTPUT_KEYS = ("policy", "output_dir", "json_suffix", "ocr_suffix", "caption_txt", "mode", "xmp_replace_extension",
                 "xmp_keyword_parent")
 
 # Every key of every section: what the parser accepts (a key not listed is an error with the
@@ -433,9 +437,9 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "tasks.NAME.video": ("fps", "max_frames", "mode"),
     "outputs": _OUTPUT_KEYS,
     "watches[]": ("path", "recursive", "include", "exclude", "tasks", "outputs", "polling", "poll_interval",
-                  "settle_seconds", "max_settle_seconds", "video") + _OUTPUT_KEYS,
+                  "settle_seconds", "max_settle_seconds", "video", "raw_pairs") + _OUTPUT_KEYS,
     "state": ("db", "max_attempts", "retry_base_seconds", "retry_max_seconds", "lease_seconds", "item_timeout",
-              "rescan_interval", "stop_grace_seconds"),
+              "rescan_interval", "stop_grace_seconds", "gone_grace"),
     "logging": ("level", "format"),
     "media": ("max_pixels", "max_bytes"),
     "runtime": ("max_batch", "prefetch", "compile", "prepare_ahead"),
@@ -456,9 +460,39 @@ def _output(r: _Reader, data: dict, where: str, base: OutputConfig) -> OutputCon
                                     base.xmp_replace_extension),
         xmp_keyword_parent=r.get(data, "xmp_keyword_parent", where, lambda v: isinstance(v, str), "a string",
                                  base.xmp_keyword_parent),
+        mode=_mode(r, data, where, base.mode),
     )
     _check_suffixes(r, where, out, set(data))
     return out
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(r: _Reader, data: dict, key: str, where: str, default: float) -> float:
+    """Seconds, written as a number or as "7d", "12h", "30m", "45s"."""
+    value = data.get(key)
+    if value is None:
+        return default
+    if isinstance(value, str) and len(value) > 1 and value[-1] in _UNITS and value[:-1].strip().isdigit():
+        return float(value[:-1]) * _UNITS[value[-1]]
+    if _is_number(value) and value >= 0:
+        return float(value)
+    r.fail(_join(where, key), f"expected seconds or a duration such as \"7d\", \"12h\", \"30m\", got {_show(value)}")
+    return default
+
+
+def _mode(r: _Reader, data: dict, where: str, default: int) -> int:
+    """A file mode, written as YAML's octal ``0644`` (read as a number) or as a string "0644"."""
+    value = data.get("mode")
+    if value is None:
+        return default
+    if isinstance(value, str) and value.strip().lstrip("0o").isdigit() and set(value.strip()) <= set("0o1234567"):
+        value = int(value.strip().replace("0o", "0"), 8)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0o777:
+        return value
+    r.fail(_join(where, "mode"), f"expected a file mode such as 0644 or \"0640\", got {_show(value)}")
+    return default
 
 
 def _check_suffixes(r: _Reader, where: str, out: OutputConfig, given: set[str]) -> None:
@@ -548,6 +582,7 @@ def _watch(r: _Reader, raw: Any, where: str, outputs: OutputConfig, video: Video
         settle_seconds=r.number(data, "settle_seconds", where, 2.0),
         max_settle_seconds=r.number(data, "max_settle_seconds", where, 600.0, minimum=1),
         video=_video(r, data.get("video"), _join(where, "video"), video),
+        raw_pairs=r.choice(data, "raw_pairs", where, RAW_PAIRS, "independent"),
     )
 
 
@@ -563,6 +598,7 @@ def _state(r: _Reader, raw: Any) -> StateConfig:
         item_timeout=r.number(data, "item_timeout", "state", d.item_timeout, minimum=1),
         rescan_interval=r.number(data, "rescan_interval", "state", d.rescan_interval, minimum=1),
         stop_grace_seconds=r.number(data, "stop_grace_seconds", "state", d.stop_grace_seconds),
+        gone_grace=_duration(r, data, "gone_grace", "state", d.gone_grace),
     )
 
 

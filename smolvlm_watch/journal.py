@@ -524,6 +524,12 @@ class Journal:
         return False
 
     @_locked
+    def gone_before(self, when: float, under_path: str | None = None) -> list[Job]:
+        """Files gone since before ``when`` (wall clock): their sidecars are orphans."""
+        where, params = under(under_path)
+        return self._jobs(f"state = 'gone' AND updated < ? AND {where}", (when, *params))
+
+    @_locked
     def failures(self) -> list[Job]:
         return self._jobs("state IN ('failed', 'quarantined')", ())
 

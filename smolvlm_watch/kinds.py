@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from .config import DocumentConfig, WatchConfig
+from .config import DocumentConfig, ImageSettings, WatchConfig
 from .engine import fingerprint
 from .media import Limits, Media, MediaError, Opened, Sampling
 from .media.document import Document, page_media, pages_media
@@ -52,6 +52,7 @@ class Context:
     limits: Limits
     watch: WatchConfig
     engine_sampling: Callable[[], dict[str, Any]]
+    image_edge: Callable[[ImageSettings], int | None]
     document: DocumentConfig
     batch: Callable[[], int]
     store: PageStore | None = None
@@ -97,7 +98,10 @@ def work_for(opened: Opened, todo: list[Planned], ctx: Context) -> Work:
         return DocumentWork(opened, todo, ctx)
     if opened.kind == "video":
         return VideoWork(opened, todo, ctx)
-    return ImageWork(opened.image(ctx.limits), todo)
+    edges = [ctx.image_edge(p.spec.image) for p in todo]
+    # the largest edge any task looks at (none when every task's answer was copied from a RAW's twin)
+    edge = None if None in edges else max((e for e in edges if e is not None), default=None)
+    return ImageWork(opened.image(ctx.limits, edge, pair=ctx.watch.raw_pairs == "prefer-jpeg"), todo)
 
 
 class _Once(Work):

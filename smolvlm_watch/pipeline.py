@@ -76,6 +76,7 @@ class Prepared:
     existing: dict[str, Any] | None  # our sidecar as found, whatever content it describes
     work: Work
     start: float
+    copied: dict[str, dict[str, Any]] = field(default_factory=dict)  # a RAW's entries taken from its twin
 
 
 def _guarded(path: Path, start: float, step: Callable[[], Any]) -> Any:
@@ -212,17 +213,18 @@ class Pipeline:
                 outputs = self._write(SidecarRecord.from_doc(kept, moved), target, existing, watch)
                 return FileResult(str(path), "skipped", seconds=time.perf_counter() - start,
                                   sha256=opened.sha256, outputs=outputs)
-            work = work_for(opened, todo, self._context(watch, pages))
+            copied = _from_twin(opened.pair, watch, todo) if watch.raw_pairs == "prefer-jpeg" else {}
+            work = work_for(opened, [p for p in todo if p.task.name not in copied], self._context(watch, pages))
         except BaseException:
             opened.close()
             raise
         if self.engine.prepares_ahead:
             preprocess(work.ahead(), self.engine)
-        return Prepared(path, watch, target, todo, kept, existing, work, start)
+        return Prepared(path, watch, target, todo, kept, existing, work, start, copied)
 
     def _context(self, watch: WatchConfig, pages: PageStore | None) -> Context:
-        return Context(self.limits, watch, self.engine.video_sampling, self.config.document, self.engine.max_batch,
-                       pages, self.on_page)
+        return Context(self.limits, watch, self.engine.video_sampling, self.engine.image_edge, self.config.document,
+                       self.engine.max_batch, pages, self.on_page)
 
     def run(self, items: list[Prepared]) -> list[FileResult]:
         """Run prepared files: round after round, the units every file still has go to the engine
@@ -273,7 +275,7 @@ class Pipeline:
         watch = item.watch
         kept = dict(item.kept_from["tasks"]) if item.kept_from and watch.output.policy == "merge" else {}
         record = SidecarRecord(source=folded.source, model=self.engine.info().as_dict(),
-                               tasks={**kept, **folded.tasks}, extra=folded.extra)
+                               tasks={**kept, **item.copied, **folded.tasks}, extra=folded.extra)
         written = self._write(record, item.target, item.existing, watch)
         errors = [f"{name}: {data['error']}" for name, data in folded.tasks.items() if "error" in data]
         # A task error (out of memory, a flaky plugin) may pass next time: retried, then quarantined.
@@ -282,7 +284,8 @@ class Pipeline:
             str(item.path), "failed" if errors or folded.page_errors else "done",
             "; ".join(errors + folded.page_errors) or None, transient=bool(errors),
             outputs=written, seconds=time.perf_counter() - item.start,
-            tasks_run=tuple(p.task.name for p in item.todo), sha256=folded.source["sha256"],
+            tasks_run=tuple(p.task.name for p in item.todo if p.task.name not in item.copied),
+            sha256=folded.source["sha256"],
             pages_resumed=folded.pages_resumed,
         )
 
@@ -291,7 +294,7 @@ class Pipeline:
         """Every writer stages its files, ``json`` last so it records what the others wrote; then
         they are committed as one write set over what ``existing`` (our sidecar as found) says
         we wrote before."""
-        target = replace(target, writes=WriteSet.after(existing))
+        target = replace(target, writes=WriteSet.after(existing, watch.output.mode))
         written: dict[Path, str] = {}
         names = [n for n in watch.outputs if n != "json"] + [n for n in watch.outputs if n == "json"]
         for name in names:
@@ -313,6 +316,21 @@ def _close_unused(future: Future[Prepared | FileResult]) -> None:
         result = future.result()
         if isinstance(result, Prepared):
             result.work.close()
+
+
+def _from_twin(twin: Path | None, watch: WatchConfig, todo: list[Planned]) -> dict[str, dict[str, Any]]:
+    """A RAW's answers taken from its JPEG twin's sidecar (``raw_pairs: prefer-jpeg``): the
+    entries that are current for the same task settings, when that sidecar describes the twin
+    as it is now. The rest run on the twin's pixels, so both files get the same answers."""
+    if twin is None:
+        return {}
+    doc = read_json(Target.for_media(twin, watch.output, watch.path).json_path)
+    if doc is None or PENDING in doc:
+        return {}
+    source, st = doc.get("source") or {}, twin.stat()
+    if source.get("size") != st.st_size or source.get("mtime") != st.st_mtime:
+        return {}
+    return {p.task.name: doc["tasks"][p.task.name] for p in todo if _current(doc, p)}
 
 
 def _page_errors(doc: dict[str, Any]) -> bool:

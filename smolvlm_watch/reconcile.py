@@ -19,7 +19,8 @@ from typing import Any
 from . import jsontext
 from .config import Config, WatchConfig
 from .journal import BACKFILL, Job, Journal
-from .sidecar import TEMP_PREFIX, Target, missing_output, relocate, sweep_temp
+from .atomic import TEMP_PREFIX, sweep_temp
+from .sidecar import Target, missing_output, relocate
 from .watcher import ArmedWatch, ScanReport, scan
 
 

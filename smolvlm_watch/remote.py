@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import httpx
 from PIL import Image
 
-from .config import ModelConfig, RuntimeConfig
+from .config import ImageSettings, ModelConfig, RuntimeConfig
 from .engine import Answer, InferenceError, Interrupted, ModelInfo, ModelLoadError, Request
 
 RETRIES = 6
@@ -99,6 +99,9 @@ class RemoteRuntime:
 
     def max_batch(self) -> int:
         return max(1, self.config.concurrency)
+
+    def image_edge(self, settings: ImageSettings) -> int | None:
+        return None  # the server resizes: the full image is sent
 
     def video_sampling(self) -> dict[str, Any]:
         return {"fps": 1, "max_frames": 64}

@@ -1,7 +1,8 @@
 """Sidecar files: where they go, what the JSON holds, and how they are written safely.
 
-Every write is atomic (a temp file in the same folder, fsync, ``os.replace``), so a crash leaves
-either the old file or the new one, never half of one. A file smolvlm-watch did not write is never
+Every write is atomic (``atomic.atomic_write``: a temp file in the same folder, fsync,
+``os.replace``, the replaced file's owner, group and mode kept), so a crash leaves either the
+old file or the new one, never half of one. A file smolvlm-watch did not write is never
 overwritten: the JSON sidecar records the hash of every file a run wrote, and a writer refuses a
 target that exists without such a record.
 
@@ -20,133 +21,22 @@ import hashlib
 import json
 import os
 import stat
-import tempfile
-import threading
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from . import jsontext
+from .atomic import DEFAULT_MODE, atomic_write, sweep_once
 from .config import OutputConfig
 
 SCHEMA = 1
 GENERATOR = "smolvlm-watch"
-TEMP_PREFIX = ".smolvlm-tmp-"
 PENDING = "pending_outputs"  # in a JSON sidecar: a write set that did not finish (see WriteSet)
 
 
 class SidecarError(Exception):
     """A sidecar could not be written or read; the message names the file and the fix."""
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old or the new file, never a mix. An
-    OSError names the file (a bare "No space left on device" helps nobody)."""
-    try:
-        _atomic_write(path, data)
-    except OSError as exc:
-        if exc.filename is not None:
-            raise
-        raise OSError(exc.errno, f"cannot write {path}: {exc.strerror or exc}") from None
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o777)
-        else:
-            os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
-STALE_TEMP_SECONDS = 60.0
-
-
-def sweep_temp(folder: Path, now: float | None = None) -> list[Path]:
-    """Remove the temp files of writes that will never finish: their writer (named in the file
-    name) is dead, or they are older than a minute (a writer on another machine sharing the
-    folder is not ours to judge sooner). Returns what was removed."""
-    now = time.time() if now is None else now
-    removed = []
-    try:
-        entries = [e for e in os.scandir(folder) if e.name.startswith(TEMP_PREFIX)]
-    except OSError:
-        return []
-    for entry in entries:
-        try:
-            age = now - entry.stat(follow_symlinks=False).st_mtime
-        except OSError:
-            continue
-        if age > STALE_TEMP_SECONDS or _writer_gone(entry.name):
-            try:
-                os.unlink(entry.path)
-                removed.append(Path(entry.path))
-            except OSError:
-                continue
-    return removed
-
-
-def _writer_gone(name: str) -> bool:
-    """The temp file's writer (``.smolvlm-tmp-PID-...``) is no longer running. A name without a
-    pid (written before pids were recorded) is left to its age."""
-    pid = name[len(TEMP_PREFIX):].split("-")[0]
-    if not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
-_swept: set[Path] = set()
-_swept_lock = threading.Lock()
-
-
-def sweep_once(folder: Path) -> None:
-    """``sweep_temp`` the first time this process writes into ``folder`` (a `process` run after
-    a kill cleans up after it; the daemon's scans sweep every folder anyway)."""
-    with _swept_lock:
-        if folder in _swept:
-            return
-        _swept.add(folder)
-    sweep_temp(folder)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -208,19 +98,20 @@ class WriteSet:
     (see the module's docstring). ``previous`` holds, per file name, the hashes of our own
     bytes that may be there now: what the JSON sidecar recorded, plus an unfinished set's."""
 
-    def __init__(self, previous: dict[str, set[str]] | None = None):
+    def __init__(self, previous: dict[str, set[str]] | None = None, mode: int = DEFAULT_MODE):
         self.previous = previous or {}
+        self.mode = mode  # of files this set creates (a replaced file keeps its own)
         self.staged: dict[Path, bytes] = {}
 
     @classmethod
-    def after(cls, doc: dict[str, Any] | None) -> WriteSet:
+    def after(cls, doc: dict[str, Any] | None, mode: int = DEFAULT_MODE) -> WriteSet:
         """A write set replacing what the sidecar ``doc`` (ours, or None) says we wrote."""
         previous: dict[str, set[str]] = {}
         for name, digest in ((doc or {}).get("outputs") or {}).items():
             previous.setdefault(name, set()).add(digest)
         for name, digests in ((doc or {}).get(PENDING) or {}).items():
             previous.setdefault(name, set()).update(digests)
-        return cls(previous)
+        return cls(previous, mode)
 
     def owned(self, path: Path) -> bool:
         """True when ``path`` is absent, or holds bytes an earlier run of ours wrote there."""
@@ -243,13 +134,13 @@ class WriteSet:
         if json_path is not None and (changed or removed):
             pending = {p.name: sorted(self.previous.get(p.name, set()) | {sha256_bytes(d)}) for p, d in changed.items()}
             pending.update({p.name: sorted(self.previous.get(p.name, ())) for p in removed})
-            atomic_write(json_path, render_doc({**base, PENDING: pending}))
+            atomic_write(json_path, render_doc({**base, PENDING: pending}), self.mode)
         for path, data in changed.items():
-            atomic_write(path, data)
+            atomic_write(path, data, self.mode)
         for path in removed:
             path.unlink(missing_ok=True)
-        if final is not None:
-            atomic_write(json_path, final)  # type: ignore[arg-type]
+        if final is not None and json_path is not None:
+            atomic_write(json_path, final, self.mode)
         return written
 
     def _stale(self, json_path: Path) -> list[str]:
@@ -391,6 +282,30 @@ def missing_output(target: Target, recorded: dict[str, str] | None, writes_json:
     return None
 
 
+def orphaned(target: Target, recorded: dict[str, str] | None, media: str) -> dict[Path, bool]:
+    """The sidecar files a vanished file left behind, each with whether it still holds the bytes
+    we wrote (only those may be removed: an XMP a photo manager has edited since is not ours
+    alone any more). ``recorded``: the set the journal kept; for a job recorded before sets
+    were kept, the JSON sidecar says what we wrote, when it describes this very path."""
+    if recorded is None:
+        try:
+            doc = read_json(target.json_path)
+            raw = read_regular(target.json_path)
+        except (FileNotFoundError, SidecarError):
+            return {}
+        if doc is None or (doc.get("source") or {}).get("path") != media:
+            return {}
+        recorded = {**(doc.get("outputs") or {}), target.json_path.name: sha256_bytes(raw)}
+    found = {}
+    for name, digest in recorded.items():
+        path = target.folder / name
+        try:
+            found[path] = sha256_bytes(read_regular(path)) == digest
+        except (FileNotFoundError, SidecarError):
+            continue
+    return found
+
+
 def _renamed(name: str, old: Path, new: Path) -> str:
     """An output's name for the new media name: outputs are ``{name}{suffix}`` or ``{stem}{suffix}``."""
     if name.startswith(old.name):
@@ -422,6 +337,6 @@ def relocate(old: Target, new: Target, source: dict[str, Any]) -> dict[str, str]
     doc["source"] = {**(doc.get("source") or {}), **source}
     doc["outputs"] = moved
     data = render_doc(doc)
-    atomic_write(new.json_path, data)
+    atomic_write(new.json_path, data, new.output.mode)
     old.json_path.unlink(missing_ok=True)
     return {**moved, new.json_path.name: sha256_bytes(data)}

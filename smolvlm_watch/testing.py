@@ -8,6 +8,7 @@ cost the same compute as the real models and so are what the benchmarks use.
 
     python -m smolvlm_watch.testing tiny-model DIR [--preset 256M|500M|2.2B]
     python -m smolvlm_watch.testing samples DIR [--count N]
+    python -m smolvlm_watch.testing photos DIR
     python -m smolvlm_watch.testing demo DIR
 """
 
@@ -279,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("samples", help="write seeded sample images")
     s.add_argument("dir")
     s.add_argument("--count", type=int, default=6)
+    ph = sub.add_parser("photos", help="write seeded field photos: 24 MP JPEG, HEIC, AVIF, DNG")
+    ph.add_argument("dir")
     d = sub.add_parser("demo", help="build the tiny model and process sample images")
     d.add_argument("dir")
     args = parser.parse_args(argv)
@@ -287,6 +290,11 @@ def main(argv: list[str] | None = None) -> int:
         print(out)
     elif args.command == "samples":
         for path in sample_images(args.dir, args.count):
+            print(path)
+    elif args.command == "photos":
+        from . import fixtures
+
+        for path in fixtures.photos(args.dir):
             print(path)
     else:
         return demo(args.dir)

@@ -29,7 +29,7 @@ from watchdog.observers.polling import PollingObserver
 
 from .config import WatchConfig
 from .media import MEDIA_EXTENSIONS
-from .sidecar import TEMP_PREFIX, sweep_temp
+from .atomic import TEMP_PREFIX, sweep_temp
 
 DEFAULT_IGNORED_FILES = (
     ".DS_Store", "._*", "Thumbs.db", "desktop.ini", "*.part", "*.crdownload", "*.tmp", "~$*",

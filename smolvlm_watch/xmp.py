@@ -78,6 +78,9 @@ def _new() -> ET.Element:
     return meta
 
 
+_CONTAINERS = {_q("rdf", "Bag"), _q("rdf", "Seq"), _q("rdf", "Alt")}
+
+
 class Packet:
     """An XMP packet being edited in place."""
 
@@ -97,8 +100,11 @@ class Packet:
         return desc
 
     def _find(self, prefix: str, name: str) -> ET.Element | None:
+        return self._find_tag(_q(prefix, name))
+
+    def _find_tag(self, tag: str) -> ET.Element | None:
         for desc in self.rdf.findall(_q("rdf", "Description")):
-            found = desc.find(_q(prefix, name))
+            found = desc.find(tag)
             if found is not None:
                 return found
         return None
@@ -116,12 +122,15 @@ class Packet:
         return [li.text or "" for li in prop.iter(_q("rdf", "li"))]
 
     def set_list(self, prefix: str, name: str, values: list[str], container: str = "Bag") -> None:
+        """The property's items replaced by ``values``, in the container it already has (a
+        photo manager's rdf:Seq stays a Seq), else in ``container``."""
         prop = self._find(prefix, name)
         if prop is None:
             prop = ET.SubElement(self.ours, _q(prefix, name))
+        kept = next((child.tag for child in prop if child.tag in _CONTAINERS), None)
         for child in list(prop):
             prop.remove(child)
-        holder = ET.SubElement(prop, _q("rdf", container))
+        holder = ET.SubElement(prop, kept or _q("rdf", container))
         for value in values:
             ET.SubElement(holder, _q("rdf", "li")).text = _clean(value)
         if not values:
@@ -204,12 +213,58 @@ KEYWORD_FIELDS = (
     ("digiKam", "TagsList", "Seq", "{parent}/{tag}", "TagsList"),
     ("lr", "hierarchicalSubject", "Bag", "{parent}|{tag}", "HierarchicalSubject"),
 )
+# In the hierarchical fields "/" (digiKam) and "|" (Lightroom, darktable) separate levels, and some
+# readers split keywords on ","; no standard escape exists, so inside one tag they become look-alikes
+# that separate nothing: "AC/DC" is one level there, and stays "AC/DC" in dc:subject.
+LEVEL_SAFE = str.maketrans({"/": "\u2215", "|": "\u00a6", ",": "\u201a"})
+
+
+def _spell(prefix: str, spelling: str, parent: str, tag: str) -> str:
+    """A tag as one field spells it: under its parent, its own separators made harmless where
+    they would make levels (everywhere but dc:subject)."""
+    return spelling.format(parent=parent, tag=tag if prefix == "dc" else tag.translate(LEVEL_SAFE))
+
+
+SEEDED = ("dc", "lr", "digiKam")  # what a new sidecar takes over from the photo's own XMP
+
+
+def seeded(embedded_xmp: bytes | None, description: str | None, keywords: Iterable[str]) -> Packet:
+    """A new sidecar, starting with what the photo itself says (from the camera or a person):
+    its embedded XMP's dc:* and hierarchical keywords, then its EXIF/IPTC description and
+    keywords. A reader that takes the sidecar as the only source (PhotoPrism) must not lose
+    them; they are theirs, never replaced or removed by our re-runs."""
+    packet = Packet(None)
+    try:
+        own = Packet(embedded_xmp) if embedded_xmp else None
+    except XmpError:
+        own = None  # a damaged embedded packet: the EXIF and IPTC fields still count
+    if own is not None:
+        for desc in own.rdf.findall(_q("rdf", "Description")):
+            for prop in desc:
+                if any(prop.tag.startswith("{" + NS[p] + "}") for p in SEEDED) and packet._find_tag(prop.tag) is None:
+                    packet.ours.append(prop)
+    _seed(packet, description, list(keywords))
+    return packet
+
+
+def _seed(packet: Packet, description: str | None, keywords: list[str]) -> None:
+    if description and not packet.lang_alt("dc", "description"):
+        packet.set_lang_alt("dc", "description", description)
+    words = [k for k in keywords if k]
+    if not words:
+        return
+    for prefix, name, container, _spelling, _record in KEYWORD_FIELDS:
+        existing = packet.items(prefix, name)
+        have = {k.casefold() for k in existing}
+        spelled = [_spell(prefix, "{tag}", "", k) for k in words]
+        packet.set_list(prefix, name, existing + [k for k in spelled if k.casefold() not in have], container)
 
 
 def merge(data: bytes | None, caption: str | None, tags: list[str] | None, ocr: str | None,
-          provenance: dict[str, Any], parent: str = "AI") -> bytes:
-    """The sidecar ``data`` (or a new one) with our results merged in."""
-    p = Packet(data)
+          provenance: dict[str, Any], parent: str = "AI", packet: Packet | None = None) -> bytes:
+    """The sidecar ``data`` (or ``packet``, a new one already seeded, or an empty one) with our
+    results merged in."""
+    p = packet or Packet(data)
     if caption is not None:
         current = p.lang_alt("dc", "description")
         if not current or current == p.text("smolvlm", "Caption"):
@@ -219,7 +274,7 @@ def merge(data: bytes | None, caption: str | None, tags: list[str] | None, ocr: 
         for prefix, name, container, spelling, record in KEYWORD_FIELDS:
             if "{parent}" in spelling and not parent:
                 spelling = "{tag}"
-            spelled = [spelling.format(parent=parent, tag=t) for t in tags]
+            spelled = [_spell(prefix, spelling, parent, t) for t in tags]
             merged, added = _merge_keywords(p.items(prefix, name), p.items("smolvlm", record), spelled)
             p.set_list(prefix, name, merged, container)
             p.set_list("smolvlm", record, added)

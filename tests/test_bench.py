@@ -26,3 +26,15 @@ def test_bench_quick_prints_json_lines():
     assert 0 < row["prefill_tokens"] < 0.6 * row["reference_prefill_tokens"]
     assert row["images_per_s"] > 0 and row["reference_images_per_s"] > 0
     assert {"latency_s", "inference_s", "latency_overhead_s"} <= set(row)
+
+
+def test_decode_bench_quick_prints_one_line_per_case(tmp_path):
+    bench = BENCH.with_name("decode.py")
+    proc = subprocess.run([sys.executable, str(bench), "--quick", "--dir", str(tmp_path)], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["case"] for r in rows] == ["camera_jpeg", "dng_preview", "heic", "heic_10bit"]
+    for row in rows:
+        assert row["seconds"] > 0 and row["baseline_seconds"] > 0 and row["ratio"] > 0
+        assert row["spread"][0] <= row["seconds"] <= row["spread"][1]

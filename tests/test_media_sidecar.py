@@ -10,7 +10,7 @@ from PIL import Image
 
 from helpers import make_image, read_sidecar
 from smolvlm_watch.media import Limits, MediaError, load
-from smolvlm_watch.sidecar import atomic_write
+from smolvlm_watch.atomic import atomic_write
 
 
 def test_alpha_is_composited_on_white(tmp_path):

@@ -248,13 +248,22 @@ def test_prefetch_threads_prepare_the_pixels_once_per_image_and_settings(tmp_pat
                                            "outputs": ["json"]}]}, tmp_path)
     runtime = Runtime(config.model, config.runtime)
     runtime.load()
-    real, calls = runtime.processor.image_processor, []
+    calls: list[str] = []
 
-    def recording(*args, **kwargs):
-        calls.append(threading.current_thread().name)
-        return real(*args, **kwargs)
+    class Recording:
+        """The image processor, each call noted with the thread it ran in."""
 
-    runtime.processor.image_processor = recording
+        def __init__(self, real):
+            self.real = real
+
+        def __call__(self, *args, **kwargs):
+            calls.append(threading.current_thread().name)
+            return self.real(*args, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(self.real, name)
+
+    runtime.processor.image_processor = Recording(runtime.processor.image_processor)
     pipeline = Pipeline(config, Registry(entrypoints=False), runtime)
     results = [r for _, r in pipeline.process_many([FileJob(p, config.watches[0]) for p in paths])]
     assert [r.status for r in results] == ["done"] * 8

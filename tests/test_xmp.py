@@ -159,3 +159,62 @@ def test_control_characters_from_a_degenerate_answer_do_not_break_the_xml():
     data = xmp.merge(None, "bad\x16text\x07", ["a\x16b"], "line\x0b", {"Model": "m"})
     again = xmp.merge(data, "next", ["c"], None, {"Model": "m"})
     assert b"\x16" not in data and b"badtext" in data and b"next" in again
+
+
+EMBEDDED_XMP = b"""<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
+<rdf:Description rdf:about="" xmlns:dc="http://purl.org/dc/elements/1.1/" xmlns:xmp="http://ns.adobe.com/xap/1.0/">
+<dc:creator><rdf:Seq><rdf:li>Oma Ilse</rdf:li></rdf:Seq></dc:creator><xmp:Rating>3</xmp:Rating>
+</rdf:Description></rdf:RDF></x:xmpmeta>"""
+
+
+def test_a_new_sidecar_starts_from_what_the_photo_says_about_itself(tmp_path, tiny_model, run_cli, fixed_results):
+    """Keywords (IPTC), description (EXIF) and the embedded XMP's dc:* of a camera photo go into
+    the new sidecar first: PhotoPrism reads the sidecar as the only source."""
+    from smolvlm_watch import fixtures
+
+    img = fixtures.camera_jpeg(tmp_path / "photos" / "photo.jpg", (800, 600), keywords=["Ferien", "Cat"],
+                               description="Am Meer", xmp=EMBEDDED_XMP)
+    assert exif(img, "IPTC:Keywords", "EXIF:ImageDescription") == {"Keywords": ["Ferien", "Cat"],
+                                                                   "ImageDescription": "Am Meer"}
+    code, out, err = run_cli("process", img, "-c", _config(tmp_path, tiny_model), "--json")
+    assert code == 0, out + err
+    xmp = tmp_path / "photos" / "photo.jpg.xmp"
+    got = exif(xmp, *TAGS, "XMP-dc:Creator", "XMP-xmp:Rating")
+    assert got["Description"] == "Am Meer"  # the photo's own description is never replaced by ours
+    assert got["Subject"] == ["Ferien", "Cat", "window", "кот"]  # ours added once ("cat" is there as "Cat")
+    assert got["TagsList"] == ["Ferien", "Cat", "AI/cat", "AI/window", "AI/кот"]
+    assert got["Creator"] == "Oma Ilse"
+    assert "Rating" not in got  # only dc, lr and digiKam are taken over; a rating is the photo's own
+
+    fixed_results["tags"] = ["dog"]  # a re-run replaces ours and keeps the photo's
+    code, out, err = run_cli("process", img, "-c", _config(tmp_path, tiny_model), "--json", "--force")
+    assert code == 0, out + err
+    assert exif(xmp, "XMP-dc:Subject")["Subject"] == ["Ferien", "Cat", "dog"]
+
+
+def test_an_existing_seq_stays_a_seq(tmp_path, tiny_model, run_cli, fixed_results):
+    img = make_image(tmp_path / "photos" / "photo.jpg", fmt="JPEG")
+    xmp = tmp_path / "photos" / "photo.jpg.xmp"
+    xmp.write_text(DARKTABLE_XMP.replace("<rdf:Bag>\n     <rdf:li>holiday", "<rdf:Seq>\n     <rdf:li>holiday")
+                   .replace("<rdf:li>Cat</rdf:li>\n    </rdf:Bag>", "<rdf:li>Cat</rdf:li>\n    </rdf:Seq>"),
+                   encoding="utf-8")
+    assert xmp.read_text(encoding="utf-8").count("<rdf:Seq>") == 2
+    code, out, err = run_cli("process", img, "-c", _config(tmp_path, tiny_model), "--json")
+    assert code == 0, out + err
+    raw = xmp.read_text(encoding="utf-8")
+    subject = raw[raw.index("<dc:subject>"):raw.index("</dc:subject>")]
+    assert "<rdf:Seq>" in subject and "<rdf:Bag>" not in subject
+    assert exif(xmp, "XMP-dc:Subject")["Subject"] == ["holiday", "Cat", "window", "кот"]
+
+
+def test_a_slash_or_bar_inside_a_tag_makes_no_extra_level(tmp_path, tiny_model, run_cli, fixed_results):
+    fixed_results["tags"] = ["ac/dc", "rock|pop", "salt, pepper"]
+    img = make_image(tmp_path / "photos" / "photo.jpg", fmt="JPEG")
+    code, out, err = run_cli("process", img, "-c", _config(tmp_path, tiny_model), "--json")
+    assert code == 0, out + err
+    got = exif(tmp_path / "photos" / "photo.jpg.xmp", *TAGS)
+    assert got["Subject"] == ["ac/dc", "rock|pop", "salt, pepper"]
+    assert got["TagsList"] == ["AI/ac\u2215dc", "AI/rock\u00a6pop", "AI/salt\u201a pepper"]
+    assert got["HierarchicalSubject"] == ["AI|ac\u2215dc", "AI|rock\u00a6pop", "AI|salt\u201a pepper"]
+    assert all(t.count("/") == 1 for t in got["TagsList"])
+    assert all(t.count("|") == 1 for t in got["HierarchicalSubject"])

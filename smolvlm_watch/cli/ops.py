@@ -15,11 +15,12 @@ from .. import doctor, jsontext
 from ..config import Config, ConfigError, WatchConfig
 from ..journal import BACKFILL, Job, Journal, JournalError
 from ..jsontext import printable
+from ..media import Limits, MediaError, is_undecodable, open_media
 from ..pipeline import Pipeline
 from ..plugins import PluginError
 from ..progress import Progress
 from ..reconcile import Reconciler
-from ..sidecar import Target
+from ..sidecar import Target, orphaned
 from ..watcher import MediaFilter, scan
 from . import EXIT_FAILED, EXIT_OK, config_arg, load_checked
 
@@ -53,6 +54,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _status(config: Config, journal: Journal) -> dict[str, Any]:
     counts = journal.counts()
+    failures = journal.failures()
     done_hour, busy = journal.done_since(time.time() - 3600)
     daemon = _daemon(journal)
     watches = daemon.get("watches") or [{"path": str(w.path), "mode": "not running"} for w in config.watches]
@@ -61,12 +63,26 @@ def _status(config: Config, journal: Journal) -> dict[str, Any]:
     return {
         "db": str(config.state.db), "daemon_running": daemon["running"], "pid": daemon.get("pid"),
         "queue": counts, "done_last_hour": done_hour,
+        "orphans": len(journal.gone_before(time.time() - config.state.gone_grace)),
         "throughput_per_min": round(done_hour / busy * 60, 2) if busy else None,
         "model": config.model.source, "model_loaded": bool(daemon.get("model_loaded")) and daemon["running"],
         "watches": watches,
         "failures": [{"path": j.path, "state": j.state, "attempts": j.attempts, "error": j.last_error}
-                     for j in journal.failures()],
+                     for j in failures],
+        "skipped_formats": _skipped_formats(failures),
     }
+
+
+def _skipped_formats(failures: list[Job]) -> list[dict[str, Any]]:
+    """Files of a format nothing here decodes, counted per extension with the fix (the first
+    such file's error says it): a library of HEICs without their decoder is one line."""
+    groups: dict[str, dict[str, Any]] = {}
+    for job in failures:
+        if is_undecodable(job.last_error):
+            ext = Path(job.path).suffix.lower() or "(no extension)"
+            group = groups.setdefault(ext, {"extension": ext, "files": 0, "error": job.last_error})
+            group["files"] += 1
+    return sorted(groups.values(), key=lambda g: -g["files"])
 
 
 def _print_status(status: dict[str, Any]) -> None:
@@ -81,7 +97,15 @@ def _print_status(status: dict[str, Any]) -> None:
         skipped = (w.get("scan") or {}).get("skipped") or {}
         if skipped:
             print("  skipped at the last scan: " + ", ".join(f"{n} {what}" for what, n in skipped.items()))
+    if status["orphans"]:
+        print(f"orphans: the sidecars of {status['orphans']} file(s) gone for longer than state.gone_grace "
+              "(`smolvlm-watch prune` removes them)")
+    for g in status["skipped_formats"]:
+        print(printable(f"skipped formats: {g['files']} {g['extension']} — {g['error']} "
+                        "(`status --json` lists the files)"))
     for f in status["failures"]:
+        if is_undecodable(f["error"]):
+            continue  # counted above
         print(printable(f"{f['state']} {f['path']} (attempts {f['attempts']}): {f['error']}"))
 
 
@@ -103,6 +127,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         f"watch: {watch.path} (recursive {watch.recursive}, include {list(watch.include) or 'all'}, "
         f"exclude {list(watch.exclude) or 'none'})",
         f"filter: {'accepted' if why_not is None else 'not input: ' + why_not}",
+        f"decoder: {_decoder(path, pipeline.limits)}",
         "tasks: " + ", ".join(f"{p.task.name} (fingerprint {p.fingerprint})" for p in pipeline.planned(watch)),
         f"outputs: {', '.join(watch.outputs)}; JSON sidecar {target.json_path}; policy {watch.output.policy}",
     ]
@@ -117,6 +142,20 @@ def cmd_explain(args: argparse.Namespace) -> int:
                                 else "the file does not exist"))
     print(printable("\n".join(lines)))
     return EXIT_OK if exists else EXIT_FAILED
+
+
+def _decoder(path: Path, limits: Limits) -> str:
+    """What would decode the file, decided by its content as the daemon decides it; an image is
+    decoded too (one file, on request), so a decoder that opens the file but cannot read it
+    (a camera newer than LibRaw) says so here."""
+    try:
+        with open_media(path, limits) as opened:
+            name = f"{opened.decoder} ({opened.kind}, {opened.format})"
+            if opened.kind == "image":
+                opened.image(limits)
+            return name
+    except MediaError as exc:
+        return f"none — {exc.reason}"
 
 
 def _job(config: Config, path: Path) -> Job | None:
@@ -219,6 +258,47 @@ def cmd_retry(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- prune -----------------------------------------------------------------------------------------
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    """Remove the sidecars of files gone for longer than state.gone_grace: only files we wrote,
+    still holding the bytes we wrote (by their recorded hashes)."""
+    config, _ = load_checked(args.config)
+    journal = Journal(config.state.db, readonly=args.dry_run)
+    try:
+        removed, kept, files = _prune(config, journal, _absolute(args.path) if args.path else None, args.dry_run)
+    finally:
+        journal.close()
+    verb = "would remove" if args.dry_run else "removed"
+    print(f"prune: {verb} {removed} sidecar file(s) of {files} file(s) gone for more than "
+          f"{config.state.gone_grace / 86400:g} day(s); kept {kept} changed since we wrote them")
+    return EXIT_OK
+
+
+def _prune(config: Config, journal: Journal, under: str | None, dry_run: bool) -> tuple[int, int, int]:
+    removed = kept = 0
+    gone = journal.gone_before(time.time() - config.state.gone_grace, under)
+    for job in gone:
+        watch = config.watch_for(Path(job.path))
+        if watch is None:
+            print(printable(f"  skipped {job.path}: it lies in no configured watch, so where its sidecars went "
+                            "is unknown"))
+            continue
+        for path, ours in orphaned(Target.for_media(Path(job.path), watch.output, watch.path), job.outputs,
+                                   job.path).items():
+            if not ours:
+                kept += 1
+                print(printable(f"  kept {path}: changed since smolvlm-watch wrote it"))
+                continue
+            removed += 1
+            print(printable(f"  {'would remove' if dry_run else 'removed'} {path}"))
+            if not dry_run:
+                path.unlink(missing_ok=True)
+        if not dry_run:
+            journal.forget(job.path)
+    return removed, kept, len(gone)
+
+
 # --- doctor --------------------------------------------------------------------------------------
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -258,6 +338,11 @@ def add_commands(sub: Any) -> None:
     t.add_argument("path", nargs="?")
     t.add_argument("--all", action="store_true")
     t.set_defaults(func=cmd_retry)
+    p = sub.add_parser("prune", help="remove the sidecars of files gone for longer than state.gone_grace")
+    config_arg(p)
+    p.add_argument("path", nargs="?", help="only files at or below this path")
+    p.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
+    p.set_defaults(func=cmd_prune)
     d = sub.add_parser("doctor", help="check config, model, permissions, inotify limits, disk and device")
     config_arg(d)
     d.set_defaults(func=cmd_doctor)

@@ -10,21 +10,23 @@ reads through that same descriptor: the content hash, then the decoder the kind 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import BinaryIO
 
 from PIL import Image
 
-from . import document, image, video
-from .base import (HEAD_BYTES, KINDS, MEDIA_EXTENSIONS, Kind, Limits, Media, MediaError, SourceInfo, check_size,
-                   frame_count, open_input, sha256_file, sha256_of)
+from . import document, image, raw, video
+from .base import (HEAD_BYTES, KINDS, MEDIA_EXTENSIONS, RAW_EXTENSIONS, Kind, Limits, Media, MediaError, SourceInfo,
+                   check_size, frame_count, is_undecodable, open_input, sha256_file, sha256_of, source_info,
+                   undecodable)
 from .document import Document
 from .video import Sampling
 
 __all__ = ["KINDS", "MEDIA_EXTENSIONS", "Document", "Kind", "Limits", "Media", "MediaError", "Opened", "Sampling",
-           "SourceInfo", "load", "open_media", "sha256_file"]
+           "SourceInfo", "is_undecodable", "load", "open_media", "sha256_file"]
 
-SUPPORTED = f"supported: {image.SUPPORTED}, mp4, mov, mkv, webm, avi, PDF"
+SUPPORTED = f"supported: {image.SUPPORTED}, camera RAW, mp4, mov, mkv, webm, avi, PDF"
 
 
 class Opened:
@@ -44,9 +46,49 @@ class Opened:
             self._sha256 = sha256_of(self.file)
         return self._sha256
 
-    def image(self, limits: Limits) -> Media:
+    @property
+    def decoder(self) -> str:
+        """What decodes this file here (``explain`` shows it)."""
+        if self.format == "RAW":
+            return raw.DECODER or "none: rawpy (LibRaw) is not installed"
+        if self.kind == "video":
+            return video.DECODER
+        if self.format == "pdf":
+            return document.PDF_DECODER
+        return image.decoder_name(self.format)
+
+    @property
+    def pair(self) -> Path | None:
+        """A RAW's JPEG (or HEIF) twin, when the camera wrote one."""
+        return raw.pair_of(self.path) if self.format == "RAW" else None
+
+    def image(self, limits: Limits, edge: int | None = None, pair: bool = False) -> Media:
+        """The photo, upright RGB; ``edge``: the longest edge the model looks at (a camera-size
+        JPEG and a RAW are decoded no larger than they need to be). ``pair``: a RAW with a twin
+        is seen through the twin's pixels (``raw_pairs: prefer-jpeg``), so both get the same
+        answers; its source still records the RAW and says ``decoded: pair``."""
+        if self.format == "RAW":
+            twin = self.pair if pair else None
+            if twin is not None:
+                try:
+                    return self._through(twin, limits, edge)
+                except MediaError as exc:  # the twin is broken: the RAW speaks for itself, and says why
+                    own = raw.decode(self.file, self.path, self.stat, self.sha256, limits, edge)
+                    extra = {**own.info.extra, "pair_unreadable": f"{twin.name}: {exc.reason}"}
+                    return replace(own, info=replace(own.info, extra=extra))
+            return raw.decode(self.file, self.path, self.stat, self.sha256, limits, edge)
         img = self._pillow or image.open_pillow(self.file, self.path)
-        return image.decode(img, self.path, self.stat, self.sha256, limits)
+        return image.decode(img, self.path, self.stat, self.sha256, limits, edge)
+
+    def _through(self, twin: Path, limits: Limits, edge: int | None) -> Media:
+        width, height = raw.upright_size(self.file, self.path)
+        with open_media(twin, limits) as opened:
+            if opened.kind != "image" or opened.format == "RAW":
+                raise MediaError(twin, "not a photo")
+            seen = opened.image(limits, edge)
+        info = source_info(self.path, self.stat, self.sha256, "image", width, height, decoded="pair",
+                           pair=twin.name)
+        return Media(info=info, images=seen.images)
 
     def video(self, sampling: Sampling) -> Media:
         return video.load_video(self.file, self.path, self.stat, self.sha256, sampling)
@@ -79,16 +121,43 @@ def open_media(path: Path, limits: Limits = Limits(), sha256: str | None = None)
 
 
 def _classify(path: Path, f: BinaryIO, st: os.stat_result, head: bytes, sha256: str | None) -> Opened:
+    """The kind and format from the content: formats that announce themselves first, then the
+    TIFF family (a page, a scanned document, or a RAW that looks like a TIFF)."""
     if document.sniff(head):
         return Opened(path, f, st, "document", "pdf", sha256=sha256)
-    if video.sniff(head):
+    if raw.sniff(head):
+        return Opened(path, f, st, "image", "RAW", sha256=sha256)
+    brand = image.still_brand(head)
+    if brand == "heif" and image.HEIF_DECODER is None:
+        raise undecodable(path, "HEIC/HEIF photo", "pillow-heif is not installed", "fix: pip install pillow-heif")
+    if brand == "avif" and not image.AVIF_OK:
+        raise undecodable(path, "AVIF photo", f"this Pillow {Image.__version__} was built without AVIF",
+                          "fix: pip install 'pillow>=11.3'")
+    if brand is None and video.sniff(head):
         return Opened(path, f, st, "video", "video", sha256=sha256)
     if image.sniff(head):
-        pillow = image.open_pillow(f, path)
+        try:
+            pillow = image.open_pillow(f, path)
+        except MediaError:
+            if head.startswith(raw.TIFF_MAGIC) and raw.opens(f):  # a DNG whose IFD0 Pillow cannot read
+                return Opened(path, f, st, "image", "RAW", sha256=sha256)
+            raise
+        if pillow.format == "TIFF" and raw.tiff_is_raw(getattr(pillow, "tag_v2", {}), path, RAW_EXTENSIONS):
+            return Opened(path, f, st, "image", "RAW", sha256=sha256)
         if pillow.format == "TIFF" and frame_count(pillow, path) > 1:
             return Opened(path, f, st, "document", "tiff", pillow, sha256)
         return Opened(path, f, st, "image", pillow.format or "image", pillow, sha256)
     raise MediaError(path, f"not a supported image or video, nor a PDF (content starts with {head[:8]!r}; {SUPPORTED})")
+
+
+def embedded(path: Path) -> image.Embedded:
+    """What an image file already carries about itself (description, keywords, its XMP)."""
+    try:
+        f, _ = open_input(Path(path))
+    except MediaError:
+        return image.Embedded()
+    with f:
+        return image.embedded(f, Path(path))
 
 
 def load(path: Path, limits: Limits = Limits(), sampling: Sampling | None = None) -> Media:

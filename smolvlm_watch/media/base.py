@@ -26,10 +26,12 @@ KINDS: tuple[Kind, ...] = ("image", "video", "document")
 HEAD_BYTES = 64  # what the kind is decided from
 
 # File name extensions a watch considers (content still decides what a file is).
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp"})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp",
+                              ".heic", ".heif", ".hif", ".avif"})
+RAW_EXTENSIONS = frozenset({".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf", ".rw2", ".dng", ".pef", ".srw"})
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi"})
 DOCUMENT_EXTENSIONS = frozenset({".pdf"})
-MEDIA_EXTENSIONS = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS | DOCUMENT_EXTENSIONS
+MEDIA_EXTENSIONS = IMAGE_EXTENSIONS | RAW_EXTENSIONS | VIDEO_EXTENSIONS | DOCUMENT_EXTENSIONS
 
 
 class MediaError(Exception):
@@ -114,6 +116,21 @@ def _file_type(mode: int) -> str:
         if test(mode):
             return name
     return "not a regular file"
+
+
+UNDECODABLE = "cannot decode this "
+
+
+def undecodable(path: Path, fmt: str, why: str, fix: str) -> MediaError:
+    """A file whose format is known but that nothing here decodes (a HEIC without pillow-heif, a
+    RAW LibRaw rejects). Worded one way so ``status`` can count these per extension: a library
+    of 312 HEICs nobody can read is one line there, not 312 lines of errors."""
+    return MediaError(path, f"{UNDECODABLE}{fmt}: {why} ({fix})")
+
+
+def is_undecodable(error: str | None) -> bool:
+    """Whether a recorded error is one of ``undecodable``'s."""
+    return bool(error) and str(error).startswith(UNDECODABLE)
 
 
 def broken(path: Path, what: str, exc: BaseException) -> MediaError:

@@ -19,6 +19,9 @@ from .base import (Limits, Media, MediaError, SourceInfo, broken, frame_count, o
                    upright_rgb)
 
 
+PDF_DECODER = "pypdfium2 (PDFium)"
+
+
 def sniff(head: bytes) -> bool:
     return head.startswith(b"%PDF-")
 

@@ -1,7 +1,12 @@
-"""Still images through Pillow: JPEG, PNG, WebP, GIF (first frame), TIFF (one page) and BMP.
+"""Still images through Pillow: JPEG, PNG, WebP, GIF (first frame), TIFF (one page), BMP, AVIF
+(Pillow's own decoder) and HEIC/HEIF (iPhone photos; libheif through pillow-heif).
 
 Decoded from the input's open file, never read into memory whole: Pillow reads what the decoder
-needs, so a 4 GiB file with a JPEG's magic costs what its header costs until it is refused.
+needs, so a 4 GiB file with a JPEG's magic costs what its header costs until it is refused. A
+camera-size JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) still at least as large as
+what the model looks at (``edge``): a 24-megapixel photo is not decoded whole to be shrunk to
+2048 pixels. A HEIC holding several images gives its primary one; a 10-bit HEIC comes out as
+8-bit RGB; orientation (libheif's transforms, EXIF) is applied.
 """
 
 from __future__ import annotations
@@ -9,23 +14,59 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from PIL import Image
+from PIL import Image, IptcImagePlugin, features
 
-from .base import Limits, Media, MediaError, broken, source_info, upright_rgb
+from .base import Limits, Media, MediaError, broken, source_info, undecodable, upright_rgb
 
-FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP", "MPO"})
-SUPPORTED = "JPEG, PNG, WebP, GIF, TIFF, BMP"
+try:  # HEIC/HEIF is a plugin of Pillow's; without it a HEIC is a clear, counted failure
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    HEIF_DECODER: str | None = f"pillow-heif {pillow_heif.__version__} (libheif {pillow_heif.libheif_version()})"
+except ImportError:  # pragma: no cover - pillow-heif is a dependency; a broken install says so
+    HEIF_DECODER = None
+
+AVIF_OK = features.check("avif") is True  # Pillow >= 11.3 wheels read AVIF themselves
+FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP", "MPO", "HEIF", "AVIF"})
+SUPPORTED = "JPEG, PNG, WebP, GIF, TIFF, BMP, HEIC/HEIF, AVIF"
 
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*", b"BM")
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
+# ISO base media files (ftyp at offset 4) that hold still images: HEIF/HEIC and AVIF brands
+HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"})
+AVIF_BRANDS = frozenset({b"avif", b"avis"})
 
 
 def sniff(head: bytes) -> bool:
     """Whether these leading bytes announce an image container Pillow reads for us."""
-    return head.startswith(_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+    return (head.startswith(_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+            or still_brand(head) is not None)
+
+
+def still_brand(head: bytes) -> str | None:
+    """"heif" or "avif" when an ISO base media file says it holds still images (its major
+    brand, or failing that a compatible brand), else None (a video, or no such file)."""
+    if head[4:8] != b"ftyp":
+        return None
+    size = int.from_bytes(head[:4], "big")
+    brands = [head[8:12]] + [head[i:i + 4] for i in range(16, min(size, len(head)), 4)]
+    for brand in brands:
+        if brand in AVIF_BRANDS:
+            return "avif"
+        if brand in HEIF_BRANDS:
+            return "heif"
+    return None
+
+
+def decoder_name(fmt: str) -> str:
+    """What decodes an image of Pillow format ``fmt`` here (for `explain`)."""
+    if fmt == "HEIF":
+        return HEIF_DECODER or "none: pillow-heif is not installed"
+    return f"Pillow {Image.__version__} ({fmt})"
 
 
 HEADER_BUDGET = 16 * 1024**2  # bytes Pillow may read to parse a header (EXIF, ICC, XMP, previews)
@@ -90,20 +131,73 @@ def check_pixels(path: Path, width: int, height: int, limit: int, what: str = "i
                                f"limit of {limit} (raise it in the config if this is intended)")
 
 
-def decode(img: Image.Image, path: Path, st: os.stat_result, sha256: str, limits: Limits) -> Media:
-    """The first frame, upright and RGB, with its source info."""
+def decode(img: Image.Image, path: Path, st: os.stat_result, sha256: str, limits: Limits,
+           edge: int | None = None) -> Media:
+    """The frame Pillow opened (the first; a HEIC's primary), upright and RGB, with its source
+    info. ``edge``: the longest edge the model will look at; a JPEG is decoded at the smallest
+    DCT scale that still covers it. The source records the photo's own size."""
     if img.format not in FORMATS:
-        raise MediaError(path, f"unsupported image format {img.format}")
+        raise undecodable(path, f"{img.format} image", "Pillow opened it, but it is not a photo format "
+                          "this project reads", f"convert it to one of: {SUPPORTED}")
     check_pixels(path, *img.size, limits.max_pixels)
+    width, height = img.size
+    try:
+        if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # a quarter turn: the photo stands the other way
+            width, height = height, width
+    except Exception:  # noqa: BLE001 - damaged EXIF: the orientation is then what exif_transpose makes of it
+        pass
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img.seek(0)
+            if edge and img.format in ("JPEG", "MPO") and max(img.size) > edge:
+                scale = edge / max(img.size)  # draft picks the smallest DCT scale still at least this big
+                img.draft("RGB", (max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale))))
             img.load()
             rgb = upright_rgb(img)
     except Image.DecompressionBombError as exc:
         raise MediaError(path, f"refused as a decompression bomb: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - whatever a damaged file makes Pillow raise
         raise broken(path, "corrupt or truncated image", exc) from None
-    info = source_info(path, st, sha256, "image", rgb.width, rgb.height)
+    info = source_info(path, st, sha256, "image", width, height)
     return Media(info=info, images=(rgb,))
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """What a photo already says about itself: its XMP packet, its description (EXIF
+    ImageDescription, IPTC Caption-Abstract) and its keywords (IPTC Keywords)."""
+
+    xmp: bytes | None = None
+    description: str | None = None
+    keywords: tuple[str, ...] = ()
+
+
+def embedded(f: BinaryIO, path: Path) -> Embedded:
+    """The metadata embedded in an image file (an empty ``Embedded`` when there is none, or the
+    file is no image Pillow reads). Read with Pillow, which already parses EXIF, IPTC (JPEG's
+    APP13) and hands over the raw XMP packet of JPEG, PNG, TIFF, WebP and HEIC: no second
+    metadata library to install for three fields."""
+    try:
+        img = open_pillow(f, path)
+        xmp = img.info.get("xmp") or img.info.get("XML:com.adobe.xmp")
+        exif = img.getexif()
+        iptc = IptcImagePlugin.getiptcinfo(img) or {}  # type: ignore[arg-type]  # any opened file
+    except Exception:  # noqa: BLE001 - no metadata to carry over is an empty answer, not an error
+        return Embedded()
+    description = _text(exif.get(0x010E)) or _text(iptc.get((2, 120)))
+    words = iptc.get((2, 25)) or []
+    keywords = tuple(w for w in (_text(k) for k in (words if isinstance(words, list) else [words])) if w)
+    return Embedded(xmp.encode("utf-8") if isinstance(xmp, str) else xmp, description, keywords)
+
+
+def _text(value: Any) -> str | None:
+    """A metadata string (IPTC gives bytes, in UTF-8 nowadays or Latin-1 before), trimmed."""
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            value = value.decode("latin-1")
+    if isinstance(value, str):
+        value = value.strip("\x00 \t\r\n")
+        return value or None
+    return None

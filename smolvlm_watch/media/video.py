@@ -21,6 +21,7 @@ from PIL import Image, ImageStat
 
 from .base import Media, MediaError, broken, open_input, source_info
 
+DECODER = "PyAV (FFmpeg)"
 BLACK_LUMA = 12.0
 LONG_ENOUGH_FOR_BLACK_SKIP = 10.0  # seconds
 NO_DURATION_FRAME_CAP = 200_000  # frames decoded at most when a container gives no duration

@@ -21,7 +21,8 @@ import pytest
 
 from helpers import daemon_config, make_image
 from smolvlm_watch.journal import Journal
-from smolvlm_watch.sidecar import PENDING, TEMP_PREFIX, sha256_bytes
+from smolvlm_watch.atomic import TEMP_PREFIX
+from smolvlm_watch.sidecar import PENDING, sha256_bytes
 
 SEED = 20261202
 EVENTS = ("model_loading", "ready", "job_done")  # where a kill lands: loading, scanning, inferring

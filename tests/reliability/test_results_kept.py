@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from helpers import InProcess, daemon_config, make_image, read_sidecar, wait_for
-from smolvlm_watch import sidecar
-from smolvlm_watch.sidecar import PENDING, TEMP_PREFIX, sha256_bytes
+from smolvlm_watch import atomic
+from smolvlm_watch.atomic import TEMP_PREFIX
+from smolvlm_watch.sidecar import PENDING, sha256_bytes
 
 TXT_CONFIG = """\
 model: {{path: {model}, threads: 1}}
@@ -122,20 +123,20 @@ def test_a_disk_with_room_for_the_txt_but_not_the_json(tmp_path, tiny_model, run
     take the .txt as ours. The error names the file it could not write."""
     cfg = _config(tmp_path, tiny_model)
     img = make_image(tmp_path / "inbox" / "photo.jpg", (80, 60), (10, 200, 200), fmt="JPEG")
-    real = sidecar._atomic_write
+    real = atomic._atomic_write
 
-    def full_for_the_final_json(path, data):
+    def full_for_the_final_json(path, data, mode):
         if path.name.endswith(".smolvlm.json") and PENDING.encode() not in data:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(path, data)
+        return real(path, data, mode)
 
-    monkeypatch.setattr(sidecar, "_atomic_write", full_for_the_final_json)
+    monkeypatch.setattr(atomic, "_atomic_write", full_for_the_final_json)
     code, out, _ = run_cli("process", img, "-c", cfg, "--json")
     failed = json.loads(out)["failed"]
     assert code == 1 and failed[0]["error"].startswith("[Errno 28] cannot write ")
     assert str(tmp_path / "inbox" / "photo.jpg.smolvlm.json") in failed[0]["error"]
     assert (tmp_path / "inbox" / "photo.jpg.txt").exists()  # the small file made it
-    monkeypatch.setattr(sidecar, "_atomic_write", real)
+    monkeypatch.setattr(atomic, "_atomic_write", real)
     code, out, _ = run_cli("process", img, "-c", cfg, "--json")
     assert code == 0, out
     _complete_set(img)

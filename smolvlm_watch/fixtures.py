@@ -1,0 +1,188 @@
+"""Photos as cameras and phones write them, generated here: a 24-megapixel JPEG with EXIF, IPTC
+and XMP, an iPhone-style HEIC (EXIF orientation, 10-bit, several images), AVIF, and a DNG that
+LibRaw demosaics (a real Bayer mosaic) with an optional embedded JPEG preview.
+
+No camera files can be downloaded where this project is built, and 1024x768 PNGs exercise none
+of what real libraries hold, so the tests and benchmarks use these. Every image is seeded: the
+same call writes the same pixels. The content is a gradient with shapes, text and sensor noise,
+so JPEG and HEVC work as hard as on a photo (a flat colour compresses to nothing).
+
+    python -m smolvlm_watch.testing photos DIR
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+CAMERA = (6000, 4000)  # 24 MP, 3:2, as most APS-C and full-frame cameras write
+
+
+def _folder(path: str | Path) -> Path:
+    """``path``, its folder made."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def scene(size: tuple[int, int], seed: int = 0) -> Image.Image:
+    """A seeded photo-like RGB picture: a sky-to-ground gradient, shapes, a caption, noise."""
+    width, height = size
+    rng = np.random.default_rng(seed)
+    y = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]
+    top, bottom = rng.uniform(40, 220, 3).astype(np.float32), rng.uniform(40, 220, 3).astype(np.float32)
+    pixels = np.broadcast_to(top * (1 - y) + bottom * y, (height, width, 3)).copy()
+    pixels += rng.normal(0.0, 6.0, (height, width, 1)).astype(np.float32)  # sensor noise
+    img = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(img)
+    for _ in range(8):
+        x0, y0 = int(rng.integers(0, width)), int(rng.integers(0, height))
+        r = int(rng.integers(max(4, width // 40), max(5, width // 6)))
+        draw.ellipse((x0 - r, y0 - r, x0 + r, y0 + r), fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+    draw.text((width // 20, height // 20), f"seed {seed}", fill=(0, 0, 0), font_size=max(10, height // 20))
+    return img
+
+
+def exif(orientation: int = 1, make: str = "Acme", model: str = "Field Camera", description: str | None = None
+         ) -> Image.Exif:
+    """EXIF a camera writes: make, model, orientation, the time the photo was taken."""
+    data = Image.Exif()
+    data[0x010F], data[0x0110], data[0x0112] = make, model, orientation
+    data[0x0132] = "2026:06:01 10:20:30"
+    if description:
+        data[0x010E] = description
+    return data
+
+
+def iptc(keywords: list[str], caption: str | None = None) -> bytes:
+    """A Photoshop APP13 (IPTC-IIM) block with keywords (2:25) and a caption (2:120), UTF-8."""
+    records = b"\x1c\x01\x5a\x00\x03\x1b\x25\x47"  # 1:90 coded character set: UTF-8
+    for word in keywords:
+        value = word.encode("utf-8")
+        records += b"\x1c\x02\x19" + struct.pack(">H", len(value)) + value
+    if caption:
+        value = caption.encode("utf-8")
+        records += b"\x1c\x02\x78" + struct.pack(">H", len(value)) + value
+    if len(records) % 2:
+        records += b"\x00"
+    resource = b"8BIM" + struct.pack(">H", 0x0404) + b"\x00\x00" + struct.pack(">I", len(records)) + records
+    return b"Photoshop 3.0\x00" + resource
+
+
+def camera_jpeg(path: str | Path, size: tuple[int, int] = CAMERA, seed: int = 0, orientation: int = 1,
+                keywords: list[str] | None = None, description: str | None = None, xmp: bytes | None = None,
+                quality: int = 92) -> Path:
+    """A JPEG as a camera (or a photo manager after it) writes it; ``keywords`` go to IPTC,
+    ``description`` to EXIF, ``xmp`` is embedded as an APP1 packet."""
+    path = _folder(path)
+    buf = io.BytesIO()
+    scene(size, seed).save(buf, "JPEG", quality=quality, exif=exif(orientation, description=description), xmp=xmp)
+    data = buf.getvalue()
+    if keywords:
+        block = iptc(keywords)
+        data = data[:2] + b"\xff\xed" + struct.pack(">H", len(block) + 2) + block + data[2:]
+    path.write_bytes(data)
+    return path
+
+
+def heic(path: str | Path, size: tuple[int, int] = (4032, 3024), seed: int = 0, orientation: int = 1,
+         ten_bit: bool = False, extra_images: int = 0) -> Path:
+    """A HEIC as an iPhone writes it: the pixels stored as the sensor saw them and an EXIF
+    orientation saying how to turn them; ``ten_bit`` stores 10 bits per channel;
+    ``extra_images`` adds smaller images after the primary one (bursts, depth maps)."""
+    import pillow_heif
+
+    path = _folder(path)
+    img = scene(size, seed)
+    if ten_bit:
+        wide = (np.asarray(img, dtype=np.uint16) << 8).astype("<u2")  # 16-bit samples, stored as 10
+        heif = pillow_heif.from_bytes(mode="RGB;16", size=img.size, data=wide.tobytes())
+    else:
+        heif = pillow_heif.from_pillow(img)
+    for i in range(extra_images):
+        heif.add_from_pillow(scene((size[0] // 4, size[1] // 4), seed + 100 + i))
+    heif.save(path, quality=85, exif=exif(orientation, make="Apple", model="iPhone 15").tobytes(), primary_index=0)
+    return path
+
+
+def avif(path: str | Path, size: tuple[int, int] = (3000, 2000), seed: int = 0, orientation: int = 1) -> Path:
+    """An AVIF through Pillow's own encoder, with an EXIF orientation."""
+    path = _folder(path)
+    scene(size, seed).save(path, "AVIF", quality=80, exif=exif(orientation))
+    return path
+
+
+def dng(path: str | Path, size: tuple[int, int] = (1200, 800), preview: tuple[int, int] | None = None,
+        seed: int = 0, orientation: int = 1) -> Path:
+    """A DNG LibRaw reads as a camera RAW: a 12-bit RGGB Bayer mosaic of ``scene`` (so the
+    demosaiced picture is the scene), camera orientation, and when ``preview`` is given an
+    embedded JPEG preview of that size, as cameras and Adobe's converter write."""
+    from pidng.core import RAW2DNG, DNGTags, Tag
+    from pidng.defs import CalibrationIlluminant, CFAPattern, DNGVersion, PhotometricInterpretation
+
+    path = _folder(path)
+    width, height = size
+    rgb = np.asarray(scene(size, seed), dtype=np.uint16) * 16  # 8 to 12 bits
+    mosaic: Any = np.empty((height, width), np.uint16)
+    mosaic[0::2, 0::2], mosaic[1::2, 1::2] = rgb[0::2, 0::2, 0], rgb[1::2, 1::2, 2]
+    mosaic[0::2, 1::2], mosaic[1::2, 0::2] = rgb[0::2, 1::2, 1], rgb[1::2, 0::2, 1]
+    tags = DNGTags()
+    values: list[tuple[Any, Any]] = [
+        (Tag.ImageWidth, width), (Tag.ImageLength, height), (Tag.TileWidth, width), (Tag.TileLength, height),
+        (Tag.Orientation, orientation), (Tag.PhotometricInterpretation, PhotometricInterpretation.Color_Filter_Array),
+        (Tag.SamplesPerPixel, 1), (Tag.BitsPerSample, 16), (Tag.CFARepeatPatternDim, [2, 2]),
+        (Tag.CFAPattern, CFAPattern.RGGB), (Tag.BlackLevel, 0), (Tag.WhiteLevel, 4095),
+        (Tag.ColorMatrix1, [[1, 1], [0, 1], [0, 1], [0, 1], [1, 1], [0, 1], [0, 1], [0, 1], [1, 1]]),
+        (Tag.CalibrationIlluminant1, CalibrationIlluminant.D65), (Tag.AsShotNeutral, [[1, 1], [1, 1], [1, 1]]),
+        (Tag.Make, "Acme"), (Tag.Model, "Field Camera"), (Tag.DNGVersion, DNGVersion.V1_4),
+        (Tag.DNGBackwardVersion, DNGVersion.V1_2)]
+    for tag, value in values:
+        tags.set(tag, value)
+    converter = RAW2DNG()
+    converter.options(tags, path="", compress=False)
+    written = Path(converter.convert(mosaic, filename=str(path.with_suffix(""))))
+    if preview:
+        _append_preview(written, scene(size, seed).resize(preview, Image.Resampling.LANCZOS))
+    if written != path:
+        written.replace(path)
+    return path
+
+
+def _append_preview(path: Path, image: Image.Image) -> None:
+    """Append a JPEG preview IFD (NewSubfileType 1, JPEG compression) chained after IFD0, where
+    LibRaw's ``extract_thumb`` finds it."""
+    data = bytearray(path.read_bytes())
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=90)
+    jpeg = buf.getvalue()
+    ifd0 = struct.unpack_from("<I", data, 4)[0]
+    next_at = ifd0 + 2 + 12 * struct.unpack_from("<H", data, ifd0)[0]
+    data += b"\0" * (-len(data) % 4)
+    jpeg_at = len(data)
+    data += jpeg + b"\0" * (-len(jpeg) % 4)
+    ifd1 = len(data)
+    w, h = image.size
+    entries = [(254, 4, 1), (256, 4, w), (257, 4, h), (259, 3, 7), (262, 3, 6), (273, 4, jpeg_at), (277, 3, 3),
+               (278, 4, h), (279, 4, len(jpeg))]
+    data += struct.pack("<H", len(entries))
+    for tag, kind, value in entries:
+        data += struct.pack("<HHI", tag, kind, 1) + struct.pack("<HH" if kind == 3 else "<I",
+                                                                 *((value, 0) if kind == 3 else (value,)))
+    data += struct.pack("<I", 0)
+    struct.pack_into("<I", data, next_at, ifd1)
+    path.write_bytes(bytes(data))
+
+
+def photos(out_dir: str | Path) -> list[Path]:
+    """One of each: what a family library holds (the ``photos`` command)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return [camera_jpeg(out / "camera-24mp.jpg", keywords=["Ferien", "Strand"], description="Am Meer"),
+            heic(out / "IMG_0001.HEIC", orientation=6), heic(out / "IMG_0002.HEIC", ten_bit=True, extra_images=2),
+            avif(out / "photo.avif", orientation=3), dng(out / "raw-preview.dng", (1200, 800), preview=(1200, 800)),
+            dng(out / "raw-mosaic.dng", (1200, 800), orientation=6)]
