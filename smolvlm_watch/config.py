@@ -180,6 +180,49 @@ class WatchConfig:
 
 
 @dataclass(frozen=True)
+class Address:
+    """Where an HTTP listener binds."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def loopback(self) -> bool:
+        import ipaddress
+
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False  # a name: it may resolve anywhere
+
+
+def parse_listen(value: Any, default_port: int) -> Address:
+    """``host:port`` (``[::1]:9464`` for IPv6), a bare port (on 127.0.0.1) or ``true`` (the
+    default port on 127.0.0.1); ValueError otherwise."""
+    if value is True:
+        return Address("127.0.0.1", default_port)
+    text = str(value).strip()
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", text
+    host = host.strip("[]") or "127.0.0.1"
+    if isinstance(value, bool) or not port.isdigit() or not 0 <= int(port) < 65536:  # 0: any free port
+        raise ValueError(f"expected host:port such as 127.0.0.1:{default_port}, got {_show(value)}")
+    return Address(host, int(port))
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    listen: Address | None = None  # off by default; `true` is 127.0.0.1:9464
+    allow_remote: bool = False  # a non-loopback listen address only with this
+
+
+@dataclass(frozen=True)
 class StateConfig:
     db: Path = field(default_factory=lambda: default_state_dir() / "journal.sqlite")
     max_attempts: int = 5
@@ -224,6 +267,7 @@ class Config:
     runtime: RuntimeConfig = RuntimeConfig()
     video: VideoConfig = VideoConfig()
     document: DocumentConfig = DocumentConfig()
+    metrics: MetricsConfig = MetricsConfig()
     plugins: tuple[str, ...] = ()
     source: Path | None = None
 
@@ -430,7 +474,7 @@ _OUTPUT_KEYS = ("policy", "output_dir", "json_suffix", "ocr_suffix", "caption_tx
 # known ones) and what README's config reference must document (a test holds it to that).
 SECTIONS: dict[str, tuple[str, ...]] = {
     "": ("model", "tasks", "watches", "outputs", "state", "logging", "media", "runtime", "video", "document",
-         "plugins"),
+         "metrics", "plugins"),
     "model": ("id", "path", "revision", "dtype", "device", "attn_implementation", "local_files_only", "preload",
               "threads", "backend", "base_url", "name", "api_key_env", "timeout", "concurrency") + _IMAGE_KEYS,
     "tasks.NAME": TASK_KEYS,
@@ -441,6 +485,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "state": ("db", "max_attempts", "retry_base_seconds", "retry_max_seconds", "lease_seconds", "item_timeout",
               "rescan_interval", "stop_grace_seconds", "gone_grace"),
     "logging": ("level", "format"),
+    "metrics": ("listen", "allow_remote"),
     "media": ("max_pixels", "max_bytes"),
     "runtime": ("max_batch", "prefetch", "compile", "prepare_ahead"),
     "video": ("fps", "max_frames", "mode", "skip_black", "timeout"),
@@ -602,6 +647,48 @@ def _state(r: _Reader, raw: Any) -> StateConfig:
     )
 
 
+METRICS_PORT = 9464  # the port Prometheus' list of exporter ports leaves to small daemons
+
+
+def _metrics(r: _Reader, raw: Any) -> MetricsConfig:
+    """metrics.listen: off unless set; a non-loopback address only with allow_remote (the
+    metrics name every watched folder: not for the whole network by accident)."""
+    data = r.mapping(raw, "metrics", SECTIONS["metrics"])
+    allow = r.get(data, "allow_remote", "metrics", _is_bool, "true or false", False)
+    value = data.get("listen")
+    if value is None or value is False:
+        return MetricsConfig(allow_remote=allow)
+    try:
+        address = parse_listen(value, METRICS_PORT)
+    except ValueError as exc:
+        r.fail("metrics.listen", str(exc))
+        return MetricsConfig(allow_remote=allow)
+    if not address.loopback and not allow:
+        r.fail("metrics.listen", f"{address} is not a loopback address: the metrics name every watched folder; "
+                                 "set metrics.allow_remote: true to serve them beyond this machine")
+    return MetricsConfig(listen=address, allow_remote=allow)
+
+
+def _check_watch_paths(r: _Reader, watches: list[WatchConfig | None]) -> None:
+    """Two watches on one folder would arm two observers and race for every file; a watch on a
+    regular file would be reported as an unmounted folder forever. A path that does not exist
+    yet is fine (a share not mounted now)."""
+    seen: dict[Path, int] = {}
+    for i, w in enumerate(watches):
+        if w is None:
+            continue
+        where = f"watches[{i}].path"
+        if w.path.is_file():
+            r.fail(where, f"{w.path} is a file, not a folder: a watch takes a folder (its parent, "
+                          f"with include: [\"{w.path.name}\"], watches just this file)")
+            continue
+        key = w.path.resolve()
+        if key in seen:
+            r.fail(where, f"{w.path} is already watches[{seen[key]}]: one folder gets one watch; put both "
+                          "watches' tasks in one, or split the folder with include/exclude into subfolders")
+        seen.setdefault(key, i)
+
+
 def parse(data: Any, base_dir: Path, source: Path | None = None) -> Config:
     """Validate a loaded YAML document into a Config, or raise ConfigError listing every problem."""
     r = _Reader(base_dir)
@@ -616,6 +703,7 @@ def parse(data: Any, base_dir: Path, source: Path | None = None) -> Config:
         raw_watches = []
     video = _video(r, top.get("video"), "video", VideoConfig())
     watches = [_watch(r, w, f"watches[{i}]", outputs, video) for i, w in enumerate(raw_watches)]
+    _check_watch_paths(r, watches)
     log = r.mapping(top.get("logging"), "logging", SECTIONS["logging"])
     media = r.mapping(top.get("media"), "media", SECTIONS["media"])
     runtime = r.mapping(top.get("runtime"), "runtime", SECTIONS["runtime"])
@@ -642,6 +730,7 @@ def parse(data: Any, base_dir: Path, source: Path | None = None) -> Config:
         ),
         video=video,
         document=_document(r, top.get("document")),
+        metrics=_metrics(r, top.get("metrics")),
         plugins=r.strings(top, "plugins", "plugins", ()),
         source=source,
     )
@@ -681,6 +770,8 @@ def with_model(config: Config, model: str) -> Config:
 def resolved(config: Config) -> dict[str, Any]:
     """The config as plain data, every default filled in: what ``config check`` prints."""
     def plain(value: Any) -> Any:
+        if isinstance(value, Address):
+            return str(value)
         if hasattr(value, "__dataclass_fields__"):
             return {k: plain(getattr(value, k)) for k, f in value.__dataclass_fields__.items()
                     if f.metadata.get("resolved", True)}

@@ -34,6 +34,7 @@ from .engine import Engine, Interrupted, ModelLoadError
 from .journal import LIVE, Job, Journal, JournalError, RetryPolicy
 from .media import sha256_file
 from .media.base import MediaError
+from .metrics import Metrics, Server, routes
 from .notify import notify, watchdog_interval
 from .pipeline import FileJob, FileResult, Pipeline
 from .plugins import PluginError, Registry
@@ -108,8 +109,10 @@ class JournalHealth:
 class WorkQueue:
     """Due jobs, checked and handed to the pipeline; their results recorded in the journal."""
 
-    def __init__(self, journal: Journal, reconciler: Reconciler, config: Callable[[], Config], log: Any):
+    def __init__(self, journal: Journal, reconciler: Reconciler, config: Callable[[], Config], log: Any,
+                 metrics: Metrics):
         self.journal, self.reconciler, self.config, self.log = journal, reconciler, config, log
+        self.metrics = metrics
         self.taken: dict[str, Taken] = {}  # leased and not yet recorded, by path
 
     def jobs(self, pipeline: Pipeline, running: Callable[[], bool], beat: Heartbeat) -> Iterator[FileJob]:
@@ -171,10 +174,13 @@ class WorkQueue:
             state = self.fail(job.id, result.error or "unknown error", result.transient)
             self.log.warning("job_failed", state=state, error=result.error, transient=result.transient,
                              seconds=round(result.seconds, 3))
+            self.metrics.file_finished(str(taken.watch.path), state, result.tasks_run)
             return
         processed = result.status == "done"
         state = self.journal.done(job.id, result.sha256, taken.fingerprint, result.seconds if processed else 0.0,
-                                  taken.size, taken.mtime, result.outputs)
+                                  taken.size, taken.mtime, result.outputs,
+                                  list(result.passages) if result.passages is not None else None, result.kind)
+        self.metrics.file_finished(str(taken.watch.path), result.status, result.tasks_run)
         self.log.info("job_done", status=result.status, tasks=list(result.tasks_run),
                       seconds=round(result.seconds, 3), outputs=len(result.outputs),
                       pages_resumed=result.pages_resumed)
@@ -245,6 +251,7 @@ class Worker:
 
     def _on_batch(self, paths: list[Path]) -> None:
         self.heartbeat.beat(len(paths))
+        self.queue.metrics.batch_started(len(paths))
         if len(paths) == 1:
             _bind(path=str(paths[0]))
         else:
@@ -351,6 +358,7 @@ class Daemon:
         self.reload_requested = threading.Event()
         self.started = time.time()
         self.clean_exit = True
+        self.http: Server | None = None
         self.config, self.registry = loaded or loader()
         self.journal = Journal(self.config.state.db, exclusive=True)
         try:
@@ -366,7 +374,8 @@ class Daemon:
         self.engine = self._engine(self.config, self.registry)
         self.pipeline = Pipeline(self.config, self.registry, self.engine)
         self.reconciler = Reconciler(self.journal, self.log)
-        self.queue = WorkQueue(self.journal, self.reconciler, lambda: self.config, self.log)
+        self.metrics = Metrics(DaemonView(self))
+        self.queue = WorkQueue(self.journal, self.reconciler, lambda: self.config, self.log, self.metrics)
         self.health = JournalHealth(self.log)
         self.worker = Worker(self.queue, self.pipeline, self.stopping, self.health, self.log)
         self.watches = self._arm(self.config)
@@ -398,12 +407,27 @@ class Daemon:
     # --- running ---------------------------------------------------------------------------------
 
     def serve(self) -> None:
+        self.http = self._listen()
         self.worker.start()
         notify("READY=1\nSTATUS=watching " + ", ".join(str(w.path) for w in self.config.watches))
         self.log.info("ready", watches=len(self.config.watches), db=str(self.config.state.db),
                       model=self.config.model.source, model_loaded=self.engine.loaded)
         self.supervisor.run()
         self.clean_exit = self.shutdown()
+
+    def _listen(self) -> Server | None:
+        """The metrics listener (metrics.listen), up before READY: a port in use fails the start."""
+        address = self.config.metrics.listen
+        if address is None:
+            return None
+        try:
+            server = Server(address, routes(self.metrics))
+        except OSError as exc:
+            raise ConfigError([f"metrics.listen: cannot listen on {address}: {exc.strerror or exc}"],
+                              str(self.config_path)) from None
+        server.start()
+        self.log.info("metrics_listening", address=str(server.address), paths=["/metrics", "/healthz"])
+        return server
 
     def tick(self, now: float | None = None) -> None:
         """One round of the supervisor (tests drive the daemon with it)."""
@@ -490,9 +514,42 @@ class Daemon:
         stuck = thread is not None and thread.is_alive()
         if stuck:
             self.queue.release_all("still running at shutdown")
+        if self.http is not None:
+            self.http.stop()
         self.journal.close()
         self.log.info("stopped", processed=self.worker.processed)
         return not stuck
+
+
+class DaemonView:
+    """What the metrics read from the daemon at scrape time (metrics.Live), on the HTTP thread."""
+
+    def __init__(self, daemon: Daemon):
+        self.d = daemon
+
+    def queue_counts(self) -> dict[str, int]:
+        return {str(state): n for state, n in self.d.journal.counts().items()}
+
+    def model_loaded(self) -> bool:
+        return self.d.engine.loaded
+
+    def watch_modes(self) -> dict[str, str]:
+        return {str(a.watch.path): a.mode if a.available else "unavailable" for a in self.d.watches.armed}
+
+    def vision_passes(self) -> int:
+        return int(getattr(self.d.engine, "vision_passes", 0))
+
+    def unhealthy(self) -> str | None:
+        """The systemd watchdog's rule, in words: None while it would ping."""
+        d = self.d
+        thread = d.worker.thread
+        if thread is not None and not thread.is_alive():
+            return "the worker thread has stopped"
+        if d.worker.heartbeat.overdue(d.config.state.item_timeout):
+            return f"a job has run longer than state.item_timeout ({d.config.state.item_timeout:g} s)"
+        if not d.supervisor.observers_ok:
+            return "a folder observer stopped (see the log)"
+        return None
 
 
 def _bind(**values: Any) -> None:

@@ -51,10 +51,28 @@ def check_model(config: Config) -> Check:
     if isinstance(cached, str):
         return Check("ok", f"model {m.id} is in the local Hugging Face cache")
     offline = os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "yes") or m.local_files_only
-    hint = (f"download it once (`huggingface-cli download {m.id}`) or set model.path to a local copy")
+    hint = (f"download it once (`hf download {m.id}`, as the daemon's user, or with HF_HOME set to the "
+            "unit's cache folder) or set model.path to a local copy")
     if offline:
         return Check("FAIL", f"model {m.id} is not in the local cache and offline mode is on", hint)
+    reached = _hub_reachable()
+    if reached is not True:
+        return Check("FAIL", f"model {m.id} is not in the local cache and the hub cannot be reached ({reached})",
+                     hint)
     return Check("warn", f"model {m.id} is not cached yet; it is downloaded at the first start", hint)
+
+
+def _hub_reachable() -> str | bool:
+    """True when the Hugging Face hub answers, else why not: a machine without network that
+    has not cached the model would fail at its first start, so doctor must not pass."""
+    import httpx
+    from huggingface_hub import constants
+
+    try:
+        httpx.head(constants.ENDPOINT, timeout=5, follow_redirects=False)
+    except httpx.HTTPError as exc:
+        return f"{constants.ENDPOINT}: {type(exc).__name__}"
+    return True
 
 
 def check_endpoint(config: Config) -> Check:
@@ -160,3 +178,60 @@ def run_checks(config: Config) -> list[Check]:
         checks.append(check_disk(watch.output.output_dir or watch.path, "sidecars"))
     checks.append(check_device(config))
     return checks
+
+
+# Unit settings that are about starting and supervising the service, not about the sandbox the
+# checks must run in (systemd-run would refuse or misapply them on a transient unit).
+_NOT_SANDBOX = ("Type", "NotifyAccess", "ExecStart", "ExecReload", "ExecStop", "Restart", "RestartSec",
+                "TimeoutStartSec", "TimeoutStopSec", "WatchdogSec")
+
+
+# systemd.unit(5) specifiers of a system unit, resolved here: a transient unit's properties are
+# taken literally.
+_SPECIFIERS = {"%C": "/var/cache", "%S": "/var/lib", "%L": "/var/log", "%t": "/run", "%E": "/etc"}
+
+
+def _resolved(line: str, instance: str) -> str:
+    for spec, value in {**_SPECIFIERS, "%i": instance, "%I": instance}.items():
+        line = line.replace(spec, value)
+    return line.replace("%%", "%")
+
+
+def service_properties(unit_text: str, instance: str = "") -> list[str]:
+    """The [Service] settings of ``systemctl cat UNIT`` (the unit and its drop-ins, in order) that
+    shape what the daemon can see and do, as ``KEY=VALUE`` for ``systemd-run -p``, specifiers
+    resolved (``instance`` for ``%i``)."""
+    props, section = [], ""
+    for raw in unit_text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = line
+            continue
+        key = line.split("=", 1)[0].strip()
+        if section == "[Service]" and "=" in line and key not in _NOT_SANDBOX:
+            props.append(_resolved(line, instance))
+    return props
+
+
+def as_service_command(unit: str, unit_text: str, argv: list[str]) -> list[str]:
+    """``systemd-run`` running ``argv`` in ``unit``'s sandbox: its user, folders, protections and
+    environment, waited for, its output piped back."""
+    name = unit.removesuffix(".service")
+    instance = name.split("@", 1)[1] if "@" in name else ""
+    command = ["systemd-run", "--wait", "--pipe", "--quiet", "--collect", f"--unit={name.replace('@', '-')}-doctor"]
+    for prop in service_properties(unit_text, instance):
+        command += ["-p", prop]
+    return command + ["--", *argv]
+
+
+def systemd_is_pid1() -> str | None:
+    """None when systemd runs this machine (sd_booted(3): /run/systemd/system exists), else why not."""
+    if os.path.isdir("/run/systemd/system"):
+        return None
+    try:
+        init = Path("/proc/1/comm").read_text().strip()
+    except OSError:
+        init = "unknown"
+    return f"PID 1 is {init!r}, not systemd (a container or a chroot)"

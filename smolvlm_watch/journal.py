@@ -37,12 +37,13 @@ from typing import Any, Literal, TypeVar
 from collections.abc import Callable
 
 from . import jsontext
+from .search import MARK_END, MARK_START, Hit, Passage, SearchError, fts_query
 
 State = Literal["pending", "running", "done", "failed", "quarantined", "gone"]
 STATES: tuple[State, ...] = ("pending", "running", "done", "failed", "quarantined", "gone")
 INTERRUPTED = "interrupted: the daemon stopped or crashed while running it"
 LIVE, BACKFILL = 0, 1
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -83,6 +84,17 @@ _MIGRATIONS = (
     # 1: what a done job wrote (name -> sha256), so a rescan can see a sidecar deleted by hand;
     #    an edit that landed while the job ran (the job is redone, not recorded done).
     ("ALTER TABLE jobs ADD COLUMN outputs TEXT", "ALTER TABLE jobs ADD COLUMN dirty INTEGER NOT NULL DEFAULT 0"),
+    # 2: the search index (search.py): one row per passage, keyed by path (a rename moves them,
+    #    a file gone drops out of results by its job's state), full text in FTS5 with trigrams.
+    ("CREATE TABLE passages (id INTEGER PRIMARY KEY, path TEXT NOT NULL, watch TEXT NOT NULL, task TEXT NOT NULL,"
+     " kind TEXT, page INTEGER, timestamp REAL, created REAL NOT NULL, text TEXT NOT NULL)",
+     "CREATE INDEX passages_path ON passages (path)",
+     "CREATE VIRTUAL TABLE passages_fts USING fts5(text, content='passages', content_rowid='id', tokenize='trigram')",
+     "CREATE TRIGGER passages_added AFTER INSERT ON passages BEGIN"
+     " INSERT INTO passages_fts (rowid, text) VALUES (new.id, new.text); END",
+     "CREATE TRIGGER passages_removed AFTER DELETE ON passages BEGIN"
+     " INSERT INTO passages_fts (passages_fts, rowid, text) VALUES ('delete', old.id, old.text); END",
+     "CREATE TRIGGER jobs_forgotten AFTER DELETE ON jobs BEGIN DELETE FROM passages WHERE path = old.path; END"),
 )
 
 
@@ -429,9 +441,21 @@ class Journal:
 
     @_locked
     def done(self, job_id: int, sha256: str | None, fingerprint: str, seconds: float,
-             size: int | None = None, mtime: float | None = None, outputs: dict[str, str] | None = None) -> State:
-        """Record a job done, with what it wrote; a job whose file changed while it ran is
-        queued again (live) instead. Returns the new state."""
+             size: int | None = None, mtime: float | None = None, outputs: dict[str, str] | None = None,
+             passages: list[Passage] | None = None, kind: str | None = None) -> State:
+        """Record a job done, with what it wrote and, in the same transaction, the searchable
+        passages of its results (None: leave the index as it is); a job whose file changed while
+        it ran is queued again (live) instead. Returns the new state."""
+        with self._tx():
+            self._done(job_id, sha256, fingerprint, seconds, size, mtime, outputs)
+            if passages is not None:
+                row = self._x("SELECT path, watch FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                if row is not None:
+                    self._index(row["path"], row["watch"], kind, passages)
+        return self._state(job_id)
+
+    def _done(self, job_id: int, sha256: str | None, fingerprint: str, seconds: float, size: int | None,
+              mtime: float | None, outputs: dict[str, str] | None) -> None:
         now = time.time()
         self._x(
             "UPDATE jobs SET state = CASE dirty WHEN 1 THEN 'pending' ELSE 'done' END, sha256 = ?, fingerprint = ?,"
@@ -443,7 +467,91 @@ class Journal:
             " outputs = ?, dirty = 0 WHERE id = ?",
             (sha256, fingerprint, seconds, now, now, size, mtime, LIVE,
              jsontext.dumps(outputs) if outputs is not None else None, job_id))
-        return self._state(job_id)
+
+    def _index(self, path: str | bytes, watch: str | bytes, kind: str | None, passages: list[Passage]) -> None:
+        """A file's passages replaced (inside the caller's transaction)."""
+        self._x("DELETE FROM passages WHERE path = ?", (path,))
+        now = time.time()
+        for p in passages:
+            self._x("INSERT INTO passages (path, watch, task, kind, page, timestamp, created, text)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (path, watch, p.task, kind, p.page, p.timestamp, now, p.text))
+
+    @_locked
+    def adopt(self, old_path: str, job_id: int, sha256: str, fingerprint: str, size: int, mtime: float,
+              outputs: dict[str, str]) -> None:
+        """A renamed file takes over its old name's record: its sidecars were moved, its
+        passages follow it, the old name is forgotten; one transaction."""
+        with self._tx():
+            row = self._x("SELECT path FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is not None:
+                self._x("UPDATE passages SET path = ? WHERE path = ?", (row["path"], to_db(old_path)))
+            self._x("DELETE FROM jobs WHERE path = ?", (to_db(old_path),))
+            self._done(job_id, sha256, fingerprint, 0.0, size, mtime, outputs)
+
+    @_locked
+    def index(self, path: str, watch: str, kind: str | None, passages: list[Passage]) -> None:
+        """A file's passages replaced, from its sidecar (``search --reindex``)."""
+        with self._tx():
+            self._index(to_db(path), to_db(watch), kind, passages)
+
+    @_locked
+    def index_clear(self, under_path: str | None = None) -> None:
+        """Drop the passages of every file at or under ``under_path`` (all without one)."""
+        where, params = under(under_path)
+        with self._tx():
+            self._x(f"DELETE FROM passages WHERE {where}", params)
+
+    @_locked
+    def search(self, query: str, task: str | None = None, under_path: str | None = None, kind: str | None = None,
+               limit: int = 20) -> list[Hit]:
+        """The best ``limit`` passages matching ``query`` (bm25), of files not gone. Ranked first,
+        snippets made after for the few hits shown: a snippet costs more than a rank, and a
+        common word matches tens of thousands of passages."""
+        where, params = under(under_path)
+        where = where.replace("path", "p.path")
+        match = fts_query(query)
+        ranked = self._fts(
+            "SELECT p.id, p.path, p.task, p.kind, p.page, p.timestamp, bm25(passages_fts) AS score"
+            " FROM passages_fts JOIN passages p ON p.id = passages_fts.rowid LEFT JOIN jobs j ON j.path = p.path"
+            f" WHERE passages_fts MATCH ? AND (j.state IS NULL OR j.state != 'gone') AND {where}"
+            + (" AND p.task = ?" if task else "") + (" AND p.kind = ?" if kind else "") + " ORDER BY score LIMIT ?",
+            (match, *params, *([task] if task else []), *([kind] if kind else []), limit), query)
+        if not ranked:
+            return []
+        ids = [r["id"] for r in ranked]
+        snippets = {row[0]: row[1] for row in self._fts(
+            f"SELECT rowid, snippet(passages_fts, 0, ?, ?, '…', 64) FROM passages_fts WHERE passages_fts MATCH ?"
+            f" AND rowid IN ({', '.join('?' * len(ids))})", (MARK_START, MARK_END, match, *ids), query)}
+        return [Hit(from_db(r["path"]), r["task"], r["kind"], r["page"], r["timestamp"], snippets.get(r["id"], ""),
+                    r["score"]) for r in ranked]
+
+    def _fts(self, sql: str, args: tuple[Any, ...], query: str) -> list[sqlite3.Row]:
+        """A full-text query's rows; what the index cannot parse is the query's fault (SearchError)."""
+        if self.db is None:
+            raise JournalError(f"the journal {self.path} is closed")
+        try:
+            return self.db.execute(sql, args).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                raise JournalError(f"the journal {self.path} has no search index yet (an older smolvlm-watch wrote "
+                                   "it): run `smolvlm-watch search --reindex`, or start the daemon once") from None
+            if any(w in str(exc) for w in ("fts5", "no such column", "unterminated string", "syntax error")):
+                raise SearchError(f"the index cannot parse {query!r}: {exc} (put words with punctuation in "
+                                  "double quotes, or drop the operators)") from None
+            raise JournalError(self._explain(exc)) from None
+
+    @_locked
+    def index_stats(self) -> tuple[int, int | None]:
+        """Passages in the index, and its size on disk in bytes (None where SQLite was built
+        without the dbstat table)."""
+        if self._x("SELECT 1 FROM sqlite_master WHERE name = 'passages'").fetchone() is None:
+            return 0, 0  # a journal from before the index, opened read-only
+        rows = self._x("SELECT COUNT(*) FROM passages").fetchone()[0]
+        try:
+            size = self._x("SELECT COALESCE(SUM(pgsize), 0) FROM dbstat WHERE name LIKE 'passages%'").fetchone()[0]
+        except sqlite3.OperationalError:
+            size = None
+        return rows, size
 
     @_locked
     def failed(self, job_id: int, error: str, transient: bool, policy: RetryPolicy) -> State:
@@ -604,17 +712,33 @@ class Journal:
 
     def _tx(self) -> _Transaction:
         assert self.db is not None
-        return _Transaction(self.db)
+        return _Transaction(self.db, self._explain)
 
 
 class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT: a select-then-update happens atomically."""
+    """BEGIN IMMEDIATE ... COMMIT: a select-then-update happens atomically. A disk that refuses
+    the commit (full, read-only) is a JournalError like any other statement's failure."""
 
-    def __init__(self, db: sqlite3.Connection):
-        self.db = db
+    def __init__(self, db: sqlite3.Connection, explain: Callable[[sqlite3.DatabaseError], str]):
+        self.db, self.explain = db, explain
+
+    def _run(self, sql: str) -> None:
+        try:
+            self.db.execute(sql)
+        except sqlite3.DatabaseError as exc:
+            if sql == "ROLLBACK" and not self.db.in_transaction:
+                return  # SQLite rolled back already (an I/O error does)
+            raise JournalError(self.explain(exc)) from None
 
     def __enter__(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
+        self._run("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: Any, *_: Any) -> None:
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        if exc_type is None:
+            try:
+                self._run("COMMIT")
+                return
+            except JournalError:
+                self._run("ROLLBACK")
+                raise
+        self._run("ROLLBACK")

@@ -31,6 +31,7 @@ from .engine import Engine, Interrupted, fingerprint
 from .kinds import Context, PageStore, Work, work_for
 from .media import Limits, MediaError, open_media
 from .plugins import Registry
+from .search import Passage, passages
 from .sidecar import PENDING, SidecarError, SidecarRecord, Target, WriteSet, read_json
 from .tasks import Planned, Unit, plan, preprocess, run_units
 
@@ -51,6 +52,8 @@ class FileResult:
     tasks_run: tuple[str, ...] = ()
     sha256: str | None = None
     pages_resumed: int = 0  # a document's pages taken from the journal instead of run again
+    passages: tuple[Passage, ...] | None = None  # what the search index holds of its results (None: unchanged)
+    kind: str | None = None
 
 
 @dataclass(frozen=True)
@@ -210,9 +213,11 @@ class Pipeline:
             if not todo:  # results current: the set is rendered again from them, no model run
                 assert kept is not None
                 moved = {"path": str(path), "size": opened.stat.st_size, "mtime": opened.stat.st_mtime}
-                outputs = self._write(SidecarRecord.from_doc(kept, moved), target, existing, watch)
+                record = SidecarRecord.from_doc(kept, moved)
+                outputs = self._write(record, target, existing, watch)
                 return FileResult(str(path), "skipped", seconds=time.perf_counter() - start,
-                                  sha256=opened.sha256, outputs=outputs)
+                                  sha256=opened.sha256, outputs=outputs, passages=self._passages(record),
+                                  kind=record.source.get("kind"))
             copied = _from_twin(opened.pair, watch, todo) if watch.raw_pairs == "prefer-jpeg" else {}
             work = work_for(opened, [p for p in todo if p.task.name not in copied], self._context(watch, pages))
         except BaseException:
@@ -287,7 +292,13 @@ class Pipeline:
             tasks_run=tuple(p.task.name for p in item.todo if p.task.name not in item.copied),
             sha256=folded.source["sha256"],
             pages_resumed=folded.pages_resumed,
+            passages=self._passages(record), kind=record.source.get("kind"),
         )
+
+    def _passages(self, record: SidecarRecord) -> tuple[Passage, ...]:
+        """The searchable passages of a record, as each task declares them."""
+        pages = record.extra.get("pages") or []
+        return tuple(passages(record.tasks, pages, {n: p.obj for n, p in self.registry.tasks.items()}))
 
     def _write(self, record: SidecarRecord, target: Target, existing: dict[str, Any] | None,
                watch: WatchConfig) -> dict[str, str]:

@@ -106,8 +106,7 @@ class Reconciler:
             moved = relocate(Target.for_media(Path(old.path), old_watch.output, old_watch.path), new,
                              {"path": str(path), "size": st.st_size, "mtime": st.st_mtime})
             if moved:
-                self.journal.forget(old.path)
-                self.journal.done(job_id, sha, fingerprint, 0.0, st.st_size, st.st_mtime, moved)
+                self.journal.adopt(old.path, job_id, sha, fingerprint, st.st_size, st.st_mtime, moved)
                 self.log.info("job_done", status="renamed", renamed_from=old.path, outputs=len(moved))
                 return True
         return False

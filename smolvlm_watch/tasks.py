@@ -20,6 +20,7 @@ from typing import Any
 from .config import ImageSettings, TaskConfig
 from .engine import Answer, Engine, GenerationSettings, Request, fingerprint, question
 from .media import Media
+from .search import Passage, default_passages
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,13 @@ class Task:
         """What this task's entry for one page puts into that page's record in the sidecar's
         ``pages`` list. None (the default): the entry goes under the record's ``tasks``."""
         return None
+
+    def passages(self, entry: dict[str, Any], pages: Sequence[dict[str, Any]]) -> list[Passage]:
+        """What of this task's sidecar entry the search index holds: by default the strings and
+        lists of strings of its ``result``, page by page where its results are on a document's
+        pages, frame by frame for results shaped ``[{"timestamp", "text"}]``. Override to index
+        other fields, or nothing (``[]``)."""
+        return default_passages(self.name, entry, pages)
 
     def combine_pages(self, pages: list[dict[str, Any]]) -> Any:
         """The document's result from its page records: by default each page's result, in order

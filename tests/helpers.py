@@ -148,3 +148,55 @@ def journal_states(db: Path) -> dict[str, str]:
         return {job.path: job.state for job in j.all()}
     finally:
         j.close()
+
+
+def _glyph(ch: str) -> str:
+    """The Adobe Glyph List name of a Cyrillic letter (afii100xx), which PDF readers map back to Unicode."""
+    o = ord(ch)
+    if o == 0x2116:
+        return "afii61352"  # №
+    if o == 0x401:
+        return "afii10023"
+    if o == 0x451:
+        return "afii10071"
+    if 0x410 <= o <= 0x415:
+        return f"afii{10017 + o - 0x410}"
+    if 0x416 <= o <= 0x42F:
+        return f"afii{10024 + o - 0x416}"
+    if 0x430 <= o <= 0x435:
+        return f"afii{10065 + o - 0x430}"
+    if 0x436 <= o <= 0x44F:
+        return f"afii{10072 + o - 0x436}"
+    raise ValueError(ch)
+
+
+def text_pdf(path: Path, texts: list[str]) -> Path:
+    """A minimal PDF with a real text layer, one page per text; Latin and Cyrillic letters (the
+    Cyrillic ones through an encoding of glyph names, as old PDF writers did it)."""
+    extra = sorted({c for t in texts for c in t if ord(c) > 126})
+    codes = {c: 128 + i for i, c in enumerate(extra)}
+    diffs = b" ".join(b"/" + _glyph(c).encode() for c in extra)
+    font = (b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding << /Type /Encoding "
+            b"/BaseEncoding /WinAnsiEncoding /Differences [128 " + diffs + b"] >> >>")
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", None, font]
+    kids = []
+    for text in texts:
+        encoded = bytes(codes.get(c, ord(c)) for c in text)
+        encoded = encoded.replace(b"\\", b"\\\\").replace(b"(", b"\\(").replace(b")", b"\\)")
+        stream = b"BT /F1 24 Tf 72 700 Td (" + encoded + b") Tj ET"
+        objects.append(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream")
+        objects.append(b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents %d 0 R "
+                       b"/Resources << /Font << /F1 3 0 R >> >> >>" % len(objects))
+        kids.append(len(objects))
+    objects[1] = b"<< /Type /Pages /Kids [%s] /Count %d >>" % (b" ".join(b"%d 0 R" % k for k in kids), len(kids))
+    out, offsets = bytearray(b"%PDF-1.4\n"), []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(bytes(out))
+    return path

@@ -38,3 +38,15 @@ def test_decode_bench_quick_prints_one_line_per_case(tmp_path):
     for row in rows:
         assert row["seconds"] > 0 and row["baseline_seconds"] > 0 and row["ratio"] > 0
         assert row["spread"][0] <= row["seconds"] <= row["spread"][1]
+
+
+def test_search_bench_quick_prints_size_latency_and_recording_cost():
+    bench = BENCH.with_name("search.py")
+    proc = subprocess.run([sys.executable, str(bench), "--quick"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    size, queries, recording = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert size["files"] == 2000 and size["passages"] > 2000 and size["index_mb"] > 0
+    assert set(queries["queries"]) == {"word", "phrase", "substring", "cyrillic"}
+    for q in queries["queries"].values():
+        assert q["hits"] > 0 and 0 < q["p50_ms"] <= q["p95_ms"] <= q["max_ms"]
+    assert recording["recording_ratio"] > 0 and len(recording["jobs_per_s_with_index"]) == 3

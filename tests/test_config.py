@@ -121,3 +121,48 @@ def test_example_config_is_valid(run_cli):
     example = Path(__file__).resolve().parents[1] / "config.example.yaml"
     code, out, err = run_cli("config", "check", example)
     assert code == 0, err
+
+
+def test_the_service_config_writes_nothing_beside_itself(tmp_path, monkeypatch):
+    """systemd/config.yaml is what README installs to /etc, which the unit sees read-only: every
+    path absolute, the journal in the unit's $STATE_DIRECTORY (issue 17)."""
+    from pathlib import Path
+
+    from smolvlm_watch import config as configmod
+
+    service = Path(__file__).resolve().parents[1] / "systemd" / "config.yaml"
+    etc = tmp_path / "etc" / "smolvlm-watch"
+    etc.mkdir(parents=True)
+    installed = etc / "config.yaml"
+    installed.write_text(service.read_text())
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "var-lib"))
+    config = configmod.load(installed)
+    assert config.state.db == tmp_path / "var-lib" / "journal.sqlite"
+    assert [str(w.path) for w in config.watches] == ["/srv/photos", "/srv/scans/inbox"]
+    assert config.outputs.mode == 0o664 and config.logging.format == "json"
+    assert not [line for line in service.read_text().splitlines() if "./" in line.split("#")[0]]
+    for w in config.watches:
+        assert etc not in w.path.parents and (w.output.output_dir is None or w.output.output_dir.is_absolute())
+
+
+def test_one_folder_watched_twice_or_a_file_as_a_watch_is_refused_with_the_key_and_fix(tmp_path, write_config,
+                                                                                        run_cli):
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "photo.jpg").write_bytes(b"x")
+    (tmp_path / "link").symlink_to(tmp_path / "inbox")
+    cfg = write_config(f"watches:\n  - ./inbox\n  - {tmp_path / 'inbox'}/\n  - ./link\n  - ./photo.jpg\n"
+                       "  - ./inbox/sub\n  - ./not-mounted-yet\n")
+    code, _, err = run_cli("config", "check", cfg)
+    assert code == 2
+    assert (f"watches[1].path: {tmp_path / 'inbox'} is already watches[0]: one folder gets one watch; put both "
+            "watches' tasks in one, or split the folder with include/exclude into subfolders") in err
+    assert "watches[2].path:" in err and "is already watches[0]" in err  # a symlink to it is the same folder
+    assert (f"watches[3].path: {tmp_path / 'photo.jpg'} is a file, not a folder: a watch takes a folder "
+            "(its parent, with include: [\"photo.jpg\"], watches just this file)") in err
+    assert "watches[4]" not in err and "watches[5]" not in err  # nested, and not there yet: fine
+
+
+def test_run_without_watches_refuses_to_start(tmp_path, write_config, run_cli, tiny_model):
+    code, _, err = run_cli("run", "-c", write_config(f"model: {{path: {tiny_model}}}\n"))
+    assert code == 2
+    assert "watches: none configured: the daemon would watch nothing (add a watches: entry;" in err

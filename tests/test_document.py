@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from helpers import daemon_config, journal_states, process_peak_mb, read_sidecar, spawn, wait_for
+from helpers import daemon_config, journal_states, process_peak_mb, read_sidecar, spawn, text_pdf, wait_for
 from smolvlm_watch.config import ModelConfig
 from smolvlm_watch.media import Document, Limits
 from smolvlm_watch.media import MediaError
@@ -33,33 +33,6 @@ def make_pdf(path: Path, count: int, size=(425, 550), resolution: float = 50.0) 
     """Pages of size/resolution inches (425x550 at 50 dpi: US Letter)."""
     pages = page_images(count, size)
     pages[0].save(path, save_all=True, append_images=pages[1:], resolution=resolution)
-    return path
-
-
-def text_layer_pdf(path: Path, texts: list[str]) -> Path:
-    """A minimal PDF with a real text layer (Helvetica), one page per text."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", None,
-               b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
-    kids = []
-    for text in texts:
-        stream = f"BT /F1 24 Tf 72 700 Td ({text}) Tj ET".encode()
-        objects.append(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream")
-        content = len(objects)
-        objects.append(b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents %d 0 R "
-                       b"/Resources << /Font << /F1 3 0 R >> >> >>" % content)
-        kids.append(len(objects))
-    objects[1] = b"<< /Type /Pages /Kids [%s] /Count %d >>" % (
-        b" ".join(b"%d 0 R" % k for k in kids), len(kids))
-    out, offsets = bytearray(b"%PDF-1.4\n"), []
-    for number, body in enumerate(objects, 1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
-    path.write_bytes(bytes(out))
     return path
 
 
@@ -127,7 +100,7 @@ def test_broken_documents_give_clear_errors(tmp_path):
     (tmp_path / "trunc.pdf").write_bytes(data[: len(data) // 4])
     with pytest.raises(MediaError, match="broken or truncated PDF"):
         Document(tmp_path / "trunc.pdf", Limits())
-    text_layer_pdf(tmp_path / "empty.pdf", [])
+    text_pdf(tmp_path / "empty.pdf", [])
     with pytest.raises(MediaError, match="or one without pages"):
         Document(tmp_path / "empty.pdf", Limits())
     (tmp_path / "garbage.pdf").write_bytes(b"%PDF-1.7\n" + b"\x13\x37" * 100)
@@ -161,7 +134,7 @@ watches: [{{path: ./inbox, tasks: [ocr], outputs: [json, txt]}}]
 @pytest.mark.parametrize("mode, source", [("auto", "text_layer"), ("never", "model"), ("always", "text_layer")])
 def test_text_layer_use(tmp_path, tiny_model, run_cli, write_config, mode, source):
     texts = ["Hello from the text layer", "Second page of the invoice"]
-    pdf = text_layer_pdf(tmp_path / "inbox" / "born-digital.pdf", texts)
+    pdf = text_pdf(tmp_path / "inbox" / "born-digital.pdf", texts)
     cfg = write_config(f"""
 model: {{path: {tiny_model}}}
 tasks: {{ocr: {{use_text_layer: {mode}, max_new_tokens: 4}}}}

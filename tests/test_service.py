@@ -54,16 +54,22 @@ def test_unit_security_exposure_within_readme_promise(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr
     assert "Overall exposure level for smolvlm-watch.service: 0." in proc.stdout
     readme = (UNITS.parent / "README.md").read_text()
-    assert "exposure level 0.4 SAFE" in readme
+    assert "exposure level 0.6 SAFE" in readme
 
 
 def test_units_keep_the_required_settings():
     text = (UNITS / "smolvlm-watch.service").read_text()
     for line in ("Type=notify", "NotifyAccess=main", "ExecReload=/bin/kill -HUP $MAINPID", "Restart=on-failure",
-                 "WatchdogSec=", "DynamicUser=yes", "StateDirectory=smolvlm-watch", "CacheDirectory=smolvlm-watch",
-                 "ProtectSystem=strict", "PrivateDevices=yes", "CapabilityBoundingSet=\n",
-                 "SystemCallFilter=@system-service", "UMask=0027", "HF_HUB_OFFLINE=1"):
+                 "WatchdogSec=", "User=smolvlm\n", "Group=smolvlm\n", "StateDirectory=smolvlm-watch",
+                 "CacheDirectory=smolvlm-watch", "ProtectSystem=strict", "PrivateDevices=yes",
+                 "CapabilityBoundingSet=\n", "SystemCallFilter=@system-service", "UMask=0002", "HF_HUB_OFFLINE=1"):
         assert line in text, line
+    # DynamicUser= recycles UIDs on files that outlive the service; ProcSubset=pid hides
+    # /proc/cpuinfo (bf16 detection: float32 instead, 2.3x slower) and /proc/sys (inotify limits)
+    for line in ("\nDynamicUser=yes", "\nProcSubset=pid", "\nPrivateUsers=yes"):
+        assert line not in text, line
+    sysusers = (UNITS / "sysusers.d" / "smolvlm-watch.conf").read_text()
+    assert "\nu smolvlm - " in sysusers
     assert "\nMemoryDenyWriteExecute" not in text and "MemoryDenyWriteExecute=yes: PyTorch" in text
     assert "smolvlm-watch run -c /etc/smolvlm-watch/%i.yaml" in (UNITS / "smolvlm-watch@.service").read_text()
 
@@ -232,3 +238,85 @@ def test_run_on_the_example_config_without_the_model_stops_with_the_clear_error(
     assert proc.returncode == 1
     assert "error: cannot load model 'HuggingFaceTB/SmolVLM2-256M-Video-Instruct'" in proc.stderr
     assert "Fix: point model.path at a local folder" in proc.stderr
+
+
+def test_doctor_fails_when_the_model_is_neither_cached_nor_reachable(tmp_path):
+    """A machine without network (here: a hub endpoint nothing listens on) and without the model
+    cached must not pass doctor: the first start would fail."""
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("watches: [{path: ./inbox}]\nstate: {db: ./state/journal.sqlite}\n")
+    (tmp_path / "inbox").mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env.update(HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT="http://127.0.0.1:9")
+    proc = subprocess.run([sys.executable, "-m", "smolvlm_watch.cli", "doctor", "-c", str(cfg)], capture_output=True,
+                          text=True, timeout=120, env=env)
+    assert proc.returncode == 1, proc.stdout
+    line = next(x for x in proc.stdout.splitlines() if "HuggingFaceTB/SmolVLM2-256M-Video-Instruct" in x)
+    assert line.startswith("FAIL  model HuggingFaceTB/SmolVLM2-256M-Video-Instruct is not in the local cache and "
+                           "the hub cannot be reached (http://127.0.0.1:9: ConnectError)"), line
+    assert "fix: download it once (`hf download HuggingFaceTB/SmolVLM2-256M-Video-Instruct`" in line
+    assert "all checks passed" not in proc.stdout
+
+
+def test_doctor_as_service_runs_in_the_units_sandbox_or_says_why_not(run_cli, tmp_path, monkeypatch):
+    from smolvlm_watch import doctor
+
+    text = (UNITS / "smolvlm-watch@.service").read_text() + (
+        "\n# /etc/systemd/system/smolvlm-watch@photos.service.d/override.conf\n[Service]\n"
+        "ReadWritePaths=/srv/photos\nSupplementaryGroups=family\n")
+    command = doctor.as_service_command("smolvlm-watch@photos", text, ["/opt/bin/smolvlm-watch", "doctor"])
+    assert command[:6] == ["systemd-run", "--wait", "--pipe", "--quiet", "--collect",
+                           "--unit=smolvlm-watch-photos-doctor"]
+    props = [command[i + 1] for i, part in enumerate(command) if part == "-p"]
+    for prop in ("User=smolvlm", "ProtectSystem=strict", "StateDirectory=smolvlm-watch/photos",
+                 "Environment=HF_HOME=/var/cache/smolvlm-watch/huggingface", "ReadWritePaths=/srv/photos",
+                 "SupplementaryGroups=family", "UMask=0002"):
+        assert prop in props, prop
+    assert not [p for p in props if p.startswith(("ExecStart=", "Type=", "WatchdogSec=", "Restart="))]
+    assert command[-3:] == ["--", "/opt/bin/smolvlm-watch", "doctor"]
+
+    monkeypatch.setattr(doctor, "systemd_is_pid1", lambda: "PID 1 is 'bash', not systemd (a container or a chroot)")
+    code, out, _ = run_cli("doctor", "--as-service", "-c", tmp_path / "config.yaml")
+    assert code == 1
+    assert out.startswith("FAIL  cannot run the checks as the service: PID 1 is 'bash', not systemd")
+
+
+def test_process_with_json_logging_writes_only_json_to_stderr(tmp_path, tiny_model):
+    """`process -v` with logging.format json: every stderr line a JSON object, the libraries' own
+    log records and Python warnings included (a warning raised inside a task here)."""
+    inbox = tmp_path / "inbox"
+    for i in range(3):
+        make_image(inbox / f"p{i}.png", color=(i * 70, 5, 5))
+    (inbox / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
+    write_trap_plugin(tmp_path, "warner", "loud", "p0.png",
+                      "import warnings; warnings.warn('a plugin warns', UserWarning)")
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"model: {{path: {tiny_model}, threads: 1}}\nplugins: [warner]\n"
+                   "tasks: {caption: {max_new_tokens: 2}, loud: {max_new_tokens: 2}}\n"
+                   "watches: [{path: ./inbox, tasks: [caption, loud], outputs: [json]}]\nlogging: {format: json}\n")
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.run([sys.executable, "-m", "smolvlm_watch.cli", "process", str(inbox), "-c", str(cfg), "-v"],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-3000:]  # the broken file
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    events = [json.loads(line) for line in lines]  # fails on any line that is not JSON
+    names = [e["event"] for e in events]
+    assert names.count("file_done") == 3 and names.count("file_failed") == 1, names
+    warned = [e for e in events if "a plugin warns" in e["event"] or "a plugin warns" in str(e.get("message"))]
+    assert warned and warned[0]["logger"] == "py.warnings"
+
+
+def test_sysusers_creates_the_units_user_and_group(tmp_path):
+    """What `systemd-sysusers` makes of the shipped file, in a scratch root (no PID-1 systemd needed)."""
+    tool = shutil.which("systemd-sysusers")
+    if tool is None:
+        pytest.skip("systemd-sysusers is not installed (.ci/run installs Debian's systemd package)")
+    (tmp_path / "etc").mkdir()
+    proc = subprocess.run([tool, f"--root={tmp_path}", str(UNITS / "sysusers.d" / "smolvlm-watch.conf")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    user = next(line for line in (tmp_path / "etc" / "passwd").read_text().splitlines() if line.startswith("smolvlm:"))
+    name, _, uid, gid, _, home, shell = user.split(":")
+    assert int(uid) < 1000 and home == "/var/lib/smolvlm-watch" and shell == "/usr/sbin/nologin"
+    assert f"smolvlm:x:{gid}:" in (tmp_path / "etc" / "group").read_text()
+

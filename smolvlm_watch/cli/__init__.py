@@ -40,7 +40,7 @@ def config_arg(p: argparse.ArgumentParser, required_help: str | None = None) -> 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import ops, process, run
+    from . import find, ops, process, run
 
     parser = argparse.ArgumentParser(prog="smolvlm-watch", description=(
         "Caption, tag and OCR images, videos and scanned documents with one shared SmolVLM2 model; "
@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     process.add_commands(sub)
     run.add_commands(sub)
     ops.add_commands(sub)
+    find.add_commands(sub)
     return parser
 
 

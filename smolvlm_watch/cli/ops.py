@@ -64,6 +64,7 @@ def _status(config: Config, journal: Journal) -> dict[str, Any]:
         "db": str(config.state.db), "daemon_running": daemon["running"], "pid": daemon.get("pid"),
         "queue": counts, "done_last_hour": done_hour,
         "orphans": len(journal.gone_before(time.time() - config.state.gone_grace)),
+        "index": dict(zip(("passages", "bytes"), journal.index_stats())),
         "throughput_per_min": round(done_hour / busy * 60, 2) if busy else None,
         "model": config.model.source, "model_loaded": bool(daemon.get("model_loaded")) and daemon["running"],
         "watches": watches,
@@ -97,6 +98,9 @@ def _print_status(status: dict[str, Any]) -> None:
         skipped = (w.get("scan") or {}).get("skipped") or {}
         if skipped:
             print("  skipped at the last scan: " + ", ".join(f"{n} {what}" for what, n in skipped.items()))
+    index = status["index"]
+    size = f", {index['bytes'] / 2**20:.1f} MiB" if index["bytes"] is not None else ""
+    print(f"search index: {index['passages']} passages{size}")
     if status["orphans"]:
         print(f"orphans: the sidecars of {status['orphans']} file(s) gone for longer than state.gone_grace "
               "(`smolvlm-watch prune` removes them)")
@@ -302,6 +306,8 @@ def _prune(config: Config, journal: Journal, under: str | None, dry_run: bool) -
 # --- doctor --------------------------------------------------------------------------------------
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    if args.as_service:
+        return _doctor_as_service(args)
     try:
         config, _ = load_checked(args.config)
     except (ConfigError, PluginError) as exc:
@@ -314,6 +320,32 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     failed = sum(c.level == "FAIL" for c in checks)
     print(f"{failed} problem(s)" if failed else "all checks passed")
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _doctor_as_service(args: argparse.Namespace) -> int:
+    """The same checks inside the unit's sandbox (its user, ReadWritePaths=, ProtectSystem=...):
+    a doctor run as root outside it proves nothing about what the service may write."""
+    import shutil
+    import subprocess
+
+    why = doctor.systemd_is_pid1()
+    if why is None and not shutil.which("systemctl"):
+        why = "systemctl is not installed"
+    unit = args.unit
+    text = ""
+    if why is None:
+        shown = subprocess.run(["systemctl", "cat", unit], capture_output=True, text=True)
+        text, why = shown.stdout, (None if shown.returncode == 0 else f"`systemctl cat {unit}` failed: "
+                                   f"{shown.stderr.strip() or shown.returncode}")
+    if why is not None:
+        print(doctor.Check("FAIL", f"cannot run the checks as the service: {why}",
+                           "run `smolvlm-watch doctor` (outside the sandbox) here, and `doctor --as-service` on "
+                           "the host that runs the unit").line())
+        return EXIT_FAILED
+    exe = shutil.which("smolvlm-watch") or sys.argv[0]
+    argv = [exe, "doctor", "-c", str(Path(args.config).absolute())]
+    print(f"running the checks as {unit} would: its user and sandbox (systemd-run)", flush=True)
+    return subprocess.run(doctor.as_service_command(unit, text, argv)).returncode
 
 
 def add_commands(sub: Any) -> None:
@@ -345,4 +377,7 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_prune)
     d = sub.add_parser("doctor", help="check config, model, permissions, inotify limits, disk and device")
     config_arg(d)
+    d.add_argument("--as-service", action="store_true",
+                   help="run the checks inside the systemd unit's sandbox (its user, ReadWritePaths=, ...)")
+    d.add_argument("--unit", default="smolvlm-watch", help="the unit whose sandbox --as-service uses")
     d.set_defaults(func=cmd_doctor)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Sequence
 
+import structlog
 import yaml
 
 from .. import config as configmod, jsontext, logs
@@ -19,6 +20,8 @@ from ..plugins import Provided
 from ..progress import Progress
 from ..watcher import MediaFilter, scan
 from . import EXIT_FAILED, EXIT_OK, load_checked
+
+log = structlog.get_logger("smolvlm_watch.process")
 
 
 def _cli_watch(config: Config, folder: Path, tasks: list[str] | None) -> WatchConfig:
@@ -51,8 +54,10 @@ def _jobs(config: Config, paths: Sequence[str], tasks: list[str] | None, force: 
 
 
 def cmd_process(args: argparse.Namespace) -> int:
-    logs.configure(level="debug" if args.verbose else "warning", fmt="auto")
+    level = "debug" if args.verbose else "warning"
+    logs.configure(level=level, fmt="auto")
     config, registry = load_checked(args.config, args.model)
+    logs.configure(level=level, fmt=config.logging.format)  # the config's format, as the daemon's
     if args.task:
         registry.check(replace(config, watches=(WatchConfig(path=Path("."), tasks=tuple(args.task)),)))
     jobs, results = _jobs(config, args.paths, args.task, args.force)
@@ -62,12 +67,21 @@ def cmd_process(args: argparse.Namespace) -> int:
     try:
         for _, result in pipeline.process_many(jobs):
             results.append(result)
+            _log(result)
             progress.advance(result.status)
             progress.start(Path(result.path).name)
     finally:
         progress.close()
     _report(results, args.json)
     return EXIT_FAILED if any(r.status == "failed" for r in results) else EXIT_OK
+
+
+def _log(result: FileResult) -> None:
+    """One event per file (``-v`` shows them): file_done, file_skipped or file_failed."""
+    fields = {"path": result.path, "seconds": round(result.seconds, 3), "tasks": list(result.tasks_run)}
+    if result.error:
+        fields["error"] = result.error
+    log.info(f"file_{result.status}", **fields)
 
 
 def _report(results: list[FileResult], as_json: bool) -> None:

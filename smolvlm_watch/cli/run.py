@@ -10,12 +10,16 @@ import sys
 from typing import Any
 
 from .. import logs
+from ..config import ConfigError
 from ..daemon import Daemon
 from . import EXIT_OK, config_arg, load_checked
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     loaded = load_checked(args.config)
+    if not loaded[0].watches:
+        raise ConfigError(["watches: none configured: the daemon would watch nothing (add a watches: entry; "
+                           "`smolvlm-watch process PATH` runs files without one)"], str(args.config))
     logs.configure(loaded[0].logging.level, loaded[0].logging.format)
     daemon = Daemon(args.config, lambda: load_checked(args.config), loaded)
     signal.signal(signal.SIGTERM, lambda *_: daemon.stop())

@@ -1,0 +1,172 @@
+"""`search` (issue 15): what the daemon wrote is found again — a caption word, a substring inside
+an OCR word, a Cyrillic phrase on page 2 of a PDF, a video frame's text with its timestamp — and
+the index stays true to the sidecars through re-processing, renames, deletions, `--reindex` and
+kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import time
+
+import pytest
+
+from helpers import InProcess, journal_states, make_image, read_sidecar, spawn, text_pdf, wait_for
+from test_video import make_clip
+
+
+@pytest.fixture
+def fixed(monkeypatch):
+    """Known results (the tiny model's text is random): what search must find."""
+    from smolvlm_watch_plugins.caption import Caption
+    from smolvlm_watch_plugins.ocr import Ocr
+
+    state = {"caption": "A sandy beach at sunset"}
+    real_ocr = Ocr.parse
+
+    def ocr(self, answers, spec, media):
+        if media.kind == "video":
+            return [{"timestamp": t, "text": f"SCOREBOARD {i}"} for i, t in enumerate(media.clip.timestamps)]
+        if media.kind == "image":
+            return "Invoice: CONTRACTUAL terms apply"
+        return real_ocr(self, answers, spec, media)  # a PDF page: its text layer
+
+    monkeypatch.setattr(Caption, "parse",
+                        lambda self, a, s, m: state["caption"] if m.kind == "image" else f"a {m.kind}")
+    monkeypatch.setattr(Ocr, "parse", ocr)
+    return state
+
+
+def _config(tmp_path, tiny_model, prompt: str = "Describe this image in detail."):
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"""
+model: {{path: {tiny_model}, threads: 1}}
+tasks:
+  caption: {{max_new_tokens: 2, prompt: "{prompt}"}}
+  ocr: {{max_new_tokens: 2, image_splitting: false, use_text_layer: always}}
+watches:
+  - {{path: ./inbox, tasks: [caption, ocr], outputs: [json, txt], settle_seconds: 0.3, poll_interval: 0.3}}
+video: {{max_frames: 3}}
+state: {{db: ./state/journal.sqlite, retry_base_seconds: 0.05}}
+logging: {{format: json}}
+""")
+    return cfg
+
+
+def _search(run_cli, cfg, *args):
+    code, out, err = run_cli("search", "-c", cfg, "--json", *args)
+    return code, [json.loads(line) for line in out.splitlines()], err
+
+
+def test_search_finds_results_and_stays_true_to_the_sidecars(tmp_path, tiny_model, run_cli, fixed):
+    inbox = tmp_path / "inbox"
+    photo = make_image(inbox / "beach.png")
+    scan = text_pdf(inbox / "scan.pdf", ["Invoice 2026 for ACME", "Договор поставки № 17"])
+    clip = make_clip(inbox / "clip.mp4", seconds=3)
+    cfg = _config(tmp_path, tiny_model)
+    d = InProcess(cfg)
+    try:
+        d.wait_done([photo, scan, clip], timeout=120)
+        code, hits, _ = _search(run_cli, cfg, "beach")
+        assert code == 0 and [(h["path"], h["task"], h["page"], h["timestamp"]) for h in hits] == [
+            (str(photo), "caption", None, None)]
+        assert hits[0]["snippet"] == "A sandy beach at sunset" and isinstance(hits[0]["score"], float)
+        code, hits, _ = _search(run_cli, cfg, "NTRACTU")  # inside a word, any case
+        assert [(h["path"], h["task"]) for h in hits] == [(str(photo), "ocr")]
+        code, hits, _ = _search(run_cli, cfg, '"договор поставки"')  # a Cyrillic phrase, page 2
+        assert [(h["path"], h["task"], h["page"]) for h in hits] == [(str(scan), "ocr", 2)]
+        assert hits[0]["snippet"] == "Договор поставки № 17"
+        code, hits, _ = _search(run_cli, cfg, "scoreboard 2")
+        assert [(h["path"], h["task"], h["timestamp"]) for h in hits] == [(str(clip), "ocr", 2.5)]
+        code, hits, _ = _search(run_cli, cfg, "invoice", "--kind", "document")
+        assert [h["page"] for h in hits] == [1]
+        code, hits, _ = _search(run_cli, cfg, "invoice", "--task", "caption")
+        assert code == 1 and hits == []
+        code, hits, _ = _search(run_cli, cfg, "invoice", "--under", str(tmp_path / "elsewhere"))
+        assert code == 1
+        code, out, _ = run_cli("search", "-c", cfg, "поставки")
+        assert out == f"{scan}  ocr  page 2  Договор поставки № 17\n"
+        code, _, err = run_cli("search", "-c", cfg, '"unbalanced')
+        assert code == 2 and err.startswith("error: the index cannot parse")
+        code, _, err = run_cli("search", "-c", cfg, "ab")
+        assert code == 2 and "at least 3 characters" in err
+        code, out, _ = run_cli("status", "-c", cfg, "--json")
+        assert json.loads(out)["index"]["passages"] >= 6
+
+        fixed["caption"] = "A snowy mountain"  # a new prompt: re-processed, the old text goes
+        cfg.write_text(cfg.read_text().replace("Describe this image in detail.", "What is in this photo?"))
+        d.daemon.reload_requested.set()
+        wait_for(lambda: json.loads(d.journal.meta("daemon"))["fingerprints"] != {}, 10)
+        time.sleep(1)
+        code, out, err = run_cli("backfill", "-c", cfg, "--stale")
+        assert code == 0, out + err
+        d.daemon.worker.wake.set()
+        wait_for(lambda: read_sidecar(photo)["tasks"]["caption"]["result"] == "A snowy mountain", 60)
+        wait_for(lambda: _search(run_cli, cfg, "mountain")[0] == 0, 30, what="the new caption indexed")
+        assert _search(run_cli, cfg, "beach")[0] == 1
+
+        moved = inbox / "renamed.png"
+        photo.rename(moved)  # a rename: the hit shows the new path
+        wait_for(lambda: [h["path"] for h in _search(run_cli, cfg, "mountain")[1]] == [str(moved)], 30,
+                 what="the hit at the new path")
+        scan.unlink()  # gone: out of the results
+        wait_for(lambda: _search(run_cli, cfg, "поставки")[0] == 1, 30, what="the deleted PDF out of the results")
+    finally:
+        d.stop()
+
+
+def test_reindex_builds_the_index_from_sidecars_written_before_it(tmp_path, tiny_model, run_cli, fixed):
+    inbox = tmp_path / "inbox"
+    photo = make_image(inbox / "beach.png")
+    scan = text_pdf(inbox / "sub" / "scan.pdf", ["Invoice 2026 for ACME", "Договор поставки № 17"])
+    make_image(inbox / "no-sidecar.png", color=(1, 2, 3))
+    cfg = _config(tmp_path, tiny_model)
+    code, out, err = run_cli("process", photo, scan, "-c", cfg, "--json")  # no daemon, no journal yet
+    assert code == 0, out + err
+    assert run_cli("search", "-c", cfg, "beach")[0] == 1  # nothing indexed: no journal
+    code, out, _ = run_cli("search", "-c", cfg, "--reindex")
+    assert code == 0
+    assert out.startswith("reindexed 2 file(s) (") and "1 without a JSON sidecar" in out
+    assert [h["path"] for h in _search(run_cli, cfg, "beach")[1]] == [str(photo)]
+    assert [h["page"] for h in _search(run_cli, cfg, "поставки")[1]] == [2]
+    photo.write_bytes(photo.read_bytes() + b"\0")  # the sidecar no longer describes it
+    code, out, _ = run_cli("search", "-c", cfg, "--reindex", inbox / "beach.png")
+    assert "0 file(s)" in out and "1 whose sidecar describes an older version" in out
+    assert _search(run_cli, cfg, "beach")[0] == 1 and _search(run_cli, cfg, "поставки")[0] == 0
+
+
+def test_a_kill_during_a_burst_leaves_index_and_sidecars_agreeing(tmp_path, tiny_model):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    cfg = _config(tmp_path, tiny_model)
+    cfg.write_text(cfg.read_text().replace("tasks: [caption, ocr]", "tasks: [caption]"))
+    db = tmp_path / "state" / "journal.sqlite"
+    images = [make_image(tmp_path / "staging" / f"b{i:02d}.png", color=(i * 9, 40, 200 - i * 9)) for i in range(14)]
+    rng = random.Random(7)
+    for round_ in range(3):
+        proc = spawn(cfg)
+        if round_ == 0:
+            for img in images:
+                shutil.copy2(img, inbox / img.name)
+        time.sleep(rng.uniform(4, 9))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    proc = spawn(cfg)
+    try:
+        wait_for(lambda: all(journal_states(db).get(str(inbox / i.name)) == "done" for i in images), 180,
+                 what="every file done after the kills")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    with sqlite3.connect(db) as conn:
+        rows = dict(conn.execute("SELECT path, text FROM passages WHERE task = 'caption'").fetchall())
+    for img in images:
+        path = inbox / img.name
+        caption = read_sidecar(path)["tasks"]["caption"]["result"]
+        assert rows.get(str(path)) == (caption if caption.strip() else None), path  # every done file searchable
+    assert set(rows) <= {str(inbox / i.name) for i in images}  # no row for a file without a sidecar
+    assert not [p for p in os.listdir(inbox) if p.startswith(".smolvlm-tmp-")]
