@@ -16,6 +16,7 @@ with and without the index, measured in the same run on fresh journals (the rati
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import statistics
@@ -48,12 +49,15 @@ class Corpus:
         latin = [c + v for c in "bcdfghklmnprstvw" for v in "aeiou"]
         cyrillic = [c + v for c in "бвгдзклмнпрстфх" for v in "аеиоуя"]
         self.words = {"en": vocabulary(self.rng, latin), "ru": vocabulary(self.rng, cyrillic)}
-        self.weights = [1 / (rank + 1) for rank in range(5000)]
+        self.cum = list(itertools.accumulate(1 / (rank + 1) for rank in range(5000)))  # Zipf
 
     def text(self, lang: str, chars: int, planted: str | None = None) -> str:
         out: list[str] = []
-        while sum(len(w) + 1 for w in out) < chars:
-            out += self.rng.choices(self.words[lang], self.weights, k=8)
+        length = 0
+        while length < chars:
+            more = self.rng.choices(self.words[lang], cum_weights=self.cum, k=8)
+            out += more
+            length += sum(len(w) + 1 for w in more)
         if planted and self.rng.random() < SHARE:
             out.insert(self.rng.randrange(len(out)), planted)
         return " ".join(out)[:chars + 40]

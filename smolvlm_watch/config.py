@@ -77,7 +77,9 @@ class ModelConfig:
     name: str | None = None  # openai: the endpoint's model name
     api_key_env: str | None = None  # openai: environment variable holding the API key
     timeout: float = 120.0  # openai: seconds per request
-    concurrency: int = 4  # openai: requests in flight
+    concurrency: int = 8  # openai: requests in flight
+    image_format: str = "jpeg"  # openai: how images are sent (jpeg: quality 95, 4:4:4; png: lossless)
+    server: str = "auto"  # openai: auto (asks the server) | vllm (takes per-request processor options) | generic
 
     @property
     def source(self) -> str:
@@ -426,7 +428,9 @@ def _model(r: _Reader, raw: Any) -> ModelConfig:
         name=r.get(data, "name", "model", text, "the endpoint's model name"),
         api_key_env=r.get(data, "api_key_env", "model", text, "an environment variable name"),
         timeout=r.number(data, "timeout", "model", 120.0, minimum=1),
-        concurrency=r.number(data, "concurrency", "model", 4, minimum=1, integer=True),
+        concurrency=r.number(data, "concurrency", "model", 8, minimum=1, integer=True),
+        image_format=r.choice(data, "image_format", "model", ("jpeg", "png"), "jpeg"),
+        server=r.choice(data, "server", "model", ("auto", "vllm", "generic"), "auto"),
         id=r.get(data, "id", "model", lambda v: isinstance(v, str) and v != "", "a hub id", DEFAULT_MODEL_ID),
         path=r.path(data, "path", "model"),
         revision=r.get(data, "revision", "model", lambda v: isinstance(v, str), "a string"),
@@ -476,7 +480,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "": ("model", "tasks", "watches", "outputs", "state", "logging", "media", "runtime", "video", "document",
          "metrics", "plugins"),
     "model": ("id", "path", "revision", "dtype", "device", "attn_implementation", "local_files_only", "preload",
-              "threads", "backend", "base_url", "name", "api_key_env", "timeout", "concurrency") + _IMAGE_KEYS,
+              "threads", "backend", "base_url", "name", "api_key_env", "timeout", "concurrency", "image_format",
+              "server") + _IMAGE_KEYS,
     "tasks.NAME": TASK_KEYS,
     "tasks.NAME.video": ("fps", "max_frames", "mode"),
     "outputs": _OUTPUT_KEYS,

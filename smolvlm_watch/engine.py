@@ -66,6 +66,7 @@ class Answer:
     seconds: float = 0.0
     error: InferenceError | None = None
     new_tokens: int = 0
+    image: dict[str, Any] | None = None  # the image settings the backend applied, where they differ from the request's
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from typing import Any, Literal, TypeVar
 from collections.abc import Callable
 
 from . import jsontext
-from .search import MARK_END, MARK_START, Hit, Passage, SearchError, fts_query
+from .search import Hit, Passage, SearchError, fts_query, snippet, terms
 
 State = Literal["pending", "running", "done", "failed", "quarantined", "gone"]
 STATES: tuple[State, ...] = ("pending", "running", "done", "failed", "quarantined", "gone")
@@ -504,26 +504,20 @@ class Journal:
     @_locked
     def search(self, query: str, task: str | None = None, under_path: str | None = None, kind: str | None = None,
                limit: int = 20) -> list[Hit]:
-        """The best ``limit`` passages matching ``query`` (bm25), of files not gone. Ranked first,
-        snippets made after for the few hits shown: a snippet costs more than a rank, and a
-        common word matches tens of thousands of passages."""
+        """The best ``limit`` passages matching ``query`` (bm25), of files not gone, each with a
+        snippet around its match."""
         where, params = under(under_path)
         where = where.replace("path", "p.path")
         match = fts_query(query)
         ranked = self._fts(
-            "SELECT p.id, p.path, p.task, p.kind, p.page, p.timestamp, bm25(passages_fts) AS score"
+            "SELECT p.path, p.task, p.kind, p.page, p.timestamp, p.text, bm25(passages_fts) AS score"
             " FROM passages_fts JOIN passages p ON p.id = passages_fts.rowid LEFT JOIN jobs j ON j.path = p.path"
             f" WHERE passages_fts MATCH ? AND (j.state IS NULL OR j.state != 'gone') AND {where}"
             + (" AND p.task = ?" if task else "") + (" AND p.kind = ?" if kind else "") + " ORDER BY score LIMIT ?",
             (match, *params, *([task] if task else []), *([kind] if kind else []), limit), query)
-        if not ranked:
-            return []
-        ids = [r["id"] for r in ranked]
-        snippets = {row[0]: row[1] for row in self._fts(
-            f"SELECT rowid, snippet(passages_fts, 0, ?, ?, '…', 64) FROM passages_fts WHERE passages_fts MATCH ?"
-            f" AND rowid IN ({', '.join('?' * len(ids))})", (MARK_START, MARK_END, match, *ids), query)}
-        return [Hit(from_db(r["path"]), r["task"], r["kind"], r["page"], r["timestamp"], snippets.get(r["id"], ""),
-                    r["score"]) for r in ranked]
+        looked_for = terms(match)
+        return [Hit(from_db(r["path"]), r["task"], r["kind"], r["page"], r["timestamp"],
+                    snippet(r["text"], looked_for), r["score"]) for r in ranked]
 
     def _fts(self, sql: str, args: tuple[Any, ...], query: str) -> list[sqlite3.Row]:
         """A full-text query's rows; what the index cannot parse is the query's fault (SearchError)."""

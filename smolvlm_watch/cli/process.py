@@ -97,10 +97,37 @@ def _report(results: list[FileResult], as_json: bool) -> None:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    config, _ = load_checked(args.config)
+    config, registry = load_checked(args.config)
     print(f"# {args.config}: valid")
     print(yaml.safe_dump(configmod.resolved(config), sort_keys=False, allow_unicode=True), end="")
+    for line in _ignored_remotely(config, registry):
+        print(line)
     return EXIT_OK
+
+
+def _ignored_remotely(config: Config, registry: Any) -> list[str]:
+    """Per-task image settings a server without per-request processor options will not apply
+    (comments after the YAML, so the output stays a valid config)."""
+    m = config.model
+    if m.backend != "openai" or m.server == "vllm":
+        return []
+    found = {}
+    for watch in config.watches:
+        for name in watch.tasks:
+            provided = registry.tasks.get(name)
+            if provided is None:
+                continue
+            image = provided.obj.spec(config.task_config(name, watch)).image.over(m.image)
+            if image.splitting is not None or image.max_image_size is not None:
+                found[name] = image
+    if not found:
+        return []
+    who = "this server" if m.server == "generic" else "the server, unless it is vLLM (model.server: auto asks it),"
+    lines = [f"# note: {who} applies its own tiling, not these tasks' image settings (the sidecar records "
+             "what was applied):"]
+    for name, image in found.items():
+        lines.append(f"#   {name}: image_splitting {image.splitting}, max_image_size {image.max_image_size}")
+    return lines
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
