@@ -225,6 +225,14 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    listen: Address | None = None  # off by default; `true` is 127.0.0.1:8765
+    allow_remote: bool = False  # a non-loopback listen address only with this and a token
+    token_env: str | None = None  # the environment variable holding the token a browser must show
+    thumb_cache_mb: float = 256.0  # previews cached in the state folder, oldest dropped past this
+
+
+@dataclass(frozen=True)
 class StateConfig:
     db: Path = field(default_factory=lambda: default_state_dir() / "journal.sqlite")
     max_attempts: int = 5
@@ -270,6 +278,7 @@ class Config:
     video: VideoConfig = VideoConfig()
     document: DocumentConfig = DocumentConfig()
     metrics: MetricsConfig = MetricsConfig()
+    web: WebConfig = WebConfig()
     plugins: tuple[str, ...] = ()
     source: Path | None = None
 
@@ -478,7 +487,7 @@ _OUTPUT_KEYS = ("policy", "output_dir", "json_suffix", "ocr_suffix", "caption_tx
 # known ones) and what README's config reference must document (a test holds it to that).
 SECTIONS: dict[str, tuple[str, ...]] = {
     "": ("model", "tasks", "watches", "outputs", "state", "logging", "media", "runtime", "video", "document",
-         "metrics", "plugins"),
+         "metrics", "web", "plugins"),
     "model": ("id", "path", "revision", "dtype", "device", "attn_implementation", "local_files_only", "preload",
               "threads", "backend", "base_url", "name", "api_key_env", "timeout", "concurrency", "image_format",
               "server") + _IMAGE_KEYS,
@@ -491,6 +500,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
               "rescan_interval", "stop_grace_seconds", "gone_grace"),
     "logging": ("level", "format"),
     "metrics": ("listen", "allow_remote"),
+    "web": ("listen", "allow_remote", "token_env", "thumb_cache_mb"),
     "media": ("max_pixels", "max_bytes"),
     "runtime": ("max_batch", "prefetch", "compile", "prepare_ahead"),
     "video": ("fps", "max_frames", "mode", "skip_black", "timeout"),
@@ -674,6 +684,31 @@ def _metrics(r: _Reader, raw: Any) -> MetricsConfig:
     return MetricsConfig(listen=address, allow_remote=allow)
 
 
+WEB_PORT = 8765
+
+
+def _web(r: _Reader, raw: Any) -> WebConfig:
+    """web.listen: off unless set; beyond loopback only with allow_remote and a token: the pages
+    show every watched file and its results."""
+    data = r.mapping(raw, "web", SECTIONS["web"])
+    allow = r.get(data, "allow_remote", "web", _is_bool, "true or false", False)
+    token_env = r.get(data, "token_env", "web", lambda v: isinstance(v, str) and v != "",
+                      "an environment variable name")
+    cache = r.number(data, "thumb_cache_mb", "web", 256.0, minimum=1)
+    value = data.get("listen")
+    if value is None or value is False:
+        return WebConfig(None, allow, token_env, cache)
+    try:
+        address = parse_listen(value, WEB_PORT)
+    except ValueError as exc:
+        r.fail("web.listen", str(exc))
+        return WebConfig(None, allow, token_env, cache)
+    if not address.loopback and not (allow and token_env):
+        r.fail("web.listen", f"{address} is not a loopback address: the pages show every watched file; set "
+                             "web.allow_remote: true and web.token_env (a token every browser must give)")
+    return WebConfig(address, allow, token_env, cache)
+
+
 def _check_watch_paths(r: _Reader, watches: list[WatchConfig | None]) -> None:
     """Two watches on one folder would arm two observers and race for every file; a watch on a
     regular file would be reported as an unmounted folder forever. A path that does not exist
@@ -736,6 +771,7 @@ def parse(data: Any, base_dir: Path, source: Path | None = None) -> Config:
         video=video,
         document=_document(r, top.get("document")),
         metrics=_metrics(r, top.get("metrics")),
+        web=_web(r, top.get("web")),
         plugins=r.strings(top, "plugins", "plugins", ()),
         source=source,
     )

@@ -34,7 +34,8 @@ from .engine import Engine, Interrupted, ModelLoadError
 from .journal import LIVE, Job, Journal, JournalError, RetryPolicy
 from .media import sha256_file
 from .media.base import MediaError
-from .metrics import Metrics, Server, routes
+from .httpd import Handler, Server, routed
+from .metrics import Metrics, routes
 from .notify import notify, watchdog_interval
 from .pipeline import FileJob, FileResult, Pipeline
 from .plugins import PluginError, Registry
@@ -358,7 +359,7 @@ class Daemon:
         self.reload_requested = threading.Event()
         self.started = time.time()
         self.clean_exit = True
-        self.http: Server | None = None
+        self.http: list[Server] = []
         self.config, self.registry = loaded or loader()
         self.journal = Journal(self.config.state.db, exclusive=True)
         try:
@@ -415,19 +416,30 @@ class Daemon:
         self.supervisor.run()
         self.clean_exit = self.shutdown()
 
-    def _listen(self) -> Server | None:
-        """The metrics listener (metrics.listen), up before READY: a port in use fails the start."""
-        address = self.config.metrics.listen
-        if address is None:
-            return None
-        try:
-            server = Server(address, routes(self.metrics))
-        except OSError as exc:
-            raise ConfigError([f"metrics.listen: cannot listen on {address}: {exc.strerror or exc}"],
-                              str(self.config_path)) from None
-        server.start()
-        self.log.info("metrics_listening", address=str(server.address), paths=["/metrics", "/healthz"])
-        return server
+    def _listen(self) -> list[Server]:
+        """The metrics (metrics.listen) and the web page (web.listen), one server per address,
+        up before READY: a port in use fails the start."""
+        from .web import Web, token
+
+        wanted: dict[Any, tuple[str, dict[str, Handler], Handler | None]] = {}
+        if self.config.metrics.listen is not None:
+            wanted[self.config.metrics.listen] = ("metrics.listen", routes(self.metrics), None)
+        if self.config.web.listen is not None:
+            at, page = self.config.web.listen, Web(self.config, self.journal, token(self.config)).handle
+            name, table, _ = wanted.get(at, ("web.listen", {}, None))
+            wanted[at] = (name, table, page)
+        servers = []
+        for address, (key, table, fallback) in wanted.items():
+            try:
+                server = Server(address, routed(table, fallback))
+            except OSError as exc:
+                raise ConfigError([f"{key}: cannot listen on {address}: {exc.strerror or exc}"],
+                                  str(self.config_path)) from None
+            server.start()
+            servers.append(server)
+            paths = [*table, *(["/ (web page)"] if fallback else [])]
+            self.log.info("http_listening", address=str(server.address), paths=paths)
+        return servers
 
     def tick(self, now: float | None = None) -> None:
         """One round of the supervisor (tests drive the daemon with it)."""
@@ -514,8 +526,8 @@ class Daemon:
         stuck = thread is not None and thread.is_alive()
         if stuck:
             self.queue.release_all("still running at shutdown")
-        if self.http is not None:
-            self.http.stop()
+        for server in self.http:
+            server.stop()
         self.journal.close()
         self.log.info("stopped", processed=self.worker.processed)
         return not stuck

@@ -632,6 +632,28 @@ class Journal:
         return self._jobs(f"state = 'gone' AND updated < ? AND {where}", (when, *params))
 
     @_locked
+    def running(self) -> list[Job]:
+        return self._jobs("state = 'running'", ())
+
+    @_locked
+    def recent(self, limit: int) -> list[Job]:
+        """The files whose state changed last, newest first (the web page's "Recent")."""
+        rows = self._x("SELECT * FROM jobs ORDER BY updated DESC LIMIT ?", (limit,)).fetchall()
+        return [Job.from_row(r) for r in rows]
+
+    @_locked
+    def done_per_hour(self, now: float, hours: int) -> list[int]:
+        """Files processed in each of the last ``hours`` hours, oldest first."""
+        out = [0] * hours
+        rows = self._x("SELECT CAST((? - finished) / 3600 AS INTEGER) AS ago, COUNT(*) AS n FROM jobs"
+                       " WHERE state = 'done' AND seconds > 0 AND finished > ? GROUP BY ago",
+                       (now, now - hours * 3600)).fetchall()
+        for row in rows:
+            if 0 <= row["ago"] < hours:
+                out[hours - 1 - row["ago"]] = row["n"]
+        return out
+
+    @_locked
     def failures(self) -> list[Job]:
         return self._jobs("state IN ('failed', 'quarantined')", ())
 

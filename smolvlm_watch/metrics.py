@@ -7,23 +7,20 @@ collected from the daemon then, so a scrape always sees the journal as it is. ``
 the systemd watchdog's rule over HTTP: 200 while the worker is alive and within
 ``state.item_timeout`` and every observer runs, else 503 with the reason.
 
-The HTTP server is the standard library's, on its own daemon thread; it serves only GET.
+Served by ``httpd.Server``, alone or beside the web page on one address.
 """
 
 from __future__ import annotations
 
-import http.server
-import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from collections.abc import Iterator
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from .config import Address
+from .httpd import Handler, Request, Response
 
 class Live(Protocol):
     """What the daemon shows at scrape time."""
@@ -107,57 +104,14 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-class _V6Server(http.server.ThreadingHTTPServer):
-    address_family = socket.AF_INET6
+def routes(metrics: Metrics) -> dict[str, Handler]:
+    """/metrics (Prometheus text) and /healthz (200 ok, or 503 and why), for ``httpd.Server``."""
 
+    def scrape(_: Request) -> Response:
+        return Response(200, metrics.exposition(), CONTENT_TYPE_LATEST)
 
-Route = Callable[[], tuple[int, str, bytes]]
-
-
-class Server:
-    """A small GET-only HTTP server on a thread of its own: ``routes`` maps a path to a function
-    returning (status, content type, body)."""
-
-    def __init__(self, address: Address, routes: dict[str, Route]):
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                route = server.routes.get(self.path.split("?", 1)[0])
-                status, ctype, body = route() if route else (404, "text/plain; charset=utf-8", b"not found\n")
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass  # a scrape every 15 s is not news
-
-        self.routes = routes
-        self.httpd = (_V6Server if ":" in address.host else http.server.ThreadingHTTPServer)(
-            (address.host, address.port), Handler)
-        self.httpd.daemon_threads = True
-        self.address = Address(address.host, self.httpd.server_address[1])
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name="metrics", daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-def routes(metrics: Metrics) -> dict[str, Route]:
-    """/metrics (Prometheus text) and /healthz (200 ok, or 503 and why)."""
-
-    def scrape() -> tuple[int, str, bytes]:
-        return 200, CONTENT_TYPE_LATEST, metrics.exposition()
-
-    def health() -> tuple[int, str, bytes]:
+    def health(_: Request) -> Response:
         why = metrics.live.unhealthy()
-        return (503, "text/plain; charset=utf-8", f"unhealthy: {why}\n".encode()) if why else (
-            200, "text/plain; charset=utf-8", b"ok\n")
+        return Response(503, f"unhealthy: {why}\n".encode()) if why else Response(200, b"ok\n")
 
     return {"/metrics": scrape, "/healthz": health}

@@ -56,8 +56,8 @@ def test_a_running_daemon_is_scraped_and_reports_its_health(tmp_path, tiny_model
     db = tmp_path / "state" / "journal.sqlite"
     inbox = tmp_path / "inbox"
     try:
-        wait_for(lambda: any(e["event"] == "metrics_listening" for e in events), 120, what="the listener")
-        address = next(e["address"] for e in events if e["event"] == "metrics_listening")
+        wait_for(lambda: any(e["event"] == "http_listening" for e in events), 120, what="the listener")
+        address = next(e["address"] for e in events if e["event"] == "http_listening")
         base = f"http://{address}"
         images = [make_image(inbox / f"m{i}.png", color=(i * 90, 9, 9)) for i in range(2)]
         (inbox / "broken.png").write_bytes(b"not a png")

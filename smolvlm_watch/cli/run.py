@@ -1,4 +1,4 @@
-"""``run``: the daemon in the foreground, as systemd starts it."""
+"""``run``: the daemon in the foreground, as systemd starts it; ``serve``: its web page alone."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import logging
 import os
 import signal
 import sys
+import threading
 from typing import Any
 
 from .. import logs
-from ..config import ConfigError
+from ..config import WEB_PORT, Address, ConfigError
 from ..daemon import Daemon
 from . import EXIT_OK, config_arg, load_checked
 
@@ -36,8 +37,38 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The web page over the daemon's journal and sidecars, without the daemon (a second
+    process may read the journal while the daemon writes it)."""
+    from ..httpd import Server, routed
+    from ..web import Web, open_journal, token
+
+    config, _ = load_checked(args.config)
+    logs.configure(config.logging.level, config.logging.format)
+    address = config.web.listen or Address("127.0.0.1", WEB_PORT)
+    journal = open_journal(config)
+    try:
+        server = Server(address, routed({}, Web(config, journal, token(config)).handle))
+    except OSError as exc:
+        journal.close()
+        raise ConfigError([f"web.listen: cannot listen on {address}: {exc.strerror or exc}"], str(args.config)) \
+            from None
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    server.start()
+    logs.get("smolvlm_watch.serve").info("http_listening", address=str(server.address), url=f"http://{server.address}/")
+    stop.wait()
+    server.stop()
+    journal.close()
+    return EXIT_OK
+
+
 def add_commands(sub: Any) -> None:
     r = sub.add_parser("run", help="run the daemon: watch, queue, process")
     config_arg(r)
     r.set_defaults(func=cmd_run)
+    s = sub.add_parser("serve", help="serve the web page (status, search, results) without the daemon")
+    config_arg(s)
+    s.set_defaults(func=cmd_serve)
 

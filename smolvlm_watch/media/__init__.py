@@ -93,6 +93,10 @@ class Opened:
     def video(self, sampling: Sampling) -> Media:
         return video.load_video(self.file, self.path, self.stat, self.sha256, sampling)
 
+    def frame(self, t: float) -> Image.Image:
+        """The video's frame at ``t`` seconds (a preview), upright."""
+        return video.frame_at(self.file, self.path, t)
+
     def document(self, limits: Limits) -> Document:
         return Document(self.file, limits, self.path, tiff=self._pillow)
 

@@ -247,6 +247,18 @@ def load_video(f: BinaryIO, path: Path, st: os.stat_result, sha256: str, samplin
     return Media(info=info, images=clip.frames, sidecar_extra=extra, clip=clip)
 
 
+def frame_at(f: BinaryIO, path: Path, t: float) -> Image.Image:
+    """The first decodable frame at or after ``t`` (or the last one), upright."""
+    dec = _Decoder(f, path, Sampling())
+    try:
+        found = dec.at(t)
+    finally:
+        dec.close()
+    if found is None:
+        raise MediaError(path, f"no decodable frame at or after {t:g} s")
+    return found[0]
+
+
 def timestamp_label(seconds: float) -> str:
     m, s = divmod(int(math.floor(seconds)), 60)
     return f"{m:02d}:{s:02d}"

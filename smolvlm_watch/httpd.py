@@ -1,0 +1,110 @@
+"""The daemon's one small HTTP server (the metrics, the web page), on a thread of its own.
+
+The standard library's threading server: nothing to install, enough for a scrape every few
+seconds and one person's browser. GET and POST only; a POST body is read up to 64 KiB and
+parsed as a form. Every response carries the security headers its handler gives.
+"""
+
+from __future__ import annotations
+
+import http.server
+import socket
+import threading
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import Address
+
+MAX_FORM = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    target: str  # path and query, as sent
+    headers: dict[str, str]  # names lower-cased
+    form: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def path(self) -> str:
+        return urllib.parse.urlsplit(self.target).path
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: bytes
+    ctype: str = "text/plain; charset=utf-8"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+Handler = Callable[[Request], Response]
+
+
+def not_found() -> Response:
+    return Response(404, b"not found\n")
+
+
+class _V6Server(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
+class Server:
+    """Serves ``handler`` at ``address`` (port 0: any free one; ``address`` then says which)."""
+
+    def __init__(self, address: Address, handler: Handler):
+        outer = self
+
+        class Handler_(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self._answer({})
+
+            def do_POST(self) -> None:
+                length = min(int(self.headers.get("Content-Length") or 0), MAX_FORM)
+                raw = self.rfile.read(length).decode("utf-8", "replace")
+                self._answer({k: v[-1] for k, v in urllib.parse.parse_qs(raw).items()})
+
+            def _answer(self, form: dict[str, str]) -> None:
+                request = Request(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, form)
+                try:
+                    response = outer.handler(request)
+                except Exception as exc:  # noqa: BLE001 - one bad request must not end the server
+                    response = Response(500, f"internal error: {type(exc).__name__}\n".encode())
+                self.send_response(response.status)
+                self.send_header("Content-Type", response.ctype)
+                self.send_header("Content-Length", str(len(response.body)))
+                for name, value in response.headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(response.body)
+
+            def log_message(self, *args: Any) -> None:
+                pass  # a scrape every 15 s, a page's thumbnails: not news
+
+        self.handler = handler
+        self.httpd = (_V6Server if ":" in address.host else http.server.ThreadingHTTPServer)(
+            (address.host, address.port), Handler_)
+        self.httpd.daemon_threads = True
+        self.address = Address(address.host, self.httpd.server_address[1])
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name="http", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def routed(routes: dict[str, Handler], fallback: Handler | None = None) -> Handler:
+    """One handler from exact paths, then ``fallback`` (else 404)."""
+
+    def handle(request: Request) -> Response:
+        route = routes.get(request.path)
+        if route is not None:
+            return route(request)
+        return fallback(request) if fallback else not_found()
+
+    return handle

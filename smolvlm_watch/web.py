@@ -1,0 +1,363 @@
+"""A local web page over the journal and the sidecars: the daemon's status, search with
+thumbnails, one file's results (``smolvlm-watch serve``, or ``web.listen`` in the daemon).
+
+Server-rendered HTML that works without JavaScript; a few lines of JS refresh the status panel.
+Safe by construction: every value is HTML-escaped where it is written into the page; a path is
+served only when it resolves (symlinks followed) to a regular file inside a configured watch,
+anything else is 404; previews are re-encoded JPEGs made here (never the original bytes under
+the original content type) and cached in the state folder within ``web.thumb_cache_mb``; the
+only write is retry, a POST carrying a per-server CSRF token; CSP forbids inline script. A
+non-loopback listener needs ``web.allow_remote`` and a token (``web.token_env``), compared in
+constant time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import html
+import io
+import json
+import os
+import secrets
+import time
+import urllib.parse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from .config import Config, ConfigError
+from .httpd import Request, Response, not_found
+from .journal import Journal, JournalError
+from .media import Limits, MediaError, open_media
+from .search import SearchError, highlighted, plain
+from .sidecar import Target, read_json
+
+THUMB_EDGE, PREVIEW_EDGE = 320, 1280
+CSS = """body{font:15px/1.4 system-ui,sans-serif;margin:0;color:#222;background:#fafafa}
+header{background:#234;color:#fff;padding:.6em 1em}header a{color:#fff;margin-right:1em}
+main{padding:1em}table{border-collapse:collapse}td,th{padding:.2em .6em;border-bottom:1px solid #ddd;text-align:left}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(240px,1fr));gap:1em}
+.card{background:#fff;border:1px solid #ddd;padding:.5em}
+.card img{width:100%;height:180px;object-fit:contain;background:#eee}
+.err{color:#a00}.ok{color:#070}mark{background:#fe6}
+pre{white-space:pre-wrap;background:#fff;border:1px solid #ddd;padding:.5em}
+.spark rect{fill:#48c}
+"""
+JS = """setInterval(function(){fetch('panel').then(function(r){return r.ok?r.text():null}).then(function(t){
+if(t!==null){document.getElementById('panel').innerHTML=t}}).catch(function(){})},3000);"""
+SECURITY_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self'; style-src 'self'; "
+                    "script-src 'self'; form-action 'self'; frame-ancestors 'none'",
+                    "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+
+
+def e(value: Any) -> str:
+    """Every value written into the page goes through here."""
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def page(title: str, body: str, script: bool = False) -> Response:
+    nav = '<a href="/">Status</a><a href="/search">Search</a>'
+    js = '<script src="/app.js"></script>' if script else ""
+    doc = (f'<!doctype html><html><head><meta charset="utf-8"><title>{e(title)} · smolvlm-watch</title>'
+           f'<link rel="stylesheet" href="/app.css"></head><body><header>{nav}</header><main>{body}</main>{js}'
+           "</body></html>")
+    return Response(200, doc.encode(), "text/html; charset=utf-8")
+
+
+class Web:
+    """The pages, over a journal the caller owns (the daemon's, or `serve`'s own)."""
+
+    def __init__(self, config: Config, journal: Journal, token: str | None = None):
+        self.config, self.journal, self.token = config, journal, token
+        self.thumbs = config.state.db.parent / "thumbnails"
+        self.cache_bytes = int(config.web.thumb_cache_mb * 2**20)
+        self.csrf = secrets.token_urlsafe(24)  # per server start: a form from an old page is refused
+        self.watch_roots = [w.path.resolve() for w in config.watches]
+
+    # --- routing ---------------------------------------------------------------------------------
+
+    def handle(self, request: Request) -> Response:
+        """Every response with the security headers; a token checked first where one is set."""
+        response = self._authorized(request) or self._route(request)
+        return Response(response.status, response.body, response.ctype, {**SECURITY_HEADERS, **response.headers})
+
+    def _authorized(self, request: Request) -> Response | None:
+        """None when the request may proceed. The token comes once as ``?token=`` (then a
+        cookie holds it) or as ``Authorization: Bearer``; compared in constant time."""
+        if self.token is None:
+            return None
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(request.target).query)
+        cookies = dict(c.strip().split("=", 1) for c in request.headers.get("cookie", "").split(";") if "=" in c)
+        bearer = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        given = (query.get("token") or [""])[-1]
+        for candidate in (cookies.get("smolvlm_token", ""), bearer, given):
+            if candidate and hmac.compare_digest(candidate.encode(), self.token.encode()):
+                if candidate is given:
+                    return Response(303, b"", headers={"Location": request.path, "Set-Cookie":
+                                    f"smolvlm_token={given}; HttpOnly; SameSite=Strict; Path=/"})
+                return None
+        return Response(401, b"a token is required: open the page once with ?token=... (web.token_env)\n")
+
+    def _route(self, request: Request) -> Response:
+        url = urllib.parse.urlsplit(request.target)
+        method, form = request.method, request.form
+        query = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}
+        routes: dict[str, Callable[[dict[str, str]], Response]] = {
+            "/": self.status, "/panel": self.panel, "/search": self.search, "/file": self.file,
+            "/thumb": self.thumb, "/sidecar": self.sidecar, "/app.css": lambda q: Response(200, CSS.encode(),
+                                                                                            "text/css"),
+            "/app.js": lambda q: Response(200, JS.encode(), "text/javascript")}
+        if method == "POST":
+            return self.retry(form) if url.path == "/retry" else Response(405, b"read-only\n", "text/plain")
+        route = routes.get(url.path)
+        return route(query) if route else not_found()
+
+    # --- paths -----------------------------------------------------------------------------------
+
+    def inside(self, raw: str | None) -> Path | None:
+        """The file ``raw`` names, when it resolves to a regular file inside a watch; else None."""
+        if not raw or "\0" in raw or not os.path.isabs(raw):
+            return None
+        try:
+            path = Path(raw).resolve(strict=True)
+        except (OSError, RuntimeError):
+            return None
+        if not path.is_file() or not any(path.is_relative_to(root) for root in self.watch_roots):
+            return None
+        return path
+
+    # --- status ----------------------------------------------------------------------------------
+
+    def status(self, query: dict[str, str]) -> Response:
+        return page("Status", f'<div id="panel">{self._panel()}</div>', script=True)
+
+    def panel(self, query: dict[str, str]) -> Response:
+        return Response(200, self._panel().encode())
+
+    def _panel(self) -> str:
+        j = self.journal
+        daemon = json.loads(j.meta("daemon") or "{}")
+        running = j.daemon_running()
+        counts = j.counts()
+        rows, size = j.index_stats()
+        hours = j.done_per_hour(time.time(), 24)
+        top = max(hours) or 1
+        bars = [(i * 10, max(1, 40 * n // top), n) for i, n in enumerate(hours)]  # SVG: no inline style (CSP)
+        spark = "".join(f'<rect x="{x}" y="{40 - h}" width="8" height="{h}"><title>{n}</title></rect>'
+                        for x, h, n in bars)
+        watches = "".join(f"<tr><td>{e(w.get('path'))}</td><td>{e(w.get('mode'))}</td><td>{e(w.get('reason'))}</td>"
+                          "</tr>" for w in daemon.get("watches", []))
+        current = "".join(f'<li><a href="/file?path={q(r.path)}">{e(r.path)}</a></li>' for r in j.running())
+        recent = "".join(f'<tr><td><a href="/file?path={q(r.path)}">{e(Path(r.path).name)}</a></td>'
+                         f'<td class="{"ok" if r.state == "done" else ""}">{e(r.state)}</td></tr>'
+                         for r in j.recent(10))
+        fails = "".join(
+            f'<tr><td><a href="/file?path={q(r.path)}">{e(r.path)}</a></td><td>{e(r.state)}</td>'
+            f'<td class="err">{e(r.last_error)}</td><td><form method="post" action="/retry">'
+            f'<input type="hidden" name="csrf" value="{e(self.csrf)}"><input type="hidden" name="path" '
+            f'value="{e(r.path)}"><button>Retry</button></form></td></tr>' for r in j.failures()[:50])
+        index = f"search index {rows} passages" + (f", {size / 2**20:.1f} MiB" if size else "")
+        queue = ", ".join(f"{e(k)} {v}" for k, v in counts.items())
+        return (f"<h1>smolvlm-watch</h1><p>{self._daemon_line(daemon, running)} · {index}</p>"
+                f"<p>queue: {queue} · done in the last hour {hours[-1]}</p>"
+                f'<svg class="spark" width="240" height="40" role="img" aria-label="files done per hour, last 24 h">'
+                f"{spark}</svg>"
+                f"<h2>Watches</h2><table><tr><th>folder</th><th>mode</th><th></th></tr>{watches}</table>"
+                f"<h2>Now</h2><ul>{current or '<li>idle</li>'}</ul>"
+                f"<h2>Recent</h2><table>{recent}</table>"
+                f"<h2>Failures</h2><table>{fails or '<tr><td>none</td></tr>'}</table>")
+
+    def _daemon_line(self, daemon: dict[str, Any], running: bool) -> str:
+        model = e(daemon.get("model") or self.config.model.source)
+        loaded = "loaded" if daemon.get("model_loaded") and running else "not loaded"
+        pid = f", pid {e(daemon.get('pid'))}" if running else ""
+        return (f"daemon: <b>{'up' if running else 'down'}</b>{pid} · model {model} ({loaded}, device "
+                f"{e(daemon.get('device'))})")
+
+    def retry(self, form: dict[str, str]) -> Response:
+        if not hmac.compare_digest(form.get("csrf", ""), self.csrf):
+            return Response(403, b"forbidden: the form is stale or not ours (reload the page)\n", "text/plain")
+        path = form.get("path") or ""
+        self.journal.requeue_failed(path) if path else None
+        return Response(303, b"", headers={"Location": "/"})
+
+    # --- search ----------------------------------------------------------------------------------
+
+    def search(self, query: dict[str, str]) -> Response:
+        text = query.get("q", "")
+        form = (f'<form action="/search"><input name="q" value="{e(text)}" size="40" autofocus> '
+                f'<select name="kind"><option value="">any kind</option>'
+                + "".join(f'<option{" selected" if query.get("kind") == k else ""}>{k}</option>'
+                          for k in ("image", "video", "document"))
+                + f'</select> <input name="task" placeholder="task" value="{e(query.get("task", ""))}">'
+                  " <button>Search</button></form>")
+        if not text:
+            return page("Search", form)
+        try:
+            hits = self.journal.search(text, query.get("task") or None, None, query.get("kind") or None, 60)
+        except SearchError as exc:
+            return page("Search", form + f'<p class="err">{e(exc)}</p>')
+        cards = "".join(self._card(h) for h in hits)
+        return page(f"Search: {text}", form + f"<p>{len(hits)} hit(s)</p><div class='grid'>{cards}</div>")
+
+    def _card(self, hit: Any) -> str:
+        """A hit: its preview (the page, the frame at its time), the match, and the file's other
+        short results (a caption, tags: whatever its tasks wrote as text)."""
+        doc = self._sidecar_doc(Path(hit.path)) or {}
+        others = [(name, entry["result"]) for name, entry in (doc.get("tasks") or {}).items()
+                  if isinstance(entry, dict) and name != hit.task and isinstance(entry.get("result"), (str, list))]
+        thumb = f"/thumb?path={q(hit.path)}" + (f"&page={hit.page}" if hit.page else "") + (
+            f"&t={hit.timestamp}" if hit.timestamp is not None else "")
+        marked = e(highlighted(hit.snippet)).replace("\x1b[1m", "<mark>").replace("\x1b[0m", "</mark>")
+        extra = "".join(f"<div><i>{e(name)}</i>: {e(_short(result))}</div>" for name, result in others[:3])
+        return (f'<div class="card"><a href="/file?path={q(hit.path)}"><img src="{e(thumb)}" '
+                f'alt="{e(plain(hit.snippet))}" loading="lazy"></a><div><b>{e(Path(hit.path).name)}</b> '
+                f"{e(hit.task)} {e(_where(hit))}</div><div>{marked}</div>{extra}</div>")
+
+    # --- one file --------------------------------------------------------------------------------
+
+    def _sidecar_doc(self, path: Path) -> dict[str, Any] | None:
+        watch = self.config.watch_for(path)
+        if watch is None:
+            return None
+        return read_json(Target.for_media(path, watch.output, watch.path).json_path)
+
+    def file(self, query: dict[str, str]) -> Response:
+        path = self.inside(query.get("path"))
+        if path is None:
+            return not_found()
+        doc = self._sidecar_doc(path) or {}
+        job = self.journal.get(str(path))
+        rows = "".join(
+            f"<h3>{e(name)}</h3><table><tr><td>result</td><td><pre>{e(_show(entry.get('result', entry.get('error'))))}"
+            f"</pre></td></tr><tr><td>prompt</td><td>{e(entry.get('prompt'))}</td></tr><tr><td>fingerprint</td>"
+            f"<td>{e(entry.get('fingerprint'))}</td></tr><tr><td>seconds</td><td>{e(entry.get('seconds'))}</td></tr>"
+            f"<tr><td>plugin</td><td>{e(entry.get('plugin'))} {e(entry.get('plugin_version'))}</td></tr></table>"
+            for name, entry in (doc.get("tasks") or {}).items() if isinstance(entry, dict))
+        model = doc.get("model") or {}
+        history = _history(job)
+        links = "".join(f'<li><a href="/sidecar?path={q(str(path))}&name={q(n)}">{e(n)}</a></li>'
+                        for n in [path.name + ".smolvlm.json", *(doc.get("outputs") or {})])
+        body = (f"<h1>{e(path.name)}</h1><p>{e(path)}</p><img src=\"/thumb?path={q(str(path))}&size={PREVIEW_EDGE}\" "
+                f'alt="{e(path.name)}" style="max-width:100%;max-height:70vh">{history}'
+                f"<p>model {e(model.get('id'))} ({e(model.get('backend'))}, {e(model.get('device'))})</p>{rows}"
+                f"<h2>Sidecars</h2><ul>{links}</ul>")
+        return page(path.name, body)
+
+    def sidecar(self, query: dict[str, str]) -> Response:
+        """A sidecar of a served file, as plain text (never as HTML)."""
+        media = self.inside(query.get("path"))
+        name = query.get("name", "")
+        if media is None or "/" in name or not name.startswith(media.name[:1]):
+            return not_found()
+        watch = self.config.watch_for(media)
+        assert watch is not None
+        folder = Target.for_media(media, watch.output, watch.path).json_path.parent
+        target = folder / name
+        if not target.is_file() or target.is_symlink():
+            return not_found()
+        return Response(200, target.read_bytes()[:4_000_000], "text/plain; charset=utf-8")
+
+    # --- thumbnails ------------------------------------------------------------------------------
+
+    def thumb(self, query: dict[str, str]) -> Response:
+        path = self.inside(query.get("path"))
+        if path is None:
+            return not_found()
+        edge = PREVIEW_EDGE if query.get("size") == str(PREVIEW_EDGE) else THUMB_EDGE
+        st = path.stat()
+        key = hashlib.sha256(f"{path}|{st.st_size}|{st.st_mtime_ns}|{edge}|{query.get('page')}|{query.get('t')}"
+                             .encode("utf-8", "surrogateescape")).hexdigest()
+        cached = self.thumbs / f"{key}.jpg"
+        if not cached.exists():
+            try:
+                data = self._render(path, edge, query)
+            except (MediaError, OSError, ValueError) as exc:
+                return Response(404, f"no preview: {exc}\n".encode(), "text/plain; charset=utf-8")
+            self._store(cached, data)
+        return Response(200, cached.read_bytes(), "image/jpeg", {"Cache-Control": "private, max-age=3600"})
+
+    def _render(self, path: Path, edge: int, query: dict[str, str]) -> bytes:
+        limits = Limits(self.config.media.max_pixels, self.config.media.max_bytes)
+        with open_media(path, limits) as opened:
+            if opened.kind == "document":
+                index = max(0, int(query.get("page") or 1) - 1)
+                image = opened.document(limits).page(index)[0]
+            elif opened.kind == "video":
+                image = opened.frame(float(query.get("t") or 0.0))
+            else:
+                image = opened.image(limits, edge).images[0]
+        image = image.convert("RGB")
+        image.thumbnail((edge, edge), Image.Resampling.LANCZOS)
+        buf = io.BytesIO()
+        image.save(buf, "JPEG", quality=82)
+        return buf.getvalue()
+
+    def _store(self, cached: Path, data: bytes) -> None:
+        """Written atomically; the oldest previews go when the cache passes its bound."""
+        self.thumbs.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, cached)
+        files = sorted(self.thumbs.glob("*.jpg"), key=lambda p: p.stat().st_mtime)
+        total = sum(p.stat().st_size for p in files)
+        for old in files:
+            if total <= self.cache_bytes:
+                break
+            total -= old.stat().st_size
+            old.unlink(missing_ok=True)
+
+
+def _where(hit: Any) -> str:
+    if hit.page is not None:
+        return f"page {hit.page}"
+    return f"at {hit.timestamp:.1f} s" if hit.timestamp is not None else ""
+
+
+def _history(job: Any) -> str:
+    """The journal's record of a file, as a line of the file page."""
+    if job is None:
+        return "<p>journal: no entry</p>"
+    line = f"<p>journal: {e(job.state)}, attempts {job.attempts}"
+    if job.finished:
+        line += f", finished {e(time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(job.finished)))}"
+    if job.last_error:
+        line += f', last error <span class="err">{e(job.last_error)}</span>'
+    return line + "</p>"
+
+
+def _short(result: Any, limit: int = 160) -> str:
+    text = result if isinstance(result, str) else ", ".join(str(r) for r in result if isinstance(r, (str, int, float)))
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def q(value: str) -> str:
+    """A value in a URL's query string (then HTML-escaped by the caller's ``e`` where needed)."""
+    return e(urllib.parse.quote(value, safe="/"))
+
+
+def _show(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, indent=1)
+
+
+def open_journal(config: Config) -> Journal:
+    """`serve`'s journal: the daemon's, never a new one."""
+    if not config.state.db.exists():
+        raise JournalError(f"no journal at {config.state.db}: start the daemon (smolvlm-watch run) first")
+    return Journal(config.state.db)
+
+
+def token(config: Config) -> str | None:
+    """The token a browser must give (web.token_env), or None; a named variable that is unset
+    stops the start instead of serving without one."""
+    name = config.web.token_env
+    if name is None:
+        return None
+    value = os.environ.get(name)
+    if not value:
+        raise ConfigError([f"web.token_env: ${name} is not set (the token a browser must give)"],
+                          str(config.source) if config.source else None)
+    return value
