@@ -28,12 +28,16 @@ def test_bench_quick_prints_json_lines():
     assert {"latency_s", "inference_s", "latency_overhead_s"} <= set(row)
 
 
-def test_decode_bench_quick_prints_one_line_per_case(tmp_path):
-    bench = BENCH.with_name("decode.py")
-    proc = subprocess.run([sys.executable, str(bench), "--quick", "--dir", str(tmp_path)], capture_output=True,
+def _quick(name: str, *args: str) -> list[dict]:
+    """A bench's --quick run: its JSON lines."""
+    proc = subprocess.run([sys.executable, str(BENCH.with_name(name)), "--quick", *args], capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+def test_decode_bench_quick_prints_one_line_per_case(tmp_path):
+    rows = _quick("decode.py", "--dir", str(tmp_path))
     assert [r["case"] for r in rows] == ["camera_jpeg", "dng_preview", "heic", "heic_10bit"]
     for row in rows:
         assert row["seconds"] > 0 and row["baseline_seconds"] > 0 and row["ratio"] > 0
@@ -41,10 +45,7 @@ def test_decode_bench_quick_prints_one_line_per_case(tmp_path):
 
 
 def test_search_bench_quick_prints_size_latency_and_recording_cost():
-    bench = BENCH.with_name("search.py")
-    proc = subprocess.run([sys.executable, str(bench), "--quick"], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    size, queries, recording = [json.loads(line) for line in proc.stdout.splitlines()]
+    size, queries, recording = _quick("search.py")
     assert size["files"] == 2000 and size["passages"] > 2000 and size["index_mb"] > 0
     assert set(queries["queries"]) == {"word", "phrase", "substring", "cyrillic"}
     for q in queries["queries"].values():
@@ -53,11 +54,7 @@ def test_search_bench_quick_prints_size_latency_and_recording_cost():
 
 
 def test_remote_bench_quick_prints_both_clients_and_their_ratios(tmp_path):
-    bench = BENCH.with_name("remote.py")
-    proc = subprocess.run([sys.executable, str(bench), "--quick", "--dir", str(tmp_path)], capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    rows = _quick("remote.py", "--dir", str(tmp_path))
     assert [r["photos"] for r in rows] == ["camera", "photo"]
     for row in rows:
         assert row["before"]["bytes_per_photo"] > row["now"]["bytes_per_photo"] > 0

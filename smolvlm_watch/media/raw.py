@@ -13,6 +13,8 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -55,16 +57,26 @@ def pair_of(path: Path) -> Path | None:
     return None
 
 
-def upright_size(f: BinaryIO, path: Path) -> tuple[int, int]:
-    """The sensor's size, upright, from the RAW's header (nothing is unpacked)."""
+@contextmanager
+def _libraw(f: BinaryIO, path: Path) -> Iterator[Any]:
+    """The file opened by LibRaw; whatever LibRaw raises on a damaged or unknown RAW (while
+    opening or while the caller reads it) becomes the file's clear refusal."""
     if rawpy is None:
         raise undecodable(path, "camera RAW", "rawpy (LibRaw) is not installed", "fix: pip install rawpy")
     f.seek(0)
     try:
         with rawpy.imread(f) as raw:
-            width, height, flip = raw.sizes.width, raw.sizes.height, raw.sizes.flip
-    except Exception as exc:  # noqa: BLE001 - as in decode
+            yield raw
+    except MediaError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - LibRaw's errors, whatever they are
         raise _rejected(path, exc) from None
+
+
+def upright_size(f: BinaryIO, path: Path) -> tuple[int, int]:
+    """The sensor's size, upright, from the RAW's header (nothing is unpacked)."""
+    with _libraw(f, path) as raw:
+        width, height, flip = raw.sizes.width, raw.sizes.height, raw.sizes.flip
     return (height, width) if flip in (5, 6) else (width, height)
 
 
@@ -88,20 +100,12 @@ def tiff_is_raw(tags: Any, path: Path, raw_extensions: frozenset[str]) -> bool:
 
 
 def decode(f: BinaryIO, path: Path, st: os.stat_result, sha256: str, limits: Limits, edge: int | None) -> Media:
-    if rawpy is None:
-        raise undecodable(path, "camera RAW", "rawpy (LibRaw) is not installed", "fix: pip install rawpy")
-    f.seek(0)
-    try:
-        with rawpy.imread(f) as raw:
-            width, height, flip = raw.sizes.width, raw.sizes.height, raw.sizes.flip
-            if width * height > limits.max_pixels:
-                raise MediaError(path, f"image is {width}x{height} = {width * height} pixels, over the "
-                                       f"media.max_pixels limit of {limits.max_pixels}")
-            image, how = _preview(raw, edge, flip) or (_demosaic(raw), "demosaic")
-    except MediaError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - LibRaw's errors on a damaged or unknown RAW, whatever they are
-        raise _rejected(path, exc) from None
+    with _libraw(f, path) as raw:
+        width, height, flip = raw.sizes.width, raw.sizes.height, raw.sizes.flip
+        if width * height > limits.max_pixels:
+            raise MediaError(path, f"image is {width}x{height} = {width * height} pixels, over the "
+                                   f"media.max_pixels limit of {limits.max_pixels}")
+        image, how = _preview(raw, edge, flip) or (_demosaic(raw), "demosaic")
     if flip in (5, 6):
         width, height = height, width
     info = source_info(path, st, sha256, "image", width, height, decoded=how)
