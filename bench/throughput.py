@@ -26,7 +26,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / ".cache"
-PHOTO, PAGE = (1024, 768), (2480, 3508)
+PHOTO, PAGE, CAMERA = (1024, 768), (2480, 3508), (6000, 4000)
 PROMPTS = {
     "caption": "Describe this image in detail.",
     "tags": "List keywords that describe this image, separated by commas.",
@@ -236,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--images", type=int, default=4)
     p.add_argument("--tasks", default="caption,tags,ocr")
-    p.add_argument("--size", default=None, help="WxH (default: a 1024x768 photo; 'page' for 2480x3508)")
+    p.add_argument("--size", default=None,
+                   help="WxH (default: a 1024x768 photo; 'page' for 2480x3508; 'camera' for a 24 MP 6000x4000)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--batch", type=int, default=None, help="runtime.max_batch (default: automatic)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
@@ -260,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.quick:
         args.preset, args.images, args.max_new_tokens = "tiny", 2, 8
-    size = PAGE if args.size == "page" else tuple(map(int, args.size.split("x"))) if args.size else PHOTO
+    named = {"page": PAGE, "camera": CAMERA}
+    size = named.get(args.size or "") or (tuple(map(int, args.size.split("x"))) if args.size else PHOTO)
     args.model = model_dir(args.preset)
     with tempfile.TemporaryDirectory(prefix="smolvlm-bench-") as tmp:
         args.images_dir = Path(tmp)
