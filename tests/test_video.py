@@ -198,3 +198,14 @@ watches: [{{path: ./inbox, tasks: [caption, ocr], outputs: [json], video: {{max_
     assert doc["tasks"]["caption"]["video"]["sampled_timestamps"] == [1.0, 3.0]  # caption's own: 0.5 fps
     assert "video" not in doc["tasks"]["ocr"]
     assert len(doc["tasks"]["ocr"]["result"]) <= 3
+
+
+def test_a_frame_at_a_timestamp_for_previews(clip_path):
+    """The web page's video preview: the frame at the hit's time (red encodes the second)."""
+    from smolvlm_watch.media import open_media
+
+    with open_media(clip_path) as opened:
+        frame = opened.frame(2.5)
+        late = opened.frame(99.0)  # past the end: the last frame
+    assert frame.size == (64, 48) and abs(frame.getpixel((40, 30))[0] - 120) <= 12
+    assert abs(late.getpixel((40, 30))[0] - 180) <= 12
