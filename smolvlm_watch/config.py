@@ -665,48 +665,46 @@ def _state(r: _Reader, raw: Any) -> StateConfig:
 METRICS_PORT = 9464  # the port Prometheus' list of exporter ports leaves to small daemons
 
 
-def _metrics(r: _Reader, raw: Any) -> MetricsConfig:
-    """metrics.listen: off unless set; a non-loopback address only with allow_remote (the
-    metrics name every watched folder: not for the whole network by accident)."""
-    data = r.mapping(raw, "metrics", SECTIONS["metrics"])
-    allow = r.get(data, "allow_remote", "metrics", _is_bool, "true or false", False)
+def _listen(r: _Reader, data: dict, section: str, port: int, allowed: bool, refusal: str) -> Address | None:
+    """``SECTION.listen``: None (off) unless set; an address beyond loopback only when
+    ``allowed``, else ``refusal`` says what it exposes and what to set."""
     value = data.get("listen")
     if value is None or value is False:
-        return MetricsConfig(allow_remote=allow)
+        return None
     try:
-        address = parse_listen(value, METRICS_PORT)
+        address = parse_listen(value, port)
     except ValueError as exc:
-        r.fail("metrics.listen", str(exc))
-        return MetricsConfig(allow_remote=allow)
-    if not address.loopback and not allow:
-        r.fail("metrics.listen", f"{address} is not a loopback address: the metrics name every watched folder; "
-                                 "set metrics.allow_remote: true to serve them beyond this machine")
-    return MetricsConfig(listen=address, allow_remote=allow)
+        r.fail(f"{section}.listen", str(exc))
+        return None
+    if not address.loopback and not allowed:
+        r.fail(f"{section}.listen", f"{address} is not a loopback address: {refusal}")
+    return address
+
+
+def _metrics(r: _Reader, raw: Any) -> MetricsConfig:
+    """metrics.listen: a non-loopback address only with allow_remote (the metrics name every
+    watched folder: not for the whole network by accident)."""
+    data = r.mapping(raw, "metrics", SECTIONS["metrics"])
+    allow = r.get(data, "allow_remote", "metrics", _is_bool, "true or false", False)
+    listen = _listen(r, data, "metrics", METRICS_PORT, allow, "the metrics name every watched folder; set "
+                     "metrics.allow_remote: true to serve them beyond this machine")
+    return MetricsConfig(listen=listen, allow_remote=allow)
 
 
 WEB_PORT = 8765
 
 
 def _web(r: _Reader, raw: Any) -> WebConfig:
-    """web.listen: off unless set; beyond loopback only with allow_remote and a token: the pages
-    show every watched file and its results."""
+    """web.listen: beyond loopback only with allow_remote and a token: the pages show every
+    watched file and its results."""
     data = r.mapping(raw, "web", SECTIONS["web"])
     allow = r.get(data, "allow_remote", "web", _is_bool, "true or false", False)
     token_env = r.get(data, "token_env", "web", lambda v: isinstance(v, str) and v != "",
                       "an environment variable name")
     cache = r.number(data, "thumb_cache_mb", "web", 256.0, minimum=1)
-    value = data.get("listen")
-    if value is None or value is False:
-        return WebConfig(None, allow, token_env, cache)
-    try:
-        address = parse_listen(value, WEB_PORT)
-    except ValueError as exc:
-        r.fail("web.listen", str(exc))
-        return WebConfig(None, allow, token_env, cache)
-    if not address.loopback and not (allow and token_env):
-        r.fail("web.listen", f"{address} is not a loopback address: the pages show every watched file; set "
-                             "web.allow_remote: true and web.token_env (a token every browser must give)")
-    return WebConfig(address, allow, token_env, cache)
+    listen = _listen(r, data, "web", WEB_PORT, bool(allow and token_env), "the pages show every watched file; set "
+                     "web.allow_remote: true and web.token_env (a token every browser must give)")
+    return WebConfig(listen, allow, token_env, cache)
 
 
 def _check_watch_paths(r: _Reader, watches: list[WatchConfig | None]) -> None:

@@ -278,11 +278,18 @@ class Worker:
         self.thread = threading.Thread(target=self.run, name="worker", daemon=True)
         self.thread.start()
 
+    def trouble(self, item_timeout: float) -> str | None:
+        """Why the worker does not earn a WATCHDOG=1 now, or None: it must be alive, and idle or
+        making progress within the files' time limits. The clock runs from the moment a job is
+        taken (decoding can wedge too)."""
+        if self.thread is not None and not self.thread.is_alive():
+            return "the worker thread has stopped"
+        if self.heartbeat.overdue(item_timeout):
+            return f"a job has run longer than state.item_timeout ({item_timeout:g} s)"
+        return None
+
     def healthy(self, item_timeout: float) -> bool:
-        """Alive, and idle or making progress within the files' time limits: what earns a
-        WATCHDOG=1. The clock runs from the moment a job is taken (decoding can wedge too)."""
-        alive = self.thread is None or self.thread.is_alive()
-        return alive and not self.heartbeat.overdue(item_timeout)
+        return self.trouble(item_timeout) is None
 
 
 class Supervisor:
@@ -322,6 +329,11 @@ class Supervisor:
         if not healthy and not beat.overdue_logged:
             beat.overdue_logged = True  # once per stall; the stopped WATCHDOG pings do the rest
             d.log.error("job_over_time_limit", paths=list(d.queue.taken), item_timeout=d.config.state.item_timeout)
+
+    def trouble(self) -> str | None:
+        """The watchdog's rule in words (``/healthz``): None while the pings go out."""
+        why = self.d.worker.trouble(self.d.config.state.item_timeout)
+        return why if why is not None or self.observers_ok else "a folder observer stopped (see the log)"
 
     def _settled(self, armed: ArmedWatch) -> None:
         d = self.d
@@ -552,16 +564,7 @@ class DaemonView:
         return int(getattr(self.d.engine, "vision_passes", 0))
 
     def unhealthy(self) -> str | None:
-        """The systemd watchdog's rule, in words: None while it would ping."""
-        d = self.d
-        thread = d.worker.thread
-        if thread is not None and not thread.is_alive():
-            return "the worker thread has stopped"
-        if d.worker.heartbeat.overdue(d.config.state.item_timeout):
-            return f"a job has run longer than state.item_timeout ({d.config.state.item_timeout:g} s)"
-        if not d.supervisor.observers_ok:
-            return "a folder observer stopped (see the log)"
-        return None
+        return self.d.supervisor.trouble()
 
 
 def _bind(**values: Any) -> None:

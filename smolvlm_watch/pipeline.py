@@ -298,7 +298,7 @@ class Pipeline:
     def _passages(self, record: SidecarRecord) -> tuple[Passage, ...]:
         """The searchable passages of a record, as each task declares them."""
         pages = record.extra.get("pages") or []
-        return tuple(passages(record.tasks, pages, {n: p.obj for n, p in self.registry.tasks.items()}))
+        return tuple(passages(record.tasks, pages, self.registry.task_objects))
 
     def _write(self, record: SidecarRecord, target: Target, existing: dict[str, Any] | None,
                watch: WatchConfig) -> dict[str, str]:

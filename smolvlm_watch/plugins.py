@@ -70,6 +70,11 @@ class Registry:
             self._register_module(name)
         self._collect()
 
+    @property
+    def task_objects(self) -> dict[str, Task]:
+        """Each registered task by name (what reads a sidecar's entries back: search)."""
+        return {name: provided.obj for name, provided in self.tasks.items()}
+
     def _register_module(self, name: str) -> None:
         try:
             module = importlib.import_module(name)

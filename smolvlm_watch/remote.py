@@ -187,10 +187,9 @@ class RemoteRuntime:
         """What the server will apply when it is not what was asked: a server that takes no
         per-request processor options uses its own tiling (None: its default)."""
         s = settings.over(self.config.image)
-        if self.server == "vllm":
-            return None
-        return ImageSettings(longest_edge=self.image_edge(settings), max_image_size=None, splitting=None).as_dict() \
-            if (s.max_image_size, s.splitting) != (None, None) else None
+        if self.server == "vllm" or (s.max_image_size is None and s.splitting is None):
+            return None  # applied as asked
+        return ImageSettings(longest_edge=self.image_edge(settings)).as_dict()
 
     def video_sampling(self) -> dict[str, Any]:
         return {"fps": 1, "max_frames": 64}
@@ -213,7 +212,9 @@ class RemoteRuntime:
         """Resize and encode every image ahead, in the prefetch thread calling this: the thread
         that waits on HTTP then only sends."""
         for request in requests:
-            self._body(request)
+            edge = self.image_edge(request.image) or LONGEST_EDGE
+            for image in _images(request):
+                self._encoded.url(image, edge)
 
     def _body(self, request: Request) -> dict[str, Any]:
         edge = self.image_edge(request.image) or LONGEST_EDGE

@@ -81,7 +81,7 @@ def _reindex(config: Config, registry: Registry, under: str | None) -> int:
     its passages from it; the rest of the index under there is dropped."""
     root = _absolute(under)
     files = list(_media(config, root))
-    known = {n: p.obj for n, p in registry.tasks.items()}
+    known = registry.task_objects
     journal = Journal(config.state.db)
     counts = {"indexed": 0, "no sidecar": 0, "stale sidecar": 0}
     progress = Progress(len(files))

@@ -143,7 +143,7 @@ def _classify(path: Path, f: BinaryIO, st: os.stat_result, head: bytes, sha256: 
         try:
             pillow = image.open_pillow(f, path)
         except MediaError:
-            if head.startswith(raw.TIFF_MAGIC) and raw.opens(f):  # a DNG whose IFD0 Pillow cannot read
+            if head.startswith(raw.TIFF_MAGIC) and raw.opens(f, path):  # a DNG whose IFD0 Pillow cannot read
                 return Opened(path, f, st, "image", "RAW", sha256=sha256)
             raise
         if pillow.format == "TIFF" and raw.tiff_is_raw(getattr(pillow, "tag_v2", {}), path, RAW_EXTENSIONS):

@@ -80,16 +80,13 @@ def upright_size(f: BinaryIO, path: Path) -> tuple[int, int]:
     return (height, width) if flip in (5, 6) else (width, height)
 
 
-def opens(f: BinaryIO) -> bool:
+def opens(f: BinaryIO, path: Path) -> bool:
     """Whether LibRaw reads this file's header: a TIFF-shaped file Pillow refuses (a DNG whose
     first IFD holds the 16-bit mosaic) may still be a RAW."""
-    if rawpy is None:
-        return False
-    f.seek(0)
     try:
-        with rawpy.imread(f):
+        with _libraw(f, path):
             return True
-    except Exception:  # noqa: BLE001 - not a RAW LibRaw knows: the caller reports Pillow's refusal
+    except MediaError:  # not a RAW LibRaw knows (or no LibRaw): the caller reports Pillow's refusal
         return False
 
 
