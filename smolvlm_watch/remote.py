@@ -8,31 +8,36 @@ then reported as transient (the journal retries the file later); other 4xx error
 
 What is sent is what the model will look at: SmolVLM's processor first resizes every image so
 its longest edge is ``longest_edge`` (2048), so the client does exactly that resize (same
-rounding, same Lanczos filter) and the server's is a no-op; a 24 MP photo goes out as ~1 MB of
-JPEG (quality 95, no chroma subsampling), not 39 MB of PNG. Each image is encoded once per file,
-in the prefetch threads, and every question about it reuses the same URL (identical bytes also
-let vLLM's prefix cache reuse the image's KV cache). Per-task image settings reach a vLLM server
-as ``mm_processor_kwargs``; any other server applies its own, and the answer says so, so the
-sidecar records what was really applied.
+rounding, torchvision's Lanczos as transformers 5's processor runs it) and the server's is a
+no-op; a 24 MP photo goes out as ~0.6 MB of JPEG (quality 95, no chroma subsampling), not 39 MB
+of PNG, and a JPEG already within the size as its own stream without its metadata. Each image is
+prepared once per file, in the prefetch threads, and every question about it reuses the same URL
+(identical bytes also let vLLM's prefix cache reuse the image's KV cache); those threads also
+send the questions, so the server answers the next files while earlier answers are read.
+Per-task image settings reach a vLLM server as ``mm_processor_kwargs``; any other server applies
+its own, and the answer says so, so the sidecar records what was really applied.
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import random
 import threading
 import time
 from dataclasses import replace
-from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
-from collections.abc import Sequence
 
 import httpx
 from PIL import Image
 
 from .config import ImageSettings, ModelConfig, RuntimeConfig
+from .media.image import AS_IS
 from .engine import Answer, InferenceError, Interrupted, ModelInfo, ModelLoadError, Request
 
 RETRIES = 6
@@ -43,9 +48,11 @@ JPEG_QUALITY = 95
 
 
 def fitted(image: Image.Image, edge: int) -> Image.Image:
-    """``image`` resized as SmolVLM's processor resizes it first (longest edge ``edge``, the other
-    side rounded down and then up to even, Lanczos), when it is larger; a smaller image is sent as
-    it is and the server scales it up exactly as it would in-process."""
+    """``image`` resized as SmolVLM's processor resizes it first, when it is larger: longest edge
+    ``edge``, the other side rounded down and then up to even, torchvision's Lanczos on the uint8
+    pixels (transformers 5's processor on CPU), so the server's own resize is a no-op and the
+    pixels are the ones the in-process engine sees. A smaller image is sent as it is and the
+    server scales it up exactly as it would in-process."""
     width, height = image.size
     if max(width, height) <= edge:
         return image
@@ -55,11 +62,21 @@ def fitted(image: Image.Image, edge: int) -> Image.Image:
     else:
         new = (int(edge * (width / height)), edge)
         new = (new[0] + new[0] % 2, new[1])
-    return image.resize(new, Image.Resampling.LANCZOS)
+    import numpy as np
+    import torch
+    from torchvision.transforms.v2 import functional as tvf
+
+    pixels = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
+    out = tvf.resize(pixels, [new[1], new[0]], interpolation=tvf.InterpolationMode.LANCZOS, antialias=True)
+    return Image.fromarray(out.permute(1, 2, 0).numpy())
 
 
 def data_url(image: Image.Image, fmt: str = "jpeg") -> str:
-    """JPEG at quality 95 without chroma subsampling (``fmt`` "jpeg"), or lossless PNG."""
+    """JPEG at quality 95 without chroma subsampling (``fmt`` "jpeg"), or lossless PNG; a JPEG
+    file's own stream when the image is that file's pixels as they are (``media.image.AS_IS``)."""
+    stream = image.info.get(AS_IS)
+    if stream is not None:
+        return "data:image/jpeg;base64," + base64.b64encode(stream).decode("ascii")
     buf = io.BytesIO()
     if fmt == "png":
         image.save(buf, "PNG")
@@ -68,13 +85,16 @@ def data_url(image: Image.Image, fmt: str = "jpeg") -> str:
     return f"data:image/{fmt};base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-class Encoded:
-    """Data URLs by image: each image encoded once, however many questions (and threads) ask.
-    Keyed by the image object, which is kept alive with its URL so its id cannot be reused."""
+class Ahead:
+    """What was done ahead for the images of files still to run, by image: each image's data URL
+    (encoded once, however many questions and threads ask) and the requests already sent about
+    it. Keyed by the image object, which is kept alive with its entries so its id cannot be
+    reused; ``forget`` drops an image's entries once its file has run."""
 
     def __init__(self, fmt: str):
         self.fmt = fmt
         self._urls: dict[int, tuple[Image.Image, str]] = {}
+        self._sent: dict[str, tuple[tuple[int, ...], Future[Answer]]] = {}
         self._lock = threading.Lock()
 
     def url(self, image: Image.Image, edge: int) -> str:
@@ -88,10 +108,24 @@ class Encoded:
             self._urls[key] = (image, url)
         return url
 
-    def forget(self, images: Sequence[Image.Image]) -> None:
+    def send(self, key: str, images: Sequence[Image.Image], start: Callable[[], Future[Answer]]) -> None:
+        """Start a request now (``start``) unless one with this key is already out."""
         with self._lock:
-            for image in images:
-                self._urls.pop(id(image), None)
+            if key not in self._sent:
+                self._sent[key] = (tuple(id(i) for i in images), start())
+
+    def take(self, key: str) -> Future[Answer] | None:
+        with self._lock:
+            hit = self._sent.pop(key, None)
+        return hit[1] if hit else None
+
+    def forget(self, images: Sequence[Image.Image]) -> None:
+        gone = {id(i) for i in images}
+        with self._lock:
+            for i in gone:
+                self._urls.pop(i, None)
+            for key in [k for k, (ids, _) in self._sent.items() if gone.intersection(ids)]:
+                del self._sent[key]
 
 
 def to_openai(request: Request, url: Any = None) -> list[dict[str, Any]]:
@@ -135,10 +169,11 @@ class RemoteRuntime:
         self.vision_passes = 0
         self.prepares_ahead = True  # images are resized and encoded in the prefetch threads
         self.server = model.server  # "auto" until load() asks the server
-        self._encoded = Encoded(model.image_format)
+        self._ahead = Ahead(model.image_format)
         self._client: httpx.Client | None = None
         self._pool = ThreadPoolExecutor(max_workers=model.concurrency, thread_name_prefix="remote")
         self._cancelled = threading.Event()
+        self._loading = threading.Lock()
 
     @property
     def loaded(self) -> bool:
@@ -149,8 +184,11 @@ class RemoteRuntime:
                          endpoint=self.endpoint)
 
     def load(self) -> None:
-        if self._client is not None:
-            return
+        with self._loading:  # the prefetch threads may load first (``preprocess``)
+            if self._client is None:
+                self._load()
+
+    def _load(self) -> None:
         headers = {}
         if self.config.api_key_env:
             key = os.environ.get(self.config.api_key_env)
@@ -195,11 +233,13 @@ class RemoteRuntime:
         return {"fps": 1, "max_frames": 64}
 
     def generate(self, requests: Sequence[Request]) -> list[Answer]:
+        """Each request's answer: the one already asked for in ``preprocess``, or asked now."""
         self.load()
+        futures = [self._ahead.take(self._key(r)) or self._pool.submit(self._one, r) for r in requests]
         try:
-            answers = list(self._pool.map(self._one, requests))
+            answers = [f.result() for f in futures]
         finally:
-            self._encoded.forget([img for r in requests for img in _images(r)])
+            self._ahead.forget([img for r in requests for img in _images(r)])
         if self._cancelled.is_set():
             raise Interrupted("the remote backend was stopped while answering")
         return answers
@@ -209,17 +249,35 @@ class RemoteRuntime:
         self._cancelled.set()
 
     def preprocess(self, requests: Sequence[Request]) -> None:
-        """Resize and encode every image ahead, in the prefetch thread calling this: the thread
-        that waits on HTTP then only sends."""
+        """Resize and encode every image ahead, in the prefetch thread calling this, and once the
+        backend is loaded send the requests too: the server answers the next files while earlier
+        answers are read, and ``generate`` finds them waiting (at most ``model.concurrency`` in
+        flight, the pool's size)."""
         for request in requests:
             edge = self.image_edge(request.image) or LONGEST_EDGE
             for image in _images(request):
-                self._encoded.url(image, edge)
+                self._ahead.url(image, edge)
+            if self._sendable():
+                self._ahead.send(self._key(request), _images(request), partial(self._pool.submit, self._one, request))
 
-    def _body(self, request: Request) -> dict[str, Any]:
+    def _sendable(self) -> bool:
+        """Whether requests may go out ahead: not stopping, and loaded (a load that fails here
+        is left for ``generate`` to report)."""
+        try:
+            self.load()
+        except ModelLoadError:
+            return False
+        return not self._cancelled.is_set()
+
+    def _key(self, request: Request) -> str:
+        """The request's body with each image named by its identity: equal for the same question
+        about the same decoded image, built again by ``generate``."""
+        return json.dumps(self._body(request, lambda img: f"#{id(img)}"), sort_keys=True)
+
+    def _body(self, request: Request, url: Callable[[Image.Image], str] | None = None) -> dict[str, Any]:
         edge = self.image_edge(request.image) or LONGEST_EDGE
         body: dict[str, Any] = {"model": self.config.name,
-                                "messages": to_openai(request, lambda img: self._encoded.url(img, edge)),
+                                "messages": to_openai(request, url or (lambda img: self._ahead.url(img, edge))),
                                 "max_tokens": request.generation.max_new_tokens, "temperature": 0.0, "stream": False}
         kwargs = self._processor_kwargs(request.image)
         if kwargs:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import random
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 # SmolVLM2's chat template, as transformers' SmolVLM processing tests carry it. It has no video
@@ -198,9 +199,14 @@ def sample_images(out_dir: str | Path, count: int = 6, seed: int = 0) -> list[Pa
 class InstantServer:
     """An OpenAI-compatible ``/v1/chat/completions`` on 127.0.0.1 that answers at once and keeps
     what it was sent (bodies, headers, sizes): for measuring and testing the remote backend's
-    client alone, with no model behind it. Use as a context manager; ``url`` is its base URL."""
+    client alone, with no model behind it. Use as a context manager; ``url`` is its base URL.
+    ``before_answer`` is called with each request as recorded, before it is answered (a test
+    holds an answer back with it); ``keep_bodies`` False keeps only sizes (a benchmark's server).
+    ``python -m smolvlm_watch.testing instant-server`` runs one in its own process."""
 
-    def __init__(self, answer: str = "a quick answer", host: str = "127.0.0.1"):
+    def __init__(self, answer: str = "a quick answer", host: str = "127.0.0.1",
+                 before_answer: Callable[[dict], None] | None = None, keep_bodies: bool = True,
+                 port: int = 0):
         import http.server
         import json
         import threading
@@ -217,7 +223,10 @@ class InstantServer:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with server.lock:
                     server.requests.append({"path": self.path, "headers": dict(self.headers), "bytes": len(body),
-                                            "json": json.loads(body or b"{}")})
+                                            "json": json.loads(body or b"{}") if keep_bodies else None})
+                    record = server.requests[-1]
+                if before_answer is not None:
+                    before_answer(record)
                 payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": server.answer}}],
                                       "usage": {"prompt_tokens": 1, "completion_tokens": 3}}).encode()
                 self.send_response(200)
@@ -237,7 +246,7 @@ class InstantServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer((host, 0), Handler)
+        self.httpd = http.server.ThreadingHTTPServer((host, port), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://{host}:{self.httpd.server_address[1]}/v1"
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="instant-server", daemon=True)
@@ -282,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--count", type=int, default=6)
     ph = sub.add_parser("photos", help="write seeded field photos: 24 MP JPEG, HEIC, AVIF, DNG")
     ph.add_argument("dir")
+    srv = sub.add_parser("instant-server", help="an OpenAI-compatible server that answers at once, until stdin "
+                         "closes; prints its URL, then the size of each request as JSON")
+    srv.add_argument("--port", type=int, default=0)
     d = sub.add_parser("demo", help="build the tiny model and process sample images")
     d.add_argument("dir")
     args = parser.parse_args(argv)
@@ -296,9 +308,21 @@ def main(argv: list[str] | None = None) -> int:
 
         for path in fixtures.photos(args.dir):
             print(path)
+    elif args.command == "instant-server":
+        instant_server(args.port)
     else:
         return demo(args.dir)
     return 0
+
+
+def instant_server(port: int) -> None:
+    """Serve in this process until stdin closes (the caller is done), then say what was sent."""
+    import json
+
+    with InstantServer(keep_bodies=False, port=port) as server:
+        print(server.url, flush=True)
+        sys.stdin.read()
+    print(json.dumps({"bytes": [r["bytes"] for r in server.requests]}), flush=True)
 
 
 if __name__ == "__main__":

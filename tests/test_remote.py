@@ -217,10 +217,14 @@ def test_a_camera_photo_is_sent_once_encoded_at_the_size_the_model_looks_at(tmp_
 
 
 def test_a_vllm_server_gets_the_tasks_own_image_settings(tmp_path, run_cli):
+    from PIL import Image
+
     from smolvlm_watch import fixtures
     from smolvlm_watch.testing import InstantServer
 
-    photo = fixtures.camera_jpeg(tmp_path / "photos" / "small.jpg", (1024, 768))
+    photo = tmp_path / "photos" / "small.png"
+    photo.parent.mkdir()
+    Image.open(fixtures.camera_jpeg(tmp_path / "small.jpg", (1024, 768))).save(photo)
     with InstantServer() as server:
         cfg = _instant_config(tmp_path, server.url, ", server: vllm, image_format: png")
         code, out, err = run_cli("process", photo, "-c", cfg, "--json")
@@ -232,6 +236,95 @@ def test_a_vllm_server_gets_the_tasks_own_image_settings(tmp_path, run_cli):
     assert all(_sent_images({"json": body})[0].startswith("data:image/png;base64,") for body in sent.values())
     doc = read_sidecar(photo)
     assert doc["tasks"]["caption"]["generation"]["image"]["splitting"] is False  # applied as asked
+
+
+def _decoded(url: str):
+    import base64
+    import io
+
+    from PIL import Image
+
+    return Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+
+
+def test_a_jpeg_within_the_size_is_sent_as_its_own_stream_without_its_metadata(tmp_path, run_cli):
+    """No re-encoding (no second loss, no CPU) for a phone-size JPEG that needs no turn; its EXIF,
+    XMP and IPTC (GPS position, names) stay home. A turned one is sent upright, re-encoded."""
+    import base64
+
+    import numpy as np
+
+    from smolvlm_watch import fixtures, media
+    from smolvlm_watch.media.image import without_metadata
+    from smolvlm_watch.testing import InstantServer
+
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF/></x:xmpmeta>'
+    plain = fixtures.camera_jpeg(tmp_path / "photos" / "plain.jpg", (1024, 768), keywords=["Oma"],
+                                 description="at home", xmp=xmp)
+    turned = fixtures.camera_jpeg(tmp_path / "photos" / "turned.jpg", (1024, 768), seed=3, orientation=6)
+    with InstantServer() as server:
+        code, out, err = run_cli("process", tmp_path / "photos", "-c", _instant_config(tmp_path, server.url), "--json")
+        assert code == 0, out + err
+        by_size = {_decoded(u).size: u for r in server.requests for u in _sent_images(r)}
+    assert sorted(by_size) == [(768, 1024), (1024, 768)] and len(server.requests) == 6
+    sent = base64.b64decode(by_size[(1024, 768)].split(",", 1)[1])
+    data = plain.read_bytes()
+    assert sent == without_metadata(data) and len(sent) < len(data)
+    for secret in (b"Exif", b"xmpmeta", b"Photoshop 3.0", b"at home", b"Oma"):
+        assert secret in data and secret not in sent
+    ours = media.load(plain).images[0]
+    assert np.array_equal(np.asarray(_decoded(by_size[(1024, 768)]).convert("RGB")), np.asarray(ours))
+    upright = _decoded(by_size[(768, 1024)])
+    assert upright.format == "JPEG" and not upright.getexif() and turned.read_bytes()[:2] == b"\xff\xd8"
+
+
+def test_the_client_resizes_exactly_as_the_in_process_processor_does(tiny_model):
+    """The server's resize is then a no-op: the pixels sent are the processor's own first step."""
+    import numpy as np
+    import torch
+    from transformers import AutoImageProcessor
+    from transformers.image_processing_utils import SizeDict
+
+    from smolvlm_watch import fixtures
+    from smolvlm_watch.remote import fitted
+
+    processor = AutoImageProcessor.from_pretrained(tiny_model)
+    for size in ((3000, 2000), (1500, 2250), (2049, 1000)):
+        img = fixtures.scene(size, 5)
+        ours = np.asarray(fitted(img, 2048))
+        pixels = torch.from_numpy(np.array(img)).permute(2, 0, 1)
+        theirs = processor.resize(pixels, SizeDict(longest_edge=2048), resample=processor.resample)
+        assert np.array_equal(ours, theirs.permute(1, 2, 0).numpy()), size
+
+
+def test_the_next_files_are_asked_while_an_earlier_answer_is_still_out(tmp_path, run_cli):
+    """Requests of files prepared ahead go out before the batch before them has all its
+    answers: the server holds the very first answer back until it has seen every photo. (A
+    batch holds at most 4 files here, so without sending ahead at most 4 photos are seen.)"""
+    import threading
+
+    from smolvlm_watch import fixtures
+    from smolvlm_watch.testing import InstantServer
+
+    for i in range(6):
+        fixtures.camera_jpeg(tmp_path / "photos" / f"p{i}.jpg", (320, 240), seed=i)
+    seen: set[str] = set()
+    all_seen, first, held = threading.Event(), threading.Lock(), []
+
+    def hold(record: dict) -> None:
+        seen.update(_sent_images(record))
+        if len(seen) == 6:
+            all_seen.set()
+        if first.acquire(blocking=False):  # the first request waits for the others to arrive
+            held.append(all_seen.wait(20))
+
+    with InstantServer(before_answer=hold) as server:
+        cfg = _instant_config(tmp_path, server.url, ", concurrency: 4")
+        cfg.write_text(cfg.read_text() + "runtime: {prefetch: 6}\n")  # all six decoded ahead, however fast
+        code, out, err = run_cli("process", tmp_path / "photos", "-c", cfg, "--json")
+        assert code == 0, out + err
+    assert held == [True] and len(server.requests) == 18
+    assert all(read_sidecar(tmp_path / "photos" / f"p{i}.jpg")["tasks"]["ocr"]["result"] for i in range(6))
 
 
 def test_config_check_says_which_task_settings_a_generic_server_ignores(write_config, run_cli):

@@ -78,7 +78,7 @@ class Opened:
                     return replace(own, info=replace(own.info, extra=extra))
             return raw.decode(self.file, self.path, self.stat, self.sha256, limits, edge)
         img = self._pillow or image.open_pillow(self.file, self.path)
-        return image.decode(img, self.path, self.stat, self.sha256, limits, edge)
+        return image.decode(img, self.file, self.path, self.stat, self.sha256, limits, edge)
 
     def _through(self, twin: Path, limits: Limits, edge: int | None) -> Media:
         width, height = raw.upright_size(self.file, self.path)

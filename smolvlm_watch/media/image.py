@@ -7,6 +7,10 @@ camera-size JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) still at l
 what the model looks at (``edge``): a 24-megapixel photo is not decoded whole to be shrunk to
 2048 pixels. A HEIC holding several images gives its primary one; a 10-bit HEIC comes out as
 8-bit RGB; orientation (libheif's transforms, EXIF) is applied.
+
+A JPEG that needs no resizing and no rotation also carries its own compressed stream, minus the
+metadata segments (``AS_IS`` in the image's ``info``): a backend that sends images over the wire
+can send those bytes, which show exactly the decoded pixels, instead of encoding them again.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
 # ISO base media files (ftyp at offset 4) that hold still images: HEIF/HEIC and AVIF brands
 HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"})
 AVIF_BRANDS = frozenset({b"avif", b"avis"})
+AS_IS = "smolvlm_watch.jpeg"  # info key: the file's JPEG stream without metadata, when it shows the pixels as decoded
+AS_IS_MAX_BYTES = 16 << 20
 
 
 def sniff(head: bytes) -> bool:
@@ -131,21 +137,18 @@ def check_pixels(path: Path, width: int, height: int, limit: int, what: str = "i
                                f"limit of {limit} (raise it in the config if this is intended)")
 
 
-def decode(img: Image.Image, path: Path, st: os.stat_result, sha256: str, limits: Limits,
+def decode(img: Image.Image, f: BinaryIO, path: Path, st: os.stat_result, sha256: str, limits: Limits,
            edge: int | None = None) -> Media:
-    """The frame Pillow opened (the first; a HEIC's primary), upright and RGB, with its source
-    info. ``edge``: the longest edge the model will look at; a JPEG is decoded at the smallest
-    DCT scale that still covers it. The source records the photo's own size."""
+    """The frame Pillow opened from ``f`` (the first; a HEIC's primary), upright and RGB, with its
+    source info. ``edge``: the longest edge the model will look at; a JPEG is decoded at the
+    smallest DCT scale that still covers it, and one already within it keeps its stream
+    (``AS_IS``). The source records the photo's own size."""
     if img.format not in FORMATS:
         raise undecodable(path, f"{img.format} image", "Pillow opened it, but it is not a photo format "
                           "this project reads", f"convert it to one of: {SUPPORTED}")
     check_pixels(path, *img.size, limits.max_pixels)
-    width, height = img.size
-    try:
-        if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # a quarter turn: the photo stands the other way
-            width, height = height, width
-    except Exception:  # noqa: BLE001 - damaged EXIF: the orientation is then what exif_transpose makes of it
-        pass
+    turn = _orientation(img)
+    width, height = (img.height, img.width) if turn in (5, 6, 7, 8) else img.size  # a quarter turn: it stands
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -154,12 +157,60 @@ def decode(img: Image.Image, path: Path, st: os.stat_result, sha256: str, limits
                 img.draft("RGB", (max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale))))
             img.load()
             rgb = upright_rgb(img)
+        if edge and max(img.size) <= edge and turn == 1 and img.format == "JPEG" and img.mode in ("RGB", "L") \
+                and st.st_size <= AS_IS_MAX_BYTES:
+            _keep_stream(rgb, f, st.st_size)
     except Image.DecompressionBombError as exc:
         raise MediaError(path, f"refused as a decompression bomb: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - whatever a damaged file makes Pillow raise
         raise broken(path, "corrupt or truncated image", exc) from None
     info = source_info(path, st, sha256, "image", width, height)
     return Media(info=info, images=(rgb,))
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        return int(img.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - damaged EXIF: the orientation is then what exif_transpose makes of it
+        return 0
+
+
+def _keep_stream(rgb: Image.Image, f: BinaryIO, size: int) -> None:
+    f.seek(0)
+    stream = without_metadata(f.read(size + 1))
+    if stream is not None:
+        rgb.info[AS_IS] = stream
+
+
+# APP0 (JFIF) and APP14 (Adobe: how the colours were transformed) matter to a decoder; the other
+# APPn segments (EXIF with its GPS position, XMP, IPTC, ICC, maker notes) and comments do not
+_DROPPED = frozenset(range(0xE1, 0xEE)) | {0xEF, 0xFE}
+
+
+def without_metadata(data: bytes) -> bytes | None:
+    """A JPEG's stream without its metadata segments and without anything after its end marker
+    (a phone's appended motion-photo video, a second MPO image): the same pixels, nothing about
+    where or by whom. None when the stream is not one this walk understands."""
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    out, i = [b"\xff\xd8"], 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            i += 1
+            continue
+        if marker == 0xDA:  # start of scan: entropy-coded data follows, where 0xFF is always escaped
+            end = data.find(b"\xff\xd9", i)
+            return b"".join(out) + data[i:end + 2] if end > 0 else None
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        if length < 2:
+            return None
+        if marker not in _DROPPED:
+            out.append(data[i:i + 2 + length])
+        i += 2 + length
+    return None
 
 
 @dataclass(frozen=True)
