@@ -116,6 +116,44 @@ watches: [{{path: ./local, tasks: [ocr], outputs: [json]}}]
         assert "sk-test-secret-123" not in img.with_name(img.name + ".smolvlm.json").read_text()
 
 
+def test_one_tile_answers_match_in_process_through_a_server_that_tiles_once(tmp_path, tiny_model, run_cli):
+    """Caption at one tile, remote and in-process, the same greedy text. A generic server cannot
+    be told per request (vLLM can, and none is available here), so this server's own processor
+    takes one tile. Photos: a PNG, and a JPEG that goes as its own stream."""
+    from smolvlm_watch import fixtures
+
+    one = tmp_path / "one-tile"
+    shutil.copytree(tiny_model, one)
+    processor = json.loads((one / "processor_config.json").read_text())
+    processor["image_processor"]["do_image_splitting"] = False
+    (one / "processor_config.json").write_text(json.dumps(processor))
+    photos = [make_image(tmp_path / "remote" / "a.png", (200, 150), (30, 140, 220)),
+              fixtures.camera_jpeg(tmp_path / "remote" / "b.jpg", (240, 180), seed=4)]
+    task = "tasks: {caption: {max_new_tokens: 10, image_splitting: false, options: {loop_guard: false}}}"
+    server = Server(one, tmp_path / "hf-home")
+    server.start()
+    try:
+        cfg = tmp_path / "remote.yaml"
+        cfg.write_text(f'model: {{backend: openai, base_url: "{server.url}", name: "{one}", image_format: png}}\n'
+                       f"{task}\nwatches: [{{path: ./remote, tasks: [caption], outputs: [json]}}]\n")
+        code, out, err = run_cli("process", tmp_path / "remote", "-c", cfg, "--json")
+        assert code == 0, out + err
+    finally:
+        server.stop()
+    (tmp_path / "local").mkdir()
+    for photo in photos:
+        shutil.copy(photo, tmp_path / "local" / photo.name)
+    local = tmp_path / "local.yaml"
+    local.write_text(f"model: {{path: {tiny_model}, dtype: float32}}\n{task}\n"
+                     "watches: [{path: ./local, tasks: [caption], outputs: [json]}]\n")
+    code, out, err = run_cli("process", tmp_path / "local", "-c", local, "--json")
+    assert code == 0, out + err
+    for photo in photos:
+        remote_doc, local_doc = read_sidecar(photo), read_sidecar(tmp_path / "local" / photo.name)
+        assert remote_doc["tasks"]["caption"]["raw"] == local_doc["tasks"]["caption"]["raw"], photo.name
+        assert remote_doc["tasks"]["caption"]["tokens"] == 10
+
+
 def pixel(path: Path):
     from PIL import Image
 
