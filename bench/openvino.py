@@ -6,14 +6,16 @@
 
 optimum-intel's exporter needs transformers <= 4.57.6 and this project transformers >= 5, so
 OpenVINO runs in an environment of its own (`--ov-python`). The preset model (random weights,
-the published 256M shapes) is built here, exported there once (`optimum-cli export openvino
---task image-text-to-text`, fp32 weights), and its tokenizer config rewritten for transformers
-4.57 (`tokenizer_class`, `extra_special_tokens`). Both engines then answer caption + tags + OCR
-for the same seeded 1024x768 photos at each task's default image settings (caption and tags one
-tile, OCR 13 tiles), exactly 64 new tokens each, greedy: OpenVINO with the stock
-`OVModelForVisualCausalLM.generate`, one question at a time (it has no shared vision pass or
-prefix); torch through `Runtime.generate`, which shares both. Prints one JSON line per engine
-and the ratio.
+the published 256M shapes) is built here, exported there once per weight format (`optimum-cli
+export openvino --task image-text-to-text --weight-format fp32|int8`), and its tokenizer config
+rewritten for transformers 4.57 (`tokenizer_class`, `extra_special_tokens`). Both engines then
+answer caption + tags + OCR for the same seeded 1024x768 photos at each task's default image
+settings (caption and tags one tile, OCR 13 tiles), exactly 64 new tokens each, greedy: OpenVINO
+with the stock `OVModelForVisualCausalLM.generate`, one question at a time (it has no shared
+vision pass or prefix); torch through `Runtime.generate`, which shares both. Each OpenVINO row
+also gives its parts: the vision embeddings alone on 13 tiles, one decoding step alone (ms per
+token, from 17 against 1 new token), the prompt tokens of each question (whether the processor
+took one tile for caption and tags) and its peak RSS. `bench/engines.py` gives torch's parts.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ QUESTIONS = [  # (prompt, image splitting): the built-in tasks' defaults
     ("Extract all text from this image. Keep the line breaks.", True)]
 
 OV_PHASE = r"""
-import json, sys, time
+import json, resource, sys, time
 from PIL import Image
 from transformers import AutoProcessor
 from optimum.intel import OVModelForVisualCausalLM
@@ -43,28 +45,39 @@ ov_dir, proc_dir, tokens, questions = sys.argv[1], sys.argv[2], int(sys.argv[3])
 images = sys.argv[5:]
 processor = AutoProcessor.from_pretrained(proc_dir)
 model = OVModelForVisualCausalLM.from_pretrained(ov_dir)
-def ask(img, prompt, split):
+def inputs(img, prompt, split):
     msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
     text = processor.apply_chat_template(msgs, add_generation_prompt=True)
-    inputs = processor(text=text, images=[img], return_tensors="pt", do_image_splitting=split)
-    return model.generate(**inputs, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+    return processor(text=text, images=[img], return_tensors="pt", do_image_splitting=split)
+def ask(img, prompt, split, n=tokens):
+    return model.generate(**inputs(img, prompt, split), max_new_tokens=n, min_new_tokens=n, do_sample=False)
+def timed(fn):
+    start = time.perf_counter(); fn(); return time.perf_counter() - start
 warm = Image.open(images[0]).convert("RGB")
-ask(warm, "Hi", False)
-start = time.perf_counter()
-for path in images:
-    img = Image.open(path).convert("RGB")
-    for prompt, split in questions:
-        ask(img, prompt, split)
-print(json.dumps({"seconds": time.perf_counter() - start}))
+ask(warm, "Hi", False, 2)
+seconds = sum(timed(lambda: [ask(img, p, s) for p, s in questions])
+              for img in (Image.open(path).convert("RGB") for path in images))
+ocr = inputs(warm, questions[-1][0], True)
+vision = [round(timed(lambda: model.get_vision_embeddings(ocr["pixel_values"], ocr["input_ids"],
+                                                          pixel_attention_mask=ocr["pixel_attention_mask"])), 3)
+          for _ in range(2)]
+one, many = (min(timed(lambda: ask(warm, questions[-1][0], True, n)) for _ in range(2)) for n in (1, 17))
+print(json.dumps({"seconds": seconds, "prompt_tokens": [int(inputs(warm, p, s)["input_ids"].shape[1])
+                                                        for p, s in questions],
+                  "vision_13_tiles_s": vision, "decode_step_ms": round((many - one) / 16 * 1000, 1),
+                  "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))
 """
 
 
-def exported(ov_python: str, src: Path) -> tuple[Path, Path]:
-    """The OpenVINO export of ``src`` and a processor folder transformers 4.57 reads."""
-    dst, proc = src.with_name(src.name + "-openvino"), src.with_name(src.name + "-tf457")
+def exported(ov_python: str, src: Path, weights: str) -> tuple[Path, Path]:
+    """The OpenVINO export of ``src`` (``weights``: fp32, fp16 or int8) and a processor folder
+    transformers 4.57 reads."""
+    dst = src.with_name(src.name + "-openvino" + ("" if weights == "fp32" else f"-{weights}"))
+    proc = src.with_name(src.name + "-tf457")
     if not (dst / "openvino_language_model.xml").exists():
         subprocess.run([ov_python, "-m", "optimum.commands.optimum_cli", "export", "openvino", "--model", str(src),
-                        "--task", "image-text-to-text", str(dst)], check=True, capture_output=True)
+                        "--task", "image-text-to-text", "--weight-format", weights, str(dst)],
+                       check=True, capture_output=True)
     if not proc.exists():
         shutil.copytree(src, proc, ignore=shutil.ignore_patterns("*.safetensors"))
         cfg = json.loads((proc / "tokenizer_config.json").read_text())
@@ -101,23 +114,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="256M", choices=["tiny", "256M", "500M"])
     p.add_argument("--images", type=int, default=2)
     p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--weights", default="fp32,int8", help="OpenVINO weight formats to export and run, comma-separated")
     args = p.parse_args(argv)
     import throughput
 
     model = throughput.model_dir(args.preset)
     images = throughput.make_images(HERE / ".cache" / "ov-photos", args.images, throughput.PHOTO)
-    ov_dir, proc_dir = exported(args.ov_python, model)
-    ov = subprocess.run([args.ov_python, "-c", OV_PHASE, str(ov_dir), str(proc_dir), str(args.max_new_tokens),
-                         json.dumps(QUESTIONS), *map(str, images)], check=True, capture_output=True, text=True)
-    ov_s = json.loads(ov.stdout.strip().splitlines()[-1])["seconds"]
-    torch_s = torch_seconds(model, images, args.max_new_tokens)
     n = len(images)
-    for engine, seconds in (("openvino fp32 (stock generate, one question at a time)", ov_s),
-                            ("torch, this project's Runtime (shared vision pass and prefix)", torch_s)):
+    rows = []
+    for weights in args.weights.split(","):
+        ov_dir, proc_dir = exported(args.ov_python, model, weights)
+        ov = subprocess.run([args.ov_python, "-c", OV_PHASE, str(ov_dir), str(proc_dir), str(args.max_new_tokens),
+                             json.dumps(QUESTIONS), *map(str, images)], check=True, capture_output=True, text=True)
+        got = json.loads(ov.stdout.strip().splitlines()[-1])
+        rows.append((f"openvino {weights} weights (stock generate, one question at a time)", got.pop("seconds"), got))
+    rows.append(("torch float32, this project's Runtime (shared vision pass and prefix)",
+                 torch_seconds(model, images, args.max_new_tokens), {}))
+    torch_s = rows[-1][1]
+    for engine, seconds, extra in rows:
         print(json.dumps({"engine": engine, "preset": args.preset, "images": n, "questions_per_image": 3,
                           "new_tokens": args.max_new_tokens, "seconds_per_image": round(seconds / n, 2),
-                          "images_per_s": round(n / seconds, 4)}), flush=True)
-    print(json.dumps({"ratio_openvino_over_torch": round(torch_s / ov_s, 2)}), flush=True)
+                          "images_per_s": round(n / seconds, 4), "ratio_over_torch": round(torch_s / seconds, 2),
+                          **extra}), flush=True)
     return 0
 
 

@@ -2,6 +2,7 @@
 
     python bench/throughput.py --preset 256M --device cpu --images 4 --tasks caption,tags,ocr
     python bench/throughput.py --quick          # tiny model, CI smoke run
+    python bench/throughput.py --quantize int8 --task-defaults   # one of bench/engines.py's rows
 
 Builds (and caches under bench/.cache) the preset model with random weights, writes a fixed
 seeded set of images, then measures in ONE run, each phase in a fresh subprocess so peak memory is
@@ -135,9 +136,10 @@ def phase_ours(args, images: list[Path], tasks: list[str]) -> dict:
     from smolvlm_watch.plugins import Registry
 
     folder = images[0].parent
-    task_cfg = {t: {"max_new_tokens": args.max_new_tokens, "prompt": PROMPTS[t], "image_splitting": True,
+    tiles = {} if args.task_defaults else {"image_splitting": True}
+    task_cfg = {t: {"max_new_tokens": args.max_new_tokens, "prompt": PROMPTS[t], **tiles,
                     "options": {"min_new_tokens": args.max_new_tokens, "loop_guard": False}} for t in tasks}
-    raw = {"model": {"path": args.model, "device": args.device, "dtype": args.dtype},
+    raw = {"model": {"path": args.model, "device": args.device, "dtype": args.dtype, "quantize": args.quantize},
            "tasks": task_cfg, "runtime": {"compile": args.compile, **({"max_batch": args.batch} if args.batch else {})},
            "watches": [{"path": str(folder), "tasks": tasks, "outputs": ["json"], "policy": "overwrite"}]}
     config = configmod.parse(raw, folder)
@@ -224,6 +226,9 @@ def run_phase(args, phase: str) -> dict:
         cmd += ["--batch", str(args.batch)]
     if args.compile:
         cmd.append("--compile")
+    if args.task_defaults:
+        cmd.append("--task-defaults")
+    cmd += ["--quantize", args.quantize]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"bench phase {phase} failed:\n{proc.stderr[-3000:]}")
@@ -243,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="smolvlm-watch's model.dtype (the reference loop keeps the docs' default)")
     p.add_argument("--compile", action="store_true", help="runtime.compile: static KV cache + compiled decode step")
+    p.add_argument("--quantize", default="none", choices=["none", "int8"], help="model.quantize")
+    p.add_argument("--task-defaults", action="store_true",
+                   help="each task's own image settings (caption and tags one tile) instead of 13 tiles for all")
     p.add_argument("--quick", action="store_true", help="tiny model, 2 images, 8 tokens: a smoke run for CI")
     p.add_argument("--phase", choices=["reference", "ours", "latency"], help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
@@ -283,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({
         "preset": args.preset, "device": args.device, "dtype": ours["dtype"], "tasks": tasks, "images": len(images),
         "size": f"{size[0]}x{size[1]}", "max_new_tokens": args.max_new_tokens, "batch": ours["batch"],
-        "compile": args.compile,
+        "compile": args.compile, "quantize": args.quantize, "task_defaults": args.task_defaults,
         "images_per_s": round(ips, 4), "reference_images_per_s": round(ref_ips, 4), "ratio": round(ips / ref_ips, 3),
         "seconds_per_image_per_task": round(ours["seconds"] / len(images) / len(tasks), 3),
         "reference_seconds_per_image_per_task": round(ref["seconds"] / len(images) / len(tasks), 3),

@@ -17,6 +17,20 @@ def _openai(model: ModelConfig, runtime: RuntimeConfig) -> Engine:
     return RemoteRuntime(model, runtime)
 
 
+def _quantizable(model: ModelConfig) -> list[str]:
+    """int8 is torch's dynamic quantization: float32 weights in, CPU kernels only."""
+    if model.quantize != "int8":
+        return []
+    problems = []
+    if model.dtype not in ("auto", "float32"):
+        problems.append(f"model.quantize: int8 quantizes float32 weights; set model.dtype: auto or float32 "
+                        f"(not {model.dtype})")
+    if model.device not in ("auto", "cpu"):
+        problems.append(f"model.quantize: int8 runs on the CPU only (torch's dynamic quantization has no "
+                        f"{model.device} kernels); on a GPU use model.quantize: none")
+    return problems
+
+
 def _needs_server(model: ModelConfig) -> list[str]:
     return [f"model.{key}: missing: model.backend openai needs base_url and name"
             for key in ("base_url", "name") if not getattr(model, key)]
@@ -25,6 +39,7 @@ def _needs_server(model: ModelConfig) -> list[str]:
 @hookimpl
 def register_backends(register):
     register(Backend("transformers", _transformers,
-                     "SmolVLM2 in this process with transformers: CPU (bf16 where the CPU has it), CUDA, MPS"))
+                     "SmolVLM2 in this process with transformers: CPU (bf16 where the CPU has it), CUDA, MPS",
+                     check=_quantizable))
     register(Backend("openai", _openai, "an OpenAI-compatible server: vLLM, llama.cpp, transformers serve",
                      check=_needs_server))

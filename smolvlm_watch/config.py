@@ -67,6 +67,7 @@ class ModelConfig:
     revision: str | None = None
     dtype: str = "auto"
     device: str = "auto"
+    quantize: str = "none"  # none | int8: the linear layers as int8 on the CPU (torch's dynamic quantization)
     attn_implementation: str | None = None
     local_files_only: bool = False
     image: ImageSettings = ImageSettings()
@@ -444,6 +445,7 @@ def _model(r: _Reader, raw: Any) -> ModelConfig:
         path=r.path(data, "path", "model"),
         revision=r.get(data, "revision", "model", lambda v: isinstance(v, str), "a string"),
         dtype=r.choice(data, "dtype", "model", DTYPES, "auto"),
+        quantize=r.choice(data, "quantize", "model", ("none", "int8"), "none"),
         device=r.choice(data, "device", "model", DEVICES, "auto"),
         attn_implementation=r.get(data, "attn_implementation", "model", lambda v: isinstance(v, str), "a string"),
         local_files_only=r.get(data, "local_files_only", "model", _is_bool, "true or false", False),
@@ -488,9 +490,9 @@ _OUTPUT_KEYS = ("policy", "output_dir", "json_suffix", "ocr_suffix", "caption_tx
 SECTIONS: dict[str, tuple[str, ...]] = {
     "": ("model", "tasks", "watches", "outputs", "state", "logging", "media", "runtime", "video", "document",
          "metrics", "web", "plugins"),
-    "model": ("id", "path", "revision", "dtype", "device", "attn_implementation", "local_files_only", "preload",
-              "threads", "backend", "base_url", "name", "api_key_env", "timeout", "concurrency", "image_format",
-              "server") + _IMAGE_KEYS,
+    "model": ("id", "path", "revision", "dtype", "device", "quantize", "attn_implementation", "local_files_only",
+              "preload", "threads", "backend", "base_url", "name", "api_key_env", "timeout", "concurrency",
+              "image_format", "server") + _IMAGE_KEYS,
     "tasks.NAME": TASK_KEYS,
     "tasks.NAME.video": ("fps", "max_frames", "mode"),
     "outputs": _OUTPUT_KEYS,

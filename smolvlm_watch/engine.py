@@ -79,12 +79,15 @@ class ModelInfo:
     device: str | None
     backend: str = "transformers"
     endpoint: str | None = None  # the remote backend's base URL
+    quantize: str | None = None  # the weight format when it is not ``dtype``'s: int8
 
     def as_dict(self) -> dict[str, Any]:
         out = {"id": self.id, "revision": self.revision, "dtype": self.dtype, "device": self.device,
                "backend": self.backend}
         if self.endpoint:
             out["endpoint"] = self.endpoint
+        if self.quantize:
+            out["quantize"] = self.quantize
         return out
 
 

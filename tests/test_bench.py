@@ -59,3 +59,19 @@ def test_remote_bench_quick_prints_both_clients_and_their_ratios(tmp_path):
     for row in rows:
         assert row["before"]["bytes_per_photo"] > row["now"]["bytes_per_photo"] > 0
         assert row["ratio_bytes"] > 1 and row["ratio_cpu"] > 0 and row["now"]["photos_per_s"][0] > 0
+
+
+def test_engines_bench_quick_prints_every_engine_with_its_ratios_and_parts(tmp_path):
+    rows = _quick("engines.py")
+    photos = [r for r in rows if r["kind"] == "photo"]
+    assert [(r["engine"], r["settings"]) for r in photos] == [
+        ("reference loop (transformers docs), float32", "13 tiles"),
+        ("torch float32", "task defaults"), ("torch float32 + int8 linear layers", "task defaults"),
+        ("torch float32", "13 tiles"), ("torch float32 + int8 linear layers", "13 tiles")]
+    for r in photos[1:]:
+        assert r["images_per_s"] > 0 and r["ratio_reference"] > 0 and r["peak_rss_mb"] > 0
+    assert photos[1]["ratio_today"] == photos[3]["ratio_today"] == 1.0
+    assert photos[1]["vision_passes"] == 2 and photos[3]["vision_passes"] == 1  # one tile and 13 tiles: two images
+    parts = {r["engine"]: r for r in rows if r["kind"] == "parts"}
+    assert set(parts) == {"torch float32", "torch float32 + int8 linear layers"}
+    assert all(p["decode_step_ms"][0] > 0 and p["vision_tile_by_tile_s"][0] > 0 for p in parts.values())

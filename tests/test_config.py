@@ -48,6 +48,11 @@ def test_a_config_with_only_a_folder_works(write_config, tmp_path):
      "watches[0].outputs[1]: unknown output 'yaml' (known: json, txt, xmp)"),
     ("model: {dtype: float8}\n", "model.dtype: 'float8' is not allowed (allowed: auto, float32, float16, bfloat16)"),
     ("model: {device: tpu}\n", "model.device: 'tpu' is not allowed (allowed: auto, cpu, cuda, mps)"),
+    ("model: {quantize: int4}\n", "model.quantize: 'int4' is not allowed (allowed: none, int8)"),
+    ("model: {quantize: int8, dtype: bfloat16}\n",
+     "model.quantize: int8 quantizes float32 weights; set model.dtype: auto or float32 (not bfloat16)"),
+    ("model: {quantize: int8, device: cuda}\n", "model.quantize: int8 runs on the CPU only (torch's dynamic "
+     "quantization has no cuda kernels); on a GPU use model.quantize: none"),
     ("model: {pth: ./x}\n", "model.pth: unknown key (known: id, path, revision"),
     ("tasks:\n  caption: {max_new_tokens: -3}\n", "tasks.caption.max_new_tokens: -3 is too small (minimum 1)"),
     ("tasks:\n  caption: {max_new_tokens: many}\n", "tasks.caption.max_new_tokens: expected an integer, got 'many'"),

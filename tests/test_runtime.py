@@ -140,6 +140,30 @@ def test_one_vision_pass_per_image_with_the_answers_of_separate_runs(tiny_model)
     assert rt.prefill_tokens == expected
 
 
+def test_int8_linear_layers_keep_the_sharing_and_stay_close_to_float32(tiny_model):
+    """``model.quantize: int8``: every linear layer of both towers is torch's dynamic int8 one;
+    three questions about a photo still cost one vision pass and give the answers of separate
+    runs; the first step's logits stay within the tolerance README states (cosine >= 0.99 against
+    float32; int8 arithmetic may change a greedy token where two are nearly tied)."""
+    rt = Runtime(ModelConfig(path=tiny_model, threads=1, quantize="int8"), RuntimeConfig(max_batch=8))
+    rt.load()
+    assert (rt.dtype, rt.quantize) == ("float32", "int8") and rt.info().as_dict()["quantize"] == "int8"
+    kinds = {type(m).__module__ for m in rt.model.modules()}
+    assert "torch.ao.nn.quantized.dynamic.modules.linear" in kinds and "torch.nn.modules.linear" not in kinds
+    photo = Image.new("RGB", (300, 200), (200, 30, 30))
+    requests = [Request(images=(photo,), messages=question(q), generation=GenerationSettings(max_new_tokens=6))
+                for q in ("Describe this image.", "List keywords.", "Extract all text.")]
+    separate = [rt.generate([r])[0].token_ids for r in requests]
+    rt.vision_passes = 0
+    assert [a.token_ids for a in rt.generate(requests)] == separate and rt.vision_passes == 1
+    full = Runtime(ModelConfig(path=tiny_model, threads=1, dtype="float32"))
+    full.load()
+    inputs = full.processor(text=full.prompt(requests[0]), images=[photo], return_tensors="pt")
+    with torch.inference_mode():
+        a, b = (m.model(**inputs).logits[0, -1] for m in (full, rt))
+    assert torch.nn.functional.cosine_similarity(a, b, dim=0) >= 0.99
+
+
 def test_prompts_that_differ_before_the_image_keep_their_own_prefix(tiny_model):
     """A task with its own system message shares the photo's vision pass but not a prefix."""
     rt = Runtime(ModelConfig(path=tiny_model, threads=1, dtype="float32"))

@@ -210,6 +210,18 @@ def test_doctor_good_and_broken(tmp_path, tiny_model, run_cli):
     assert f"ok    model {tiny_model} (local folder)" in out
     assert f"ok    output location {tmp_path / 'inbox'} is writable" in out
     assert "device cpu" in out and out.strip().endswith("all checks passed")
+    import torch
+
+    from smolvlm_watch.runtime import cpu_has_bf16
+
+    why = ("this CPU has native bf16 (AVX512-BF16 or AMX)" if cpu_has_bf16() else
+           "this CPU has no native bf16 (AVX512-BF16 or AMX), so float32 is faster")
+    from smolvlm_watch.doctor import INT8_VERDICT, OPENVINO_VERDICT
+
+    hint = "" if cpu_has_bf16() else f"; model.quantize: int8 {INT8_VERDICT}"
+    assert (f"ok    engine: transformers (torch {torch.__version__}) on cpu, "
+            f"{'bfloat16' if cpu_has_bf16() else 'float32'}: no GPU is visible; {why}; OpenVINO is not used: "
+            f"{OPENVINO_VERDICT} (README, Performance){hint}\n") in out
 
     broken = tmp_path / "broken"
     (broken / "inbox").mkdir(parents=True)
@@ -225,6 +237,36 @@ def test_doctor_good_and_broken(tmp_path, tiny_model, run_cli):
 
     code, out, _ = run_cli("doctor", "-c", tmp_path / "missing.yaml")
     assert code == 1 and "FAIL  config:" in out
+
+
+def test_doctor_says_which_engine_a_config_gets_and_why(tmp_path, run_cli, monkeypatch):
+    from smolvlm_watch import runtime
+    from smolvlm_watch.testing import InstantServer
+
+    (tmp_path / "inbox").mkdir()
+    cfg = tmp_path / "config.yaml"
+    with InstantServer() as server:
+        cfg.write_text(f'model: {{backend: openai, base_url: "{server.url}", name: m}}\nwatches: [{{path: ./inbox}}]\n')
+        code, out, _ = run_cli("doctor", "-c", cfg)
+    assert code == 0, out
+    assert f"ok    engine: openai at {server.url} (model.backend: openai)" in out
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
+    model = runtime.ModelConfig()
+    assert runtime.placement(model) == runtime.Placement(
+        "cpu", "bfloat16", "no GPU is visible; this CPU has native bf16 (AVX512-BF16 or AMX)")
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)
+    assert runtime.placement(model).dtype == "float32"
+    assert runtime.placement(runtime.ModelConfig(dtype="bfloat16")) == runtime.Placement(
+        "cpu", "bfloat16", "no GPU is visible; model.dtype says bfloat16")
+    assert runtime.placement(runtime.ModelConfig(quantize="int8")) == runtime.Placement(
+        "cpu", "float32", "no GPU is visible; model.quantize int8: int8 linear layers over float32", "int8")
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert runtime.placement(runtime.ModelConfig(quantize="int8")) == runtime.Placement(
+        "cuda", "bfloat16", "a CUDA device is visible; model.quantize int8 is ignored on a GPU (CPU kernels only); "
+        "bfloat16 is its fastest precision")
 
 
 def test_run_on_the_example_config_without_the_model_stops_with_the_clear_error(tmp_path):

@@ -375,7 +375,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("path", nargs="?", help="only files at or below this path")
     p.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
     p.set_defaults(func=cmd_prune)
-    d = sub.add_parser("doctor", help="check config, model, permissions, inotify limits, disk and device")
+    d = sub.add_parser("doctor", help="check config, model, permissions, inotify limits, disk, device and engine")
     config_arg(d)
     d.add_argument("--as-service", action="store_true",
                    help="run the checks inside the systemd unit's sandbox (its user, ReadWritePaths=, ...)")
