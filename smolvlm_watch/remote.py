@@ -199,8 +199,9 @@ class RemoteRuntime:
         auth = httpx.BasicAuth(url.username, url.password) if url.username else None  # never in a logged URL
         n = self.config.concurrency
         limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+        # keep-alive connections; HTTP/2 (one connection, requests multiplexed) where a TLS server offers it
         self._client = httpx.Client(base_url=url.copy_with(username=None, password=None), headers=headers, auth=auth,
-                                    timeout=self.config.timeout, limits=limits)  # keep-alive: one connection each
+                                    timeout=self.config.timeout, limits=limits, http2=True)
         if self.server == "auto":
             self.server = self._detect()
 
