@@ -2,6 +2,7 @@
 
     python bench/remote.py                  # seeded 24 MP JPEGs and 1024x768 photos, caption+tags+ocr
     python bench/remote.py --quick          # a few smaller photos, one run: a smoke run for CI
+    python bench/remote.py --serve 0        # the instant server only
 
 A local OpenAI-compatible server that answers at once (``python -m smolvlm_watch.testing
 instant-server``, in its own process, so its CPU is not counted as the client's) stands in for
@@ -11,7 +12,9 @@ the sustained one: with today's client, over 4 names for each of the seeded phot
 client as it was (full-size decode, a PNG per request, nothing shared, nothing ahead), over the
 seeded photos once, being ~40x slower. Each photo set prints one JSON line: photos/s, requests/s,
 bytes per request (mean, max), client CPU seconds per photo, each run's figure (the spread), and
-the ratios old/new of the medians.
+the ratios old/new of the medians. Then (``--serve N``, default 2) both clients send N photos of
+each set to a real `transformers serve` of the 256M preset on 127.0.0.1 (16 new tokens per
+question): what a server that decodes and resizes what it gets makes of the client's savings.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -28,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import httpx
 
 from smolvlm_watch import config as configmod
 from smolvlm_watch import fixtures
@@ -96,9 +102,45 @@ def names(files: list[Path], copies: int) -> list[Path]:
     return out
 
 
-def run(engine_cls: type[RemoteRuntime], files: list[Path], url: str, out: Path) -> dict[str, Any]:
+class Served:
+    """A real ``transformers serve`` of a model folder on 127.0.0.1, in a process of its own."""
+
+    def __init__(self, model: Path):
+        self.model, self.port = model, _free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+
+    def __enter__(self) -> Served:
+        exe = Path(sys.executable).with_name("transformers")
+        self.proc = subprocess.Popen([str(exe), "serve", str(self.model), "--host", "127.0.0.1", "--port",
+                                      str(self.port), "--device", "cpu"], env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        self.proc.kill()
+        raise SystemExit("bench: transformers serve did not come up in 180 s")
+
+    def __exit__(self, *_: object) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run(engine_cls: type[RemoteRuntime], files: list[Path], url: str, out: Path, name: str = "instant",
+        tokens: int | None = None) -> dict[str, Any]:
+    tasks = {t: {"max_new_tokens": tokens} for t in ("caption", "tags", "ocr")} if tokens else {}
     cfg = configmod.parse({
-        "model": {"backend": "openai", "base_url": url, "name": "instant", "concurrency": 8},
+        "model": {"backend": "openai", "base_url": url, "name": name, "concurrency": 8, "timeout": 600},
+        "tasks": tasks,
         "watches": [{"path": str(files[0].parent), "tasks": ["caption", "tags", "ocr"], "outputs": ["json"],
                      "output_dir": str(out)}]}, out)
     engine = engine_cls(cfg.model, cfg.runtime)
@@ -143,16 +185,45 @@ def measure(files: list[Path], kind: str, runs: int, copies: int) -> dict[str, A
     return out
 
 
+def served(sets: dict[str, list[Path]], count: int, tokens: int) -> list[dict[str, Any]]:
+    """Both clients against a real ``transformers serve`` of the 256M preset on this CPU: what a
+    slow server makes of the client's savings (it decodes and resizes what it is sent)."""
+    import throughput
+
+    model = throughput.model_dir("256M")
+    rows = []
+    with Served(model) as server, tempfile.TemporaryDirectory() as folder:
+        for kind, files in sets.items():
+            row: dict[str, Any] = {"server": "transformers serve, 256M preset, CPU", "photos": kind,
+                                   "files": count, "new_tokens": tokens}
+            for name, cls in (("before", AsBefore), ("now", RemoteRuntime)):
+                got = run(cls, files[:count], server.url, Path(folder) / name / kind, str(model), tokens)
+                row[name] = {"photos_per_s": round(count / got["wall"], 4),
+                             "requests_per_s": round(3 * count / got["wall"], 3),
+                             "cpu_per_photo": round(got["cpu"] / count, 3)}
+            row["ratio_photos_per_s"] = round(row["now"]["photos_per_s"] / row["before"]["photos_per_s"], 2)
+            rows.append(row)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="2 + 2 smaller photos, one run: a smoke run for CI")
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--serve", type=int, default=2, metavar="N",
+                   help="photos of each set through a real transformers serve of the 256M preset (0: skip)")
+    p.add_argument("--serve-tokens", type=int, default=16, help="new tokens per question against that server")
     p.add_argument("--dir", type=Path, default=Path(__file__).resolve().parent / ".cache" / "remote")
     args = p.parse_args(argv)
+    if args.quick:
+        args.serve = 0  # the CI smoke run: no model server
     folder = args.dir / ("quick" if args.quick else "full")
     sets = photos(folder, args.quick)
     for kind, files in sets.items():
         print(json.dumps(measure(files, kind, 1 if args.quick else args.runs, 1 if args.quick else 4)), flush=True)
+    if args.serve:
+        for row in served(sets, args.serve, args.serve_tokens):
+            print(json.dumps(row), flush=True)
     return 0
 
 

@@ -167,7 +167,8 @@ def check_device(config: Config) -> Check:
 
 # What bench/engines.py and bench/openvino.py measured (README, Performance), as doctor says it
 OPENVINO_VERDICT = "its vision tower measured slower than this engine's (int8: 20.7 s against 13.3 s for 13 tiles)"
-INT8_VERDICT = "measured 1.4-1.65x faster on caption+tags+ocr on a CPU like this one; answers may differ slightly"
+INT8_VERDICT = ("measured 1.4-2.0x faster on caption+tags+ocr on a CPU like this one (256M, 500M); "
+                "answers may differ slightly")
 
 
 def check_engine(config: Config) -> Check:
