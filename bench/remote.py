@@ -12,7 +12,7 @@ the sustained one: with today's client, over 4 names for each of the seeded phot
 client as it was (full-size decode, a PNG per request, nothing shared, nothing ahead), over the
 seeded photos once, being ~40x slower. Each photo set prints one JSON line: photos/s, requests/s,
 bytes per request (mean, max), client CPU seconds per photo, each run's figure (the spread), and
-the ratios old/new of the medians. Then (``--serve N``, default 2) both clients send N photos of
+the ratios old/new of the medians. Then (``--serve N``, default 1) both clients send N photos of
 each set to a real `transformers serve` of the 256M preset on 127.0.0.1 (16 new tokens per
 question): what a server that decodes and resizes what it gets makes of the client's savings.
 """
@@ -37,11 +37,12 @@ import httpx
 
 from smolvlm_watch import config as configmod
 from smolvlm_watch import fixtures
-from smolvlm_watch.config import ImageSettings
+from smolvlm_watch.config import ImageSettings, ModelConfig
 from smolvlm_watch.pipeline import FileJob, Pipeline
 from smolvlm_watch.plugins import Registry
 from smolvlm_watch.media.image import AS_IS
 from smolvlm_watch.remote import RemoteRuntime, data_url, fitted
+from smolvlm_watch.runtime import placement
 
 
 class AsBefore(RemoteRuntime):
@@ -111,9 +112,11 @@ class Served:
 
     def __enter__(self) -> Served:
         exe = Path(sys.executable).with_name("transformers")
+        dtype = placement(ModelConfig(device="cpu")).dtype  # what this CPU computes fastest, as in-process
         self.proc = subprocess.Popen([str(exe), "serve", str(self.model), "--host", "127.0.0.1", "--port",
-                                      str(self.port), "--device", "cpu"], env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                      str(self.port), "--device", "cpu", "--dtype", dtype],
+                                     env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             try:
@@ -125,8 +128,12 @@ class Served:
         raise SystemExit("bench: transformers serve did not come up in 180 s")
 
     def __exit__(self, *_: object) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
+        self.proc.terminate()  # uvicorn waits for requests in flight; a stuck one must not outlive the bench
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def _free_port() -> int:
@@ -210,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="2 + 2 smaller photos, one run: a smoke run for CI")
     p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--serve", type=int, default=2, metavar="N",
+    p.add_argument("--serve", type=int, default=1, metavar="N",
                    help="photos of each set through a real transformers serve of the 256M preset (0: skip)")
     p.add_argument("--serve-tokens", type=int, default=16, help="new tokens per question against that server")
     p.add_argument("--dir", type=Path, default=Path(__file__).resolve().parent / ".cache" / "remote")
