@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,7 +32,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import httpx
 
 from smolvlm_watch import config as configmod
 from smolvlm_watch import fixtures
@@ -43,6 +41,7 @@ from smolvlm_watch.plugins import Registry
 from smolvlm_watch.media.image import AS_IS
 from smolvlm_watch.remote import RemoteRuntime, data_url, fitted
 from smolvlm_watch.runtime import placement
+from smolvlm_watch.testing import ModelServer
 
 
 class AsBefore(RemoteRuntime):
@@ -103,45 +102,6 @@ def names(files: list[Path], copies: int) -> list[Path]:
     return out
 
 
-class Served:
-    """A real ``transformers serve`` of a model folder on 127.0.0.1, in a process of its own."""
-
-    def __init__(self, model: Path):
-        self.model, self.port = model, _free_port()
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-
-    def __enter__(self) -> Served:
-        exe = Path(sys.executable).with_name("transformers")
-        dtype = placement(ModelConfig(device="cpu")).dtype  # what this CPU computes fastest, as in-process
-        self.proc = subprocess.Popen([str(exe), "serve", str(self.model), "--host", "127.0.0.1", "--port",
-                                      str(self.port), "--device", "cpu", "--dtype", dtype],
-                                     env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        self.proc.kill()
-        raise SystemExit("bench: transformers serve did not come up in 180 s")
-
-    def __exit__(self, *_: object) -> None:
-        self.proc.terminate()  # uvicorn waits for requests in flight; a stuck one must not outlive the bench
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def run(engine_cls: type[RemoteRuntime], files: list[Path], url: str, out: Path, name: str = "instant",
         tokens: int | None = None) -> dict[str, Any]:
     tasks = {t: {"max_new_tokens": tokens} for t in ("caption", "tags", "ocr")} if tokens else {}
@@ -199,7 +159,8 @@ def served(sets: dict[str, list[Path]], count: int, tokens: int) -> list[dict[st
 
     model = throughput.model_dir("256M")
     rows = []
-    with Served(model) as server, tempfile.TemporaryDirectory() as folder:
+    dtype = placement(ModelConfig(device="cpu")).dtype  # what this CPU computes fastest, as in-process
+    with ModelServer(model, dtype=dtype) as server, tempfile.TemporaryDirectory() as folder:
         for kind, files in sets.items():
             row: dict[str, Any] = {"server": "transformers serve, 256M preset, CPU", "photos": kind,
                                    "files": count, "new_tokens": tokens}

@@ -254,21 +254,22 @@ class RemoteRuntime:
         backend is loaded send the requests too: the server answers the next files while earlier
         answers are read, and ``generate`` finds them waiting (at most ``model.concurrency`` in
         flight, the pool's size)."""
+        send = self._loads()
         for request in requests:
             edge = self.image_edge(request.image) or LONGEST_EDGE
             for image in _images(request):
                 self._ahead.url(image, edge)
-            if self._sendable():
+            if send and not self._cancelled.is_set():
                 self._ahead.send(self._key(request), _images(request), partial(self._pool.submit, self._one, request))
 
-    def _sendable(self) -> bool:
-        """Whether requests may go out ahead: not stopping, and loaded (a load that fails here
-        is left for ``generate`` to report)."""
+    def _loads(self) -> bool:
+        """Whether the backend is loaded, loading it if need be (a load that fails here is left
+        for ``generate`` to report)."""
         try:
             self.load()
         except ModelLoadError:
             return False
-        return not self._cancelled.is_set()
+        return True
 
     def _key(self, request: Request) -> str:
         """The request's body with each image named by its identity: equal for the same question

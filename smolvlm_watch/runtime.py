@@ -487,15 +487,18 @@ def int8_linear(model: Any) -> Any:
     if dynamic is None or quantization is None or not hasattr(quantization, "default_dynamic_qconfig"):
         raise ModelLoadError(f"model.quantize: int8 needs torch's dynamic quantization (torch.ao.quantization), "
                              f"which torch {torch.__version__} no longer has; set model.quantize: none")
+    def int8(linear: Any) -> Any:  # its float32 copy lives only in here
+        linear = linear.float()
+        linear.qconfig = quantization.default_dynamic_qconfig
+        return dynamic.Linear.from_float(linear)
+
     parents = [m for m in model.modules() if any(type(c) is torch.nn.Linear for c in m.children())]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # its deprecation notice, once per layer
-        for parent in parents:  # (holding no linear layer, so each float32 copy is freed once replaced)
+        for parent in parents:  # (this list holds no linear layer, so each is freed once replaced)
             for name in [n for n, c in parent.named_children() if type(c) is torch.nn.Linear]:
-                child = getattr(parent, name).float()
-                child.qconfig = quantization.default_dynamic_qconfig
-                setattr(parent, name, dynamic.Linear.from_float(child))
-    del parents, child
+                setattr(parent, name, int8(getattr(parent, name)))
+    del parents
     model.float()  # what is left: embeddings, norms, the patch convolution
     gc.collect()
     _give_back_freed_memory()

@@ -15,8 +15,11 @@ cost the same compute as the real models and so are what the benchmarks use.
 from __future__ import annotations
 
 import argparse
+import os
 import random
+import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -194,6 +197,70 @@ def sample_images(out_dir: str | Path, count: int = 6, seed: int = 0) -> list[Pa
         img.save(path, fmt)
         paths.append(path)
     return paths
+
+
+class ModelServer:
+    """A real ``transformers serve`` of a model folder on 127.0.0.1, in a process of its own: what
+    the remote backend is tested and measured against. ``home``: its HF_HOME; ``threads``: its
+    OMP_NUM_THREADS. Use ``start``/``stop``, or as a context manager."""
+
+    def __init__(self, model: Path, home: Path | None = None, dtype: str = "auto", threads: int | None = None):
+        import socket
+
+        self.model, self.home, self.dtype, self.threads = model, home, dtype, threads
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.proc: subprocess.Popen | None = None
+
+    @staticmethod
+    def executable() -> str | None:
+        """The ``transformers`` command beside this Python (transformers[serving]), if installed."""
+        import shutil
+
+        return shutil.which("transformers", path=str(Path(sys.executable).parent))
+
+    def start(self, wait: bool = True) -> None:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        env.update({"HF_HOME": str(self.home)} if self.home else {})
+        env.update({"OMP_NUM_THREADS": str(self.threads)} if self.threads else {})
+        self.proc = subprocess.Popen([str(self.executable()), "serve", str(self.model), "--host", "127.0.0.1",
+                                      "--port", str(self.port), "--device", "cpu", "--dtype", self.dtype],
+                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if wait:
+            self.wait()
+
+    def wait(self, timeout: float = 90) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"transformers serve of {self.model} did not come up in {timeout:.0f} s")
+
+    def stop(self) -> None:
+        """uvicorn waits for the requests in flight; a stuck one must not outlive the caller."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self) -> ModelServer:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
 
 
 class InstantServer:

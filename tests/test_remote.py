@@ -3,73 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from helpers import make_image, read_sidecar
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`transformers serve` serving the tiny model from its local folder on 127.0.0.1."""
-
-    def __init__(self, model: Path, home: Path):
-        self.model, self.home, self.port = model, home, free_port()
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def start(self, wait: bool = True) -> None:
-        exe = shutil.which("transformers", path=str(Path(sys.executable).parent))
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(self.home), "OMP_NUM_THREADS": "1"}
-        self.proc = subprocess.Popen([exe, "serve", str(self.model), "--host", "127.0.0.1", "--port",
-                                      str(self.port), "--device", "cpu"], env=env, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        if wait:
-            self.wait()
-
-    def wait(self, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise AssertionError("transformers serve did not come up")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+from smolvlm_watch.testing import ModelServer
 
 
 @pytest.fixture(scope="module")
 def server(tiny_model, tmp_path_factory):
-    if shutil.which("transformers", path=str(Path(sys.executable).parent)) is None:
+    if ModelServer.executable() is None:
         pytest.skip("transformers[serving] is not installed (it is in the test extras)")
-    s = Server(tiny_model, tmp_path_factory.mktemp("hf-home"))
+    s = ModelServer(tiny_model, tmp_path_factory.mktemp("hf-home"), threads=1)
     s.start()
     yield s
     s.stop()
@@ -80,7 +30,7 @@ def api_key(monkeypatch):
     monkeypatch.setenv("SMOLVLM_TEST_KEY", "sk-test-secret-123")
 
 
-def remote_config(tmp_path: Path, server: Server, name: str, extra: str = "") -> Path:
+def remote_config(tmp_path: Path, server: ModelServer, name: str, extra: str = "") -> Path:
     cfg = tmp_path / "remote.yaml"
     cfg.write_text(f"""
 model: {{backend: openai, base_url: "{server.url}", name: "{name}", api_key_env: SMOLVLM_TEST_KEY,
@@ -130,7 +80,7 @@ def test_one_tile_answers_match_in_process_through_a_server_that_tiles_once(tmp_
     photos = [make_image(tmp_path / "remote" / "a.png", (200, 150), (30, 140, 220)),
               fixtures.camera_jpeg(tmp_path / "remote" / "b.jpg", (240, 180), seed=4)]
     task = "tasks: {caption: {max_new_tokens: 10, image_splitting: false, options: {loop_guard: false}}}"
-    server = Server(one, tmp_path / "hf-home")
+    server = ModelServer(one, tmp_path / "hf-home", threads=1)
     server.start()
     try:
         cfg = tmp_path / "remote.yaml"
@@ -174,7 +124,7 @@ def test_wrong_model_name_gives_a_clear_error(tmp_path, server, run_cli):
 def test_server_going_away_mid_run_is_retried_until_it_is_back(tmp_path, tiny_model, run_cli):
     if shutil.which("transformers", path=str(Path(sys.executable).parent)) is None:
         pytest.skip("transformers[serving] is not installed")
-    server = Server(tiny_model, tmp_path / "hf")
+    server = ModelServer(tiny_model, tmp_path / "hf", threads=1)
     server.start()
     try:
         first = make_image(tmp_path / "remote" / "a.png", color=(1, 2, 3))
