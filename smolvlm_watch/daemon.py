@@ -34,7 +34,7 @@ from .engine import Engine, Interrupted, ModelLoadError
 from .journal import LIVE, Job, Journal, JournalError, RetryPolicy
 from .media import sha256_file
 from .media.base import MediaError
-from .httpd import Handler, Server, routed
+from .httpd import Handler, Server, bound, routed
 from .metrics import Metrics, routes
 from .notify import notify, watchdog_interval
 from .pipeline import FileJob, FileResult, Pipeline
@@ -442,11 +442,7 @@ class Daemon:
             wanted[at] = (name, table, page)
         servers = []
         for address, (key, table, fallback) in wanted.items():
-            try:
-                server = Server(address, routed(table, fallback))
-            except OSError as exc:
-                raise ConfigError([f"{key}: cannot listen on {address}: {exc.strerror or exc}"],
-                                  str(self.config_path)) from None
+            server = bound(address, routed(table, fallback), key, str(self.config_path))
             server.start()
             servers.append(server)
             paths = [*table, *(["/ (web page)"] if fallback else [])]

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import Address
+from .config import Address, ConfigError
 
 MAX_FORM = 64 * 1024
 
@@ -96,6 +96,15 @@ class Server:
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def bound(address: Address, handler: Handler, key: str, source: str | None) -> Server:
+    """A Server on ``address`` (not started yet), or the config error naming ``key``, the setting
+    that asked for it: a port in use is the user's to change, not a crash."""
+    try:
+        return Server(address, handler)
+    except OSError as exc:
+        raise ConfigError([f"{key}: cannot listen on {address}: {exc.strerror or exc}"], source) from None
 
 
 def routed(routes: dict[str, Handler], fallback: Handler | None = None) -> Handler:

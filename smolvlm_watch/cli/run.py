@@ -40,7 +40,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     """The web page over the daemon's journal and sidecars, without the daemon (a second
     process may read the journal while the daemon writes it)."""
-    from ..httpd import Server, routed
+    from ..httpd import bound, routed
     from ..web import Web, open_journal, token
 
     config, _ = load_checked(args.config)
@@ -48,11 +48,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     address = config.web.listen or Address("127.0.0.1", WEB_PORT)
     journal = open_journal(config)
     try:
-        server = Server(address, routed({}, Web(config, journal, token(config)).handle))
-    except OSError as exc:
+        server = bound(address, routed({}, Web(config, journal, token(config)).handle), "web.listen", str(args.config))
+    except ConfigError:
         journal.close()
-        raise ConfigError([f"web.listen: cannot listen on {address}: {exc.strerror or exc}"], str(args.config)) \
-            from None
+        raise
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
