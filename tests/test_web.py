@@ -126,6 +126,16 @@ def browser():
         b.close()
 
 
+def _until(tab, expression: str, timeout: float = 30) -> None:
+    """Poll ``expression`` in the page until it is true (playwright's own timeout, 30 s). Not
+    ``wait_for_function``: once its first check fails it polls by eval inside the page, which
+    the page's Content-Security-Policy (script-src 'self') rightly refuses."""
+    deadline = time.monotonic() + timeout
+    while not tab.evaluate(expression):
+        assert time.monotonic() < deadline, f"never true in the page: {expression}"
+        time.sleep(0.1)
+
+
 def test_the_three_pages_in_a_real_browser(site, browser, tmp_path_factory):
     base, inbox = site["base"], site["inbox"]
     shots = tmp_path_factory.mktemp("screenshots")
@@ -149,11 +159,11 @@ def test_the_three_pages_in_a_real_browser(site, browser, tmp_path_factory):
     tab.goto(base + "/search?q=" + urllib.parse.quote("Invoice"))
     images = tab.locator(".card img")
     assert images.count() >= 1
-    tab.wait_for_function("[...document.querySelectorAll('.card img')].every(i => i.complete && i.naturalWidth > 0)")
+    _until(tab, "[...document.querySelectorAll('.card img')].every(i => i.complete && i.naturalWidth > 0)")
     tab.screenshot(path=str(shots / "search.png"), full_page=True)
 
     tab.goto(base + "/file?path=" + urllib.parse.quote(str(inbox / HOSTILE)))
-    tab.wait_for_function("document.querySelector('main img').naturalWidth > 0")
+    _until(tab, "document.querySelector('main img').naturalWidth > 0")
     assert tab.locator("h1").inner_text() == HOSTILE
     tab.screenshot(path=str(shots / "file.png"), full_page=True)
     tab.goto(base + "/file?path=" + urllib.parse.quote("../../etc/passwd"))
