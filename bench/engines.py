@@ -5,13 +5,15 @@
 
 For caption + tags + OCR of the same seeded 1024x768 photos, exactly 64 new tokens each, every
 configuration in a fresh process (its own peak memory): the reference loop of the transformers
-docs (float32, one question at a time), then this project's `process` path with torch float32
-(today's default on a CPU without native bf16) and with `model.quantize: int8`, each at the tasks'
+docs (float32, one question at a time), then this project's `process` path with torch in the
+precision `model.dtype: auto` picks (today's path: bf16 on a CPU with native bf16, float32
+elsewhere; each row says which) and with `model.quantize: int8`, each at the tasks'
 default image settings (caption and tags one tile, OCR 13 tiles) and at 13 tiles for every task.
 Then the parts, in one process per engine: the vision tower alone (13 tiles, tile by tile as the
-runtime runs it on a CPU, and all at once) and one decoding step alone (ms per new token after an
-886-token prompt). Prints one JSON line per row; each photo row has its ratio against today's
-path at the same image settings and against the reference loop, measured in the same run.
+runtime runs it on a CPU, all at once, and tile by tile through `torch.compile`), the operators one
+tile's time goes to, and one decoding step alone (ms per new token after an 886-token prompt).
+Prints one JSON line per row; each photo row has its ratio against today's path at the same image
+settings and against the reference loop, measured in the same run.
 OpenVINO's rows come from `bench/openvino.py`, which needs an environment of its own.
 """
 
@@ -34,11 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import throughput
 
-ENGINES = {"torch float32": "none", "torch float32 + int8 linear layers": "int8"}
+# Today's path runs in the precision `model.dtype: auto` picks on this CPU (bf16 where it is native,
+# float32 elsewhere); int8 layers always sit in a float32 model. Each row says which it ran.
+ENGINES = {"torch, today's precision": "none", "torch + int8 linear layers": "int8"}
 
 
 def photo_rows(preset: str, images: int, tokens: int) -> list[dict[str, Any]]:
-    args = SimpleNamespace(model=throughput.model_dir(preset), device="cpu", dtype="float32", batch=None,
+    args = SimpleNamespace(model=throughput.model_dir(preset), device="cpu", dtype="auto", batch=None,
                            compile=False, tasks="caption,tags,ocr", max_new_tokens=tokens, quantize="none",
                            task_defaults=False)
     rows = []
@@ -55,7 +59,8 @@ def photo_rows(preset: str, images: int, tokens: int) -> list[dict[str, Any]]:
                 ours = throughput.run_phase(args, "ours")
                 ips = images / ours["seconds"]
                 today = today or ips
-                rows.append({"engine": engine, "settings": settings, "images_per_s": round(ips, 4),
+                rows.append({"engine": engine, "dtype": ours["dtype"], "settings": settings,
+                             "images_per_s": round(ips, 4),
                              "seconds_per_image": round(ours["seconds"] / images, 1),
                              "ratio_today": round(ips / today, 2),
                              "ratio_reference": round(ips * ref["seconds"] / images, 2),
@@ -69,10 +74,12 @@ def parts(model: str, quantize: str, runs: int) -> dict[str, Any]:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from smolvlm_watch import fixtures
-    from smolvlm_watch.runtime import int8_linear
+    from smolvlm_watch.config import ModelConfig
+    from smolvlm_watch.runtime import int8_linear, placement
 
     processor = AutoProcessor.from_pretrained(model)
-    net = AutoModelForImageTextToText.from_pretrained(model, dtype=torch.float32).eval()
+    dtype = placement(ModelConfig(path=Path(model), device="cpu", quantize=quantize)).dtype
+    net = AutoModelForImageTextToText.from_pretrained(model, dtype=getattr(torch, dtype)).eval()
     if quantize == "int8":
         net = int8_linear(net)
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": throughput.PROMPTS["ocr"]}]}]
@@ -84,10 +91,45 @@ def parts(model: str, quantize: str, runs: int) -> dict[str, Any]:
                                        for k in range(pixels.shape[0])], runs)
         all_at_once = _timed(lambda: net.model.get_image_features(pixels[None], mask[None]), runs)
         step = [_decode(net, inputs, 16) for _ in range(runs)]
-    return {"tiles": int(pixels.shape[0]), "prompt_tokens": int(inputs["input_ids"].shape[1]),
+        ops = _tile_ops(net, pixels[:1], mask[:1])
+        compiled = _compiled_vision(net, pixels, mask, runs)
+    return {"dtype": dtype, "tiles": int(pixels.shape[0]), "prompt_tokens": int(inputs["input_ids"].shape[1]),
             "vision_tile_by_tile_s": tile_by_tile, "vision_all_at_once_s": all_at_once,
+            "vision_one_tile_ops_ms": ops, **compiled,
             "decode_step_ms": [round(s / 16 * 1000, 1) for s in step],
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
+def _tile_ops(net: Any, pixels: Any, mask: Any, top: int = 5) -> dict[str, float]:
+    """Where one tile's vision time goes: the operators that take the most of it, in ms."""
+    import torch
+
+    with torch.profiler.profile() as prof:
+        net.model.get_image_features(pixels[None], mask[None])
+    rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    return {e.key: round(e.self_cpu_time_total / 1000, 1) for e in rows}
+
+
+def _compiled_vision(net: Any, pixels: Any, mask: Any, runs: int) -> dict[str, Any]:
+    """``torch.compile`` of the vision tower (weights frozen into the graph, as inductor does
+    for inference), tile by tile: its first call (the compile), the 13 tiles after it, and
+    how far its features drift from eager ones."""
+    import torch
+    import torch._inductor.config as inductor
+
+    inductor.freezing = True
+    eager_tower = net.model.vision_model
+    eager = net.model.get_image_features(pixels[:1][None], mask[:1][None]).pooler_output[0]
+    net.model.vision_model = torch.compile(eager_tower)
+    try:
+        first = _timed(lambda: net.model.get_image_features(pixels[:1][None], mask[:1][None]), 1)[0]
+        drift = (net.model.get_image_features(pixels[:1][None], mask[:1][None]).pooler_output[0] - eager).abs().max()
+        timed = _timed(lambda: [net.model.get_image_features(pixels[k:k + 1][None], mask[k:k + 1][None])
+                                for k in range(pixels.shape[0])], runs)
+    finally:
+        net.model.vision_model = eager_tower
+    return {"vision_compiled_first_call_s": first, "vision_compiled_tile_by_tile_s": timed,
+            "vision_compiled_max_abs_drift": round(float(drift), 6)}
 
 
 def _decode(net: Any, inputs: Any, steps: int) -> float:

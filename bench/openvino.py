@@ -15,7 +15,9 @@ with the stock `OVModelForVisualCausalLM.generate`, one question at a time (it h
 vision pass or prefix); torch through `Runtime.generate`, which shares both. Each OpenVINO row
 also gives its parts: the vision embeddings alone on 13 tiles, one decoding step alone (ms per
 token, from 17 against 1 new token), the prompt tokens of each question (whether the processor
-took one tile for caption and tags) and its peak RSS. `bench/engines.py` gives torch's parts.
+took one tile for caption and tags), the precision OpenVINO's CPU plugin computes in (its
+default is bf16 wherever the CPU has AVX512-BF16 or AMX, whatever the weights: "fp32" rows there
+are bf16 arithmetic) and its peak RSS. `bench/engines.py` gives torch's parts.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ QUESTIONS = [  # (prompt, image splitting): the built-in tasks' defaults
 
 OV_PHASE = r"""
 import json, resource, sys, time
+import openvino
 from PIL import Image
 from transformers import AutoProcessor
 from optimum.intel import OVModelForVisualCausalLM
@@ -65,6 +68,7 @@ one, many = (min(timed(lambda: ask(warm, questions[-1][0], True, n)) for _ in ra
 print(json.dumps({"seconds": seconds, "prompt_tokens": [int(inputs(warm, p, s)["input_ids"].shape[1])
                                                         for p, s in questions],
                   "vision_13_tiles_s": vision, "decode_step_ms": round((many - one) / 16 * 1000, 1),
+                  "inference_precision": openvino.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").to_string(),
                   "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))
 """
 
@@ -88,7 +92,8 @@ def exported(ov_python: str, src: Path, weights: str) -> tuple[Path, Path]:
     return dst, proc
 
 
-def torch_seconds(model: Path, images: list[Path], tokens: int) -> float:
+def torch_seconds(model: Path, images: list[Path], tokens: int) -> tuple[float, str]:
+    """Seconds for the photos through the Runtime in the precision ``model.dtype: auto`` picks here."""
     from PIL import Image
 
     from smolvlm_watch.config import ImageSettings, ModelConfig
@@ -105,7 +110,7 @@ def torch_seconds(model: Path, images: list[Path], tokens: int) -> float:
     for photo in photos:  # one file at a time, as the daemon gets a photo: its three questions together
         runtime.generate([Request(images=(photo,), messages=question(q), image=ImageSettings(splitting=split),
                                   generation=gen) for q, split in QUESTIONS])
-    return time.perf_counter() - start
+    return time.perf_counter() - start, str(runtime.dtype)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
                              json.dumps(QUESTIONS), *map(str, images)], check=True, capture_output=True, text=True)
         got = json.loads(ov.stdout.strip().splitlines()[-1])
         rows.append((f"openvino {weights} weights (stock generate, one question at a time)", got.pop("seconds"), got))
-    rows.append(("torch float32, this project's Runtime (shared vision pass and prefix)",
-                 torch_seconds(model, images, args.max_new_tokens), {}))
+    seconds, dtype = torch_seconds(model, images, args.max_new_tokens)
+    rows.append((f"torch {dtype}, this project's Runtime (shared vision pass and prefix)", seconds, {}))
     torch_s = rows[-1][1]
     for engine, seconds, extra in rows:
         print(json.dumps({"engine": engine, "preset": args.preset, "images": n, "questions_per_image": 3,

@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from smolvlm_watch.config import ModelConfig
+from smolvlm_watch.runtime import placement
+
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "throughput.py"
 KEYS = {"preset", "device", "tasks", "images", "images_per_s", "reference_images_per_s", "ratio", "vision_passes",
         "peak_rss_mb", "peak_gpu_mb", "roofline_fraction"}
@@ -66,12 +69,21 @@ def test_engines_bench_quick_prints_every_engine_with_its_ratios_and_parts(tmp_p
     photos = [r for r in rows if r["kind"] == "photo"]
     assert [(r["engine"], r["settings"]) for r in photos] == [
         ("reference loop (transformers docs), float32", "13 tiles"),
-        ("torch float32", "task defaults"), ("torch float32 + int8 linear layers", "task defaults"),
-        ("torch float32", "13 tiles"), ("torch float32 + int8 linear layers", "13 tiles")]
+        ("torch, today's precision", "task defaults"), ("torch + int8 linear layers", "task defaults"),
+        ("torch, today's precision", "13 tiles"), ("torch + int8 linear layers", "13 tiles")]
+    today = placement(ModelConfig(device="cpu")).dtype  # bf16 where this CPU has it natively
+    assert [r["dtype"] for r in photos[1:]] == [today, "float32"] * 2
     for r in photos[1:]:
         assert r["images_per_s"] > 0 and r["ratio_reference"] > 0 and r["peak_rss_mb"] > 0
     assert photos[1]["ratio_today"] == photos[3]["ratio_today"] == 1.0
     assert photos[1]["vision_passes"] == 2 and photos[3]["vision_passes"] == 1  # one tile and 13 tiles: two images
     parts = {r["engine"]: r for r in rows if r["kind"] == "parts"}
-    assert set(parts) == {"torch float32", "torch float32 + int8 linear layers"}
+    assert set(parts) == {"torch, today's precision", "torch + int8 linear layers"}
+    assert parts["torch, today's precision"]["dtype"] == today
     assert all(p["decode_step_ms"][0] > 0 and p["vision_tile_by_tile_s"][0] > 0 for p in parts.values())
+    assert all(p["vision_compiled_tile_by_tile_s"][0] > 0 and p["vision_compiled_first_call_s"] > 0
+               for p in parts.values())
+    if today == "float32":  # compiled, the same features within float32 rounding
+        assert parts["torch, today's precision"]["vision_compiled_max_abs_drift"] < 1e-3
+    assert all(len(p["vision_one_tile_ops_ms"]) == 5 for p in parts.values())
+    assert "quantized::linear_dynamic" in parts["torch + int8 linear layers"]["vision_one_tile_ops_ms"]
