@@ -216,12 +216,12 @@ def test_doctor_good_and_broken(tmp_path, tiny_model, run_cli):
 
     why = ("this CPU has native bf16 (AVX512-BF16 or AMX)" if cpu_has_bf16() else
            "this CPU has no native bf16 (AVX512-BF16 or AMX), so float32 is faster")
-    from smolvlm_watch.doctor import INT8_VERDICT, OPENVINO_VERDICT
+    from smolvlm_watch.doctor import INT8_VERDICT, OPENVINO_UNMEASURED, OPENVINO_VERDICT
 
     hint = "" if cpu_has_bf16() else f"; model.quantize: int8 {INT8_VERDICT}"
     assert (f"ok    engine: transformers (torch {torch.__version__}) on cpu, "
             f"{'bfloat16' if cpu_has_bf16() else 'float32'}: no GPU is visible; {why}; OpenVINO is not used: "
-            f"{OPENVINO_VERDICT} (README, Performance){hint}\n") in out
+            f"{OPENVINO_UNMEASURED if cpu_has_bf16() else OPENVINO_VERDICT} (README, Performance){hint}\n") in out
 
     broken = tmp_path / "broken"
     (broken / "inbox").mkdir(parents=True)
@@ -254,8 +254,17 @@ def test_doctor_says_which_engine_a_config_gets_and_why(tmp_path, run_cli, monke
     model = runtime.ModelConfig()
     assert runtime.placement(model) == runtime.Placement(
         "cpu", "bfloat16", "no GPU is visible; this CPU has native bf16 (AVX512-BF16 or AMX)")
+    from smolvlm_watch import doctor
+    from smolvlm_watch.config import Config
+
+    bf16 = doctor.check_engine(Config(model=model)).what  # OpenVINO's bf16 case was never measured
+    assert bf16.endswith(f"bfloat16: no GPU is visible; this CPU has native bf16 (AVX512-BF16 or AMX); "
+                         f"OpenVINO is not used: {doctor.OPENVINO_UNMEASURED} (README, Performance)"), bf16
     monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)
     assert runtime.placement(model).dtype == "float32"
+    plain = doctor.check_engine(Config(model=model)).what
+    assert plain.endswith(f"OpenVINO is not used: {doctor.OPENVINO_VERDICT} (README, Performance); "
+                          f"model.quantize: int8 {doctor.INT8_VERDICT}"), plain
     assert runtime.placement(runtime.ModelConfig(dtype="bfloat16")) == runtime.Placement(
         "cpu", "bfloat16", "no GPU is visible; model.dtype says bfloat16")
     assert runtime.placement(runtime.ModelConfig(quantize="int8")) == runtime.Placement(
