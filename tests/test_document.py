@@ -123,8 +123,8 @@ watches: [{{path: ./inbox, tasks: [ocr], outputs: [json, txt]}}]
 """)
     code, out, _ = run_cli("process", pdf, "-c", cfg, "--json")
     assert code == 1
-    assert "page 2: page 2 would be 4000x4000 pixels, over the document.max_page_pixels limit" in \
-        json.loads(out)["failed"][0]["error"]
+    assert json.loads(out)["failed"][0]["error"] == ("page 2: 4000x4000 = 16000000 pixels, over the "
+                                                     "document.max_page_pixels limit of 2000000 (lower document.dpi)")
     pages = read_sidecar(pdf)["pages"]
     assert "error" in pages[1] and "ocr" not in pages[1]
     assert "ocr" in pages[0] and "ocr" in pages[2] and (pages[0]["width"], pages[0]["height"]) == (850, 1100)

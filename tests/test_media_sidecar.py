@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from helpers import make_image, read_sidecar
-from smolvlm_watch.media import Limits, MediaError, load
+from smolvlm_watch.media import Limits, MediaError, load, open_media
 from smolvlm_watch.atomic import atomic_write
 
 
@@ -33,6 +33,19 @@ def test_pixel_limit_guards_against_bombs(tmp_path):
     path = make_image(tmp_path / "big.png", (500, 500))
     with pytest.raises(MediaError, match=r"500x500 = 250000 pixels, over the media.max_pixels limit of 1000"):
         load(path, Limits(max_pixels=1000))
+
+
+def test_media_max_pixels_is_the_one_limit_even_past_pillows_own_guard(tmp_path):
+    """Pillow refuses anything over ~179 MP at open whatever media.max_pixels says: a 200 MP
+    panorama stayed refused after the user raised the key, the error naming Pillow's limit."""
+    pano = tmp_path / "pano.png"
+    Image.new("1", (20000, 10000)).save(pano)  # 200 MP in a few kilobytes
+    with open_media(pano, Limits(max_pixels=300_000_000)) as opened:
+        assert (opened.kind, opened.format) == ("image", "PNG")
+    with pytest.raises(MediaError) as refused:
+        open_media(pano, Limits())
+    assert refused.value.reason == ("image is 20000x10000 = 200000000 pixels, over the media.max_pixels limit of "
+                                    "100000000 (raise it in the config if this is intended)")
 
 
 def test_truncated_and_wrong_content(tmp_path):

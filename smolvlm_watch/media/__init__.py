@@ -77,8 +77,8 @@ class Opened:
                     extra = {**own.info.extra, "pair_unreadable": f"{twin.name}: {exc.reason}"}
                     return replace(own, info=replace(own.info, extra=extra))
             return raw.decode(self.file, self.path, self.stat, self.sha256, limits, edge)
-        img = self._pillow or image.open_pillow(self.file, self.path)
-        return image.decode(img, self.file, self.path, self.stat, self.sha256, limits, edge)
+        img = self._pillow or image.open_pillow(self.file, self.path, limits.max_pixels)
+        return image.decode(img, self.file, self.path, self.stat, self.sha256, edge)
 
     def _through(self, twin: Path, limits: Limits, edge: int | None) -> Media:
         width, height = raw.upright_size(self.file, self.path)
@@ -118,13 +118,14 @@ def open_media(path: Path, limits: Limits = Limits(), sha256: str | None = None)
     try:
         check_size(path, st.st_size, limits)
         head = f.read(HEAD_BYTES)
-        return _classify(path, f, st, head, sha256)
+        return _classify(path, f, st, head, sha256, limits)
     except BaseException:
         f.close()
         raise
 
 
-def _classify(path: Path, f: BinaryIO, st: os.stat_result, head: bytes, sha256: str | None) -> Opened:
+def _classify(path: Path, f: BinaryIO, st: os.stat_result, head: bytes, sha256: str | None,
+              limits: Limits) -> Opened:
     """The kind and format from the content: formats that announce themselves first, then the
     TIFF family (a page, a scanned document, or a RAW that looks like a TIFF)."""
     if document.sniff(head):
@@ -141,7 +142,7 @@ def _classify(path: Path, f: BinaryIO, st: os.stat_result, head: bytes, sha256: 
         return Opened(path, f, st, "video", "video", sha256=sha256)
     if image.sniff(head):
         try:
-            pillow = image.open_pillow(f, path)
+            pillow = image.open_pillow(f, path, limits.max_pixels)
         except MediaError:
             if head.startswith(raw.TIFF_MAGIC) and raw.opens(f, path):  # a DNG whose IFD0 Pillow cannot read
                 return Opened(path, f, st, "image", "RAW", sha256=sha256)

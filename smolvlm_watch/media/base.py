@@ -20,6 +20,12 @@ from typing import Any, BinaryIO, Literal
 
 from PIL import Image, ImageOps
 
+# Pillow refuses, at open, any image over twice Image.MAX_IMAGE_PIXELS (~179 MP), whatever
+# media.max_pixels says, and names a limit the user cannot set. Every Image.open in these
+# decoders is followed by ``check_pixels`` against the configured limit before a pixel is
+# decoded, so that key is the one limit: a 200 MP panorama is read once a user raises it.
+Image.MAX_IMAGE_PIXELS = None
+
 Kind = Literal["image", "video", "document"]
 KINDS: tuple[Kind, ...] = ("image", "video", "document")
 
@@ -54,6 +60,13 @@ class Limits:
     dpi: int = 200  # documents: PDF rendering resolution
     max_pages: int = 1000
     max_page_pixels: int = 60_000_000
+
+
+def check_pixels(path: Path, width: int, height: int, limit: int, what: str = "image") -> None:
+    """Refuse a declared size over ``media.max_pixels`` before anything is decoded."""
+    if width * height > limit:
+        raise MediaError(path, f"{what} is {width}x{height} = {width * height} pixels, over the media.max_pixels "
+                               f"limit of {limit} (raise it in the config if this is intended)")
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ the pages of the batch in flight.
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -87,12 +86,8 @@ class Document:
         self.format = "tiff"
         f.seek(0)
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                self._tiff = Image.open(f)
+            self._tiff = Image.open(f)  # the first page's header; each page is held to max_page_pixels
             self.page_count = frame_count(self._tiff, self.path)
-        except Image.DecompressionBombError as exc:
-            raise MediaError(self.path, f"refused as a decompression bomb: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - whatever a damaged file makes Pillow raise
             raise broken(self.path, "corrupt or truncated TIFF", exc) from None
 
@@ -102,14 +97,12 @@ class Document:
             return self._pdf_page(index)
         assert self._tiff is not None
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                self._tiff.seek(index)
-                self._check_pixels(index, *self._tiff.size)
-                img = self._tiff.copy()
+            self._tiff.seek(index)
+            self._check_pixels(index, *self._tiff.size)
+            img = self._tiff.copy()
             return upright_rgb(img), None
-        except Image.DecompressionBombError as exc:
-            raise MediaError(self.path, f"page {index + 1}: refused as a decompression bomb: {exc}") from None
+        except MediaError:
+            raise
         except Exception as exc:  # noqa: BLE001 - whatever a damaged page makes Pillow raise
             raise broken(self.path, f"page {index + 1}: cannot decode", exc) from None
 
@@ -130,10 +123,11 @@ class Document:
         return img, text.replace("\r\n", "\n").strip()
 
     def _check_pixels(self, index: int, w: int, h: int) -> None:
-        if w * h > self.limits.max_page_pixels:
-            raise MediaError(self.path, f"page {index + 1} would be {w}x{h} pixels, over the "
-                                        f"document.max_page_pixels limit of {self.limits.max_page_pixels} "
-                                        "(lower document.dpi)")
+        limit = self.limits.max_page_pixels
+        if w * h > limit:
+            fix = "lower document.dpi" if self._pdf is not None else "raise it in the config if this is intended"
+            raise MediaError(self.path, f"page {index + 1}: {w}x{h} = {w * h} pixels, over the "
+                                        f"document.max_page_pixels limit of {limit} ({fix})")
 
     def close(self) -> None:
         if self._pdf is not None:

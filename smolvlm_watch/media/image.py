@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from PIL import Image, IptcImagePlugin, features
 
-from .base import Limits, Media, MediaError, broken, source_info, undecodable, upright_rgb
+from .base import Media, MediaError, broken, check_pixels, source_info, undecodable, upright_rgb
 
 try:  # HEIC/HEIF is a plugin of Pillow's; without it a HEIC is a clear, counted failure
     import pillow_heif
@@ -114,54 +113,41 @@ class _Budget(io.RawIOBase):
         return self.f.tell()
 
 
-def open_pillow(f: BinaryIO, path: Path) -> Image.Image:
-    """The file opened by Pillow (header only, within ``HEADER_BUDGET``). A declared size past
-    Pillow's own bomb guard is refused as what it is, not as a corrupt file."""
+def open_pillow(f: BinaryIO, path: Path, max_pixels: int | None) -> Image.Image:
+    """The file opened by Pillow (header only, within ``HEADER_BUDGET``), its declared size held
+    to ``max_pixels`` (``media.max_pixels``; None for a caller that decodes no pixel)."""
     f.seek(0)
     reader = _Budget(f, path, HEADER_BUDGET)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(reader)  # type: ignore[arg-type]
-    except Image.DecompressionBombError as exc:
-        raise MediaError(path, f"refused as a decompression bomb: {exc}") from None
+        img = Image.open(reader)  # type: ignore[arg-type]
     except Exception as exc:  # noqa: BLE001 - whatever a damaged file makes Pillow raise
         raise broken(path, "corrupt or truncated image", exc) from None
+    if max_pixels is not None:
+        check_pixels(path, *img.size, max_pixels)
     reader.budget = None  # type: ignore[assignment]
     return img
 
 
-def check_pixels(path: Path, width: int, height: int, limit: int, what: str = "image") -> None:
-    if width * height > limit:
-        raise MediaError(path, f"{what} is {width}x{height} = {width * height} pixels, over the media.max_pixels "
-                               f"limit of {limit} (raise it in the config if this is intended)")
-
-
-def decode(img: Image.Image, f: BinaryIO, path: Path, st: os.stat_result, sha256: str, limits: Limits,
+def decode(img: Image.Image, f: BinaryIO, path: Path, st: os.stat_result, sha256: str,
            edge: int | None = None) -> Media:
-    """The frame Pillow opened from ``f`` (the first; a HEIC's primary), upright and RGB, with its
+    """The frame ``open_pillow`` opened from ``f`` (the first; a HEIC's primary), upright and RGB, with its
     source info. ``edge``: the longest edge the model will look at; a JPEG is decoded at the
     smallest DCT scale that still covers it, and one already within it keeps its stream
     (``AS_IS``). The source records the photo's own size."""
     if img.format not in FORMATS:
         raise undecodable(path, f"{img.format} image", "Pillow opened it, but it is not a photo format "
                           "this project reads", f"convert it to one of: {SUPPORTED}")
-    check_pixels(path, *img.size, limits.max_pixels)
     turn = _orientation(img)
     width, height = (img.height, img.width) if turn in (5, 6, 7, 8) else img.size  # a quarter turn: it stands
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            if edge and img.format in ("JPEG", "MPO") and max(img.size) > edge:
-                scale = edge / max(img.size)  # draft picks the smallest DCT scale still at least this big
-                img.draft("RGB", (max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale))))
-            img.load()
-            rgb = upright_rgb(img)
+        if edge and img.format in ("JPEG", "MPO") and max(img.size) > edge:
+            scale = edge / max(img.size)  # draft picks the smallest DCT scale still at least this big
+            img.draft("RGB", (max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale))))
+        img.load()
+        rgb = upright_rgb(img)
         if edge and max(img.size) <= edge and turn == 1 and img.format == "JPEG" and img.mode in ("RGB", "L") \
                 and st.st_size <= AS_IS_MAX_BYTES:
             _keep_stream(rgb, f, st.st_size)
-    except Image.DecompressionBombError as exc:
-        raise MediaError(path, f"refused as a decompression bomb: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - whatever a damaged file makes Pillow raise
         raise broken(path, "corrupt or truncated image", exc) from None
     info = source_info(path, st, sha256, "image", width, height)
@@ -229,7 +215,7 @@ def embedded(f: BinaryIO, path: Path) -> Embedded:
     APP13) and hands over the raw XMP packet of JPEG, PNG, TIFF, WebP and HEIC: no second
     metadata library to install for three fields."""
     try:
-        img = open_pillow(f, path)
+        img = open_pillow(f, path, None)  # the metadata only: no pixel is decoded
         xmp = img.info.get("xmp") or img.info.get("XML:com.adobe.xmp")
         exif = img.getexif()
         iptc = IptcImagePlugin.getiptcinfo(img) or {}  # type: ignore[arg-type]  # any opened file

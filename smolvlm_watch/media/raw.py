@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any, BinaryIO
 
 from PIL import Image
 
-from .base import Limits, Media, MediaError, source_info, undecodable, upright_rgb
+from .base import Limits, Media, MediaError, check_pixels, source_info, undecodable, upright_rgb
 
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
 # LibRaw's flip: 3 = upside down, 5 = turned left, 6 = turned right
@@ -99,10 +98,8 @@ def tiff_is_raw(tags: Any, path: Path, raw_extensions: frozenset[str]) -> bool:
 def decode(f: BinaryIO, path: Path, st: os.stat_result, sha256: str, limits: Limits, edge: int | None) -> Media:
     with _libraw(f, path) as raw:
         width, height, flip = raw.sizes.width, raw.sizes.height, raw.sizes.flip
-        if width * height > limits.max_pixels:
-            raise MediaError(path, f"image is {width}x{height} = {width * height} pixels, over the "
-                                   f"media.max_pixels limit of {limits.max_pixels}")
-        image, how = _preview(raw, edge, flip) or (_demosaic(raw), "demosaic")
+        check_pixels(path, width, height, limits.max_pixels)
+        image, how = _preview(raw, edge, flip, limits.max_pixels) or (_demosaic(raw), "demosaic")
     if flip in (5, 6):
         width, height = height, width
     info = source_info(path, st, sha256, "image", width, height, decoded=how)
@@ -115,9 +112,10 @@ def _rejected(path: Path, exc: BaseException) -> MediaError:
                        "to DNG with Adobe DNG Converter")
 
 
-def _preview(raw: Any, edge: int | None, flip: int) -> tuple[Image.Image, str] | None:
+def _preview(raw: Any, edge: int | None, flip: int, max_pixels: int) -> tuple[Image.Image, str] | None:
     """The camera's embedded JPEG (or bitmap) preview, upright, when it is at least ``edge``
-    pixels long; None when there is none that large."""
+    pixels long; None when there is none that large, or it claims more than ``max_pixels``
+    (then the sensor data, already held to that limit, is demosaiced instead)."""
     try:
         thumb = raw.extract_thumb()
     except Exception:  # noqa: BLE001 - no preview, or one LibRaw cannot hand out: demosaic instead
@@ -127,14 +125,12 @@ def _preview(raw: Any, edge: int | None, flip: int) -> tuple[Image.Image, str] |
         image = Image.open(io.BytesIO(thumb.data))
     else:
         image = Image.fromarray(thumb.data)
-    if edge is None or max(image.size) < edge:
+    if edge is None or max(image.size) < edge or image.size[0] * image.size[1] > max_pixels:
         return None
     if image.format == "JPEG" and max(image.size) > edge:
         scale = edge / max(image.size)
         image.draft("RGB", (max(1, round(image.size[0] * scale)), max(1, round(image.size[1] * scale))))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        image.load()
+    image.load()
     rgb = image.convert("RGB")  # the preview's own EXIF orientation, if any, is the RAW's: applied below
     return (rgb.transpose(_FLIP[flip]) if flip in _FLIP else rgb), "preview"
 
