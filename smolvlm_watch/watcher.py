@@ -71,6 +71,14 @@ class MediaFilter:
         rel = self._rel(path)
         return rel is not None and not self._excluded(rel, name) and not self._excluded(rel + "/", name)
 
+    def reason_on_disk(self, path: Path) -> str | None:
+        """``reason``, and for a file that exists, whether it is one a scan takes: a FIFO or a
+        device under a media name is passed over (``open_input`` would refuse it anyway)."""
+        why = self.reason(path)
+        if why is None and path.exists() and not path.is_file():
+            return NOT_REGULAR
+        return why
+
     def accepts(self, path: Path) -> bool:
         """Whether a file is input for this watch (by name alone; content is checked on decode)."""
         return self.reason(path) is None
@@ -120,6 +128,7 @@ class MediaFilter:
 
 
 SYMLINK_OUT = "a symlink to a file outside the watch"
+NOT_REGULAR = "not a regular file (a FIFO, socket or device under a media name)"
 SYMLINK_LOOP = "a symlink loop"
 SYMLINK_BROKEN = "a broken symlink"
 

@@ -197,3 +197,31 @@ watches: [{{path: ., tasks: [caption, tags, ocr], outputs: [json, txt]}}]
         sample_images(folder, count=count, seed=count)
         peaks[count] = process_peak_mb(folder, cfg)
     assert peaks[150] < peaks[20] + 60, peaks  # 7.5x the files, no more than 60 MB more
+
+
+def test_files_under_a_media_name_that_a_folder_scan_passes_over_are_reported(tmp_path, tiny_model, run_cli):
+    """A field run: `process` on a folder said "done 13, skipped 0, failed 0" for 14 photos; a
+    symlink to a photo elsewhere was passed over in silence (and `explain` called a FIFO named
+    .jpg one that "would be processed")."""
+    import os
+
+    folder = tmp_path / "inbox"
+    make_image(folder / "a.png", (80, 60))
+    make_image(tmp_path / "elsewhere.png", (80, 60))
+    (folder / "link.png").symlink_to(tmp_path / "elsewhere.png")
+    os.mkfifo(folder / "pipe.jpg")
+    (folder / "notes.md").write_text("another extension: the watch's rule, not reported")
+    code, out, _ = run_cli("process", folder, "--model", tiny_model, "--task", "caption")
+    assert code == 0
+    assert out.splitlines()[-2:] == [
+        "done 1, skipped 0, failed 0",
+        "  not taken: 1 a symlink to a file outside the watch, 1 not regular files (a FIFO, socket or device "
+        "under a media name); `smolvlm-watch explain FILE` says why for a file"]
+    code, out, err = run_cli("process", folder, "--model", tiny_model, "--task", "caption", "--json")
+    assert json.loads(out) == {"done": [], "skipped": [str(folder / "a.png")], "failed": []}  # one object
+    assert "files_not_taken" in err and "a symlink to a file outside the watch" in err
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"model: {{path: {tiny_model}}}\nwatches: [{{path: {folder}, tasks: [caption]}}]\n")
+    code, out, _ = run_cli("explain", folder / "pipe.jpg", "-c", cfg)
+    assert "filter: not input: not a regular file (a FIFO, socket or device under a media name)" in out
+    assert "verdict: would not be processed (not a regular file" in out

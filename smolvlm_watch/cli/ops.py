@@ -124,7 +124,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         lines.append("watch: none — the file lies outside every configured watch; it would not be processed")
         print(printable("\n".join(lines)))
         return EXIT_FAILED
-    why_not = MediaFilter(watch).reason(path)
+    why_not = MediaFilter(watch).reason_on_disk(path)
     pipeline = Pipeline(config, registry, registry.engine(config))
     target = Target.for_media(path, watch.output, watch.path)
     lines += [

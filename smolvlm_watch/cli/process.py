@@ -18,7 +18,7 @@ from ..jsontext import printable
 from ..pipeline import FileJob, FileResult, Pipeline
 from ..plugins import Provided
 from ..progress import Progress
-from ..watcher import MediaFilter, scan
+from ..watcher import MediaFilter, ScanReport, scan
 from . import EXIT_FAILED, EXIT_OK, load_checked
 
 log = structlog.get_logger("smolvlm_watch.process")
@@ -30,9 +30,10 @@ def _cli_watch(config: Config, folder: Path, tasks: list[str] | None) -> WatchCo
     return replace(watch, tasks=tuple(tasks)) if tasks else watch
 
 
-def _jobs(config: Config, paths: Sequence[str], tasks: list[str] | None, force: bool
+def _jobs(config: Config, paths: Sequence[str], tasks: list[str] | None, force: bool, report: ScanReport
           ) -> tuple[list[FileJob], list[FileResult]]:
-    """A job for every file the arguments name; missing paths come back as failures."""
+    """A job for every file the arguments name; missing paths come back as failures. What a
+    folder's scan passes over is counted in ``report``."""
     jobs: list[FileJob] = []
     missing: list[FileResult] = []
     for raw in paths:
@@ -47,7 +48,7 @@ def _jobs(config: Config, paths: Sequence[str], tasks: list[str] | None, force: 
             watch = replace(watch, tasks=tuple(tasks))
         if path.is_dir():
             folder_watch = replace(watch, path=path) if watch.path != path else watch
-            jobs.extend(FileJob(f, watch, force) for f in scan(folder_watch, MediaFilter(folder_watch)))
+            jobs.extend(FileJob(f, watch, force) for f in scan(folder_watch, MediaFilter(folder_watch), report))
         else:
             jobs.append(FileJob(path, watch, force))
     return jobs, missing
@@ -60,7 +61,8 @@ def cmd_process(args: argparse.Namespace) -> int:
     logs.configure(level=level, fmt=config.logging.format)  # the config's format, as the daemon's
     if args.task:
         registry.check(replace(config, watches=(WatchConfig(path=Path("."), tasks=tuple(args.task)),)))
-    jobs, results = _jobs(config, args.paths, args.task, args.force)
+    report = ScanReport()
+    jobs, results = _jobs(config, args.paths, args.task, args.force, report)
     pipeline = Pipeline(config, registry, registry.engine(config))
     progress = Progress(len(jobs), enabled=not args.json)
     pipeline.on_page = lambda path, done, total: progress.start(f"{Path(path).name} page {done}/{total}")
@@ -72,7 +74,7 @@ def cmd_process(args: argparse.Namespace) -> int:
             progress.start(Path(result.path).name)
     finally:
         progress.close()
-    _report(results, args.json)
+    _report(results, args.json, _not_taken(report))
     return EXIT_FAILED if any(r.status == "failed" for r in results) else EXIT_OK
 
 
@@ -84,14 +86,26 @@ def _log(result: FileResult) -> None:
     log.info(f"file_{result.status}", **fields)
 
 
-def _report(results: list[FileResult], as_json: bool) -> None:
+def _not_taken(report: ScanReport) -> dict[str, int]:
+    """Files under a media name that a folder's scan did not take (symlinks out of the folder,
+    FIFOs and the like): a person would expect them processed, so they are never passed over
+    in silence. Other extensions are the watch's documented rule, and sidecars sit among them."""
+    return {why: n for why, n in report.skipped.items() if not why.endswith("(not a media extension)")}
+
+
+def _report(results: list[FileResult], as_json: bool, not_taken: dict[str, int]) -> None:
     done = [r.path for r in results if r.status == "done"]
     skipped = [r.path for r in results if r.status == "skipped"]
     failed = [{"path": r.path, "error": r.error} for r in results if r.status == "failed"]
-    if as_json:
+    if as_json:  # stdout holds the one object; what was not taken goes to the log (stderr)
+        if not_taken:
+            log.warning("files_not_taken", **not_taken)
         print(jsontext.dumps({"done": done, "skipped": skipped, "failed": failed}))
         return
     print(f"done {len(done)}, skipped {len(skipped)}, failed {len(failed)}")
+    if not_taken:
+        counts = ", ".join(f"{n} {why}" for why, n in not_taken.items())
+        print(f"  not taken: {counts}; `smolvlm-watch explain FILE` says why for a file")
     for f in failed:
         print(printable(f"  failed {f['path']}: {f['error']}"))
 
