@@ -102,8 +102,14 @@ def test_rotation_metadata_gives_upright_frames(tmp_path):
 def test_bad_videos_give_clear_errors(tmp_path, clip_path):
     data = clip_path.read_bytes()
     (tmp_path / "trunc.mp4").write_bytes(data[: len(data) // 3])
-    with pytest.raises(MediaError, match="not a readable video|corrupt or truncated video|no decodable frames"):
+    with pytest.raises(MediaError, match="not a readable video|corrupt or truncated video|no decodable frames") as bad:
         load(tmp_path / "trunc.mp4")
+    assert "Errno" not in bad.value.reason and "'" not in bad.value.reason, bad.value.reason  # FFmpeg's words only
+    (tmp_path / "half.mp4").write_bytes(data[: len(data) // 2])  # cut inside the index: the container will not open
+    with pytest.raises(MediaError) as bad:
+        load(tmp_path / "half.mp4")
+    said = "Invalid data found when processing input"
+    assert bad.value.reason in (f"not a readable video: {said}", f"corrupt or truncated video: {said}"), bad.value
     (tmp_path / "fake.mp4").write_bytes(b"\x00" * 64 + b"certainly not a video")
     with pytest.raises(MediaError, match="not a supported image or video"):
         load(tmp_path / "fake.mp4")

@@ -89,7 +89,7 @@ class _Decoder:
         try:
             self.container = av.open(f, timeout=30)
         except av.error.FFmpegError as exc:
-            raise MediaError(path, f"not a readable video: {exc}") from None
+            raise MediaError(path, f"not a readable video: {_said(exc)}") from None
         if not self.container.streams.video:
             kinds = sorted({s.type for s in self.container.streams}) or ["nothing"]
             self.container.close()
@@ -123,7 +123,7 @@ class _Decoder:
                     break
         except av.error.FFmpegError as exc:
             if last is None:
-                raise MediaError(self.path, f"corrupt or truncated video: {exc}") from None
+                raise MediaError(self.path, f"corrupt or truncated video: {_said(exc)}") from None
         if last is None:
             return None
         self.rotation = int(getattr(last, "rotation", 0) or 0)
@@ -151,7 +151,7 @@ class _Decoder:
                         kept, step = kept[::2], step * 2
         except av.error.FFmpegError as exc:
             if not kept:
-                raise MediaError(self.path, f"corrupt or truncated video: {exc}") from None
+                raise MediaError(self.path, f"corrupt or truncated video: {_said(exc)}") from None
         if len(kept) > sampling.max_frames:
             idx = [int(i * len(kept) / sampling.max_frames) for i in range(sampling.max_frames)]
             kept = [kept[i] for i in idx]
@@ -262,3 +262,9 @@ def frame_at(f: BinaryIO, path: Path, t: float) -> Image.Image:
 def timestamp_label(seconds: float) -> str:
     m, s = divmod(int(math.floor(seconds)), 60)
     return f"{m:02d}:{s:02d}"
+
+
+def _said(exc: Exception) -> str:
+    """What FFmpeg said, without PyAV's wrapping: its str() carries the raw AVERROR number and the
+    name PyAV gave the input (a file descriptor's number), which tell a user nothing."""
+    return getattr(exc, "strerror", None) or str(exc)
