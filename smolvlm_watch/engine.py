@@ -137,7 +137,10 @@ class Engine(Protocol):
 
     def max_batch(self) -> int: ...
 
-    def video_sampling(self) -> dict[str, Any]: ...
+    def video_sampling(self) -> dict[str, Any]:
+        """``fps`` and ``max_frames`` a video is sampled at unless the config says otherwise, and
+        ``edge``: the longest side frames need (None: unknown, kept as decoded)."""
+        ...
 
     def image_edge(self, settings: ImageSettings) -> int | None:
         """The longest edge, in pixels, of what the model looks at under these image settings

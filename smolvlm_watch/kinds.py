@@ -61,9 +61,9 @@ class Context:
     def sampling(self, task: dict[str, Any] | None = None) -> Sampling:
         """Video sampling: a task's own settings over the watch's over the loaded processor's."""
         v = {**asdict(self.watch.video), **(task or {})}
-        defaults = self.engine_sampling() if v["fps"] is None or v["max_frames"] is None else {}
+        defaults = self.engine_sampling()
         return Sampling(fps=v["fps"] or defaults["fps"], max_frames=v["max_frames"] or defaults["max_frames"],
-                        mode=v["mode"], skip_black=v["skip_black"], timeout=v["timeout"])
+                        mode=v["mode"], skip_black=v["skip_black"], timeout=v["timeout"], edge=defaults.get("edge"))
 
 
 class Work(ABC):

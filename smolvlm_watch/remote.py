@@ -231,7 +231,7 @@ class RemoteRuntime:
         return ImageSettings(longest_edge=self.image_edge(settings)).as_dict()
 
     def video_sampling(self) -> dict[str, Any]:
-        return {"fps": 1, "max_frames": 64}
+        return {"fps": 1, "max_frames": 64, "edge": LONGEST_EDGE}  # frames are sent no larger
 
     def generate(self, requests: Sequence[Request]) -> list[Answer]:
         """Each request's answer: the one already asked for in ``preprocess``, or asked now."""

@@ -235,10 +235,14 @@ class Runtime:
         return s.longest_edge or self.processor.image_processor.size["longest_edge"]
 
     def video_sampling(self) -> dict[str, Any]:
-        """The loaded processor's own video sampling settings (fps, max_frames)."""
+        """The loaded processor's own video sampling settings (fps, max_frames), and the longest
+        edge it resizes every frame to first (frames need not be kept larger)."""
         self.load()
-        sampling = getattr(self.processor.video_processor, "video_sampling", None) or {}
-        return {"fps": sampling.get("fps", 1), "max_frames": sampling.get("max_frames", 64)}
+        video = self.processor.video_processor
+        sampling = getattr(video, "video_sampling", None) or {}
+        size = getattr(video, "size", None)
+        edge = size.get("longest_edge") if isinstance(size, dict) else getattr(size, "longest_edge", None)
+        return {"fps": sampling.get("fps", 1), "max_frames": sampling.get("max_frames", 64), "edge": edge}
 
     def max_batch(self) -> int:
         """Requests per batch: ``runtime.max_batch``, else 4 on CPU and, on a GPU, as many as

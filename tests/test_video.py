@@ -90,6 +90,23 @@ def test_prompt_token_ids_equal_the_processors_for_the_same_frames(clip_path, ti
     assert [f"Frame from 00:0{s}:" in text for s in range(4)] == [True] * 4
 
 
+def test_frames_are_kept_at_the_processors_size_and_the_source_keeps_the_videos(tmp_path, tiny_model):
+    """A field run: 64 frames of a 70 s 4K phone video were kept full size (24 MB each) and
+    `process` peaked at 6.2 GB; the processor shrinks every frame to its own edge anyway."""
+    path = make_clip(tmp_path / "wide.mp4", seconds=2, fps=5, size=(640, 360))
+    media = load(path, sampling=Sampling(fps=1, max_frames=4, edge=64))
+    assert [img.size for img in media.images] == [(64, 36)] * 2
+    assert (media.info.width, media.info.height) == (640, 360)  # the video's own size, not the frames'
+    red = [np.asarray(img)[20:, :, 0].mean() for img in media.images]  # the second is still there
+    assert red[0] < 10 and 50 < red[1] < 70, red
+    rotated = load(make_clip(tmp_path / "rot.mp4", seconds=1, size=(640, 480), rotation=90),
+                   sampling=Sampling(fps=1, max_frames=4, edge=64))
+    assert rotated.images[0].size == (48, 64) and (rotated.info.width, rotated.info.height) == (480, 640)
+    assert load(path, sampling=Sampling(fps=1, max_frames=4)).images[0].size == (640, 360)  # no edge: as decoded
+    runtime = Runtime(ModelConfig(path=tiny_model, threads=1))
+    assert runtime.video_sampling() == {"fps": 1, "max_frames": 64, "edge": 64}  # the tiny processor's video size
+
+
 def test_rotation_metadata_gives_upright_frames(tmp_path):
     path = make_clip(tmp_path / "rot.mp4", seconds=1, rotation=90)
     media = load(path, sampling=Sampling(fps=1, max_frames=4))
