@@ -62,11 +62,12 @@ class Limits:
     max_page_pixels: int = 60_000_000
 
 
-def check_pixels(path: Path, width: int, height: int, limit: int, what: str = "image") -> None:
-    """Refuse a declared size over ``media.max_pixels`` before anything is decoded."""
+def check_pixels(path: Path, width: int, height: int, limit: int, what: str = "image is",
+                 key: str = "media.max_pixels", fix: str = "raise it in the config if this is intended") -> None:
+    """Refuse a declared size over ``limit`` (the config's ``key``) before anything is decoded."""
     if width * height > limit:
-        raise MediaError(path, f"{what} is {width}x{height} = {width * height} pixels, over the media.max_pixels "
-                               f"limit of {limit} (raise it in the config if this is intended)")
+        raise MediaError(path, f"{what} {width}x{height} = {width * height} pixels, over the {key} "
+                               f"limit of {limit} ({fix})")
 
 
 @dataclass(frozen=True)

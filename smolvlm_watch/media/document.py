@@ -14,8 +14,8 @@ from typing import Any, BinaryIO
 
 from PIL import Image
 
-from .base import (Limits, Media, MediaError, SourceInfo, broken, frame_count, open_input, source_info,
-                   upright_rgb)
+from .base import (Limits, Media, MediaError, SourceInfo, broken, check_pixels, frame_count, open_input,
+                   source_info, upright_rgb)
 
 
 PDF_DECODER = "pypdfium2 (PDFium)"
@@ -123,11 +123,11 @@ class Document:
         return img, text.replace("\r\n", "\n").strip()
 
     def _check_pixels(self, index: int, w: int, h: int) -> None:
-        limit = self.limits.max_page_pixels
-        if w * h > limit:
-            fix = "lower document.dpi" if self._pdf is not None else "raise it in the config if this is intended"
-            raise MediaError(self.path, f"page {index + 1}: {w}x{h} = {w * h} pixels, over the "
-                                        f"document.max_page_pixels limit of {limit} ({fix})")
+        limit, what, key = self.limits.max_page_pixels, f"page {index + 1}:", "document.max_page_pixels"
+        if self._pdf is not None:  # a PDF page's size comes from the dpi it is rendered at
+            check_pixels(self.path, w, h, limit, what, key, fix="lower document.dpi")
+        else:
+            check_pixels(self.path, w, h, limit, what, key)
 
     def close(self) -> None:
         if self._pdf is not None:
