@@ -8,7 +8,10 @@ PIP := $(BIN)/python -m pip install -q --disable-pip-version-check
 RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: venv run test test-long check demo bench lock clean
+LATEST := .venv-latest
+LATEST_STAMP := $(LATEST)/.installed
+
+.PHONY: venv run test test-long test-latest check demo bench lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +44,21 @@ test: check
 test-long: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q -m long
 
+# What `pip install .` gives a user: the newest releases pyproject.toml's ranges allow (torch held
+# to the build on this disk by constraints.txt), then the smoke tests: live pickup after ready and
+# in a new folder, a `process` run, a search, the web page. The lock alone once hid a dead watcher.
+$(LATEST_STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install -q --disable-pip-version-check --upgrade --upgrade-strategy eager \
+	  -c constraints.txt -e '.[test]'
+	touch $@
+
+test-latest: $(LATEST_STAMP)
+	@echo "newest versions the ranges allow:"
+	@$(LATEST)/bin/python -m pip list --format=freeze --disable-pip-version-check | grep -iE \
+	  '^(torch|torchvision|transformers|tokenizers|pillow|pillow.heif|pyyaml|pluggy|structlog|av|watchdog|inotify.simple|pypdfium2|httpx|rawpy|prometheus.client|num2words)=='
+	$(LATEST)/bin/python -m pytest -q -m smoke
+
 demo: $(RUN_STAMP)
 	$(BIN)/python -m smolvlm_watch.testing demo demo
 
@@ -58,4 +76,4 @@ lock:
 	rm -rf $(VENV)-lock
 
 clean:
-	rm -rf $(VENV) $(VENV)-lock demo build *.egg-info
+	rm -rf $(VENV) $(VENV)-lock $(LATEST) demo build *.egg-info

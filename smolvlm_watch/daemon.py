@@ -331,9 +331,16 @@ class Supervisor:
             d.log.error("job_over_time_limit", paths=list(d.queue.taken), item_timeout=d.config.state.item_timeout)
 
     def trouble(self) -> str | None:
-        """The watchdog's rule in words (``/healthz``): None while the pings go out."""
+        """What is wrong in words (``/healthz``): None while all is well. A stuck worker or a
+        dead observer also stop the watchdog pings; a watch that missed live events does not
+        (its rescans still find the files, and it moves to polling by itself)."""
         why = self.d.worker.trouble(self.d.config.state.item_timeout)
-        return why if why is not None or self.observers_ok else "a folder observer stopped (see the log)"
+        if why is not None:
+            return why
+        if not self.observers_ok:
+            return "a folder observer stopped (see the log)"
+        degraded = [f"watch {a.watch.path}: {a.degraded}" for a in self.d.watches.armed if a.degraded]
+        return "; ".join(degraded) or None
 
     def _settled(self, armed: ArmedWatch) -> None:
         d = self.d
@@ -409,7 +416,8 @@ class Daemon:
         return engine
 
     def _arm(self, config: Config) -> WatchSet:
-        watches = WatchSet(config.watches, self.reconciler.on_dir, self.log, self._devices())
+        watches = WatchSet(config.watches, self.reconciler.on_dir, self.log, self._devices(),
+                           canary_dir=config.state.db.parent)
         watches.start()
         return watches
 
@@ -486,8 +494,10 @@ class Daemon:
             "config": str(self.config_path),
             "fingerprints": {str(w.path): self.pipeline.fingerprint(w) for w in self.config.watches},
             "watches": [{"path": str(a.watch.path), "mode": a.mode if a.available else "unavailable",
-                         "reason": a.unavailable or a.reason, "available": a.available}
+                         "reason": a.unavailable or a.degraded or a.reason, "available": a.available,
+                         "missed_events": a.missed}
                         for a in self.watches.armed],
+            "missed_events_total": self.reconciler.missed_total,
         }))
 
     # --- reload and stop -----------------------------------------------------------------------------
@@ -558,6 +568,9 @@ class DaemonView:
 
     def vision_passes(self) -> int:
         return int(getattr(self.d.engine, "vision_passes", 0))
+
+    def missed_events(self) -> int:
+        return self.d.reconciler.missed_total
 
     def unhealthy(self) -> str | None:
         return self.d.supervisor.trouble()

@@ -33,6 +33,8 @@ class Live(Protocol):
 
     def vision_passes(self) -> int: ...
 
+    def missed_events(self) -> int: ...
+
     def unhealthy(self) -> str | None: ...
 
 
@@ -60,6 +62,9 @@ class _Collector:
         yield modes
         yield CounterMetricFamily("smolvlm_watch_vision_passes", "Images and videos the vision tower encoded",
                                   value=self.live.vision_passes())
+        yield CounterMetricFamily("smolvlm_watch_missed_events", "Files a rescan found that no live event had "
+                                  "reported (a deaf observer; after a few the watch moves to polling)",
+                                  value=self.live.missed_events())
 
 
 class Metrics:

@@ -27,6 +27,7 @@ from .watcher import ArmedWatch, ScanReport, scan
 class Reconciler:
     def __init__(self, journal: Journal, log: Any):
         self.journal, self.log = journal, log
+        self.missed_total = 0  # files rescans found that no live event reported, since the start
 
     def enqueue(self, watch: WatchConfig, path: Path, priority: int) -> bool:
         """Queue a settled or scanned file (a vanished one is left to the scan)."""
@@ -41,7 +42,13 @@ class Reconciler:
         if not armed.check():
             return 0
         watch, report = armed.watch, ScanReport()
-        queued = sum(self.enqueue(watch, path, BACKFILL) for path in scan(watch, armed.filter, report))
+        queued, missed = 0, []
+        for path in scan(watch, armed.filter, report):
+            if self.enqueue(watch, path, BACKFILL):
+                queued += 1
+                if armed.unreported(path):
+                    missed.append(path)
+        self._missed(armed, missed)
         if watch.output.output_dir is not None:
             report.temp_removed += self._sweep(watch.output.output_dir)
         if armed.check():  # still there after the walk: what is missing now is really gone
@@ -50,6 +57,15 @@ class Reconciler:
         if report.temp_removed:
             self.log.info("temp_files_removed", watch=str(watch.path), count=report.temp_removed)
         return queued
+
+    def _missed(self, armed: ArmedWatch, missed: list[Path]) -> None:
+        """A file the rescan found new, settled and never reported live means the observer is
+        deaf (a library change, a kernel limit): counted, and the health check acts on it."""
+        if missed:
+            armed.missed += len(missed)
+            self.missed_total += len(missed)
+            self.log.warning("live_events_missed", watch=str(armed.watch.path), files=len(missed),
+                             example=str(missed[0]), missed_so_far=armed.missed)
 
     def _settle_known(self, watch: WatchConfig) -> int:
         requeued = 0

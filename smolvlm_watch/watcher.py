@@ -13,18 +13,19 @@ import errno
 import fnmatch
 import os
 import re
+import shutil
 import stat
+import tempfile
 import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from collections.abc import Callable, Iterator
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from .config import WatchConfig
@@ -203,6 +204,10 @@ class StabilityTracker:
     def __len__(self) -> int:
         return len(self._seen)
 
+    def __contains__(self, path: object) -> bool:
+        with self._lock:
+            return path in self._seen
+
     def due(self, now: float | None = None) -> list[tuple[Path, bool]]:
         """Paths ready to hand over, each with ``forced`` (taken at max_wait while still changing)."""
         now = time.monotonic() if now is None else now
@@ -323,56 +328,67 @@ def choose_mode(watch: WatchConfig, media_filter: MediaFilter) -> tuple[str, str
     return "native", f"{fstype or 'local'} file system"
 
 
-def native_observer(media_filter: MediaFilter, exhausted: list[OSError]) -> BaseObserver:
-    """watchdog's inotify observer, with two changes its API has no hook for: excluded and
-    ignored folders get no inotify watches at all, and running out of watches while adding one
-    for a new folder is reported in ``exhausted`` (watchdog drops that error silently; the
-    health check then moves the watch to polling). Falls back to the plain observer where
-    watchdog's internals differ."""
+def native_observer(root: Path, handler: FileSystemEventHandler, recursive: bool,
+                    accept_dir: Callable[[Path], bool], exhausted: list[OSError]) -> Observing:
+    """Live events for one watch: our pruned inotify tree (excluded and ignored folders get no
+    watches; watches running out later is put in ``exhausted``) where Linux inotify is there,
+    watchdog's stock observer elsewhere."""
     try:
-        from watchdog.observers.inotify import InotifyEmitter, InotifyObserver, InotifyWatchGroup
-    except ImportError:
-        return Observer()
-    if not hasattr(InotifyWatchGroup, "_add_all_callbacks"):
-        return Observer()
-    accept = media_filter.accepts_dir
+        from .inotify_tree import TreeObserver
+    except (ImportError, OSError):  # not Linux: no inotify
+        observer = Observer()
+        observer.schedule(handler, str(root), recursive=recursive)
+        return observer
+    return TreeObserver(root, handler, recursive, accept_dir, exhausted)
 
-    class PrunedGroup(InotifyWatchGroup):
-        def _add_all_callbacks(self, path: bytes) -> None:
-            if path != self.path and not accept(Path(os.fsdecode(path))):
-                return
-            self._add_callback(path)
-            if not (self.is_recursive and os.path.isdir(path)):
-                return
-            for top, dirs, _ in os.walk(path, followlinks=self.follow_symlink):
-                dirs[:] = [d for d in dirs if accept(Path(os.fsdecode(os.path.join(top, d))))]
-                for d in dirs:
-                    full = os.path.join(top, d)
-                    if self.follow_symlink or not os.path.islink(full):
-                        self._add_callback(full)
 
-        def _add_callback(self, path: bytes) -> None:
-            try:
-                wd = self._inotify_fd.add_callback(path, self.event_mask, self._callback, self._id)
-            except OSError as exc:
-                if path == self.path:
-                    raise
-                if exc.errno in (errno.ENOSPC, errno.EMFILE):
-                    exhausted.append(exc)
-                return
-            self._active_callbacks_by_path[path] = wd
-            self._active_callbacks_by_watch[wd] = path
+class Observing(Protocol):
+    """What the watch set needs of an observer: watchdog's observers and ``TreeObserver``."""
 
-    class PrunedEmitter(InotifyEmitter):
-        def on_thread_start(self) -> None:
-            self._inotify = PrunedGroup(self._inotify_fd, os.fsencode(self.watch.path),
-                                        is_recursive=self.watch.is_recursive,
-                                        event_mask=self.get_event_mask_from_filter(),
-                                        follow_symlink=self.watch.follow_symlink)
+    def start(self) -> None: ...
 
-    observer = InotifyObserver()
-    observer._emitter_class = PrunedEmitter
-    return observer
+    def stop(self) -> None: ...
+
+    def join(self, timeout: float | None = None) -> None: ...
+
+    def is_alive(self) -> bool: ...
+
+
+CANARY_SECONDS = 3.0
+
+
+def canary(folder: Path) -> str | None:
+    """Check that the native observer delivers events at all, in a throwaway folder under
+    ``folder`` (the state folder): a file is created there and its event must arrive within
+    ``CANARY_SECONDS``. None when it did; otherwise why not, and the caller watches by polling. A
+    library or kernel change that silences events is then caught at start, not by a person
+    weeks later."""
+    probe = Path(tempfile.mkdtemp(prefix=".smolvlm-canary-", dir=folder))
+    seen = threading.Event()
+
+    class Seen(FileSystemEventHandler):
+        def on_any_event(self, event: FileSystemEvent) -> None:
+            if Path(os.fsdecode(event.src_path)).name == "probe.jpg":
+                seen.set()
+
+    observer: Observing | None = None
+    try:
+        observer = native_observer(probe, Seen(), False, lambda _: True, [])
+        observer.start()
+        (probe / "probe.jpg").write_bytes(b"canary")
+        if not seen.wait(CANARY_SECONDS):
+            return (f"the native observer reported no event within {CANARY_SECONDS:g} s in a test folder "
+                    f"({probe.parent})")
+        return None
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EMFILE):
+            return None  # the inotify limits, not a deaf observer: each watch falls back on its own
+        return f"the native observer could not start in a test folder ({exc.strerror or exc})"
+    finally:
+        if observer is not None:
+            observer.stop()
+            observer.join(timeout=5)
+        shutil.rmtree(probe, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -434,15 +450,37 @@ class ArmedWatch:
     tracker: StabilityTracker
     mode: str = "native"
     reason: str = ""
-    observer: BaseObserver | None = None
+    observer: Observing | None = None
+    armed_at: float = 0.0  # wall clock: a change after this should have come as a live event
     unavailable: str | None = None
     device: Device | None = None  # the file system last seen holding its files
     exhausted: list[OSError] = field(default_factory=list)  # inotify ran out of watches after start
     gone: deque[Path] = field(default_factory=deque)  # moved or deleted paths, for the supervisor to check
+    missed: int = 0  # files a rescan found that the native observer never reported
 
     @property
     def available(self) -> bool:
         return self.unavailable is None
+
+    def unreported(self, path: Path) -> bool:
+        """Whether a file a rescan just queued is one a working native observer would have
+        reported: changed (its ctime, which copying with old mtimes does not fake) after the
+        watch was armed and longer ago than the settle time, and not waiting in the tracker."""
+        if self.mode != "native" or path in self.tracker:
+            return False
+        try:
+            changed = os.stat(path).st_ctime
+        except OSError:
+            return False
+        return self.armed_at < changed < time.time() - max(self.watch.settle_seconds, MISSED_SLACK)
+
+    @property
+    def degraded(self) -> str | None:
+        """Why the live events of this watch cannot be trusted now (None: they can)."""
+        if self.mode == "native" and self.missed:
+            return (f"live events missed {self.missed} file(s) that a rescan found (the watch moves to polling "
+                    f"at {MISSED_LIMIT})")
+        return None
 
     def check(self) -> bool:
         """Look at the folder now; True when it can be trusted (a new device with files in it is
@@ -453,15 +491,21 @@ class ArmedWatch:
         return self.unavailable is None
 
 
+MISSED_LIMIT = 3  # files found by rescans, never reported live, before a watch moves to polling
+MISSED_SLACK = 2.0  # seconds an event may take from the kernel to the tracker
+
+
 class WatchSet:
     """Arms every watch with a suitable observer and keeps them alive (the health check).
     ``devices``: each watch's file system as last seen with files (kept in the journal, so an
     unmounted share is recognised at the next start too)."""
 
     def __init__(self, watches: tuple[WatchConfig, ...], on_dir: Callable[[ArmedWatch, Path], None],
-                 log: Any, devices: dict[str, Device] | None = None):
+                 log: Any, devices: dict[str, Device] | None = None, canary_dir: Path | None = None):
         self.log = log
         self.on_dir = on_dir
+        self.canary_dir = canary_dir  # where the native observer is proven at start (the state folder)
+        self.canary_failed: str | None = None
         devices = devices or {}
         self.armed = [ArmedWatch(w, MediaFilter(w), StabilityTracker(w.settle_seconds, w.max_settle_seconds),
                                  device=devices.get(str(w.path)))
@@ -472,6 +516,11 @@ class WatchSet:
         return {str(a.watch.path): a.device for a in self.armed if a.device is not None}
 
     def start(self) -> None:
+        if self.canary_dir is not None and any(a.watch.polling != "on" for a in self.armed):
+            self.canary_failed = canary(self.canary_dir)
+            if self.canary_failed:
+                self.log.error("live_events_not_working", reason=self.canary_failed,
+                               fix="watching by polling; report the watchdog, inotify_simple and kernel versions")
         for armed in self.armed:
             self._arm(armed)
 
@@ -482,6 +531,9 @@ class WatchSet:
             self.log.error("watch_unavailable", watch=str(w.path), error=armed.unavailable)
             return
         mode, reason = ("polling", force_polling) if force_polling else choose_mode(w, armed.filter)
+        if mode == "native" and self.canary_failed:
+            mode, reason = "polling", f"live events failed their test at start: {self.canary_failed}"
+        armed.armed_at = time.time()
         if "max_user_watches" in reason:
             self.log.warning("inotify_limit", watch=str(w.path), reason=reason, fix=INOTIFY_FIX)
         try:
@@ -496,11 +548,15 @@ class WatchSet:
         armed.mode, armed.reason = mode, reason
         self.log.info("watch_armed", watch=str(w.path), mode=mode, reason=reason)
 
-    def _start_observer(self, armed: ArmedWatch, mode: str) -> BaseObserver:
+    def _start_observer(self, armed: ArmedWatch, mode: str) -> Observing:
         w = armed.watch
-        observer = (PollingObserver(timeout=w.poll_interval) if mode == "polling"
-                    else native_observer(armed.filter, armed.exhausted))
         handler = _Handler(armed, lambda d: self.on_dir(armed, d))
+        if mode == "native":
+            native = native_observer(w.path.resolve(), handler, w.recursive, armed.filter.accepts_dir,
+                                     armed.exhausted)
+            native.start()
+            return native
+        observer = PollingObserver(timeout=w.poll_interval)
         try:
             observer.schedule(handler, str(w.path.resolve()), recursive=w.recursive)
             observer.start()
@@ -519,10 +575,14 @@ class WatchSet:
                 exc = armed.exhausted[0]
                 self.log.warning("inotify_failed_falling_back_to_polling", watch=str(armed.watch.path),
                                  error=str(exc), fix=INOTIFY_FIX)
-                self._stop(armed)
                 armed.exhausted.clear()
-                self._arm(armed, force_polling=f"inotify failed: {exc.strerror or exc}")
-                self.on_dir(armed, armed.watch.path)  # whatever landed in the unwatched folders
+                self._demote(armed, f"inotify failed: {exc.strerror or exc}")
+                continue
+            if armed.missed >= MISSED_LIMIT and armed.mode == "native":
+                why = f"live events missed {armed.missed} file(s) that rescans found"
+                self.log.error("live_events_missed_switching_to_polling", watch=str(armed.watch.path), reason=why)
+                armed.missed = 0
+                self._demote(armed, why)
                 continue
             was = armed.available
             if not armed.check():
@@ -539,6 +599,12 @@ class WatchSet:
             self._arm(armed)
             self.on_dir(armed, armed.watch.path)  # catch up on what happened meanwhile
         return ok
+
+    def _demote(self, armed: ArmedWatch, why: str) -> None:
+        """Move a native watch to polling, and look at whatever landed unseen meanwhile."""
+        self._stop(armed)
+        self._arm(armed, force_polling=why)
+        self.on_dir(armed, armed.watch.path)
 
     def _stop(self, armed: ArmedWatch) -> None:
         if armed.observer is not None:

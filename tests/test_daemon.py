@@ -17,6 +17,7 @@ from helpers import (InProcess, daemon_config, journal_states, make_image, read_
                      write_trap_plugin)
 from smolvlm_watch import daemon as daemon_module, media as media_module, watcher
 from smolvlm_watch.cli import load_checked
+from smolvlm_watch.daemon import Daemon
 from smolvlm_watch.pipeline import Pipeline
 from smolvlm_watch.media import base as media_base
 from smolvlm_watch.journal import Journal, JournalLocked
@@ -165,6 +166,7 @@ def test_files_dropped_while_stopped_are_processed_after_start(tmp_path, running
     assert d2.state(first) == "gone"
 
 
+@pytest.mark.smoke
 def test_renamed_file_keeps_its_sidecars_without_a_model_run(tmp_path, running, tiny_model):
     d = running(daemon_config(tmp_path, tiny_model, tasks="[caption, ocr]", outputs="[json, txt]"))
     img = make_image(tmp_path / "inbox" / "before.png")
@@ -203,12 +205,12 @@ def test_inotify_limit_falls_back_to_polling(tmp_path, running, monkeypatch):
 
 
 def test_inotify_enospc_at_start_falls_back_to_polling(tmp_path, running, monkeypatch):
-    from watchdog.observers import Observer
+    from inotify_simple import INotify
 
     def refuse(self, *args, **kwargs):
         raise OSError(errno.ENOSPC, "inotify watch limit reached")
 
-    monkeypatch.setattr(type(Observer()), "schedule", refuse)
+    monkeypatch.setattr(INotify, "add_watch", refuse)
     d = running()
     armed = d.daemon.watches.armed[0]
     assert armed.mode == "polling" and "inotify failed" in armed.reason
@@ -413,16 +415,16 @@ def test_excluded_and_ignored_folders_get_no_inotify_watches(tmp_path, running, 
 
 
 def test_inotify_exhausted_after_start_switches_the_watch_to_polling(tmp_path, running, monkeypatch):
-    from watchdog.observers.inotify_c import InotifyFD
+    from inotify_simple import INotify
 
-    original = InotifyFD.add_callback
+    original = INotify.add_watch
 
-    def limited(self, path, *args, **kwargs):
-        if b"late" in path:
+    def limited(self, path, mask):
+        if "late" in os.fsdecode(path):
             raise OSError(errno.ENOSPC, "No space left on device")
-        return original(self, path, *args, **kwargs)
+        return original(self, path, mask)
 
-    monkeypatch.setattr(InotifyFD, "add_callback", limited)
+    monkeypatch.setattr(INotify, "add_watch", limited)
     monkeypatch.setattr(daemon_module, "HEALTH_INTERVAL", 0.5)
     d = running()
     assert d.daemon.watches.armed[0].mode == "native"
@@ -431,6 +433,75 @@ def test_inotify_exhausted_after_start_switches_the_watch_to_polling(tmp_path, r
     d.wait_done([img], timeout=30)
     armed = d.daemon.watches.armed[0]
     assert armed.mode == "polling" and armed.reason == "inotify failed: No space left on device"
+
+
+@pytest.mark.smoke
+def test_live_pickup_after_ready_at_the_root_and_in_a_new_folder(tmp_path, running):
+    """What a user meets first: a file copied in after `ready` is processed within seconds,
+    also in a folder made after the start (run on the newest versions too: `make test-latest`)."""
+    d = running()
+    assert d.daemon.watches.canary_failed is None and d.daemon.watches.armed[0].mode == "native"
+    top = make_image(tmp_path / "inbox" / "after-ready.png")
+    deep = make_image(tmp_path / "inbox" / "2026" / "12" / "new-folder.png", color=(1, 2, 3))
+    d.wait_done([top, deep], timeout=20)  # the rescan is 300 s away: only live events get here
+    assert d.daemon.reconciler.missed_total == 0
+
+
+def test_a_deaf_observer_is_caught_by_the_rescan_and_the_watch_moves_to_polling(tmp_path, tiny_model, monkeypatch):
+    from smolvlm_watch.metrics import routes
+
+    cfg = daemon_config(tmp_path, tiny_model)
+    daemon = Daemon(cfg, lambda: load_checked(cfg))
+    inbox = tmp_path / "inbox"
+    try:
+        armed = daemon.watches.armed[0]
+        assert armed.mode == "native"
+        heard = make_image(inbox / "heard.png")
+        wait_for(lambda: heard in armed.tracker, 10, what="the live event")
+        monkeypatch.setattr(watcher, "MISSED_SLACK", 0.0)
+        monkeypatch.setattr(watcher._Handler, "on_any_event", lambda self, event: None)  # deaf from here on
+        unseen = [make_image(inbox / f"unseen{i}.png", color=(i, 0, 0)) for i in range(3)]
+        time.sleep(0.5)  # longer ago than settle_seconds (0.3)
+        daemon.scan_all()
+        assert armed.missed == 3 and daemon.reconciler.missed_total == 3  # not heard.png: its event came
+        why = f"watch {inbox}: live events missed 3 file(s) that a rescan found (the watch moves to polling at 3)"
+        assert daemon.supervisor.trouble() == why
+        scrape = routes(daemon.metrics)
+        assert scrape["/healthz"](None).status == 503
+        assert b"smolvlm_watch_missed_events_total 3.0" in scrape["/metrics"](None).body
+        assert all(daemon.journal.get(str(p)).state == "pending" for p in unseen)
+
+        assert daemon.watches.healthy()
+        assert (armed.mode, armed.reason) == ("polling", "live events missed 3 file(s) that rescans found")
+        assert daemon.supervisor.trouble() is None and scrape["/healthz"](None).status == 200
+    finally:
+        daemon.stop()
+        daemon.shutdown()
+
+
+def test_a_silent_observer_at_start_is_caught_by_the_canary(tmp_path, tiny_model, monkeypatch):
+    class Silent:
+        def start(self): pass
+
+        def stop(self): pass
+
+        def join(self, timeout=None): pass
+
+        def is_alive(self): return True
+
+    monkeypatch.setattr(watcher, "native_observer", lambda *args: Silent())
+    monkeypatch.setattr(watcher, "CANARY_SECONDS", 0.3)
+    cfg = daemon_config(tmp_path, tiny_model)
+    daemon = Daemon(cfg, lambda: load_checked(cfg))
+    try:
+        armed = daemon.watches.armed[0]
+        assert armed.mode == "polling"
+        assert armed.reason == ("live events failed their test at start: the native observer reported no event "
+                                f"within 0.3 s in a test folder ({tmp_path / 'state'})")
+        assert not [p for p in (tmp_path / "state").iterdir() if p.name.startswith(".smolvlm-canary-")]
+    finally:
+        daemon.stop()
+        daemon.shutdown()
 
 
 def test_a_job_interrupted_again_and_again_ends_quarantined(tmp_path):

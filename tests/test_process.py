@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 from pathlib import Path
 
@@ -32,6 +34,7 @@ def _mixed_folder(root: Path) -> Path:
     return folder
 
 
+@pytest.mark.smoke
 def test_process_folder_writes_expected_sidecars_and_reports_failures(tmp_path, tiny_model, run_cli):
     folder = _mixed_folder(tmp_path)
     code, out, _ = run_cli("process", folder, "--model", tiny_model, "--task", "caption", "--task", "tags",

@@ -62,6 +62,7 @@ def _search(run_cli, cfg, *args):
     return code, [json.loads(line) for line in out.splitlines()], err
 
 
+@pytest.mark.smoke
 def test_search_finds_results_and_stays_true_to_the_sidecars(tmp_path, tiny_model, run_cli, fixed):
     inbox = tmp_path / "inbox"
     photo = make_image(inbox / "beach.png")

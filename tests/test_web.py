@@ -61,6 +61,7 @@ def site(tmp_path, tiny_model):
         proc.wait(timeout=60)
 
 
+@pytest.mark.smoke
 def test_pages_escape_every_value_and_serve_only_watched_files(site):
     base, inbox = site["base"], site["inbox"]
     code, headers, body = _get(base + "/")
@@ -136,6 +137,7 @@ def _until(tab, expression: str, timeout: float = 30) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.smoke
 def test_the_three_pages_in_a_real_browser(site, browser, tmp_path_factory):
     base, inbox = site["base"], site["inbox"]
     shots = tmp_path_factory.mktemp("screenshots")
