@@ -49,6 +49,13 @@ class XmpWriter(Writer):
 
     name = "xmp"
     description = "merges caption/tags/OCR into photo.jpg.xmp for photo managers"
+    merges = (".xmp",)
+
+    def unmerge(self, data: bytes) -> bytes | None:
+        try:
+            return xmp.unmerge(data)
+        except xmp.XmpError:
+            return data  # not XMP we can read any more: left as it is
 
     def write(self, record: SidecarRecord, target: Target) -> dict[Path, str]:
         path = target.path(".xmp", replace_extension=target.output.xmp_replace_extension)
@@ -62,6 +69,7 @@ class XmpWriter(Writer):
             ocr = "\n".join(item["text"] for item in ocr)
         prompts = {name: entry.get("prompt") for name, entry in sorted(record.tasks.items()) if "prompt" in entry}
         provenance = {
+            **({xmp.CREATED: "True"} if existing is None else {}),  # kept by later merges: it was ours alone
             "Generator": f"smolvlm-watch {__version__}",
             "Model": record.model.get("id"),
             "ModelRevision": record.model.get("revision"),

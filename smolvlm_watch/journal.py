@@ -125,11 +125,15 @@ def under(folder: str | None) -> tuple[str, tuple[Any, ...]]:
     if not folder:
         return "1", ()
     folder = folder.rstrip("/") or "/"
-    prefix = folder if folder.endswith("/") else folder + "/"
+    where, params = starting(folder if folder.endswith("/") else folder + "/")
+    return f"(path = ? OR path = ? OR {where})", (to_db(folder), os.fsencode(folder), *params)
+
+
+def starting(prefix: str) -> tuple[str, tuple[Any, ...]]:
+    """SQL for "path starts with ``prefix``", literally, for TEXT and BLOB paths alike."""
     raw = os.fsencode(prefix)
-    return ("(path = ? OR path = ? OR substr(path, 1, ?) = ?"
-            " OR (typeof(path) = 'blob' AND substr(path, 1, ?) = ?))",
-            (to_db(folder), os.fsencode(folder), len(prefix), to_db(prefix), len(raw), raw))
+    return ("(substr(path, 1, ?) = ? OR (typeof(path) = 'blob' AND substr(path, 1, ?) = ?))",
+            (len(prefix), to_db(prefix), len(raw), raw))
 
 
 @dataclass(frozen=True)
@@ -603,6 +607,15 @@ class Journal:
     def known(self, watch: str) -> list[Job]:
         """Every file of ``watch`` that is not gone: what a rescan checks against the disk."""
         return self._jobs("watch = ? AND state != 'gone'", (to_db(watch),))
+
+    @_locked
+    def same_stem(self, path: str) -> list[Job]:
+        """The other files in ``path``'s folder with its stem (``IMG_1.DNG`` and ``IMG_1.JPG``):
+        the ones that may share a sidecar named after the stem (``IMG_1.xmp``, ``IMG_1.txt``)."""
+        p = Path(path)
+        where, params = starting(str(p.with_name(p.stem + ".")))
+        return [j for j in self._jobs(f"path != ? AND {where}", (to_db(path), *params))
+                if Path(j.path).parent == p.parent and Path(j.path).stem == p.stem]
 
     @_locked
     def knows(self, under_path: str) -> bool:

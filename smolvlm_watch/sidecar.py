@@ -265,10 +265,16 @@ class Writer:
     name: str = ""
     version: str = "1"
     description: str = ""
+    merges: tuple[str, ...] = ()  # suffixes of files this writer merges into rather than owns (".xmp")
 
     def write(self, record: SidecarRecord, target: Target) -> dict[Path, str]:
         """Write this writer's files; return each path written with its sha256."""
         raise NotImplementedError
+
+    def unmerge(self, data: bytes) -> bytes | None:
+        """For a file named by ``merges``: its ``data`` with our part taken out, or None when
+        nothing else is left and the file may be removed (``prune``)."""
+        return None
 
 
 def missing_output(target: Target, recorded: dict[str, str] | None, writes_json: bool) -> str | None:

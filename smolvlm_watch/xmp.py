@@ -260,6 +260,43 @@ def _seed(packet: Packet, description: str | None, keywords: list[str]) -> None:
         packet.set_list(prefix, name, existing + [k for k in spelled if k.casefold() not in have], container)
 
 
+CREATED = "Created"  # our mark on a sidecar we made ourselves: it holds no one else's data but the photo's own
+
+
+def unmerge(data: bytes) -> bytes | None:
+    """The sidecar ``data`` with everything we merged in taken out again (``prune`` of a file
+    gone for good): our namespace, our keywords, the description while it is still our caption.
+    None when nothing but ours is left (a sidecar we created, or one that held nothing else):
+    the file may go. A person's rating, history and keywords stay, and so does the file."""
+    p = Packet(data)
+    created = p.text("smolvlm", CREATED) is not None
+    if (caption := p.text("smolvlm", "Caption")) is not None and p.lang_alt("dc", "description") == caption:
+        description = p._find("dc", "description")
+        if description is not None:
+            p._remove(description)
+    for prefix, name, _container, _spelling, record in KEYWORD_FIELDS:
+        ours = {k.casefold() for k in p.items("smolvlm", record)}
+        existing = p.items(prefix, name)
+        if ours and existing:
+            p.set_list(prefix, name, [k for k in existing if k.casefold() not in ours])
+    for desc in p.rdf.findall(_q("rdf", "Description")):
+        for key in [k for k in desc.attrib if k.startswith("{" + NS["smolvlm"] + "}")]:
+            del desc.attrib[key]
+        for prop in [c for c in desc if c.tag.startswith("{" + NS["smolvlm"] + "}")]:
+            desc.remove(prop)
+    if created or not _holds_anything(p):
+        return None
+    return p.serialize()
+
+
+def _holds_anything(p: Packet) -> bool:
+    """Whether a packet still has any property (an element or attribute besides rdf:about)."""
+    for desc in p.rdf.findall(_q("rdf", "Description")):
+        if len(desc) or any(k != _q("rdf", "about") for k in desc.attrib):
+            return True
+    return False
+
+
 def merge(data: bytes | None, caption: str | None, tags: list[str] | None, ocr: str | None,
           provenance: dict[str, Any], parent: str = "AI", packet: Packet | None = None) -> bytes:
     """The sidecar ``data`` (or ``packet``, a new one already seeded, or an empty one) with our

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -12,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from smolvlm_watch.cli import load_checked
@@ -200,3 +202,15 @@ def text_pdf(path: Path, texts: list[str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(bytes(out))
     return path
+
+
+def exif(path: Path, *tags: str) -> dict:
+    tool = shutil.which("exiftool")
+    if tool is None:
+        pytest.skip("exiftool is not installed (.ci/run installs Debian's libimage-exiftool-perl)")
+    out = subprocess.run([tool, "-j", "-charset", "utf8", *[f"-{t}" for t in tags], str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    data = json.loads(out)[0]
+    data.pop("SourceFile", None)
+    return {k: v if isinstance(v, list) else [v] if k in ("Subject", "TagsList", "HierarchicalSubject") else v
+            for k, v in data.items()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from helpers import InProcess, daemon_config, make_image, read_sidecar, wait_for
+from helpers import InProcess, daemon_config, exif, make_image, read_sidecar, wait_for
 from smolvlm_watch import fixtures
 from smolvlm_watch.journal import Journal
 
@@ -90,3 +90,66 @@ def test_independent_pairs_each_look_at_their_own_pixels(tmp_path, tiny_model, r
     code, out, err = run_cli("process", card, "-c", _pair_config(write_config, tiny_model, "independent"), "--json")
     assert code == 0 and len(json.loads(out)["done"]) == 2, out + err
     assert read_sidecar(raw)["source"]["decoded"] == "demosaic" and "pair" not in read_sidecar(raw)["source"]
+
+
+HER_XMP = """<?xml version="1.0" encoding="UTF-8"?>
+<x:xmpmeta xmlns:x="adobe:ns:meta/">
+ <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
+  <rdf:Description rdf:about="" xmlns:xmp="http://ns.adobe.com/xap/1.0/" xmlns:dc="http://purl.org/dc/elements/1.1/"
+    xmlns:darktable="http://darktable.sf.net/" xmp:Rating="5" darktable:history_end="1">
+   <dc:subject><rdf:Bag><rdf:li>grandma</rdf:li></rdf:Bag></dc:subject>
+   <darktable:history><rdf:Seq><rdf:li darktable:operation="exposure"/></rdf:Seq></darktable:history>
+  </rdf:Description>
+ </rdf:RDF>
+</x:xmpmeta>
+"""
+
+
+def test_prune_never_deletes_what_a_person_made(tmp_path, tiny_model, run_cli):
+    """Issue 25, 1-3: a merged XMP loses only our fields, a file that is back keeps its sidecars,
+    a shared IMG_1.xmp stays while IMG_1's other file uses it."""
+    cfg = daemon_config(tmp_path, tiny_model, tasks="[caption, tags]", outputs="[json, xmp]",
+                        extra_watch="  xmp_replace_extension: true")
+    inbox = tmp_path / "inbox"
+    ours = make_image(inbox / "ours.jpg", fmt="JPEG", color=(10, 9, 9))
+    hers = make_image(inbox / "hers.jpg", fmt="JPEG", color=(70, 9, 9))
+    (inbox / "hers.xmp").write_text(HER_XMP, encoding="utf-8")  # hers before we ever ran
+    pair = [make_image(inbox / "IMG_1.jpg", fmt="JPEG", color=(130, 9, 9)), make_image(inbox / "IMG_1.png")]
+    back = make_image(inbox / "back.jpg", fmt="JPEG", color=(190, 9, 9))
+    d = InProcess(cfg)
+    try:
+        d.wait_done([ours, hers, *pair, back])
+        assert "smolvlm:Caption" in (inbox / "hers.xmp").read_text(encoding="utf-8")  # merged into hers
+        kept_back = back.read_bytes()
+        for path in (ours, hers, pair[1], back):
+            path.unlink()
+        wait_for(lambda: all(d.state(p) == "gone" for p in (ours, hers, pair[1], back)), 30, what="gone")
+    finally:
+        d.stop()
+    back.write_bytes(kept_back)  # restored from the bin after the rescan, before prune
+    cfg.write_text(cfg.read_text().replace("state: {", "state: {gone_grace: 0s, "))
+
+    code, out, _ = run_cli("prune", "-c", cfg)
+    assert code == 0, out
+    lines = out.splitlines()
+    assert f"  removed {inbox / 'ours.xmp'}" in lines
+    assert f"  removed our fields from {inbox / 'hers.xmp'}: it holds others' too" in lines
+    assert f"  kept {inbox / 'IMG_1.xmp'}: still used by {pair[0]}" in lines
+    assert f"  kept the sidecars of {back}: the file is back (queued again)" in lines
+    assert lines[-1] == ("prune: removed 4 sidecar file(s) of 4 file(s) gone for more than 0 day(s); kept 0 "
+                         "changed since we wrote them; 1 shared file(s) lost only our fields; 1 still used by "
+                         "another file; 1 file(s) back on disk, queued again")
+    left = sorted(p.name for p in inbox.iterdir())
+    assert left == ["IMG_1.jpg", "IMG_1.jpg.smolvlm.json", "IMG_1.xmp", "back.jpg", "back.jpg.smolvlm.json",
+                    "back.xmp", "hers.xmp"]
+    assert (inbox / "hers.xmp").read_text(encoding="utf-8") != HER_XMP  # reserialised, but all of hers is there:
+    her = exif(inbox / "hers.xmp", "XMP:all")
+    assert (her["Rating"], her["Subject"], her["History_end"], her["HistoryOperation"]) == (5, ["grandma"], 1, "exposure")
+    assert not any(k in her for k in ("Caption", "Description", "Generator", "TagsList")), her
+    assert "smolvlm" not in (inbox / "hers.xmp").read_text(encoding="utf-8")
+    assert "smolvlm:Caption" in (inbox / "IMG_1.xmp").read_text(encoding="utf-8")
+    journal = Journal(tmp_path / "state" / "journal.sqlite", readonly=True)
+    try:
+        assert journal.get(str(back)).state == "pending" and journal.get(str(hers)) is None
+    finally:
+        journal.close()

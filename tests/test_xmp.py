@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from helpers import make_image, read_sidecar
+from helpers import exif, make_image, read_sidecar
 
 DARKTABLE_XMP = """<?xml version="1.0" encoding="UTF-8"?>
 <x:xmpmeta xmlns:x="adobe:ns:meta/" x:xmptk="XMP Core 4.4.0-Exiv2">
@@ -45,18 +43,6 @@ DARKTABLE_XMP = """<?xml version="1.0" encoding="UTF-8"?>
  </rdf:RDF>
 </x:xmpmeta>
 """
-
-
-def exif(path: Path, *tags: str) -> dict:
-    tool = shutil.which("exiftool")
-    if tool is None:
-        pytest.skip("exiftool is not installed (.ci/run installs Debian's libimage-exiftool-perl)")
-    out = subprocess.run([tool, "-j", "-charset", "utf8", *[f"-{t}" for t in tags], str(path)],
-                         capture_output=True, text=True, check=True).stdout
-    data = json.loads(out)[0]
-    data.pop("SourceFile", None)
-    return {k: v if isinstance(v, list) else [v] if k in ("Subject", "TagsList", "HierarchicalSubject") else v
-            for k, v in data.items()}
 
 
 @pytest.fixture

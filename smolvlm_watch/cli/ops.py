@@ -20,7 +20,8 @@ from ..pipeline import Pipeline
 from ..plugins import PluginError
 from ..progress import Progress
 from ..reconcile import Reconciler
-from ..sidecar import Target, orphaned
+from ..atomic import atomic_write
+from ..sidecar import Target, Writer, orphaned, read_regular
 from ..watcher import MediaFilter, scan
 from . import EXIT_FAILED, EXIT_OK, config_arg, load_checked
 
@@ -265,42 +266,99 @@ def cmd_retry(args: argparse.Namespace) -> int:
 # --- prune -----------------------------------------------------------------------------------------
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    """Remove the sidecars of files gone for longer than state.gone_grace: only files we wrote,
-    still holding the bytes we wrote (by their recorded hashes)."""
-    config, _ = load_checked(args.config)
+    """Remove the sidecars of files gone for longer than state.gone_grace: only what we wrote,
+    still holding the bytes we wrote (by their recorded hashes), used by no other file; from a
+    file we merged into (XMP) only our part."""
+    config, registry = load_checked(args.config)
     journal = Journal(config.state.db, readonly=args.dry_run)
+    merging = {suffix: w.obj for w in registry.writers.values() for suffix in w.obj.merges}
     try:
-        removed, kept, files = _prune(config, journal, _absolute(args.path) if args.path else None, args.dry_run)
+        pruning = Pruning(config, journal, merging, args.dry_run)
+        files = pruning.run(_absolute(args.path) if args.path else None)
     finally:
         journal.close()
+    t = pruning.tally
     verb = "would remove" if args.dry_run else "removed"
-    print(f"prune: {verb} {removed} sidecar file(s) of {files} file(s) gone for more than "
-          f"{config.state.gone_grace / 86400:g} day(s); kept {kept} changed since we wrote them")
+    extra = [f"{t['cleaned']} shared file(s) {'would lose' if args.dry_run else 'lost'} only our fields"
+             * bool(t["cleaned"]),
+             f"{t['shared']} still used by another file" * bool(t["shared"]),
+             f"{t['back']} file(s) back on disk, queued again" * bool(t["back"])]
+    print(f"prune: {verb} {t['removed']} sidecar file(s) of {files} file(s) gone for more than "
+          f"{config.state.gone_grace / 86400:g} day(s); kept {t['kept']} changed since we wrote them"
+          + "".join(f"; {e}" for e in extra if e))
     return EXIT_OK
 
 
-def _prune(config: Config, journal: Journal, under: str | None, dry_run: bool) -> tuple[int, int, int]:
-    removed = kept = 0
-    gone = journal.gone_before(time.time() - config.state.gone_grace, under)
-    for job in gone:
-        watch = config.watch_for(Path(job.path))
+class Pruning:
+    """One ``prune`` run: each gone file's sidecars looked at again at prune time."""
+
+    def __init__(self, config: Config, journal: Journal, merging: dict[str, Writer], dry_run: bool):
+        self.config, self.journal, self.merging, self.dry_run = config, journal, merging, dry_run
+        self.tally = dict.fromkeys(("removed", "kept", "cleaned", "shared", "back"), 0)
+
+    def run(self, under: str | None) -> int:
+        gone = self.journal.gone_before(time.time() - self.config.state.gone_grace, under)
+        for job in gone:
+            self._file(job)
+        return len(gone)
+
+    def _say(self, line: str) -> None:
+        print(printable("  " + line))
+
+    def _file(self, job: Job) -> None:
+        if os.path.lexists(job.path):  # back since the rescan marked it gone: its sidecars are its own again
+            self.tally["back"] += 1
+            self._say(f"kept the sidecars of {job.path}: the file is back (queued again)")
+            if not self.dry_run:
+                self.journal.requeue(job.path, "it is back after being gone")
+            return
+        watch = self.config.watch_for(Path(job.path))
         if watch is None:
-            print(printable(f"  skipped {job.path}: it lies in no configured watch, so where its sidecars went "
-                            "is unknown"))
-            continue
+            self._say(f"skipped {job.path}: it lies in no configured watch, so where its sidecars went is unknown")
+            return
+        others = self._others(job)
         for path, ours in orphaned(Target.for_media(Path(job.path), watch.output, watch.path), job.outputs,
                                    job.path).items():
-            if not ours:
-                kept += 1
-                print(printable(f"  kept {path}: changed since smolvlm-watch wrote it"))
+            user = next((other for other, uses in others if uses(path)), None)
+            if user is not None:
+                self.tally["shared"] += 1
+                self._say(f"kept {path}: still used by {user}")
+            elif not ours:
+                self.tally["kept"] += 1
+                self._say(f"kept {path}: changed since smolvlm-watch wrote it")
+            else:
+                self._release(path)
+        if not self.dry_run:
+            self.journal.forget(job.path)
+
+    def _others(self, job: Job) -> list[tuple[str, Any]]:
+        """The files still on disk that may share a sidecar with ``job`` (same folder and stem),
+        each with a test of whether it uses a given sidecar path: by its recorded set, or, while
+        it has none yet, any file beside its own sidecars."""
+        found = []
+        for other in self.journal.same_stem(job.path):
+            watch = self.config.watch_for(Path(other.path))
+            if watch is None or not os.path.lexists(other.path):
                 continue
-            removed += 1
-            print(printable(f"  {'would remove' if dry_run else 'removed'} {path}"))
-            if not dry_run:
+            folder = Target.for_media(Path(other.path), watch.output, watch.path).folder
+            names = set(other.outputs) if other.outputs is not None else None
+            found.append((other.path, lambda p, f=folder, n=names: p.parent == f and (n is None or p.name in n)))
+        return found
+
+    def _release(self, path: Path) -> None:
+        """Remove a file that is ours alone; take our part out of one we merged into."""
+        writer = self.merging.get(path.suffix.lower())
+        rest = writer.unmerge(read_regular(path)) if writer is not None else None
+        if rest is None:
+            self.tally["removed"] += 1
+            self._say(f"{'would remove' if self.dry_run else 'removed'} {path}")
+            if not self.dry_run:
                 path.unlink(missing_ok=True)
-        if not dry_run:
-            journal.forget(job.path)
-    return removed, kept, len(gone)
+            return
+        self.tally["cleaned"] += 1
+        self._say(f"{'would remove' if self.dry_run else 'removed'} our fields from {path}: it holds others' too")
+        if not self.dry_run:
+            atomic_write(path, rest)
 
 
 # --- doctor --------------------------------------------------------------------------------------
