@@ -423,7 +423,7 @@ class Daemon:
 
     def _devices(self) -> dict[str, Device]:
         raw = json.loads(self.journal.meta("devices") or "{}")
-        return {path: Device(d["dev"], d["mount"]) for path, d in raw.items()}
+        return {path: Device.from_dict(d) for path, d in raw.items()}
 
     # --- running ---------------------------------------------------------------------------------
 
@@ -494,7 +494,7 @@ class Daemon:
             "config": str(self.config_path),
             "fingerprints": {str(w.path): self.pipeline.fingerprint(w) for w in self.config.watches},
             "watches": [{"path": str(a.watch.path), "mode": a.mode if a.available else "unavailable",
-                         "reason": a.unavailable or a.degraded or a.reason, "available": a.available,
+                         "reason": a.unavailable or a.degraded or _unmounted(a) or a.reason, "available": a.available,
                          "missed_events": a.missed}
                         for a in self.watches.armed],
             "missed_events_total": self.reconciler.missed_total,
@@ -574,6 +574,13 @@ class DaemonView:
 
     def unhealthy(self) -> str | None:
         return self.d.supervisor.trouble()
+
+
+def _unmounted(armed: ArmedWatch) -> str | None:
+    if not armed.missing_mounts:
+        return None
+    return (f"not mounted now: {', '.join(armed.missing_mounts)}; the files there are kept as they were "
+            "until it returns")
 
 
 def _bind(**values: Any) -> None:

@@ -52,7 +52,7 @@ class Reconciler:
         if watch.output.output_dir is not None:
             report.temp_removed += self._sweep(watch.output.output_dir)
         if armed.check():  # still there after the walk: what is missing now is really gone
-            queued += self._settle_known(watch)
+            queued += self._settle_known(armed)
         self.journal.set_meta(f"scan:{watch.path}", jsontext.dumps(report.as_dict()))
         if report.temp_removed:
             self.log.info("temp_files_removed", watch=str(watch.path), count=report.temp_removed)
@@ -67,9 +67,11 @@ class Reconciler:
             self.log.warning("live_events_missed", watch=str(armed.watch.path), files=len(missed),
                              example=str(missed[0]), missed_so_far=armed.missed)
 
-    def _settle_known(self, watch: WatchConfig) -> int:
-        requeued = 0
+    def _settle_known(self, armed: ArmedWatch) -> int:
+        requeued, watch = 0, armed.watch
         for job in self.journal.known(str(watch.path)):
+            if not armed.reachable(job.path):
+                continue  # below a share that is not mounted now: out of reach, not gone
             if not os.path.lexists(job.path):
                 self.journal.mark_gone(job.id)
             elif job.state == "done" and (missing := self.missing(job, watch)) is not None:
@@ -98,7 +100,7 @@ class Reconciler:
             paths.append(armed.gone.popleft())
         if paths and armed.check():
             for path in paths:
-                if not os.path.lexists(path):
+                if armed.reachable(str(path)) and not os.path.lexists(path):
                     self.journal.mark_gone_under(str(path))
 
     def on_dir(self, armed: ArmedWatch, folder: Path) -> None:

@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 from collections.abc import Callable, Iterator
@@ -397,9 +397,15 @@ class Device:
 
     dev: int
     mount: bool  # the folder is itself a mount point
+    probe: str | None = None  # one entry of the folder then: there again means the same library
+    submounts: tuple[str, ...] = ()  # file systems mounted below the folder then
 
     def as_dict(self) -> dict[str, Any]:
-        return {"dev": self.dev, "mount": self.mount}
+        return {"dev": self.dev, "mount": self.mount, "probe": self.probe, "submounts": list(self.submounts)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Device:
+        return cls(d["dev"], d["mount"], d.get("probe"), tuple(d.get("submounts") or ()))
 
 
 def mount_points(mountinfo: str = "/proc/self/mountinfo") -> set[str]:
@@ -415,28 +421,48 @@ def _unescape(field: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
-def device_of(path: Path) -> Device:
-    return Device(os.stat(path).st_dev, str(path.resolve()) in mount_points())
+MARKERS = ("lost+found",)  # entries a mount point's own folder may hold: never a probe
+
+
+def _probe(root: Path, expected: Device | None, same_dev: bool) -> str | None:
+    """An entry of the folder to know it again by: the last one while it is there, else the
+    first visible entry (hidden markers such as Syncthing's .stfolder, and lost+found, are
+    what an empty mount point holds)."""
+    if expected and expected.probe and same_dev and os.path.lexists(root / expected.probe):
+        return expected.probe
+    with os.scandir(root) as entries:
+        names = sorted(e.name for e in entries if not e.name.startswith(".") and e.name not in MARKERS)
+    return names[0] if names else None
 
 
 def presence(root: Path, expected: Device | None) -> tuple[Device | None, str | None]:
     """The folder's device now, and why the watch cannot be trusted now (None: it can). A share
-    that is unmounted leaves its empty mount-point folder behind: read as "every file was
-    deleted", it would mark the whole library gone and re-hash it all over the network on
-    remount. So an empty folder on another device than the one last seen with files, or no
-    longer a mount point, is unavailable, never empty."""
+    that is unmounted leaves its mount-point folder behind, empty or holding a marker (a
+    .stfolder, lost+found): read as "every file was deleted", it would mark the whole library
+    gone and let ``prune`` remove its sidecars. So availability is decided by the device: a
+    folder that was a mount point and is no longer one, or that is on another file system than
+    the one last seen and lacks the entry it held then (or is empty), is unavailable."""
     if not root.exists():
         return None, "folder does not exist or is not mounted"
     if not root.is_dir():
         return None, "the watch path is a file, not a folder (fix watches[].path)"
     try:
-        now = device_of(root)
-        empty = next(os.scandir(root), None) is None
+        mounts = mount_points()
+        real = str(root.resolve())
+        dev = os.stat(root).st_dev
+        same = expected is not None and dev == expected.dev
+        probe = _probe(root, expected, same)
     except OSError as exc:
         return None, f"folder cannot be read ({exc.strerror or exc})"
-    if expected and empty and (now.dev != expected.dev or (expected.mount and not now.mount)):
-        return now, ("the folder is empty and no longer the file system it was (an unmounted share?); "
-                     "waiting for it to return")
+    now = Device(dev, real in mounts, probe, tuple(sorted(m for m in mounts if m.startswith(real.rstrip("/") + "/"))))
+    if expected is None:
+        return now, None
+    if expected.mount and not now.mount:
+        return now, "the folder is no longer a mount point (an unmounted share?); waiting for it to return"
+    if not same and (probe is None or (expected.probe is not None and probe != expected.probe
+                                       and not os.path.lexists(root / expected.probe))):
+        return now, ("the folder is not the file system it was, and does not hold what it held (an unmounted "
+                     "share?); waiting for it to return")
     return now, None
 
 
@@ -457,6 +483,7 @@ class ArmedWatch:
     exhausted: list[OSError] = field(default_factory=list)  # inotify ran out of watches after start
     gone: deque[Path] = field(default_factory=deque)  # moved or deleted paths, for the supervisor to check
     missed: int = 0  # files a rescan found that the native observer never reported
+    missing_mounts: tuple[str, ...] = ()  # sub-mounts last seen below the folder, not mounted now
 
     @property
     def available(self) -> bool:
@@ -483,12 +510,20 @@ class ArmedWatch:
         return None
 
     def check(self) -> bool:
-        """Look at the folder now; True when it can be trusted (a new device with files in it is
-        accepted as the watch's device from here on)."""
+        """Look at the folder now; True when it can be trusted (a new device that holds what
+        the old one held is the watch's device from here on: a library moved to a new disk). A
+        file system that was mounted below the folder and is not now is listed in
+        ``missing_mounts``: what lies there is not gone, only out of reach."""
         device, self.unavailable = presence(self.watch.path, self.device)
         if self.unavailable is None and device is not None:
-            self.device = device
+            recorded = self.device.submounts if self.device else ()
+            self.missing_mounts = tuple(m for m in recorded if m not in device.submounts and os.path.isdir(m))
+            self.device = replace(device, submounts=tuple(sorted({*device.submounts, *self.missing_mounts})))
         return self.unavailable is None
+
+    def reachable(self, path: str) -> bool:
+        """False for a path below a sub-mount that is not mounted now."""
+        return not any(path == m or path.startswith(m + "/") for m in self.missing_mounts)
 
 
 MISSED_LIMIT = 3  # files found by rescans, never reported live, before a watch moves to polling
@@ -584,12 +619,23 @@ class WatchSet:
                 armed.missed = 0
                 self._demote(armed, why)
                 continue
-            was = armed.available
+            was, missing = armed.available, set(armed.missing_mounts)
             if not armed.check():
                 if was:
                     self.log.error("watch_unavailable", watch=str(armed.watch.path), error=armed.unavailable)
                 self._stop(armed)
                 ok = False
+                continue
+            if set(armed.missing_mounts) - missing:
+                self.log.error("submount_unavailable", watch=str(armed.watch.path),
+                               mounts=sorted(set(armed.missing_mounts) - missing),
+                               meaning="its files are kept as they were until it returns")
+            if back := missing - set(armed.missing_mounts):
+                self.log.warning("submount_back", watch=str(armed.watch.path), mounts=sorted(back))
+                self._stop(armed)  # the kernel dropped the watches inside it at the unmount
+                self._arm(armed)
+                for mount in sorted(back):
+                    self.on_dir(armed, Path(mount))
                 continue
             if was and armed.observer is not None and armed.observer.is_alive():
                 continue

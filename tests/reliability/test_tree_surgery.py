@@ -65,6 +65,75 @@ def test_an_unmounted_share_is_unavailable_not_every_file_deleted(tmp_path, tiny
         subprocess.run(["umount", str(share)], capture_output=True)
 
 
+def test_a_mount_point_holding_markers_is_unavailable_and_prune_removes_nothing(tmp_path, tiny_model, run_cli,
+                                                                                 monkeypatch):
+    """Issue 25, 4: the folder under the mount holds a marker (a .stfolder, lost+found, a note):
+    not empty, yet not the share. Its files must not become `gone`, nor their sidecars pruned."""
+    monkeypatch.setattr(daemon_module, "HEALTH_INTERVAL", 0.3)
+    share = tmp_path / "share"
+    for marker in (".stfolder", "lost+found"):
+        (share / marker).mkdir(parents=True)
+    (share / "NOT-MOUNTED.txt").write_text("the NAS is not mounted\n")
+    _mount_tmpfs(share)
+    cfg = daemon_config(tmp_path, tiny_model)
+    cfg.write_text(cfg.read_text().replace("path: ./inbox", "path: ./share")
+                   .replace("state: {", "state: {rescan_interval: 1, gone_grace: 0s, "))
+    try:
+        photos = [make_image(share / f"p{i}.png", color=(i, 40, 40)) for i in range(3)]
+        d = InProcess(cfg)
+        try:
+            d.wait_done(photos)
+            subprocess.run(["umount", str(share)], check=True)
+            time.sleep(2.5)  # rescans and health checks of the mount point with its markers
+            assert {d.state(p) for p in photos} == {"done"}
+            assert d.daemon.watches.armed[0].unavailable == (
+                "the folder is no longer a mount point (an unmounted share?); waiting for it to return")
+        finally:
+            d.stop()
+        code, out, _ = run_cli("prune", "-c", cfg)
+        assert code == 0 and out.startswith("prune: removed 0 sidecar file(s) of 0 file(s)"), out
+    finally:
+        subprocess.run(["umount", str(share)], capture_output=True)
+
+
+def test_a_share_mounted_below_the_watch_is_out_of_reach_not_gone(tmp_path, tiny_model, run_cli, monkeypatch):
+    """Issue 25, 4: a share mounted on a subfolder of the watch (inbox/nas). Unmounted, its files
+    keep their rows and sidecars, status says why; back, it is watched live again."""
+    monkeypatch.setattr(daemon_module, "HEALTH_INTERVAL", 0.3)
+    inbox, nas = tmp_path / "inbox", tmp_path / "inbox" / "nas"
+    _mount_tmpfs(nas)
+    cfg = daemon_config(tmp_path, tiny_model)
+    cfg.write_text(cfg.read_text().replace("state: {", "state: {rescan_interval: 1, gone_grace: 0s, "))
+    try:
+        top = make_image(inbox / "top.png")
+        far = [make_image(nas / f"n{i}.png", color=(i, 9, 9)) for i in range(2)]
+        d = InProcess(cfg)
+        try:
+            d.wait_done([top, *far])
+            kept = tmp_path / "kept"
+            shutil.copytree(nas, kept)
+            subprocess.run(["umount", str(nas)], check=True)
+            time.sleep(2.5)
+            assert {d.state(p) for p in far} == {"done"} and d.state(top) == "done"
+            d.daemon.write_meta()
+            code, out, _ = run_cli("status", "-c", cfg)
+            assert (f"watch {inbox}: native (not mounted now: {nas}; the files there are kept as they were "
+                    "until it returns)") in out.splitlines(), out
+            code, out, _ = run_cli("prune", "-c", cfg)
+            assert out.startswith("prune: removed 0 sidecar file(s) of 0 file(s)"), out
+            _mount_tmpfs(nas)
+            for p in kept.iterdir():
+                shutil.copy2(p, nas / p.name)
+            wait_for(lambda: not d.daemon.watches.armed[0].missing_mounts, 10, what="the sub-mount back")
+            new = make_image(nas / "after.png", color=(5, 5, 5))
+            d.wait_done([new], timeout=20)
+            assert {d.state(p) for p in far} == {"done"}
+        finally:
+            d.stop()
+    finally:
+        subprocess.run(["umount", str(nas)], capture_output=True)
+
+
 def test_a_symlinked_watch_root_gets_live_events_for_its_top_level(tmp_path, tiny_model):
     """Defect 11: watchdog's inotify watch sat on the link (IN_DONT_FOLLOW), so files dropped in
     the root waited for the 300 s rescan."""
