@@ -15,7 +15,10 @@ mode 0666).
 from __future__ import annotations
 
 import errno
+import grp
 import os
+import pwd
+import stat
 import secrets
 import threading
 import time
@@ -72,7 +75,10 @@ def _atomic_write(path: Path, data: bytes, mode: int) -> None:
 
 
 def _keep(fd: int, old: os.stat_result, path: Path) -> None:
-    """The replaced file's mode, group and owner on the new one, as far as we may set them."""
+    """The replaced file's mode, group and owner on the new one, as far as we may set them. A
+    file its owner could write stays writable by her where she cannot stay its owner: through
+    its group (made group-writable) when she is in it, else the write is refused (the old file
+    stays as it is), never taken from her."""
     os.fchmod(fd, old.st_mode & 0o7777)
     for uid, gid in ((old.st_uid, old.st_gid), (-1, old.st_gid)):
         try:
@@ -81,12 +87,39 @@ def _keep(fd: int, old: os.stat_result, path: Path) -> None:
         except PermissionError:
             continue
     else:
+        uid, gid = -1, -1
+    owner_lost = uid == -1 and old.st_uid != os.geteuid()
+    mode = old.st_mode & 0o7777
+    if owner_lost and mode & stat.S_IWUSR and not mode & stat.S_IWOTH:
+        if gid == -1 or not _in_group(old.st_uid, old.st_gid):
+            raise PermissionError(errno.EPERM, _TAKEN.format(uid=old.st_uid, gid=old.st_gid, we=os.geteuid()))
+        mode |= stat.S_IWGRP
+    if gid == -1:
         _warn(path, "its group", old)
-        return
-    if uid == -1 and old.st_uid != os.geteuid():
+    elif owner_lost:
         _warn(path, "its owner", old)
-    if old.st_mode & 0o6000:
-        os.fchmod(fd, old.st_mode & 0o7777)  # chown clears setuid/setgid bits: put them back
+    if mode != old.st_mode & 0o7777 or old.st_mode & 0o6000:
+        os.fchmod(fd, mode)  # chown clears setuid/setgid bits: put them back, with any group-write added
+
+
+_TAKEN = ("it belongs to uid {uid}, who can write it; smolvlm-watch runs as uid {we} and cannot keep her as "
+          "its owner, and she is not in its group {gid}: replacing it would take it from her, so it is left "
+          "alone. Fix: put the daemon's user in a group she shares (and the file in that group), or run as root")
+
+
+def _in_group(uid: int, gid: int) -> bool:
+    """Whether user ``uid`` is in group ``gid`` (primary or supplementary); an unknown user (no
+    entry here, as with some NAS directory services) counts as in it."""
+    try:
+        user = pwd.getpwuid(uid)
+    except KeyError:
+        return True
+    if user.pw_gid == gid:
+        return True
+    try:
+        return user.pw_name in grp.getgrgid(gid).gr_mem
+    except KeyError:
+        return False
 
 
 def _warn(path: Path, what: str, old: os.stat_result) -> None:
@@ -94,7 +127,8 @@ def _warn(path: Path, what: str, old: os.stat_result) -> None:
     if path.parent in _warned:
         return
     _warned.add(path.parent)
-    log.warning("sidecar_identity_not_kept", path=str(path), kept="mode and group" if what == "its owner" else "mode",
+    log.warning("sidecar_identity_not_kept", path=str(path),
+                kept="group, and mode (group-writable where the owner could write)" if what == "its owner" else "mode",
                 lost=what, owner_uid=old.st_uid, group_gid=old.st_gid, we_are_uid=os.geteuid(),
                 fix="only root or the file's owner can keep another user's ownership; sharing a group with the "
                     "people of the library (and group-writable files) keeps it writable to them")

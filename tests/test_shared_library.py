@@ -141,3 +141,32 @@ def test_a_daemon_running_as_its_own_user_keeps_group_and_mode(album, people):
     assert _identity(new) == (daemon, family, 0o664)  # setgid folder: the family's group
     assert _as(alice, family, _append(xmp)) is None
     assert not [p.name for p in album.iterdir() if p.name.startswith(".smolvlm-tmp-")]
+
+
+def test_her_0644_sidecar_replaced_by_the_daemons_user_stays_writable_by_her(album, people):
+    """Issue 25, 5: alice:family 0644 became smw-daemon:family 0644 — hers no more. Where the owner
+    cannot be kept, she keeps write access through the group she is in; where she is in no group
+    the file keeps, the write is refused and the file left as it was."""
+    alice, family, daemon = people[ALICE], people[FAMILY], people[DAEMON]
+    xmp = album / "alice.jpg.xmp"
+    xmp.write_text(PERSONS_XMP, encoding="utf-8")
+    _own(xmp, alice, family, 0o644)
+    daemon_group = pwd.getpwnam(DAEMON).pw_gid  # a group alice is not in
+    lonely = album / "lonely.jpg.xmp"
+    lonely.write_text(PERSONS_XMP, encoding="utf-8")
+    _own(lonely, alice, daemon_group, 0o644)
+
+    def write() -> None:
+        atomic_write(xmp, PERSONS_XMP.replace('"5"', '"3"').encode())
+        atomic_write(lonely, b"ours")
+
+    error = _as(daemon, family, write)
+    assert _identity(xmp) == (daemon, family, 0o664) and 'xmp:Rating="3"' in xmp.read_text(encoding="utf-8")
+    assert _as(alice, family, _append(xmp)) is None  # darktable can still save her edits
+    assert error is not None and error.splitlines()[-1] == (
+        f"PermissionError: [Errno 1] cannot write {lonely}: it belongs to uid {alice}, who can write it; "
+        f"smolvlm-watch runs as uid {daemon} and cannot keep her as its owner, and she is not in its group "
+        f"{daemon_group}: replacing it would take it from her, so it is left alone. Fix: put the daemon's user in a "
+        "group she shares (and the file in that group), or run as root")
+    assert lonely.read_text(encoding="utf-8") == PERSONS_XMP and _identity(lonely) == (alice, daemon_group, 0o644)
+    assert not [p.name for p in album.iterdir() if p.name.startswith(".smolvlm-tmp-")]
