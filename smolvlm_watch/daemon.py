@@ -30,7 +30,7 @@ import structlog
 
 from . import jsontext
 from .config import Config, ConfigError, WatchConfig
-from .engine import Engine, Interrupted, ModelLoadError
+from .engine import Engine, Interrupted, ModelLoadError, Outage, Unreachable
 from .journal import LIVE, Job, Journal, JournalError, RetryPolicy
 from .media import sha256_file
 from .media.base import MediaError
@@ -215,6 +215,7 @@ class Worker:
         self.queue, self.pipeline, self.stopping, self.health, self.log = queue, pipeline, stopping, health, log
         self.wake = threading.Event()
         self.heartbeat = Heartbeat()
+        self.outage = Outage(log)
         self.processed = 0
         self.thread: threading.Thread | None = None
 
@@ -233,6 +234,9 @@ class Worker:
                 self.processed += result[1].status != "skipped"
                 done += 1
                 self.heartbeat.beat(len(self.queue.taken))
+        except Unreachable as exc:
+            self.queue.release_all()  # not the files' fault: no attempt counted
+            self.outage.down(str(exc), exc.retry_after)
         except Interrupted:
             self.queue.release_all("the model was stopped while it ran (the daemon is stopping)")
         except JournalError:
@@ -258,11 +262,18 @@ class Worker:
         else:
             _bind(paths=[str(p) for p in paths])
 
+    def reachable(self, now: float | None = None) -> bool:
+        """False while the model server is out of reach; at each probe time, asks it again."""
+        return self.outage.reachable(self.pipeline.engine, now)
+
     def run(self) -> None:
         while not self.stopping.is_set():
             try:
-                done = self.tick()
-                wait = self._idle_wait() if not done else 0.0
+                if not self.reachable():
+                    wait = max(0.05, self.outage.next_probe - time.monotonic())
+                else:
+                    done = self.tick()
+                    wait = self._idle_wait() if not done else 0.0
             except JournalError as exc:
                 self.health.down(exc)
                 wait = JournalHealth.RETRY_SECONDS
@@ -334,7 +345,7 @@ class Supervisor:
         """What is wrong in words (``/healthz``): None while all is well. A stuck worker or a
         dead observer also stop the watchdog pings; a watch that missed live events does not
         (its rescans still find the files, and it moves to polling by itself)."""
-        why = self.d.worker.trouble(self.d.config.state.item_timeout)
+        why = self.d.worker.trouble(self.d.config.state.item_timeout) or self.d.worker.outage.describe()
         if why is not None:
             return why
         if not self.observers_ok:
@@ -491,6 +502,7 @@ class Daemon:
         self.journal.set_meta("daemon", jsontext.dumps({
             "pid": os.getpid(), "started": self.started, "updated": time.time(),
             "model": self.config.model.source, "model_loaded": self.engine.loaded, "device": info.device,
+            "model_unreachable": self.worker.outage.describe(),
             "config": str(self.config_path),
             "fingerprints": {str(w.path): self.pipeline.fingerprint(w) for w in self.config.watches},
             "watches": [{"path": str(a.watch.path), "mode": a.mode if a.available else "unavailable",
@@ -571,6 +583,9 @@ class DaemonView:
 
     def missed_events(self) -> int:
         return self.d.reconciler.missed_total
+
+    def model_reachable(self) -> bool:
+        return self.d.worker.outage.since is None
 
     def unhealthy(self) -> str | None:
         return self.d.supervisor.trouble()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 from collections.abc import Sequence
@@ -23,6 +24,17 @@ from .config import ImageSettings, ModelConfig, RuntimeConfig
 class Interrupted(Exception):
     """The engine was cancelled (the daemon is stopping): answers in flight are incomplete and
     must not be recorded; the jobs go back to the queue."""
+
+
+class Unreachable(Interrupted):
+    """The model server cannot be reached now (connection refused, timeouts, 5xx, 429): the
+    batch's answers are not the files' fault. The jobs go back to the queue without an attempt
+    counted, and the worker pauses and probes (``Engine.probe``) until it answers again.
+    ``retry_after``: seconds the server asked us to wait (a 429's ``Retry-After``), if any."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ModelLoadError(Exception):
@@ -119,7 +131,8 @@ class Backend:
 
 class Engine(Protocol):
     """What the pipeline needs of a model backend. ``generate`` answers every request (a failed
-    one gets an ``Answer`` with ``error``, never an exception, except ``Interrupted``)."""
+    one gets an ``Answer`` with ``error``, never an exception, except ``Interrupted`` and its
+    kind ``Unreachable``)."""
 
     vision_passes: int
 
@@ -150,3 +163,57 @@ class Engine(Protocol):
     def preprocess(self, requests: Sequence[Request]) -> None: ...
 
     def cancel(self) -> None: ...
+
+    def probe(self) -> str | None:
+        """Whether the model answers now, after ``generate`` raised ``Unreachable``: None when
+        it does, else why not (an in-process engine always does)."""
+        ...
+
+
+class Outage:
+    """The model server out of reach: since when, its last error, and when to look again. The
+    queue waits meanwhile (no file is charged an attempt for it) and probes with back-off."""
+
+    FIRST_WAIT = 2.0
+    MAX_WAIT = 60.0
+
+    def __init__(self, log: Any):
+        self.log = log
+        self.since: float | None = None  # wall clock
+        self.error = ""
+        self.next_probe = 0.0  # monotonic
+        self._wait = self.FIRST_WAIT
+
+    def down(self, error: str, retry_after: float | None = None, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        if self.since is None:
+            self.since, self._wait = time.time(), self.FIRST_WAIT
+            self.log.error("model_server_unreachable", error=error, meaning="the queue waits; no file is charged")
+        self.error = error
+        self.next_probe = now + (retry_after if retry_after is not None else self._wait)
+        self._wait = min(self.MAX_WAIT, self._wait * 2)
+
+    def up(self) -> None:
+        if self.since is not None:
+            self.log.warning("model_server_back", down_seconds=round(time.time() - self.since, 1))
+        self.since, self.error = None, ""
+
+    def reachable(self, engine: Engine, now: float | None = None) -> bool:
+        """False while the server is out of reach; at each probe time, ``engine.probe()`` again."""
+        if self.since is None:
+            return True
+        now = time.monotonic() if now is None else now
+        if now < self.next_probe:
+            return False
+        why = engine.probe()
+        if why is None:
+            self.up()
+            return True
+        self.down(why, now=now)
+        return False
+
+    def describe(self) -> str | None:
+        if self.since is None:
+            return None
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.since))
+        return f"model server unreachable since {since}, last error: {self.error}"

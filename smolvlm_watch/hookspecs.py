@@ -71,7 +71,9 @@ def register_backends(register: Callable[[Backend], None]) -> None:
     Return value: ignored.
 
     An engine answers every request of ``generate(requests)`` with an ``Answer`` (a request that
-    fails gets one with ``error``: only ``Interrupted`` is raised, after ``cancel()``), reports
-    ``max_batch()`` and ``video_sampling()``, and says with ``prepares_ahead`` whether
+    fails gets one with ``error``: only ``Interrupted`` is raised, after ``cancel()``, and its
+    kind ``Unreachable`` when a server it depends on cannot be reached: the daemon then gives
+    the files back uncharged and calls ``probe()``, with back-off, until it returns None),
+    reports ``max_batch()`` and ``video_sampling()``, and says with ``prepares_ahead`` whether
     ``preprocess(requests)`` is worth calling from the prefetch threads.
     """

@@ -35,6 +35,8 @@ class Live(Protocol):
 
     def missed_events(self) -> int: ...
 
+    def model_reachable(self) -> bool: ...
+
     def unhealthy(self) -> str | None: ...
 
 
@@ -54,6 +56,8 @@ class _Collector:
         yield queue
         yield GaugeMetricFamily("smolvlm_watch_model_loaded", "1 when the model is loaded",
                                 value=int(self.live.model_loaded()))
+        yield GaugeMetricFamily("smolvlm_watch_model_reachable", "0 while the model server is out of reach (the "
+                                "queue waits and probes)", value=int(self.live.model_reachable()))
         modes = GaugeMetricFamily("smolvlm_watch_watch_mode", "Each watch's observer: 1 for its current mode "
                                   "(native, polling, unavailable)", labels=["watch", "mode"])
         for watch, mode in self.live.watch_modes().items():

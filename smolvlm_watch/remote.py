@@ -3,8 +3,13 @@
 vLLM, llama.cpp's server, Ollama and ``transformers serve`` all speak ``/v1/chat/completions``.
 Each request becomes one chat completion with its images as ``data:`` URLs (a video as its
 sampled frames, each after its ``Frame from MM:SS:`` line); several are in flight at once so the
-server's continuous batching is used. 429, 5xx and connection errors are retried with backoff and
-then reported as transient (the journal retries the file later); other 4xx errors are final.
+server's continuous batching is used. 429, 5xx, timeouts and connection errors are retried a
+few times (a 429's ``Retry-After`` honoured), then the batch raises ``Unreachable``: the worker
+gives its files back uncharged and pauses until ``probe`` gets an answer (an outage pauses the
+queue, it does not punish the files). Other 4xx errors fail their own request, and so does an
+answer that cannot be used (not JSON, no text, larger than the request can need): one bad
+answer never fails its neighbours. Each try has a total deadline (``model.timeout``), not only
+httpx's per-read one, and the credentials sent are redacted from every error recorded.
 
 What is sent is what the model will look at: SmolVLM's processor first resizes every image so
 its longest edge is ``longest_edge`` (2048), so the client does exactly that resize (same
@@ -38,11 +43,14 @@ from PIL import Image
 
 from .config import ImageSettings, ModelConfig, RuntimeConfig
 from .media.image import AS_IS
-from .engine import Answer, InferenceError, Interrupted, ModelInfo, ModelLoadError, Request
+from .engine import Answer, InferenceError, Interrupted, ModelInfo, ModelLoadError, Request, Unreachable
 
-RETRIES = 6
+RETRIES = 3  # tries of one request (a blip); a longer outage pauses the queue instead
 BACKOFF_BASE = 1.0
 BACKOFF_CAP = 10.0
+RETRY_AFTER_CAP = 30.0  # a longer Retry-After pauses the queue rather than holding the request
+BODY_BASE = 64 * 1024  # bytes of an answer beyond what its tokens can need: JSON, usage, ids
+BODY_PER_TOKEN = 256  # a generous ceiling per requested token, escapes and all
 LONGEST_EDGE = 2048  # SmolVLM2's processor default (size.longest_edge), unless the config sets one
 JPEG_QUALITY = 95
 
@@ -174,6 +182,7 @@ class RemoteRuntime:
         self._pool = ThreadPoolExecutor(max_workers=model.concurrency, thread_name_prefix="remote")
         self._cancelled = threading.Event()
         self._loading = threading.Lock()
+        self._secrets: list[str] = []  # what ``_redact`` keeps out of every message
 
     @property
     def loaded(self) -> bool:
@@ -190,12 +199,14 @@ class RemoteRuntime:
 
     def _load(self) -> None:
         headers = {}
+        url = httpx.URL(self.base_url)
+        self._secrets = [x for x in (url.password, url.username and f"{url.username}:{url.password}") if x]
         if self.config.api_key_env:
             key = os.environ.get(self.config.api_key_env)
             if not key:
                 raise ModelLoadError(f"model.api_key_env names ${self.config.api_key_env}, which is not set")
             headers["Authorization"] = f"Bearer {key}"
-        url = httpx.URL(self.base_url)
+            self._secrets.append(key)
         auth = httpx.BasicAuth(url.username, url.password) if url.username else None  # never in a logged URL
         n = self.config.concurrency
         limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
@@ -243,6 +254,9 @@ class RemoteRuntime:
             self._ahead.forget([img for r in requests for img in _images(r)])
         if self._cancelled.is_set():
             raise Interrupted("the remote backend was stopped while answering")
+        outage = next((a.error for a in answers if isinstance(a.error, _Outage)), None)
+        if outage is not None:
+            raise Unreachable(str(outage), outage.retry_after)
         return answers
 
     def cancel(self) -> None:
@@ -300,46 +314,128 @@ class RemoteRuntime:
             out["max_image_size"] = {"longest_edge": s.max_image_size}
         return out
 
+    def probe(self) -> str | None:
+        """``GET /models``: any HTTP answer below 500 means the server is there again."""
+        self.load()
+        assert self._client is not None
+        try:
+            status = self._client.get("/models", timeout=min(10.0, self.config.timeout)).status_code
+        except httpx.HTTPError as exc:
+            return self._redact(f"cannot reach {self.endpoint}: {type(exc).__name__}: {exc}")
+        return f"HTTP {status} from {self.endpoint}" if status >= 500 or status == 429 else None
+
     def _one(self, request: Request) -> Answer:
+        """One request's answer; whatever goes wrong with it is its own error, credentials redacted."""
+        try:
+            return self._ask(request)
+        except _Outage as exc:
+            return Answer(text="", error=exc)
+        except Exception as exc:  # noqa: BLE001 - one bad answer fails only its own request
+            return Answer(text="", error=InferenceError(self._redact(
+                f"remote model {self.config.name!r} at {self.endpoint}: unusable answer: {type(exc).__name__}: {exc}")))
+
+    def _ask(self, request: Request) -> Answer:
         body = self._body(request)
         start = time.perf_counter()
-        last = ""
+        limit = BODY_BASE + BODY_PER_TOKEN * request.generation.max_new_tokens
+        last, retry_after = "", None
         assert self._client is not None  # generate loads first
         for attempt in range(RETRIES):
             if self._cancelled.is_set():
                 return Answer(text="", error=InferenceError("cancelled: the daemon is stopping"))
+            if attempt:
+                time.sleep(retry_after if retry_after is not None
+                           else min(BACKOFF_CAP, BACKOFF_BASE * 2 ** attempt) * random.uniform(0.8, 1.2))
             try:
-                response = self._client.post("/chat/completions", json=body)
+                status, data, headers = self._post(body, limit)
             except httpx.TransportError as exc:
-                why = str(exc).replace(self.base_url, self.endpoint)
-                last = f"cannot reach {self.endpoint}: {type(exc).__name__}: {why}"
-            else:
-                if response.status_code == 200:
-                    answer = self._answer(response.json(), time.perf_counter() - start)
-                    return replace(answer, image=self.applied(request.image))
-                detail = _detail(response)
-                if response.status_code != 429 and response.status_code < 500:
-                    return Answer(text="", error=InferenceError(
-                        f"remote model {self.config.name!r} at {self.endpoint} refused the request "
-                        f"(HTTP {response.status_code}): {detail}"))
-                last = f"HTTP {response.status_code} from {self.endpoint}: {detail}"
-            time.sleep(min(BACKOFF_CAP, BACKOFF_BASE * 2 ** attempt) * random.uniform(0.8, 1.2))
-        return Answer(text="", error=InferenceError(f"remote backend unavailable after {RETRIES} tries: {last}"))
+                last, retry_after = self._redact(f"cannot reach {self.endpoint}: {type(exc).__name__}: {exc}"), None
+                continue
+            except _Deadline as exc:  # the server is there, this answer is not coming: its own failure
+                return Answer(text="", error=InferenceError(f"remote model {self.config.name!r} at "
+                                                            f"{self.endpoint}: {exc}"))
+            if status == 200:
+                answer = self._answer(json.loads(data), time.perf_counter() - start)
+                return replace(answer, text=self._redact(answer.text), image=self.applied(request.image))
+            detail = self._redact(_detail(status, data))
+            if status != 429 and status < 500:
+                return Answer(text="", error=InferenceError(
+                    f"remote model {self.config.name!r} at {self.endpoint} refused the request "
+                    f"(HTTP {status}): {detail}"))
+            last, retry_after = f"HTTP {status} from {self.endpoint}: {detail}", _retry_after(headers)
+            if retry_after is not None and retry_after > RETRY_AFTER_CAP:
+                break
+        raise _Outage(f"model server unreachable: {last}", retry_after)
+
+    def _post(self, body: dict[str, Any], limit: int) -> tuple[int, bytes, httpx.Headers]:
+        """POST one request: its status, body and headers, read within ``model.timeout`` in all
+        (a server trickling bytes does not hold a file for ever) and at most ``limit`` bytes."""
+        assert self._client is not None
+        deadline = time.monotonic() + self.config.timeout
+        with self._client.stream("POST", "/chat/completions", json=body) as response:
+            chunks, size = [], 0
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > limit:
+                    raise ValueError(f"the answer is over {limit} bytes, more than {body['max_tokens']} tokens "
+                                     "can need; not read further")
+                if time.monotonic() > deadline:
+                    raise _Deadline(f"no complete answer within model.timeout ({self.config.timeout:g} s)")
+                chunks.append(chunk)
+            return response.status_code, b"".join(chunks), response.headers
+
+    def _redact(self, text: str) -> str:
+        """``text`` with every credential we send replaced (a 401 body may echo our headers)."""
+        for secret in self._secrets:
+            text = text.replace(secret, "[redacted]")
+        return text.replace(self.base_url, self.endpoint)
 
     @staticmethod
-    def _answer(payload: dict[str, Any], seconds: float) -> Answer:
-        choice = (payload.get("choices") or [{}])[0]
-        text = (choice.get("message") or {}).get("content") or ""
+    def _answer(payload: Any, seconds: float) -> Answer:
+        choices = payload.get("choices") if isinstance(payload, dict) else None
+        message = (choices[0] or {}).get("message") if isinstance(choices, list) and choices else None
+        text = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"no text in the answer ({json.dumps(payload)[:200]})")
         usage = payload.get("usage") or {}
         return Answer(text=text, prompt_tokens=int(usage.get("prompt_tokens") or 0), seconds=seconds,
                       new_tokens=int(usage.get("completion_tokens") or 0))
 
 
-def _detail(response: httpx.Response) -> str:
+class _Outage(InferenceError):
+    """A request that could not reach the server (``generate`` turns it into ``Unreachable``)."""
+
+    def __init__(self, message: str, retry_after: float | None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class _Deadline(Exception):
+    """A request's total deadline passed while its answer was still arriving."""
+
+
+def _retry_after(headers: httpx.Headers) -> float | None:
+    """A ``Retry-After`` in seconds (a number, or an HTTP date), or None."""
+    value = headers.get("retry-after")
+    if not value:
+        return None
     try:
-        data = response.json()
+        return max(0.0, float(value))
     except ValueError:
-        return response.text[:300]
+        pass
+    from email.utils import parsedate_to_datetime
+
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def _detail(status: int, body: bytes) -> str:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body[:300].decode("utf-8", "replace")
     if isinstance(data, dict):
         detail = data.get("detail") or data.get("error") or data
         if isinstance(detail, dict):

@@ -264,6 +264,9 @@ class Runtime:
         ``Interrupted`` instead of returning cut-short answers."""
         self._cancelled.set()
 
+    def probe(self) -> str | None:
+        return None  # in this process: never unreachable
+
     def generate(self, requests: Sequence[Request]) -> list[Answer]:
         """Answer every request; a request that fails gets an Answer with ``error``, never an
         exception, so one bad input cannot take its batch-mates down with it."""

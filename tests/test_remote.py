@@ -325,3 +325,190 @@ def test_config_check_says_which_task_settings_a_generic_server_ignores(write_co
         "was applied):", "#   caption: image_splitting False, max_image_size None"]
     code, out, _ = run_cli("config", "check", write_config(base.format(", server: vllm")))
     assert "# note:" not in out
+
+
+class Hostile:
+    """An OpenAI-compatible stub that misbehaves as told: ``answer(n, body, headers)`` gives the
+    n-th POST's (status, headers, body bytes, seconds between bytes); GET answers the model list."""
+
+    def __init__(self, answer, port: int = 0):
+        import http.server
+
+        stub = self
+        self.posts: list[float] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+                stub.posts.append(time.monotonic())
+                status, headers, payload, trickle = answer(len(stub.posts), body, dict(self.headers))
+                self.send_response(status)
+                for k, v in {"Content-Length": str(len(payload)), **headers}.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                try:
+                    for i in range(0, len(payload), 1 if trickle else len(payload) or 1):
+                        self.wfile.write(payload[i:i + (1 if trickle else len(payload))])
+                        self.wfile.flush()
+                        time.sleep(trickle)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def do_GET(self) -> None:
+                payload = b'{"object": "list", "data": []}'
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def ok(text: str = "a red square") -> tuple[int, dict, bytes, float]:
+    return 200, {"Content-Type": "application/json"}, json.dumps(
+        {"choices": [{"message": {"content": text}}], "usage": {"prompt_tokens": 1, "completion_tokens": 2}}).encode(), 0
+
+
+def _stub_config(tmp_path: Path, url: str, extra: str = "") -> Path:
+    cfg = tmp_path / "stub.yaml"
+    cfg.write_text(f"""
+model: {{backend: openai, base_url: "{url}", name: "m", api_key_env: SMOLVLM_TEST_KEY, timeout: 2,
+         concurrency: 2}}
+tasks: {{caption: {{max_new_tokens: 8}}}}
+watches: [{{path: ./remote, tasks: [caption], outputs: [json]}}]
+{extra}""")
+    return cfg
+
+
+def test_the_api_key_never_lands_in_anything_recorded(tmp_path, run_cli):
+    """Issue 25, 10: a 401 whose body echoes our headers put `Bearer sk-…` in the sidecar."""
+    stub = Hostile(lambda n, body, headers: (401, {}, json.dumps({"error": {"message": f"bad key, got {headers}"}})
+                                             .encode(), 0))
+    try:
+        make_image(tmp_path / "remote" / "k.png")
+        code, out, err = run_cli("process", tmp_path / "remote", "-c", _stub_config(tmp_path, stub.url), "--json")
+    finally:
+        stub.close()
+    assert code == 1
+    error = json.loads(out)["failed"][0]["error"]
+    assert "refused the request (HTTP 401)" in error and "Bearer [redacted]" in error
+    recorded = out + err + "".join(p.read_text(errors="replace") for p in tmp_path.rglob("*") if p.is_file()
+                                   and p.suffix in (".json", ".txt", ".log"))
+    assert "sk-test-secret-123" not in recorded
+
+
+@pytest.mark.parametrize("payload, why", [
+    (b'{"choices": []}', "no text in the answer"),
+    (b'{"choices": [{"message": {"content": null}}]}', "no text in the answer"),
+    (b"<html><body>502 Bad Gateway</body></html>", "unusable answer: JSONDecodeError"),
+    (b'{"choices": [{"message": {"content": "cut sho', "unusable answer: JSONDecodeError"),
+    (b'{"choices": [{"message": {"content": "' + b"x" * 3_000_000 + b'"}}]}', "more than 8 tokens can need"),
+])
+def test_one_bad_answer_fails_only_its_own_file(tmp_path, run_cli, payload, why):
+    """Issue 25, 11-12: an empty or unusable 200 answer is that file's failure (never `done` with
+    an empty caption, never 50 MB stored), and the good file batched with it is done."""
+
+    def answer(n, body, headers):
+        import base64
+        import io
+
+        from PIL import Image
+
+        url = body["messages"][0]["content"][0]["image_url"]["url"]
+        red = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB").getpixel((0, 0))[0]
+        return (200, {"Content-Type": "application/json"}, payload, 0) if red > 128 else ok()
+
+    stub = Hostile(answer)
+    try:
+        bad = make_image(tmp_path / "remote" / "bad.png", color=(250, 0, 0))
+        good = make_image(tmp_path / "remote" / "good.png", color=(0, 0, 250))
+        code, out, _ = run_cli("process", tmp_path / "remote", "-c", _stub_config(tmp_path, stub.url), "--json")
+    finally:
+        stub.close()
+    report = json.loads(out)
+    assert code == 1 and report["done"] == [str(good)], out[:2000]
+    assert [f["path"] for f in report["failed"]] == [str(bad)] and why in report["failed"][0]["error"]
+    assert read_sidecar(good)["tasks"]["caption"]["result"] == "a red square"
+    sidecar = bad.with_name(bad.name + ".smolvlm.json")
+    assert not sidecar.exists() or sidecar.stat().st_size < 10_000
+
+
+def test_retry_after_is_honoured_and_a_trickling_answer_meets_its_deadline(tmp_path, run_cli):
+    """Issue 25, 13: a 429's Retry-After: 2 was retried after 0.8 s; a 200 sent a byte at a time
+    never timed out (httpx's timeout is per read)."""
+
+    def answer(n, body, headers):
+        if n == 1:
+            return 429, {"Retry-After": "2"}, b'{"error": "slow down"}', 0
+        return ok() if n == 2 else (200, {}, ok()[2], 0.2)  # the second file's answer trickles
+
+    stub = Hostile(answer)
+    try:
+        first = make_image(tmp_path / "remote" / "a.png")
+        cfg = _stub_config(tmp_path, stub.url)
+        code, out, _ = run_cli("process", first, "-c", cfg, "--json")
+        assert code == 0, out
+        assert stub.posts[1] - stub.posts[0] >= 1.9  # waited as asked, not 0.8 s
+        second = make_image(tmp_path / "remote" / "b.png", color=(1, 2, 3))
+        start = time.monotonic()
+        code, out, _ = run_cli("process", second, "-c", cfg, "--json")
+    finally:
+        stub.close()
+    assert code == 1 and time.monotonic() - start < 10  # model.timeout 2 s in all, not 0.2 s per byte
+    assert "no complete answer within model.timeout (2 s)" in json.loads(out)["failed"][0]["error"]
+
+
+def test_an_outage_pauses_the_queue_and_it_resumes_by_itself(tmp_path, monkeypatch, run_cli):
+    """Issue 25, 9: with the server down each file spent 70-100 s per attempt and ended
+    quarantined while status said "model loaded". Now the queue waits uncharged, says why, and
+    goes on when the server answers again."""
+    import socket
+
+    from helpers import InProcess, wait_for
+    from smolvlm_watch import engine, remote
+    from smolvlm_watch.metrics import routes
+
+    monkeypatch.setattr(remote, "BACKOFF_BASE", 0.05)
+    monkeypatch.setattr(engine.Outage, "FIRST_WAIT", 0.2)
+    monkeypatch.setattr(engine.Outage, "MAX_WAIT", 0.5)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there yet
+    cfg = _stub_config(tmp_path, f"http://127.0.0.1:{port}/v1", "state: {db: ./state/j.sqlite, max_attempts: 2}\n")
+    cfg.write_text(cfg.read_text().replace("outputs: [json]}", "outputs: [json], settle_seconds: 0.2}"))
+    d = InProcess(cfg)
+    stub = None
+    try:
+        photos = [make_image(tmp_path / "remote" / f"p{i}.png", color=(i, 9, 9)) for i in range(3)]
+        wait_for(lambda: d.daemon.worker.outage.since is not None, 20, what="the outage noticed")
+        time.sleep(1.5)  # several probes
+        jobs = [d.journal.get(str(p)) for p in photos]
+        assert all(j is not None and j.state == "pending" and j.attempts == 0 for j in jobs), jobs
+        why = d.daemon.supervisor.trouble()
+        assert why.startswith("model server unreachable since ") and f"cannot reach http://127.0.0.1:{port}" in why
+        scrape = routes(d.daemon.metrics)
+        assert scrape["/healthz"](None).status == 503
+        assert b"smolvlm_watch_model_reachable 0.0" in scrape["/metrics"](None).body
+        d.daemon.write_meta()
+        code, out, _ = run_cli("status", "-c", cfg)
+        assert "; model server unreachable since " in out.splitlines()[1], out
+        stub = Hostile(lambda n, body, headers: ok(), port=port)
+        d.wait_done(photos, timeout=20)
+        assert {d.journal.get(str(p)).attempts for p in photos} == {0}
+        assert d.daemon.supervisor.trouble() is None and scrape["/healthz"](None).status == 200
+    finally:
+        d.stop()
+        if stub is not None:
+            stub.close()

@@ -68,6 +68,7 @@ def _status(config: Config, journal: Journal) -> dict[str, Any]:
         "index": dict(zip(("passages", "bytes"), journal.index_stats())),
         "throughput_per_min": round(done_hour / busy * 60, 2) if busy else None,
         "model": config.model.source, "model_loaded": bool(daemon.get("model_loaded")) and daemon["running"],
+        "model_unreachable": daemon.get("model_unreachable") if daemon["running"] else None,
         "watches": watches,
         "failures": [{"path": j.path, "state": j.state, "attempts": j.attempts, "error": j.last_error}
                      for j in failures],
@@ -90,7 +91,8 @@ def _skipped_formats(failures: list[Job]) -> list[dict[str, Any]]:
 def _print_status(status: dict[str, Any]) -> None:
     running = status["daemon_running"]
     print(f"daemon: {'running, pid ' + str(status['pid']) if running else 'not running'}")
-    print(f"model: {status['model']} ({'loaded' if status['model_loaded'] else 'not loaded'})")
+    print(printable(f"model: {status['model']} ({'loaded' if status['model_loaded'] else 'not loaded'}"
+                    + (f"; {status['model_unreachable']}" if status["model_unreachable"] else "") + ")"))
     print("queue: " + ", ".join(f"{k} {v}" for k, v in status["queue"].items()))
     rate = status["throughput_per_min"]
     print(f"done in the last hour: {status['done_last_hour']}" + (f" ({rate}/min of busy time)" if rate else ""))

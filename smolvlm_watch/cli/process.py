@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ import yaml
 from .. import config as configmod, jsontext, logs
 from ..config import Config, WatchConfig
 from ..jsontext import printable
+from ..engine import Outage, Unreachable
 from ..pipeline import FileJob, FileResult, Pipeline
 from ..plugins import Provided
 from ..progress import Progress
@@ -67,15 +70,33 @@ def cmd_process(args: argparse.Namespace) -> int:
     progress = Progress(len(jobs), enabled=not args.json)
     pipeline.on_page = lambda path, done, total: progress.start(f"{Path(path).name} page {done}/{total}")
     try:
-        for _, result in pipeline.process_many(jobs):
-            results.append(result)
-            _log(result)
-            progress.advance(result.status)
-            progress.start(Path(result.path).name)
+        _run(pipeline, jobs, results, progress)
     finally:
         progress.close()
     _report(results, args.json, _not_taken(report))
     return EXIT_FAILED if any(r.status == "failed" for r in results) else EXIT_OK
+
+
+def _run(pipeline: Pipeline, jobs: list[FileJob], results: list[FileResult], progress: Progress) -> None:
+    """Every job through the pipeline. While the model server is out of reach the run waits
+    and probes (as the daemon does), then goes on with the files it had not finished."""
+    outage = Outage(structlog.get_logger("smolvlm_watch.process"))
+    while jobs:
+        try:
+            for _, result in pipeline.process_many(jobs):
+                results.append(result)
+                _log(result)
+                progress.advance(result.status)
+                progress.start(Path(result.path).name)
+            return
+        except Unreachable as exc:
+            finished = {r.path for r in results}
+            jobs = [j for j in jobs if str(j.path) not in finished]
+            outage.down(str(exc), exc.retry_after)
+            print(printable(f"{outage.describe()}; waiting for it ({len(jobs)} file(s) to go, Ctrl-C stops)"),
+                  file=sys.stderr)
+            while not outage.reachable(pipeline.engine):
+                time.sleep(max(0.05, outage.next_probe - time.monotonic()))
 
 
 def _log(result: FileResult) -> None:
