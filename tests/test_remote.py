@@ -377,8 +377,8 @@ class Hostile:
 
 
 def ok(text: str = "a red square") -> tuple[int, dict, bytes, float]:
-    return 200, {"Content-Type": "application/json"}, json.dumps(
-        {"choices": [{"message": {"content": text}}], "usage": {"prompt_tokens": 1, "completion_tokens": 2}}).encode(), 0
+    payload = {"choices": [{"message": {"content": text}}], "usage": {"prompt_tokens": 1, "completion_tokens": 2}}
+    return 200, {"Content-Type": "application/json"}, json.dumps(payload).encode(), 0
 
 
 def _stub_config(tmp_path: Path, url: str, extra: str = "") -> Path:
