@@ -389,6 +389,7 @@ class Daemon:
         self.reload_requested = threading.Event()
         self.started = time.time()
         self.clean_exit = True
+        self.restart_needed: str | None = None  # what the last refused reload would need a restart for
         self.http: list[Server] = []
         self.config, self.registry = loaded or loader()
         self.journal = Journal(self.config.state.db, exclusive=True)
@@ -502,7 +503,7 @@ class Daemon:
         self.journal.set_meta("daemon", jsontext.dumps({
             "pid": os.getpid(), "started": self.started, "updated": time.time(),
             "model": self.config.model.source, "model_loaded": self.engine.loaded, "device": info.device,
-            "model_unreachable": self.worker.outage.describe(),
+            "model_unreachable": self.worker.outage.describe(), "restart_needed": self.restart_needed,
             "config": str(self.config_path),
             "fingerprints": {str(w.path): self.pipeline.fingerprint(w) for w in self.config.watches},
             "watches": [{"path": str(a.watch.path), "mode": a.mode if a.available else "unavailable",
@@ -522,12 +523,15 @@ class Daemon:
         notify("RELOADING=1")
         try:
             config, registry = self.loader()
+            self._reloadable(config)
             same = (config.model, config.runtime) == (self.config.model, self.config.runtime)
             engine = self.engine if same else self._engine(config, registry)
         except (ConfigError, PluginError, ModelLoadError) as exc:
             self.log.error("reload_refused", error=str(exc))
             notify("READY=1")
+            self.write_meta()
             return
+        self.restart_needed = None
         self.watches.stop()
         self.config, self.registry, self.engine = config, registry, engine
         self.pipeline = self.worker.pipeline = Pipeline(config, registry, engine)
@@ -536,6 +540,15 @@ class Daemon:
         self.write_meta()
         self.log.info("reloaded", watches=len(config.watches))
         notify("READY=1")
+
+    def _reloadable(self, config: Config) -> None:
+        """What a reload cannot change in a running daemon: the journal it holds the lock of (a
+        new one would be written while the old one stayed locked, silently). Refused, and
+        ``status`` says a restart is needed, until the config says the old value again."""
+        new, old = os.path.realpath(config.state.db), os.path.realpath(self.config.state.db)
+        if new != old:
+            self.restart_needed = f"state.db changed from {old} to {new}: restart the daemon to use it"
+            raise ConfigError(f"{self.restart_needed} (the rest of the new config is not applied either)")
 
     def shutdown(self) -> bool:
         """Stop watching, let the running job finish within the grace period, then cancel the

@@ -202,11 +202,13 @@ class Journal:
 
     ``exclusive``: the daemon's handle, holding the lock no second daemon can take.
     ``readonly``: for commands that only look (``status``, ``explain``); it never creates a
-    journal, and a missing one is a clear error.
+    journal, and a missing one is a clear error. The journal is known by its real path, every
+    symlink resolved: a second daemon reaching the same file by another spelling (a symlinked
+    ``state.db`` or state folder) finds the same lock and is refused.
     """
 
     def __init__(self, path: str | Path, exclusive: bool = False, readonly: bool = False):
-        self.path = Path(path)
+        self.path = Path(os.path.realpath(path))
         self.readonly = readonly
         self._lock_fd: int | None = None
         self._mu = threading.RLock()

@@ -248,6 +248,12 @@ def test_second_daemon_on_the_same_db_refuses(tmp_path, running, tiny_model):
     d = running()
     with pytest.raises(JournalLocked, match="another smolvlm-watch daemon .* is using the state database"):
         Journal(d.daemon.config.state.db, exclusive=True)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "state.db").symlink_to(d.daemon.config.state.db)  # issue 25, 7: another spelling
+    (tmp_path / "linked-state").symlink_to(d.daemon.config.state.db.parent)
+    for spelling in (tmp_path / "elsewhere" / "state.db", tmp_path / "linked-state" / "journal.sqlite"):
+        with pytest.raises(JournalLocked, match=f"is using the state database {d.daemon.config.state.db}"):
+            Journal(spelling, exclusive=True)
 
 
 def test_status_explain_backfill_retry_commands(tmp_path, running, run_cli, tiny_model):
@@ -353,6 +359,31 @@ def test_sighup_reload_valid_and_invalid_and_sigterm_exits_0(tmp_path, tiny_mode
     for e in events:
         if e["event"] == "job_done":
             assert e["path"] and e["job_id"]
+
+
+def test_a_reload_that_moves_the_journal_is_refused_and_status_says_restart(tmp_path, tiny_model, run_cli):
+    """Issue 25, 15: a state.db changed by a reload was silently ignored (files went on into the
+    old journal). Now the reload is refused, saying so, and status says a restart is needed."""
+    cfg = daemon_config(tmp_path, tiny_model)
+    running_cfg = tmp_path / "running.yaml"
+    running_cfg.write_text(cfg.read_text())
+    daemon = Daemon(cfg, lambda: load_checked(cfg))
+    try:
+        old = daemon.config.state.db
+        cfg.write_text(cfg.read_text().replace("./state/journal.sqlite", "./other/journal.sqlite")
+                       .replace("tasks: [caption]", "tasks: [ocr]"))
+        daemon.reload()
+        assert daemon.config.state.db == old and daemon.config.watches[0].tasks == ("caption",)  # nothing applied
+        why = f"state.db changed from {old} to {tmp_path / 'other' / 'journal.sqlite'}: restart the daemon to use it"
+        assert daemon.restart_needed == why
+        code, out, _ = run_cli("status", "-c", running_cfg)  # what the running daemon wrote in its journal
+        assert f"restart needed: {why}" in out.splitlines(), out
+        cfg.write_text(cfg.read_text().replace("./other/journal.sqlite", "./state/journal.sqlite"))
+        daemon.reload()
+        assert daemon.restart_needed is None and daemon.config.watches[0].tasks == ("ocr",)
+    finally:
+        daemon.stop()
+        daemon.shutdown()
 
 
 def test_stability_tracker_timing(tmp_path):

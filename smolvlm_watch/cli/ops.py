@@ -69,6 +69,7 @@ def _status(config: Config, journal: Journal) -> dict[str, Any]:
         "throughput_per_min": round(done_hour / busy * 60, 2) if busy else None,
         "model": config.model.source, "model_loaded": bool(daemon.get("model_loaded")) and daemon["running"],
         "model_unreachable": daemon.get("model_unreachable") if daemon["running"] else None,
+        "restart_needed": daemon.get("restart_needed") if daemon["running"] else None,
         "watches": watches,
         "failures": [{"path": j.path, "state": j.state, "attempts": j.attempts, "error": j.last_error}
                      for j in failures],
@@ -93,6 +94,8 @@ def _print_status(status: dict[str, Any]) -> None:
     print(f"daemon: {'running, pid ' + str(status['pid']) if running else 'not running'}")
     print(printable(f"model: {status['model']} ({'loaded' if status['model_loaded'] else 'not loaded'}"
                     + (f"; {status['model_unreachable']}" if status["model_unreachable"] else "") + ")"))
+    if status["restart_needed"]:
+        print(printable(f"restart needed: {status['restart_needed']}"))
     print("queue: " + ", ".join(f"{k} {v}" for k, v in status["queue"].items()))
     rate = status["throughput_per_min"]
     print(f"done in the last hour: {status['done_last_hour']}" + (f" ({rate}/min of busy time)" if rate else ""))
