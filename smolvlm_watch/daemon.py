@@ -548,7 +548,8 @@ class Daemon:
         new, old = os.path.realpath(config.state.db), os.path.realpath(self.config.state.db)
         if new != old:
             self.restart_needed = f"state.db changed from {old} to {new}: restart the daemon to use it"
-            raise ConfigError(f"{self.restart_needed} (the rest of the new config is not applied either)")
+            raise ConfigError([f"state.db: {self.restart_needed} (the rest of the new config is not applied either)"],
+                              str(self.config_path))
 
     def shutdown(self) -> bool:
         """Stop watching, let the running job finish within the grace period, then cancel the
