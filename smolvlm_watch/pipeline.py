@@ -32,7 +32,7 @@ from .kinds import Context, PageStore, Work, work_for
 from .media import Limits, MediaError, open_media
 from .plugins import Registry
 from .search import Passage, passages
-from .sidecar import PENDING, SidecarError, SidecarRecord, Target, WriteSet, read_json
+from .sidecar import PENDING, SidecarError, SidecarRecord, Target, WriteSet, current, read_json, writing
 from .tasks import Planned, Unit, plan, preprocess, run_units
 
 log = structlog.get_logger("smolvlm_watch.pipeline")
@@ -213,8 +213,7 @@ class Pipeline:
             if not todo:  # results current: the set is rendered again from them, no model run
                 assert kept is not None
                 moved = {"path": str(path), "size": opened.stat.st_size, "mtime": opened.stat.st_mtime}
-                record = SidecarRecord.from_doc(kept, moved)
-                outputs = self._write(record, target, existing, watch)
+                record, outputs = self._write(SidecarRecord.from_doc(kept, moved), target, existing, watch)
                 return FileResult(str(path), "skipped", seconds=time.perf_counter() - start,
                                   sha256=opened.sha256, outputs=outputs, passages=self._passages(record),
                                   kind=record.source.get("kind"))
@@ -281,7 +280,7 @@ class Pipeline:
         kept = dict(item.kept_from["tasks"]) if item.kept_from and watch.output.policy == "merge" else {}
         record = SidecarRecord(source=folded.source, model=self.engine.info().as_dict(),
                                tasks={**kept, **item.copied, **folded.tasks}, extra=folded.extra)
-        written = self._write(record, item.target, item.existing, watch)
+        record, written = self._write(record, item.target, item.existing, watch, {*item.copied, *folded.tasks})
         errors = [f"{name}: {data['error']}" for name, data in folded.tasks.items() if "error" in data]
         # A task error (out of memory, a flaky plugin) may pass next time: retried, then quarantined.
         # A page that cannot be rendered will not render next time either.
@@ -301,19 +300,27 @@ class Pipeline:
         return tuple(passages(record.tasks, pages, self.registry.task_objects))
 
     def _write(self, record: SidecarRecord, target: Target, existing: dict[str, Any] | None,
-               watch: WatchConfig) -> dict[str, str]:
+               watch: WatchConfig, ran: Iterable[str] = ()) -> tuple[SidecarRecord, dict[str, str]]:
         """Every writer stages its files, ``json`` last so it records what the others wrote; then
-        they are committed as one write set over what ``existing`` (our sidecar as found) says
-        we wrote before."""
-        target = replace(target, writes=WriteSet.after(existing, watch.output.mode))
-        written: dict[Path, str] = {}
-        names = [n for n in watch.outputs if n != "json"] + [n for n in watch.outputs if n == "json"]
-        for name in names:
-            if name == "json":
-                record = replace(record, outputs={p.name: h for p, h in written.items()})
-            written.update(self.registry.writers[name].obj.write(record, target))
-        json_path = target.json_path if "json" in watch.outputs else None
-        return target.writes.commit(json_path, existing or record.stub())
+        they are committed as one write set. In turn with any other writer of this set (the
+        daemon, a ``process`` beside it): the sidecar is read again as it is now, what another
+        run added since ``existing`` was read is kept (``ran``: what this run computed, which
+        wins), and what it wrote counts as ours. Returns the record written and the set."""
+        with writing(target.media):
+            if "json" in watch.outputs:
+                on_disk = read_json(target.json_path)
+                if on_disk != existing:
+                    record = current(record, on_disk, ran) if watch.output.policy == "merge" else record
+                    existing = on_disk
+            target = replace(target, writes=WriteSet.after(existing, watch.output.mode))
+            written: dict[Path, str] = {}
+            names = [n for n in watch.outputs if n != "json"] + [n for n in watch.outputs if n == "json"]
+            for name in names:
+                if name == "json":
+                    record = replace(record, outputs={p.name: h for p, h in written.items()})
+                written.update(self.registry.writers[name].obj.write(record, target))
+            json_path = target.json_path if "json" in watch.outputs else None
+            return record, target.writes.commit(json_path, existing or record.stub())
 
 
 def _take(entry: tuple[FileJob, Future[Prepared | FileResult]]) -> tuple[FileJob, Prepared | FileResult]:

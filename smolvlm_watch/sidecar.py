@@ -17,11 +17,14 @@ the next run redoes the file.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import stat
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -241,6 +244,38 @@ class Target:
         """Stage ``data`` for ``path`` as it is: for a writer that merged the file's existing
         content into ``data`` itself (XMP), so there is nothing of anyone's to refuse."""
         return self.writes.stage(path, data)
+
+
+@contextlib.contextmanager
+def writing(media: Path) -> Iterator[None]:
+    """The writers of one file's sidecar set take turns, in any process (the daemon, a
+    ``process`` run beside it): an advisory ``flock`` on the media file itself, held while the
+    sidecar is read as it is now and the set is written (never while the model runs). Where the
+    file system has no flock, or the file is gone, there is nothing to hold."""
+    try:
+        fd = os.open(media, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)
+
+
+def current(record: SidecarRecord, on_disk: dict[str, Any] | None, ran: Iterable[str]) -> SidecarRecord:
+    """``record`` with what another writer put in the sidecar since we read it: its entries for
+    the tasks we did not run now, when it describes the same content and is complete. Ours win
+    for what we ran; nothing of the other run is lost."""
+    if on_disk is None or PENDING in on_disk or (on_disk.get("source") or {}).get("sha256") != record.source.get(
+            "sha256"):
+        return record
+    done = set(ran)
+    return replace(record, tasks={**record.tasks, **{k: v for k, v in on_disk["tasks"].items() if k not in done}})
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

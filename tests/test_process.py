@@ -228,3 +228,31 @@ def test_files_under_a_media_name_that_a_folder_scan_passes_over_are_reported(tm
     code, out, _ = run_cli("explain", folder / "pipe.jpg", "-c", cfg)
     assert "filter: not input: not a regular file (a FIFO, socket or device under a media name)" in out
     assert "verdict: would not be processed (not a regular file" in out
+
+
+def test_two_writers_of_one_sidecar_set_merge_instead_of_dropping_each_other(tmp_path, tiny_model, write_config):
+    """Issue 25, 6: `process --task tags` beside the daemon left a JSON holding only tags, and each
+    run's .txt was "not written by smolvlm-watch" for the other. Two pipelines (the daemon's:
+    caption + OCR to json and txt; a `process --task tags`) interleaved at the worst moment: the
+    second has read the sidecar before the first wrote it, and commits after."""
+    from smolvlm_watch.cli import load_checked
+    from smolvlm_watch.pipeline import Pipeline
+
+    img = make_image(tmp_path / "inbox" / "page.png")
+    cfg = write_config(f"model: {{path: {tiny_model}, threads: 1}}\n"
+                       "tasks: {caption: {max_new_tokens: 2}, ocr: {max_new_tokens: 2, image_splitting: false},"
+                       " tags: {max_new_tokens: 2}}\n"
+                       f"watches: [{{path: {tmp_path / 'inbox'}, tasks: [caption, ocr], outputs: [json, txt]}}]\n")
+    config, registry = load_checked(cfg)
+    daemon = Pipeline(config, registry, registry.engine(config))
+    watch = config.watches[0]
+    tags_only = type(watch)(path=watch.path, tasks=("tags",), outputs=watch.outputs, output=watch.output)
+    late = daemon.prepare(img, tags_only)  # read: no sidecar yet
+    [first] = daemon.run([daemon.prepare(img, watch)])  # meanwhile the daemon writes caption, OCR and the txt
+    assert first.status == "done", first
+    [second] = daemon.run([late])
+    assert second.status == "done", second.error  # the daemon's txt is known as ours, not foreign
+    doc = read_sidecar(img)
+    assert set(doc["tasks"]) == {"caption", "ocr", "tags"}  # nobody's results dropped
+    assert doc["outputs"] == {"page.png.txt": first.outputs["page.png.txt"]}
+    assert (tmp_path / "inbox" / "page.png.txt").read_text(encoding="utf-8") == doc["tasks"]["ocr"]["result"]
