@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import hashlib
 import json
 import os
@@ -29,6 +30,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from . import jsontext
 from .atomic import DEFAULT_MODE, atomic_write, sweep_once
 from .config import OutputConfig
@@ -36,6 +39,9 @@ from .config import OutputConfig
 SCHEMA = 1
 GENERATOR = "smolvlm-watch"
 PENDING = "pending_outputs"  # in a JSON sidecar: a write set that did not finish (see WriteSet)
+
+
+log = structlog.get_logger("smolvlm_watch.sidecar")
 
 
 class SidecarError(Exception):
@@ -105,6 +111,7 @@ class WriteSet:
         self.previous = previous or {}
         self.mode = mode  # of files this set creates (a replaced file keeps its own)
         self.staged: dict[Path, bytes] = {}
+        self.kept: dict[Path, str] = {}  # our files a person edited since: left alone, still recorded
 
     @classmethod
     def after(cls, doc: dict[str, Any] | None, mode: int = DEFAULT_MODE) -> WriteSet:
@@ -124,11 +131,23 @@ class WriteSet:
         self.staged[path] = data
         return sha256_bytes(data)
 
+    def edited(self, path: Path) -> bool:
+        """Whether ``path`` is a file we wrote that a person has changed since."""
+        return path.name in self.previous and os.path.lexists(path) and not self._ours(path)
+
+    def keep(self, path: Path) -> str:
+        """Leave a person's edit of our file as it is; the set goes on recording the hash we
+        wrote (so the edit stays hers at every later run, and prune keeps it)."""
+        digest = sorted(self.previous[path.name])[0]
+        self.kept[path] = digest
+        log.warning("edited_output_kept", path=str(path), meaning="changed by hand since we wrote it: left as it is")
+        return digest
+
     def commit(self, json_path: Path | None, base: dict[str, Any]) -> dict[str, str]:
         """Write the staged files. ``json_path``: the JSON sidecar among them (None when the
         watch writes none: then nothing records an unfinished set); ``base``: the sidecar the
         intent is written over (the existing one, or a stub). Returns the set, name -> sha256."""
-        written = {p.name: sha256_bytes(d) for p, d in self.staged.items()}
+        written = {p.name: sha256_bytes(d) for p, d in self.staged.items()} | {p.name: h for p, h in self.kept.items()}
         for folder in {p.parent for p in self.staged}:
             sweep_once(folder)
         final = self.staged.pop(json_path, None) if json_path is not None else None
@@ -150,7 +169,7 @@ class WriteSet:
         """Outputs an earlier run wrote beside ``json_path`` that this run does not write, still
         holding our bytes (a person's edit is left alone): removed, so no sidecar describes an
         older version of the file."""
-        staged = {p.name for p in self.staged} | {json_path.name}
+        staged = {p.name for p in self.staged} | {p.name for p in self.kept} | {json_path.name}
         return [name for name in sorted(self.previous)
                 if name not in staged and self._ours(json_path.parent / name)]
 
@@ -234,11 +253,34 @@ class Target:
         return self.writes.owned(path)
 
     def write_text(self, path: Path, text: str) -> str:
-        """Stage ``text`` (UTF-8) for ``path`` unless a foreign file is there; returns its sha256."""
-        if not self.owned(path):
-            raise SidecarError(f"{path} exists and was not written by smolvlm-watch (or was edited since); "
-                               "it is left alone: move it away, or choose another suffix in the config")
+        """Stage ``text`` (UTF-8) for ``path``; returns its sha256. A file of ours a person has
+        edited since is kept as it is (her correction of the OCR wins; the rest of the set is
+        still written); a name shared with the other file of a pair (``IMG_1.txt``) that it
+        wrote is ours too; any other file there is foreign, and the file fails, naming it."""
+        if self.writes.edited(path):
+            return self.writes.keep(path)
+        if not self.owned(path) and not self._twin_wrote(path):
+            raise SidecarError(f"{path} exists and was not written by smolvlm-watch; it is left alone: move it "
+                               "away, or choose another suffix in the config")
         return self.writes.stage(path, text.encode("utf-8"))
+
+    def _twin_wrote(self, path: Path) -> bool:
+        """Whether a stem-named output (``IMG_1.txt``) holds what the sidecar of another file with
+        this stem (``IMG_1.DNG`` beside ``IMG_1.JPG``) records it wrote there."""
+        if path.name.startswith(self.media.name):
+            return False
+        try:
+            digest = sha256_bytes(read_regular(path))
+        except (FileNotFoundError, SidecarError):
+            return False
+        for twin in self.folder.glob(glob.escape(self.media.stem) + ".*" + self.output.json_suffix):
+            try:
+                doc = read_json(twin) if twin != self.json_path else None
+            except SidecarError:
+                continue
+            if doc is not None and (doc.get("outputs") or {}).get(path.name) == digest:
+                return True
+        return False
 
     def write_bytes(self, path: Path, data: bytes) -> str:
         """Stage ``data`` for ``path`` as it is: for a writer that merged the file's existing

@@ -10,6 +10,7 @@ from pathlib import Path
 from PIL import Image
 
 from helpers import make_image, process_peak_mb, read_sidecar
+from smolvlm_watch.sidecar import sha256_bytes
 from smolvlm_watch.runtime import cpu_has_bf16
 
 AUTO_CPU_DTYPE = "bfloat16" if cpu_has_bf16() else "float32"
@@ -129,7 +130,40 @@ def test_our_own_txt_is_rewritten_but_an_edited_one_is_not(tmp_path, tiny_model,
     assert code == 0
     txt.write_text("corrected by hand")
     code, out, _ = run_cli("process", img, "--model", tiny_model, "--task", "ocr", "--force", "--json")
-    assert code == 1 and txt.read_text() == "corrected by hand"
+    assert code == 0 and txt.read_text() == "corrected by hand"  # her correction kept, the file not failed
+    recorded = read_sidecar(img)["outputs"]["one.png.txt"]
+    assert recorded != sha256_bytes(b"corrected by hand")  # still our hash: hers at every later run too
+    code, out, _ = run_cli("process", img, "--model", tiny_model, "--task", "ocr", "--force", "--json")
+    assert code == 0 and txt.read_text() == "corrected by hand"
+
+
+def test_an_edited_ocr_txt_does_not_block_restoring_the_deleted_xmp(tmp_path, tiny_model, write_config, run_cli):
+    """Issue 25, 16: the file was marked failed; now her edit stays and the rest is restored."""
+    img = make_image(tmp_path / "inbox" / "scan.png")
+    cfg = write_config(f"model: {{path: {tiny_model}, threads: 1}}\ntasks: {{ocr: {{max_new_tokens: 3}}}}\n"
+                       f"watches: [{{path: {tmp_path / 'inbox'}, tasks: [ocr], outputs: [json, txt, xmp]}}]\n")
+    code, out, _ = run_cli("process", img, "-c", cfg, "--json")
+    assert code == 0, out
+    (tmp_path / "inbox" / "scan.png.txt").write_text("Invoice 42, corrected")
+    (tmp_path / "inbox" / "scan.png.xmp").unlink()
+    code, out, _ = run_cli("process", img, "-c", cfg, "--json")
+    assert code == 0 and json.loads(out)["skipped"] == [str(img)], out  # results current: no model run
+    assert "smolvlm:OCRText" in (tmp_path / "inbox" / "scan.png.xmp").read_text(encoding="utf-8")
+    assert (tmp_path / "inbox" / "scan.png.txt").read_text() == "Invoice 42, corrected"
+
+
+def test_a_pair_shares_its_stem_named_caption_txt(tmp_path, tiny_model, write_config, run_cli):
+    """Issue 25, 16: with caption_txt, IMG_1.jpg and IMG_1.png both write IMG_1.txt; the second
+    failed for good ("not written by smolvlm-watch" — it was, for the other)."""
+    card = tmp_path / "card"
+    pair = [make_image(card / "IMG_1.jpg", fmt="JPEG"), make_image(card / "IMG_1.png", color=(1, 2, 3))]
+    cfg = write_config(f"model: {{path: {tiny_model}, threads: 1}}\ntasks: {{caption: {{max_new_tokens: 3}}}}\n"
+                       f"watches: [{{path: {card}, tasks: [caption], outputs: [json, txt], caption_txt: true}}]\n")
+    for _ in range(2):  # and again, each now finding the other's
+        code, out, _ = run_cli("process", card, "-c", cfg, "--json", "--force")
+        assert code == 0 and sorted(json.loads(out)["done"]) == sorted(map(str, pair)), out
+    assert (card / "IMG_1.txt").read_text(encoding="utf-8") in {read_sidecar(p)["tasks"]["caption"]["result"]
+                                                                for p in pair}
 
 
 def test_output_dir_mirrors_the_tree(tmp_path, tiny_model, run_cli, write_config):
