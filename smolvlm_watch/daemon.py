@@ -405,7 +405,7 @@ class Daemon:
             self.log.warning("recovered_interrupted_jobs", count=recovered)
         self.engine = self._engine(self.config, self.registry)
         self.pipeline = Pipeline(self.config, self.registry, self.engine)
-        self.reconciler = Reconciler(self.journal, self.log)
+        self.reconciler = Reconciler(self.journal, self.log, lambda: self.registry.task_objects)
         self.metrics = Metrics(DaemonView(self))
         self.queue = WorkQueue(self.journal, self.reconciler, lambda: self.config, self.log, self.metrics)
         self.health = JournalHealth(self.log)

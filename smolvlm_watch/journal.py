@@ -43,7 +43,7 @@ State = Literal["pending", "running", "done", "failed", "quarantined", "gone"]
 STATES: tuple[State, ...] = ("pending", "running", "done", "failed", "quarantined", "gone")
 INTERRUPTED = "interrupted: the daemon stopped or crashed while running it"
 LIVE, BACKFILL = 0, 1
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -95,6 +95,9 @@ _MIGRATIONS = (
      "CREATE TRIGGER passages_removed AFTER DELETE ON passages BEGIN"
      " INSERT INTO passages_fts (passages_fts, rowid, text) VALUES ('delete', old.id, old.text); END",
      "CREATE TRIGGER jobs_forgotten AFTER DELETE ON jobs BEGIN DELETE FROM passages WHERE path = old.path; END"),
+    # 3: when a file's passages were last taken (a sidecar newer than that, written by a `process`
+    #    beside the daemon or kept while the journal was restored from a backup, is read again).
+    ("ALTER TABLE jobs ADD COLUMN indexed REAL",),
 )
 
 
@@ -153,6 +156,7 @@ class Job:
     last_error: str | None
     finished: float | None = None
     outputs: dict[str, str] | None = None  # what the done job wrote, name -> sha256 (None: not recorded)
+    indexed: float | None = None  # when its passages were last taken (wall clock)
 
     @property
     def interrupted(self) -> bool:
@@ -166,7 +170,7 @@ class Job:
                    mtime=row["mtime"], sha256=row["sha256"], fingerprint=row["fingerprint"], state=row["state"],
                    priority=row["priority"], force=bool(row["force"]), attempts=row["attempts"],
                    next_attempt=row["next_attempt"], last_error=row["last_error"], finished=row["finished"],
-                   outputs=json.loads(outputs) if outputs else None)
+                   outputs=json.loads(outputs) if outputs else None, indexed=row["indexed"])
 
 
 @dataclass(frozen=True)
@@ -478,6 +482,7 @@ class Journal:
         """A file's passages replaced (inside the caller's transaction)."""
         self._x("DELETE FROM passages WHERE path = ?", (path,))
         now = time.time()
+        self._x("UPDATE jobs SET indexed = ? WHERE path = ?", (now, path))
         for p in passages:
             self._x("INSERT INTO passages (path, watch, task, kind, page, timestamp, created, text)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (path, watch, p.task, kind, p.page, p.timestamp, now, p.text))
@@ -501,11 +506,27 @@ class Journal:
             self._index(to_db(path), to_db(watch), kind, passages)
 
     @_locked
-    def index_clear(self, under_path: str | None = None) -> None:
-        """Drop the passages of every file at or under ``under_path`` (all without one)."""
+    def index_stage(self, path: str, watch: str, kind: str | None, passages: list[Passage]) -> None:
+        """``search --reindex``: a file's passages, kept aside (a temp table of this connection)
+        until ``index_swap``; a kill before it leaves the live index as it was."""
+        self._x("CREATE TEMP TABLE IF NOT EXISTS staged (path, watch, kind, task, page, timestamp, text)")
+        for p in passages:
+            self._x("INSERT INTO temp.staged VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (to_db(path), to_db(watch), kind, p.task, p.page, p.timestamp, p.text))
+        self._x("INSERT INTO temp.staged (path) VALUES (?)", (to_db(path),))  # a file with no text is indexed too
+
+    @_locked
+    def index_swap(self, under_path: str | None = None) -> None:
+        """The staged passages replace the index at or under ``under_path``, in one transaction."""
+        self._x("CREATE TEMP TABLE IF NOT EXISTS staged (path, watch, kind, task, page, timestamp, text)")
         where, params = under(under_path)
+        now = time.time()
         with self._tx():
             self._x(f"DELETE FROM passages WHERE {where}", params)
+            self._x("INSERT INTO passages (path, watch, task, kind, page, timestamp, created, text) SELECT path,"
+                    " watch, task, kind, page, timestamp, ?, text FROM temp.staged WHERE text IS NOT NULL", (now,))
+            self._x("UPDATE jobs SET indexed = ? WHERE path IN (SELECT path FROM temp.staged)", (now,))
+        self._x("DROP TABLE temp.staged")
 
     @_locked
     def search(self, query: str, task: str | None = None, under_path: str | None = None, kind: str | None = None,

@@ -14,19 +14,25 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import jsontext
 from .config import Config, WatchConfig
 from .journal import BACKFILL, Job, Journal
+from .search import PassageSource, from_sidecar
 from .atomic import TEMP_PREFIX, sweep_temp
 from .sidecar import Target, missing_output, relocate
 from .watcher import ArmedWatch, ScanReport, scan
 
 
+INDEX_SLACK = 2.0  # seconds between a sidecar's write and its journal row's, in one commit
+
+
 class Reconciler:
-    def __init__(self, journal: Journal, log: Any):
+    def __init__(self, journal: Journal, log: Any, known: Callable[[], Mapping[str, PassageSource]]):
         self.journal, self.log = journal, log
+        self.known = known  # the tasks that say what of a result is searchable (the registry's, after a reload)
         self.missed_total = 0  # files rescans found that no live event reported, since the start
 
     def enqueue(self, watch: WatchConfig, path: Path, priority: int) -> bool:
@@ -76,7 +82,26 @@ class Reconciler:
                 self.journal.mark_gone(job.id)
             elif job.state == "done" and (missing := self.missing(job, watch)) is not None:
                 requeued += self.journal.requeue(job.path, f"its sidecar {missing} is missing")
+            elif job.state == "done":
+                self._index_if_newer(job, watch)
         return requeued
+
+    def _index_if_newer(self, job: Job, watch: WatchConfig) -> None:
+        """A done file's sidecar written after its passages were taken (a `process` run beside
+        the daemon, a journal restored from an older backup) is read into the index again, so
+        search answers what the sidecar says now."""
+        if "json" not in watch.outputs:
+            return
+        try:
+            written = os.stat(Target.for_media(Path(job.path), watch.output, watch.path).json_path).st_mtime
+        except OSError:
+            return
+        if written <= (job.indexed or job.finished or 0) + INDEX_SLACK:
+            return
+        outcome, kind, found = from_sidecar(Path(job.path), watch, self.known())
+        if outcome == "indexed":
+            self.journal.index(job.path, str(watch.path), kind, found)
+            self.log.info("index_refreshed", path=job.path, reason="its sidecar is newer than the index")
 
     @staticmethod
     def missing(job: Job, watch: WatchConfig) -> str | None:

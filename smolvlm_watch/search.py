@@ -18,10 +18,15 @@ results shaped ``[{"timestamp", "text"}]``.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
+
+from .config import WatchConfig
+from .sidecar import PENDING, SidecarError, Target, read_json
 
 MARK_START, MARK_END = "\ue000", "\ue001"  # around a match in a snippet (private use: never in a result)
 MIN_TERM = 3  # the trigram tokenizer cannot match shorter terms
@@ -169,3 +174,21 @@ def plain(snippet: str) -> str:
 def highlighted(snippet: str) -> str:
     """The snippet for a terminal: the match in bold."""
     return snippet.replace(MARK_START, "\x1b[1m").replace(MARK_END, "\x1b[0m")
+
+
+def from_sidecar(path: Path, watch: WatchConfig, known: Mapping[str, PassageSource]
+                 ) -> tuple[str, str | None, list[Passage]]:
+    """A file's passages as its JSON sidecar on disk holds them (the source of truth): the
+    outcome ("indexed", "no sidecar", "stale sidecar": it describes an older version of the
+    file), the file's kind, and the passages."""
+    try:
+        doc = read_json(Target.for_media(path, watch.output, watch.path).json_path) if "json" in watch.outputs else None
+        st = os.stat(path)
+    except (OSError, SidecarError):
+        return "no sidecar", None, []
+    if doc is None or PENDING in doc:
+        return "no sidecar", None, []
+    source = doc.get("source") or {}
+    if source.get("size") != st.st_size or abs(float(source.get("mtime") or 0) - st.st_mtime) > 1e-3:
+        return "stale sidecar", None, []
+    return "indexed", source.get("kind"), passages(doc.get("tasks") or {}, doc.get("pages") or [], known)

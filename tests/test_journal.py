@@ -71,8 +71,9 @@ def test_a_journal_from_before_the_search_index_gets_one_and_keeps_its_rows(tmp_
     assert j.search("beach") == []
     j.index("/p/a.jpg", "/p", "image", [Passage("caption", "a sandy beach")])
     assert [h.path for h in j.search("beach")] == ["/p/a.jpg"]
+    assert j.get("/p/a.jpg").indexed is not None  # schema 3: when its passages were taken
     j.close()
-    assert sqlite3.connect(db).execute("PRAGMA user_version").fetchone()[0] == 2
+    assert sqlite3.connect(db).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
 
 
 @pytest.mark.parametrize("under, matched", [

@@ -171,3 +171,53 @@ def test_a_kill_during_a_burst_leaves_index_and_sidecars_agreeing(tmp_path, tiny
         assert rows.get(str(path)) == (caption if caption.strip() else None), path  # every done file searchable
     assert set(rows) <= {str(inbox / i.name) for i in images}  # no row for a file without a sidecar
     assert not [p for p in os.listdir(inbox) if p.startswith(".smolvlm-tmp-")]
+
+
+def test_an_interrupted_reindex_leaves_the_index_as_it_was(tmp_path, tiny_model, run_cli, fixed, monkeypatch):
+    """Issue 25, 14: a kill during `search --reindex` left 193 of 300 done files unfindable until
+    a second reindex. The index is now built aside and swapped in with one transaction."""
+    from smolvlm_watch import search as search_module
+    from smolvlm_watch.cli import find, load_checked
+
+    inbox = tmp_path / "inbox"
+    photos = [make_image(inbox / f"p{i}.png", color=(i, 9, 9)) for i in range(4)]
+    cfg = _config(tmp_path, tiny_model)
+    assert run_cli("process", inbox, "-c", cfg, "--json")[0] == 0
+    assert run_cli("search", "-c", cfg, "--reindex")[0] == 0
+    assert len(_search(run_cli, cfg, "sandy", "--limit", "10")[1]) == 4
+    real, calls = search_module.from_sidecar, []
+
+    def killed(*args):
+        calls.append(args)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # what a kill -9 leaves: the run ends mid-way
+        return real(*args)
+
+    monkeypatch.setattr(find, "from_sidecar", killed)
+    with pytest.raises(KeyboardInterrupt):
+        find._reindex(*load_checked(cfg), None)
+    assert {h["path"] for h in _search(run_cli, cfg, "sandy", "--limit", "10")[1]} == set(map(str, photos))
+
+
+def test_a_sidecar_newer_than_the_index_is_read_again_at_the_rescan(tmp_path, tiny_model, fixed):
+    """Issue 25, 14: a journal restored from an older backup (or a `process` run beside the
+    daemon) served hits for text the sidecars no longer hold and missed what they hold now."""
+    cfg = _config(tmp_path, tiny_model)
+    photo = make_image(tmp_path / "inbox" / "beach.png")
+    d = InProcess(cfg)
+    try:
+        d.wait_done([photo])
+        assert [h.path for h in d.journal.search("sandy")] == [str(photo)]
+        sidecar = photo.with_name(photo.name + ".smolvlm.json")
+        doc = json.loads(sidecar.read_text(encoding="utf-8"))
+        doc["tasks"]["caption"]["result"] = "Grandma's birthday in Lisbon"
+        sidecar.write_text(json.dumps(doc), encoding="utf-8")
+        later = time.time() + 5
+        os.utime(sidecar, (later, later))  # written after the journal's row, as a restored journal sees it
+        d.daemon.scan_all()
+        assert [h.path for h in d.journal.search("Lisbon")] == [str(photo)]
+        assert d.journal.search("sandy") == []
+        d.daemon.scan_all()  # once: the next rescan finds it current
+        assert d.journal.get(str(photo)).indexed >= later - 5
+    finally:
+        d.stop()

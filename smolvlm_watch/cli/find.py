@@ -4,7 +4,6 @@ index from the sidecars on disk (they are the source of truth)."""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Iterator
 from dataclasses import replace
@@ -17,8 +16,7 @@ from ..journal import Journal, JournalError
 from ..jsontext import printable
 from ..plugins import Registry
 from ..progress import Progress
-from ..search import Hit, SearchError, highlighted, passages, plain
-from ..sidecar import PENDING, Target, read_json
+from ..search import Hit, SearchError, from_sidecar, highlighted, plain
 from ..watcher import MediaFilter, scan
 from . import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, config_arg, load_checked
 
@@ -78,7 +76,8 @@ def _print(hits: list[Hit], as_json: bool) -> None:
 
 def _reindex(config: Config, registry: Registry, under: str | None) -> int:
     """Every media file of the watches (at or under ``under``) with a current JSON sidecar gets
-    its passages from it; the rest of the index under there is dropped."""
+    its passages from it; the rest of the index under there is dropped. Built aside and swapped
+    in with one transaction."""
     root = _absolute(under)
     files = list(_media(config, root))
     known = registry.task_objects
@@ -86,12 +85,14 @@ def _reindex(config: Config, registry: Registry, under: str | None) -> int:
     counts = {"indexed": 0, "no sidecar": 0, "stale sidecar": 0}
     progress = Progress(len(files))
     try:
-        journal.index_clear(root)
         for path, watch in files:
             progress.start(path.name)
-            outcome = _index_one(journal, path, watch, known)
+            outcome, kind, found = from_sidecar(path, watch, known)
+            if outcome == "indexed":
+                journal.index_stage(str(path), str(watch.path), kind, found)
             counts[outcome] += 1
             progress.advance("done" if outcome == "indexed" else "skipped")
+        journal.index_swap(root)  # one transaction: a kill before it leaves the index as it was
         rows, size = journal.index_stats()
     finally:
         progress.close()
@@ -121,22 +122,6 @@ def _media(config: Config, root: str | None) -> Iterator[tuple[Path, WatchConfig
         for path in found:
             if config.watch_for(path) == watch:
                 yield path, watch
-
-
-def _index_one(journal: Journal, path: Path, watch: WatchConfig, known: dict[str, Any]) -> str:
-    doc = read_json(Target.for_media(path, watch.output, watch.path).json_path) if "json" in watch.outputs else None
-    if doc is None or PENDING in doc:
-        return "no sidecar"
-    source = doc.get("source") or {}
-    try:
-        st = os.stat(path)
-    except OSError:
-        return "no sidecar"
-    if source.get("size") != st.st_size or abs(float(source.get("mtime") or 0) - st.st_mtime) > 1e-3:
-        return "stale sidecar"
-    found = passages(doc.get("tasks") or {}, doc.get("pages") or [], known)
-    journal.index(str(path), str(watch.path), source.get("kind"), found)
-    return "indexed"
 
 
 def add_commands(sub: Any) -> None:
