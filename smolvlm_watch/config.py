@@ -231,6 +231,7 @@ class WebConfig:
     allow_remote: bool = False  # a non-loopback listen address only with this and a token
     token_env: str | None = None  # the environment variable holding the token a browser must show
     thumb_cache_mb: float = 256.0  # previews cached in the state folder, oldest dropped past this
+    hosts: tuple[str, ...] = ()  # host names a browser may reach the page by, besides the listen address
 
 
 @dataclass(frozen=True)
@@ -502,7 +503,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
               "rescan_interval", "stop_grace_seconds", "gone_grace"),
     "logging": ("level", "format"),
     "metrics": ("listen", "allow_remote"),
-    "web": ("listen", "allow_remote", "token_env", "thumb_cache_mb"),
+    "web": ("listen", "allow_remote", "token_env", "thumb_cache_mb", "hosts"),
     "media": ("max_pixels", "max_bytes"),
     "runtime": ("max_batch", "prefetch", "compile", "prepare_ahead"),
     "video": ("fps", "max_frames", "mode", "skip_black", "timeout"),
@@ -704,9 +705,10 @@ def _web(r: _Reader, raw: Any) -> WebConfig:
     token_env = r.get(data, "token_env", "web", lambda v: isinstance(v, str) and v != "",
                       "an environment variable name")
     cache = r.number(data, "thumb_cache_mb", "web", 256.0, minimum=1)
+    hosts = tuple(h.lower() for h in r.strings(data, "hosts", "web", ()))
     listen = _listen(r, data, "web", WEB_PORT, bool(allow and token_env), "the pages show every watched file; set "
                      "web.allow_remote: true and web.token_env (a token every browser must give)")
-    return WebConfig(listen, allow, token_env, cache)
+    return WebConfig(listen, allow, token_env, cache, hosts)
 
 
 def _check_watch_paths(r: _Reader, watches: list[WatchConfig | None]) -> None:

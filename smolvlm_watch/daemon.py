@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 import structlog
 
 from . import jsontext
-from .config import Config, ConfigError, WatchConfig
+from .config import Address, Config, ConfigError, WatchConfig
 from .engine import Engine, Interrupted, ModelLoadError, Outage, Unreachable
 from .journal import LIVE, Job, Journal, JournalError, RetryPolicy
 from .media import sha256_file
@@ -391,6 +391,7 @@ class Daemon:
         self.clean_exit = True
         self.restart_needed: str | None = None  # what the last refused reload would need a restart for
         self.http: list[Server] = []
+        self.web: Any = None  # the web page's pages and their read connection, while web.listen is set
         self.config, self.registry = loaded or loader()
         self.journal = Journal(self.config.state.db, exclusive=True)
         try:
@@ -451,23 +452,63 @@ class Daemon:
     def _listen(self) -> list[Server]:
         """The metrics (metrics.listen) and the web page (web.listen), one server per address,
         up before READY: a port in use fails the start."""
-        from .web import Web, token
-
-        wanted: dict[Any, tuple[str, dict[str, Handler], Handler | None]] = {}
-        if self.config.metrics.listen is not None:
-            wanted[self.config.metrics.listen] = ("metrics.listen", routes(self.metrics), None)
-        if self.config.web.listen is not None:
-            at, page = self.config.web.listen, Web(self.config, self.journal, token(self.config)).handle
-            name, table, _ = wanted.get(at, ("web.listen", {}, None))
-            wanted[at] = (name, table, page)
         servers = []
-        for address, (key, table, fallback) in wanted.items():
-            server = bound(address, routed(table, fallback), key, str(self.config_path))
+        for address, (key, handler, paths) in self._wanted(self.config).items():
+            server = bound(address, handler, key, str(self.config_path))
             server.start()
             servers.append(server)
-            paths = [*table, *(["/ (web page)"] if fallback else [])]
             self.log.info("http_listening", address=str(server.address), paths=paths)
         return servers
+
+    def _wanted(self, config: Config) -> dict[Address, tuple[str, Handler, list[str]]]:
+        """Each address to serve, with the key that asks for it, its handler and its paths. The
+        web page reads the journal through a connection of its own (a heavy search never holds
+        the worker's or the scraper's)."""
+        from .web import Web, token
+
+        wanted: dict[Address, tuple[str, dict[str, Handler], Handler | None]] = {}
+        if config.metrics.listen is not None:
+            wanted[config.metrics.listen] = ("metrics.listen", routes(self.metrics), None)
+        if config.web.listen is not None:
+            self._close_web()
+            self.web = Web(config, self.journal, token(config), Journal(config.state.db, readonly=True))
+            name, table, _ = wanted.get(config.web.listen, ("web.listen", {}, None))
+            wanted[config.web.listen] = (name, table, self.web.handle)
+        return {address: (key, routed(table, page), [*table, *(["/ (web page)"] if page else [])])
+                for address, (key, table, page) in wanted.items()}
+
+    def _close_web(self) -> None:
+        if self.web is not None:
+            self.web.reader.close()
+            self.web = None
+
+    def _relisten(self, config: Config) -> None:
+        """A reload's listeners: an address kept gets the new handler in place (a new token, new
+        watches take effect at once); a moved or removed one is closed; a new one is bound (a
+        port in use is logged, and status says a restart is needed)."""
+        wanted = self._wanted(config)
+        kept = []
+        for server in self.http:
+            asked = next((a for a in (server.address, Address(server.address.host, 0)) if a in wanted), None)
+            if asked is None:
+                server.stop()
+                self.log.info("http_closed", address=str(server.address))
+                continue
+            server.handler = wanted.pop(asked)[1]
+            kept.append(server)
+        for address, (key, handler, paths) in wanted.items():
+            try:
+                server = bound(address, handler, key, str(self.config_path))
+            except ConfigError as exc:
+                self.restart_needed = f"{key} could not be served at {address}: {exc.problems[0]}"
+                self.log.error("reload_listen_failed", error=self.restart_needed)
+                continue
+            server.start()
+            kept.append(server)
+            self.log.info("http_listening", address=str(server.address), paths=paths)
+        if config.web.listen is None:
+            self._close_web()
+        self.http = kept
 
     def tick(self, now: float | None = None) -> None:
         """One round of the supervisor (tests drive the daemon with it)."""
@@ -535,6 +576,7 @@ class Daemon:
         self.watches.stop()
         self.config, self.registry, self.engine = config, registry, engine
         self.pipeline = self.worker.pipeline = Pipeline(config, registry, engine)
+        self._relisten(config)
         self.watches = self._arm(config)
         self.scan_all()
         self.write_meta()
@@ -545,6 +587,10 @@ class Daemon:
         """What a reload cannot change in a running daemon: the journal it holds the lock of (a
         new one would be written while the old one stayed locked, silently). Refused, and
         ``status`` says a restart is needed, until the config says the old value again."""
+        if config.web.listen is not None:
+            from .web import token
+
+            token(config)  # a web.token_env that is not set refuses the reload, never serves without it
         new, old = os.path.realpath(config.state.db), os.path.realpath(self.config.state.db)
         if new != old:
             self.restart_needed = f"state.db changed from {old} to {new}: restart the daemon to use it"
@@ -572,6 +618,7 @@ class Daemon:
             self.queue.release_all("still running at shutdown")
         for server in self.http:
             server.stop()
+        self._close_web()
         self.journal.close()
         self.log.info("stopped", processed=self.worker.processed)
         return not stuck

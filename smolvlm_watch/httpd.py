@@ -1,8 +1,10 @@
 """The daemon's one small HTTP server (the metrics, the web page), on a thread of its own.
 
 The standard library's threading server: nothing to install, enough for a scrape every few
-seconds and one person's browser. GET and POST only; a POST body is read up to 64 KiB and
-parsed as a form. Every response carries the security headers its handler gives.
+seconds and one person's browser. GET and POST only; a POST body is read only when its
+Content-Length says it is at most 64 KiB (otherwise 413, 400 or 411, and the connection is
+closed unread), then parsed as a form. A handler's exception is logged and answered 500.
+Every response carries the security headers its handler gives.
 """
 
 from __future__ import annotations
@@ -15,9 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
+
 from .config import Address, ConfigError
 
 MAX_FORM = 64 * 1024
+CLOSE = {"Connection": "close"}
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,23 @@ def not_found() -> Response:
     return Response(404, b"not found\n")
 
 
+def _unreadable(length: str | None, encoding: str | None) -> Response | None:
+    """Why a POST body will not be read (None: it will, all of it within MAX_FORM): a body of
+    unknown or negative length, or larger than a form can be, is refused before a byte of it
+    is buffered, authenticated or not."""
+    if encoding is not None and encoding.strip().lower() != "identity":
+        return Response(411, b"a body needs a Content-Length (no chunked uploads)\n", headers=CLOSE)
+    try:
+        size = int(length) if length is not None else 0
+    except ValueError:
+        size = -1
+    if size < 0:
+        return Response(400, b"bad Content-Length\n", headers=CLOSE)
+    if size > MAX_FORM:
+        return Response(413, f"request body over {MAX_FORM} bytes\n".encode(), headers=CLOSE)
+    return None
+
+
 class _V6Server(http.server.ThreadingHTTPServer):
     address_family = socket.AF_INET6
 
@@ -62,16 +84,24 @@ class Server:
                 self._answer({})
 
             def do_POST(self) -> None:
-                length = min(int(self.headers.get("Content-Length") or 0), MAX_FORM)
-                raw = self.rfile.read(length).decode("utf-8", "replace")
+                refused = _unreadable(self.headers.get("Content-Length"), self.headers.get("Transfer-Encoding"))
+                if refused is not None:
+                    self.close_connection = True  # the body is never read: nothing of it is buffered
+                    self._send(refused)
+                    return
+                raw = self.rfile.read(int(self.headers["Content-Length"] or 0)).decode("utf-8", "replace")
                 self._answer({k: v[-1] for k, v in urllib.parse.parse_qs(raw).items()})
 
             def _answer(self, form: dict[str, str]) -> None:
                 request = Request(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, form)
                 try:
                     response = outer.handler(request)
-                except Exception as exc:  # noqa: BLE001 - one bad request must not end the server
+                except Exception as exc:  # one bad request must not end the server
+                    outer.log.exception("http_request_failed", path=request.path, error=str(exc))
                     response = Response(500, f"internal error: {type(exc).__name__}\n".encode())
+                self._send(response)
+
+            def _send(self, response: Response) -> None:
                 self.send_response(response.status)
                 self.send_header("Content-Type", response.ctype)
                 self.send_header("Content-Length", str(len(response.body)))
@@ -83,7 +113,8 @@ class Server:
             def log_message(self, *args: Any) -> None:
                 pass  # a scrape every 15 s, a page's thumbnails: not news
 
-        self.handler = handler
+        self.handler = handler  # replaced in place by a reload that keeps the address
+        self.log = structlog.get_logger("smolvlm_watch.http")
         self.httpd = (_V6Server if ":" in address.host else http.server.ThreadingHTTPServer)(
             (address.host, address.port), Handler_)
         self.httpd.daemon_threads = True

@@ -170,7 +170,8 @@ class Job:
                    mtime=row["mtime"], sha256=row["sha256"], fingerprint=row["fingerprint"], state=row["state"],
                    priority=row["priority"], force=bool(row["force"]), attempts=row["attempts"],
                    next_attempt=row["next_attempt"], last_error=row["last_error"], finished=row["finished"],
-                   outputs=json.loads(outputs) if outputs else None, indexed=row["indexed"])
+                   outputs=json.loads(outputs) if outputs else None,
+                   indexed=row["indexed"] if "indexed" in row.keys() else None)  # a schema-2 journal read as it is
 
 
 @dataclass(frozen=True)
@@ -530,9 +531,10 @@ class Journal:
 
     @_locked
     def search(self, query: str, task: str | None = None, under_path: str | None = None, kind: str | None = None,
-               limit: int = 20) -> list[Hit]:
+               limit: int = 20, budget: float | None = None) -> list[Hit]:
         """The best ``limit`` passages matching ``query`` (bm25), of files not gone, each with a
-        snippet around its match."""
+        snippet around its match; stopped with a SearchError past ``budget`` seconds (the web
+        page's: one heavy query must not hold a connection others need)."""
         where, params = under(under_path)
         where = where.replace("path", "p.path")
         match = fts_query(query)
@@ -541,18 +543,24 @@ class Journal:
             " FROM passages_fts JOIN passages p ON p.id = passages_fts.rowid LEFT JOIN jobs j ON j.path = p.path"
             f" WHERE passages_fts MATCH ? AND (j.state IS NULL OR j.state != 'gone') AND {where}"
             + (" AND p.task = ?" if task else "") + (" AND p.kind = ?" if kind else "") + " ORDER BY score LIMIT ?",
-            (match, *params, *([task] if task else []), *([kind] if kind else []), limit), query)
+            (match, *params, *([task] if task else []), *([kind] if kind else []), limit), query, budget)
         looked_for = terms(match)
         return [Hit(from_db(r["path"]), r["task"], r["kind"], r["page"], r["timestamp"],
                     snippet(r["text"], looked_for), r["score"]) for r in ranked]
 
-    def _fts(self, sql: str, args: tuple[Any, ...], query: str) -> list[sqlite3.Row]:
+    def _fts(self, sql: str, args: tuple[Any, ...], query: str, budget: float | None = None) -> list[sqlite3.Row]:
         """A full-text query's rows; what the index cannot parse is the query's fault (SearchError)."""
         if self.db is None:
             raise JournalError(f"the journal {self.path} is closed")
+        if budget is not None:
+            deadline = time.monotonic() + budget
+            self.db.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
         try:
             return self.db.execute(sql, args).fetchall()
         except sqlite3.OperationalError as exc:
+            if str(exc) == "interrupted" and budget is not None:
+                raise SearchError(f"the search took longer than {budget:g} s and was stopped: use fewer or longer "
+                                  "words") from None
             if "no such table" in str(exc):
                 raise JournalError(f"the journal {self.path} has no search index yet (an older smolvlm-watch wrote "
                                    "it): run `smolvlm-watch search --reindex`, or start the daemon once") from None
@@ -560,6 +568,9 @@ class Journal:
                 raise SearchError(f"the index cannot parse {query!r}: {exc} (put words with punctuation in "
                                   "double quotes, or drop the operators)") from None
             raise JournalError(self._explain(exc)) from None
+        finally:
+            if budget is not None:
+                self.db.set_progress_handler(None, 0)
 
     @_locked
     def index_stats(self) -> tuple[int, int | None]:

@@ -111,6 +111,9 @@ def passages(tasks: Mapping[str, dict[str, Any]], pages: Sequence[dict[str, Any]
 _SYNTAX = re.compile(r'["():*^]|\b(AND|OR|NOT|NEAR)\b')
 
 
+MAX_TERMS, MAX_QUERY = 32, 500  # a query of 1,000 OR terms held the index for 52 s
+
+
 def fts_query(query: str) -> str:
     """The query as FTS5 takes it. Plain words are quoted one by one (so ``AC/DC`` or
     ``e-mail`` need no escaping; all must match, each as a substring), a word shorter than three
@@ -119,6 +122,8 @@ def fts_query(query: str) -> str:
     as written."""
     query = query.strip()
     terms = [t for t in re.split(r"\s+", query) if t]
+    if len(query) > MAX_QUERY or len(terms) > MAX_TERMS:
+        raise SearchError(f"a search takes at most {MAX_TERMS} words and {MAX_QUERY} characters")
     bare = [t.strip('"*()') for t in terms]
     if not terms or all(len(t) < MIN_TERM for t in bare):
         raise SearchError(f"search terms need at least {MIN_TERM} characters (the index matches substrings "

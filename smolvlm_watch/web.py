@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import html
 import io
+import ipaddress
 import json
 import os
 import secrets
@@ -35,8 +36,11 @@ from .journal import Journal, JournalError
 from .media import Limits, MediaError, open_media
 from .search import SearchError, highlighted, plain
 from .sidecar import Target, read_json
+from .watcher import MediaFilter
 
 THUMB_EDGE, PREVIEW_EDGE = 320, 1280
+SIDECAR_BYTES = 4_000_000  # what /sidecar shows of one file, read no further
+SEARCH_BUDGET = 2.0  # seconds one search of the page may take before it is stopped
 STATS_SECONDS = 30.0
 CSS = """body{font:15px/1.4 system-ui,sans-serif;margin:0;color:#222;background:#fafafa}
 header{background:#234;color:#fff;padding:.6em 1em}header a{color:#fff;margin-right:1em}
@@ -56,8 +60,13 @@ SECURITY_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'sel
 
 
 def e(value: Any) -> str:
-    """Every value written into the page goes through here."""
-    return html.escape("" if value is None else str(value), quote=True)
+    """Every value written into the page goes through here. A file name that is not UTF-8 (a
+    Latin-1 name from an SMB share) is shown with its undecodable bytes as U+FFFD."""
+    return html.escape(_shown("" if value is None else str(value)), quote=True)
+
+
+def _shown(text: str) -> str:
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def page(title: str, body: str, script: bool = False) -> Response:
@@ -72,8 +81,9 @@ def page(title: str, body: str, script: bool = False) -> Response:
 class Web:
     """The pages, over a journal the caller owns (the daemon's, or `serve`'s own)."""
 
-    def __init__(self, config: Config, journal: Journal, token: str | None = None):
+    def __init__(self, config: Config, journal: Journal, token: str | None = None, reader: Journal | None = None):
         self.config, self.journal, self.token = config, journal, token
+        self.reader = reader or journal  # what the pages read through (the daemon's: a connection of their own)
         self.thumbs = config.state.db.parent / "thumbnails"
         self.cache_bytes = int(config.web.thumb_cache_mb * 2**20)
         self._cache_total: int | None = None  # bytes in the preview cache, counted once, then kept
@@ -81,20 +91,50 @@ class Web:
         self._stats: tuple[float, tuple[int, int | None]] | None = None
         self.csrf = secrets.token_urlsafe(24)  # per server start: a form from an old page is refused
         self.watch_roots = [w.path.resolve() for w in config.watches]
+        self.filters = {w.path: MediaFilter(w) for w in config.watches}
+        listen = config.web.listen.host.lower() if config.web.listen else "localhost"
+        self.names = {"localhost", listen, *config.web.hosts}
 
     # --- routing ---------------------------------------------------------------------------------
 
     def handle(self, request: Request) -> Response:
-        """Every response with the security headers; a token checked first where one is set."""
-        response = self._authorized(request) or self._route(request)
+        """Every response with the security headers; the Host (and a POST's origin) checked
+        first, then a token where one is set."""
+        response = self._foreign(request) or self._authorized(request) or self._route(request)
         return Response(response.status, response.body, response.ctype, {**SECURITY_HEADERS, **response.headers})
+
+    def _foreign(self, request: Request) -> Response | None:
+        """DNS rebinding: a page on another site that points its own name at this address reads
+        and acts as if it were ours. A request is served only under a Host that is an address
+        (no name can be rebound to it), ``localhost``, the listen host or one of ``web.hosts``;
+        a POST whose Origin (or Referer) names another site is refused as well."""
+        host = _hostname(request.headers.get("host", ""))
+        if not self._ours(host):
+            return Response(403, f"forbidden: {_shown(host) or 'no'} Host is not one of this server's names; add it "
+                                 "to web.hosts to reach the page by it\n".encode())
+        if request.method == "POST":
+            origin = request.headers.get("origin") or request.headers.get("referer")
+            if origin and origin != "null" and _hostname(urllib.parse.urlsplit(origin).netloc) != host:
+                return Response(403, b"forbidden: the form was sent from another site\n")
+            if origin == "null":
+                return Response(403, b"forbidden: the form was sent from an opaque origin\n")
+        return None
+
+    def _ours(self, host: str) -> bool:
+        if not host:
+            return False
+        try:
+            ipaddress.ip_address(host)
+            return True  # an address literal: no other site's name can stand for it
+        except ValueError:
+            return host in self.names
 
     def _authorized(self, request: Request) -> Response | None:
         """None when the request may proceed. The token comes once as ``?token=`` (then a
         cookie holds it) or as ``Authorization: Bearer``; compared in constant time."""
         if self.token is None:
             return None
-        query = urllib.parse.parse_qs(urllib.parse.urlsplit(request.target).query)
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(request.target).query, errors="surrogateescape")
         cookies = dict(c.strip().split("=", 1) for c in request.headers.get("cookie", "").split(";") if "=" in c)
         bearer = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
         given = (query.get("token") or [""])[-1]
@@ -109,7 +149,7 @@ class Web:
     def _route(self, request: Request) -> Response:
         url = urllib.parse.urlsplit(request.target)
         method, form = request.method, request.form
-        query = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}
+        query = _query(url.query)
         routes: dict[str, Callable[[dict[str, str]], Response]] = {
             "/": self.status, "/panel": self.panel, "/search": self.search, "/file": self.file,
             "/thumb": self.thumb, "/sidecar": self.sidecar, "/app.css": lambda q: Response(200, CSS.encode(),
@@ -123,16 +163,22 @@ class Web:
     # --- paths -----------------------------------------------------------------------------------
 
     def inside(self, raw: str | None) -> Path | None:
-        """The file ``raw`` names, when it resolves to a regular file inside a watch; else None."""
+        """The file ``raw`` names, as given (normalised), when it is input its watch accepts (no
+        hidden file, no excluded folder, a media extension) and resolves to a regular file
+        inside that watch; else None. A user's passwords.txt beside a photo is not ours to show."""
         if not raw or "\0" in raw or not os.path.isabs(raw):
             return None
+        given = Path(os.path.normpath(raw))
+        watch = self.config.watch_for(given)
+        if watch is None or self.filters[watch.path].reason(given) is not None:
+            return None
         try:
-            path = Path(raw).resolve(strict=True)
+            path = given.resolve(strict=True)
         except (OSError, RuntimeError):
             return None
         if not path.is_file() or not any(path.is_relative_to(root) for root in self.watch_roots):
             return None
-        return path
+        return given
 
     # --- status ----------------------------------------------------------------------------------
 
@@ -143,7 +189,7 @@ class Web:
         return Response(200, self._panel().encode())
 
     def _panel(self) -> str:
-        j = self.journal
+        j = self.reader
         daemon = json.loads(j.meta("daemon") or "{}")
         running = j.daemon_running()
         counts = j.counts()
@@ -181,7 +227,7 @@ class Web:
         refreshes every 3 s."""
         now = time.monotonic()
         if self._stats is None or now - self._stats[0] > STATS_SECONDS:
-            self._stats = (now, self.journal.index_stats())
+            self._stats = (now, self.reader.index_stats())
         return self._stats[1]
 
     def _daemon_line(self, daemon: dict[str, Any], running: bool) -> str:
@@ -211,7 +257,8 @@ class Web:
         if not text:
             return page("Search", form)
         try:
-            hits = self.journal.search(text, query.get("task") or None, None, query.get("kind") or None, 60)
+            hits = self.reader.search(text, query.get("task") or None, None, query.get("kind") or None, 60,
+                                      budget=SEARCH_BUDGET)
         except SearchError as exc:
             return page("Search", form + f'<p class="err">{e(exc)}</p>')
         cards = "".join(self._card(h) for h in hits)
@@ -244,7 +291,7 @@ class Web:
         if path is None:
             return not_found()
         doc = self._sidecar_doc(path) or {}
-        job = self.journal.get(str(path))
+        job = self.reader.get(str(path))
         rows = "".join(
             f"<h3>{e(name)}</h3><table><tr><td>result</td><td><pre>{e(_show(entry.get('result', entry.get('error'))))}"
             f"</pre></td></tr><tr><td>prompt</td><td>{e(entry.get('prompt'))}</td></tr><tr><td>fingerprint</td>"
@@ -253,8 +300,11 @@ class Web:
             for name, entry in (doc.get("tasks") or {}).items() if isinstance(entry, dict))
         model = doc.get("model") or {}
         history = _history(job)
+        watch = self.config.watch_for(path)
+        assert watch is not None
+        names = [Target.for_media(path, watch.output, watch.path).json_path.name, *(doc.get("outputs") or {})]
         links = "".join(f'<li><a href="/sidecar?path={q(str(path))}&name={q(n)}">{e(n)}</a></li>'
-                        for n in [path.name + ".smolvlm.json", *(doc.get("outputs") or {})])
+                        for n in names if doc)
         body = (f"<h1>{e(path.name)}</h1><p>{e(path)}</p><img src=\"/thumb?path={q(str(path))}&size={PREVIEW_EDGE}\" "
                 f'alt="{e(path.name)}" style="max-width:100%;max-height:70vh">{history}'
                 f"<p>model {e(model.get('id'))} ({e(model.get('backend'))}, {e(model.get('device'))})</p>{rows}"
@@ -262,18 +312,23 @@ class Web:
         return page(path.name, body)
 
     def sidecar(self, query: dict[str, str]) -> Response:
-        """A sidecar of a served file, as plain text (never as HTML)."""
+        """A sidecar of a served file, as plain text (never as HTML): only one the journal
+        records we wrote for it (or its JSON sidecar), at most SIDECAR_BYTES of it read."""
         media = self.inside(query.get("path"))
         name = query.get("name", "")
-        if media is None or "/" in name or not name.startswith(media.name[:1]):
+        if media is None:
             return not_found()
         watch = self.config.watch_for(media)
+        job = self.reader.get(str(media))
         assert watch is not None
-        folder = Target.for_media(media, watch.output, watch.path).json_path.parent
-        target = folder / name
-        if not target.is_file() or target.is_symlink():
+        target = Target.for_media(media, watch.output, watch.path)
+        if job is None or name not in {target.json_path.name, *(job.outputs or {})}:
             return not_found()
-        return Response(200, target.read_bytes()[:4_000_000], "text/plain; charset=utf-8")
+        path = target.folder / name
+        if not path.is_file() or path.is_symlink():
+            return not_found()
+        with open(path, "rb") as f:
+            return Response(200, f.read(SIDECAR_BYTES), "text/plain; charset=utf-8")
 
     # --- thumbnails ------------------------------------------------------------------------------
 
@@ -336,6 +391,14 @@ class Web:
         return total
 
 
+def _hostname(netloc: str) -> str:
+    """The host of a Host header or an origin's netloc, lower-cased, without port or brackets."""
+    netloc = netloc.strip().lower().rsplit("@", 1)[-1]
+    if netloc.startswith("["):
+        return netloc[1:].split("]", 1)[0]
+    return netloc.rsplit(":", 1)[0] if netloc.count(":") == 1 else netloc
+
+
 def _where(hit: Any) -> str:
     if hit.page is not None:
         return f"page {hit.page}"
@@ -360,8 +423,15 @@ def _short(result: Any, limit: int = 160) -> str:
 
 
 def q(value: str) -> str:
-    """A value in a URL's query string (then HTML-escaped by the caller's ``e`` where needed)."""
-    return e(urllib.parse.quote(value, safe="/"))
+    """A value in a URL's query string (then HTML-escaped by the caller's ``e`` where needed):
+    a path's own bytes, percent-encoded, so any name comes back as it is (``_query``)."""
+    return e(urllib.parse.quote(os.fsencode(value), safe="/"))
+
+
+def _query(text: str) -> dict[str, str]:
+    """A query string's values, each the last given, bytes that are not UTF-8 kept as the file
+    system's own (a Latin-1 name is found again)."""
+    return {k: v[-1] for k, v in urllib.parse.parse_qs(text, encoding="utf-8", errors="surrogateescape").items()}
 
 
 def _show(value: Any) -> str:

@@ -211,3 +211,141 @@ def test_serve_shows_a_journal_without_the_daemon(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+
+
+def _raw(base: str, head: str, wait: float = 5.0) -> str:
+    """One request as bytes on a socket (headers only: a body promised and never sent), and the
+    status line of the answer."""
+    import socket
+
+    host, port = urllib.parse.urlsplit(base).netloc.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=wait) as s:
+        s.sendall(head.encode())
+        return s.recv(200).decode(errors="replace").splitlines()[0]
+
+
+def test_only_what_is_ours_is_served_to_this_host_and_bodies_are_bounded(site):
+    """Issue 26, 1-4: any file under a watch was served (a .env, passwords beside a photo); a
+    rebinding Host got the page and could POST; a body of any size was buffered; a 1 GiB
+    sidecar was read whole."""
+    base, inbox = site["base"], site["inbox"]
+    photo = inbox / "beach.png"
+    (inbox / ".env").write_text("SECRET=1\n")
+    (inbox / "beach.png.passwords").write_text("hunter2\n")
+    (inbox / ".private").mkdir()
+    make_image(inbox / ".private" / "hidden.png")
+    for route, path, name in (("/sidecar", photo, "beach.png.passwords"), ("/sidecar", inbox / ".env", "x"),
+                              ("/thumb", inbox / ".env", ""), ("/file", inbox / ".private" / "hidden.png", ""),
+                              ("/thumb", inbox / ".private" / "hidden.png", "")):
+        code, _, body = _get(f"{base}{route}?path={urllib.parse.quote(str(path))}&name={name}")
+        assert code == 404 and b"hunter2" not in body and b"SECRET" not in body, (route, path, name)
+    big = inbox / "beach.png.txt"  # a recorded output, grown by someone to 6 MB
+    big.write_bytes(b"x" * 6_000_000)
+    code, _, body = _get(f"{base}/sidecar?path={urllib.parse.quote(str(photo))}&name=beach.png.txt")
+    assert code == 200 and len(body) == 4_000_000
+
+    port = urllib.parse.urlsplit(base).port
+    code, _, body = _get(base + "/", headers={"Host": "rebind.attacker.example"})
+    assert code == 403 and b"csrf" not in body.lower()
+    assert _get(base + "/", headers={"Host": f"localhost:{port}"})[0] == 200
+    assert _get(base + "/retry", data=b"path=/x&csrf=x", headers={"Host": "rebind.attacker.example",
+                                                                   "Origin": "http://rebind.attacker.example"})[0] == 403
+    assert _get(base + "/retry", data=b"path=/x&csrf=x", headers={"Origin": "http://evil.example"})[0] == 403
+
+    host = f"Host: 127.0.0.1:{port}\r\n"
+    assert _raw(base, f"POST /retry HTTP/1.1\r\n{host}Content-Length: -1\r\n\r\n") == "HTTP/1.0 400 Bad Request"
+    start = time.monotonic()
+    assert _raw(base, f"POST /retry HTTP/1.1\r\n{host}Content-Length: 209715200\r\n\r\n").endswith(
+        "413 Request Entity Too Large")
+    assert time.monotonic() - start < 2  # answered at once, nothing of the body read
+    assert _raw(base, f"POST /retry HTTP/1.1\r\n{host}Transfer-Encoding: chunked\r\n\r\n").endswith(
+        "411 Length Required")
+
+
+def test_a_heavy_search_is_bounded_and_never_holds_the_daemons_journal(tmp_path, tiny_model):
+    """Issue 26, 5: a /search of 1,000 OR terms took 52 s and held the journal the worker and
+    /metrics needed. The page reads through a connection of its own, queries are bounded in
+    words, and a search is stopped past its time budget."""
+    from smolvlm_watch.cli import load_checked
+    from smolvlm_watch.daemon import Daemon
+    from smolvlm_watch.search import Passage, SearchError
+
+    cfg = daemon_config(tmp_path, tiny_model, extra="web: {listen: '127.0.0.1:0'}\n")
+    daemon = Daemon(cfg, lambda: load_checked(cfg))
+    try:
+        daemon.http = daemon._listen()
+        reader = daemon.web.reader
+        assert reader is not daemon.journal and reader.readonly  # its own connection, read-only
+        base = f"http://{daemon.http[0].address}"
+        code, _, body = _get(base + "/search?q=" + urllib.parse.quote(" OR ".join(f"w{i:03d}" for i in range(1000))))
+        assert code == 200 and b"a search takes at most 32 words and 500 characters" in body
+        for i in range(3000):
+            daemon.journal.index(f"/x/{i}.png", "/x", "image", [Passage("caption", f"a sandy beach number {i}")])
+        with pytest.raises(SearchError, match="the search took longer than 0 s and was stopped"):
+            reader.search("sandy", budget=0.0)
+        assert len(reader.search("sandy", limit=5, budget=2.0)) == 5
+    finally:
+        daemon.stop()
+        daemon.shutdown()
+
+
+def test_a_reload_applies_listeners_token_and_watches(tmp_path, tiny_model, monkeypatch):
+    """Issue 26, 6: after SIGHUP a moved web.listen was not served, an added metrics.listen was
+    not, an added web.token_env was not enforced, and a removed watch's files were still served."""
+    import socket
+
+    from smolvlm_watch.cli import load_checked
+    from smolvlm_watch.daemon import Daemon
+
+    def free() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    first, moved, metrics = free(), free(), free()
+    cfg = daemon_config(tmp_path, tiny_model, extra=f"web: {{listen: '127.0.0.1:{first}'}}\n")
+    photo = make_image(tmp_path / "inbox" / "beach.png")
+    daemon = Daemon(cfg, lambda: load_checked(cfg))
+    try:
+        daemon.http = daemon._listen()
+        thumb = f"/thumb?path={urllib.parse.quote(str(photo))}"
+        assert _get(f"http://127.0.0.1:{first}{thumb}")[0] == 200
+        monkeypatch.setenv("SMOLVLM_WEB_TOKEN", "t0ken")
+        cfg.write_text(cfg.read_text().replace("web: {listen: '127.0.0.1:%d'}" % first,
+                                               "web: {listen: '127.0.0.1:%d', token_env: SMOLVLM_WEB_TOKEN}\n"
+                                               "metrics: {listen: '127.0.0.1:%d'}" % (first, metrics)))
+        daemon.reload()
+        assert _get(f"http://127.0.0.1:{first}/")[0] == 401  # the token is asked for at once
+        assert _get(f"http://127.0.0.1:{first}/", headers={"Authorization": "Bearer t0ken"})[0] == 200
+        assert _get(f"http://127.0.0.1:{metrics}/metrics")[0] == 200
+        (tmp_path / "other").mkdir()
+        cfg.write_text(cfg.read_text().replace(f"127.0.0.1:{first}", f"127.0.0.1:{moved}")
+                       .replace("path: ./inbox", "path: ./other"))
+        daemon.reload()
+        with pytest.raises(urllib.error.URLError):
+            _get(f"http://127.0.0.1:{first}/")  # the old address is closed
+        auth = {"Authorization": "Bearer t0ken"}
+        assert _get(f"http://127.0.0.1:{moved}/", headers=auth)[0] == 200
+        assert _get(f"http://127.0.0.1:{moved}{thumb}", headers=auth)[0] == 404  # its watch was removed
+        monkeypatch.delenv("SMOLVLM_WEB_TOKEN")
+        daemon.reload()  # the token's variable is gone: refused, never served without a token
+        assert daemon.restart_needed is None and _get(f"http://127.0.0.1:{moved}/")[0] == 401
+    finally:
+        daemon.stop()
+        daemon.shutdown()
+
+
+def test_a_latin1_file_name_is_shown_linked_and_found(site):
+    """Issue 27, 1: a name that is not UTF-8 (`Rechnung M\\xfcller` from an SMB share) made `/`,
+    the panel and search answer 500 UnicodeEncodeError until the failure was cleared."""
+    base, inbox, db = site["base"], site["inbox"], site["db"]
+    latin = inbox / os.fsdecode(b"Rechnung M\xfcller.png")
+    make_image(latin, color=(9, 99, 9))
+    wait_for(lambda: journal_states(db).get(str(latin)) == "done", 60, what="the Latin-1 file done")
+    for route in ("/", "/panel"):
+        code, _, body = _get(base + route)
+        assert code == 200 and "Rechnung M\ufffdller.png" in body.decode(), route
+    link = "/file?path=" + urllib.parse.quote(os.fsencode(str(latin)), safe="/")
+    code, _, body = _get(base + link)
+    assert code == 200 and "journal: done" in body.decode()
+    assert _get(base + "/thumb?path=" + urllib.parse.quote(os.fsencode(str(latin)), safe="/"))[0] == 200
