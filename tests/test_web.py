@@ -248,8 +248,8 @@ def test_only_what_is_ours_is_served_to_this_host_and_bodies_are_bounded(site):
     code, _, body = _get(base + "/", headers={"Host": "rebind.attacker.example"})
     assert code == 403 and b"csrf" not in body.lower()
     assert _get(base + "/", headers={"Host": f"localhost:{port}"})[0] == 200
-    assert _get(base + "/retry", data=b"path=/x&csrf=x", headers={"Host": "rebind.attacker.example",
-                                                                   "Origin": "http://rebind.attacker.example"})[0] == 403
+    rebound = {"Host": "rebind.attacker.example", "Origin": "http://rebind.attacker.example"}
+    assert _get(base + "/retry", data=b"path=/x&csrf=x", headers=rebound)[0] == 403
     assert _get(base + "/retry", data=b"path=/x&csrf=x", headers={"Origin": "http://evil.example"})[0] == 403
 
     host = f"Host: 127.0.0.1:{port}\r\n"
@@ -311,9 +311,9 @@ def test_a_reload_applies_listeners_token_and_watches(tmp_path, tiny_model, monk
         thumb = f"/thumb?path={urllib.parse.quote(str(photo))}"
         assert _get(f"http://127.0.0.1:{first}{thumb}")[0] == 200
         monkeypatch.setenv("SMOLVLM_WEB_TOKEN", "t0ken")
-        cfg.write_text(cfg.read_text().replace("web: {listen: '127.0.0.1:%d'}" % first,
-                                               "web: {listen: '127.0.0.1:%d', token_env: SMOLVLM_WEB_TOKEN}\n"
-                                               "metrics: {listen: '127.0.0.1:%d'}" % (first, metrics)))
+        cfg.write_text(cfg.read_text().replace(f"web: {{listen: '127.0.0.1:{first}'}}",
+                                               f"web: {{listen: '127.0.0.1:{first}', token_env: SMOLVLM_WEB_TOKEN}}\n"
+                                               f"metrics: {{listen: '127.0.0.1:{metrics}'}}"))
         daemon.reload()
         assert _get(f"http://127.0.0.1:{first}/")[0] == 401  # the token is asked for at once
         assert _get(f"http://127.0.0.1:{first}/", headers={"Authorization": "Bearer t0ken"})[0] == 200
