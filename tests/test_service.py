@@ -38,12 +38,72 @@ def _analyze() -> str:
 
 @pytest.mark.parametrize("name, as_name", [("smolvlm-watch.service", "smolvlm-watch.service"),
                                            ("smolvlm-watch@.service", "smolvlm-watch@photos.service")])
-def test_units_pass_systemd_analyze_verify(tmp_path, name, as_name):
+@pytest.mark.parametrize("drop_in", [None, "listen.conf", "network.conf"])
+def test_units_pass_systemd_analyze_verify(tmp_path, name, as_name, drop_in):
+    """Each unit alone and with each drop-in README installs (issue 27, 3)."""
     tool = _analyze()
     unit = _installed_unit(tmp_path, name, as_name)
+    if drop_in:
+        folder = tmp_path / f"{as_name}.d"
+        folder.mkdir()
+        shutil.copy(UNITS / drop_in, folder / drop_in)
     proc = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.strip() == "", proc.stderr
+
+
+def test_listen_drop_in_opens_loopback_only_and_the_unit_waits_for_no_network():
+    listen = (UNITS / "listen.conf").read_text()
+    for line in ("PrivateNetwork=no", "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6", "IPAddressDeny=any",
+                 "IPAddressAllow=localhost"):
+        assert f"\n{line}\n" in listen, line
+    unit = (UNITS / "smolvlm-watch.service").read_text()
+    assert "network-online.target" not in unit.split("[Service]")[0].replace("systemd/network.conf adds the "
+                                                                              "network target too", "")
+    assert "Wants=network-online.target" in (UNITS / "network.conf").read_text()
+
+
+def _group(tool: str, name: str, seen: set[str]) -> set[str]:
+    """The system calls a SystemCallFilter group (or one call) stands for, nested groups expanded."""
+    if not name.startswith("@"):
+        return {name}
+    if name in seen:
+        return set()
+    seen.add(name)
+    out = subprocess.run([tool, "syscall-filter", name], capture_output=True, text=True, check=True).stdout
+    calls: set[str] = set()
+    for line in out.splitlines()[1:]:
+        item = line.strip()
+        if item and not item.startswith("#"):
+            calls |= _group(tool, item, seen)
+    return calls
+
+
+def test_the_units_syscall_filter_allows_every_call_a_sidecar_replacement_makes(tmp_path):
+    """Issue 27, 2: `~@privileged` took @chown with it, so atomic's fchown got EPERM and a
+    replaced sidecar lost its group under the unit. The calls are traced (strace) while a
+    Python process replaces a file keeping its group, and each must pass the unit's filter."""
+    tool, strace = _analyze(), shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed (.ci/run installs it)")
+    allowed: set[str] = set()
+    for line in (UNITS / "smolvlm-watch.service").read_text().splitlines():
+        if line.startswith("SystemCallFilter="):
+            value = line.split("=", 1)[1]
+            deny = value.startswith("~")
+            calls = set().union(*(_group(tool, n, set()) for n in value.lstrip("~").split()))
+            allowed = allowed - calls if deny else allowed | calls
+    target = tmp_path / "photo.jpg.xmp"
+    target.write_text("hers")
+    trace = tmp_path / "trace"
+    code = ("import pathlib; from smolvlm_watch.atomic import atomic_write; "
+            f"atomic_write(pathlib.Path({str(target)!r}), b'ours')")
+    subprocess.run([strace, "-f", "-qq", "-c", "-U", "name", "-o", str(trace), sys.executable, "-c", code],
+                   check=True, capture_output=True)
+    used = {line.split()[0] for line in trace.read_text().splitlines()[2:] if line.split() and line[0].isalpha()}
+    used -= {"syscall", "total"}
+    assert {"fchown", "fchmod", "fsync"} <= used, used  # the replacement's own calls were traced
+    assert sorted(used - allowed) == []
 
 
 def test_unit_security_exposure_within_readme_promise(tmp_path):
