@@ -801,6 +801,51 @@ def load(path: str | Path) -> Config:
     return parse(data, path.resolve().parent, path.resolve())
 
 
+@dataclass(frozen=True)
+class Names:
+    """The plugin names a config uses, each with its key path and kind (backend, task, output):
+    from a parsed Config, or read leniently from a file that does not parse, so that unknown
+    names are reported in the same pass as every other problem (``Registry.unknown``)."""
+
+    plugins: tuple[str, ...] = ()
+    used: tuple[tuple[str, str, str], ...] = ()
+
+
+def names(config: Config) -> Names:
+    used = [("model.backend", "backend", config.model.backend), *((f"tasks.{n}", "task", n) for n in config.tasks)]
+    for i, w in enumerate(config.watches):
+        used += [(f"watches[{i}].tasks[{j}]", "task", n) for j, n in enumerate(w.tasks)]
+        used += [(f"watches[{i}].outputs[{j}]", "output", n) for j, n in enumerate(w.outputs)]
+    return Names(config.plugins, tuple(used))
+
+
+def raw_names(path: str | Path) -> Names:
+    """``names`` of a file that did not parse, as far as its YAML can be read."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return Names()
+    if not isinstance(data, dict):
+        return Names()
+    model, tasks, watches = (data.get(k) for k in ("model", "tasks", "watches"))
+    used: list[tuple[str, str, str]] = []
+    if isinstance(model, dict) and isinstance(model.get("backend"), str):
+        used.append(("model.backend", "backend", model["backend"]))
+    used += [(f"tasks.{n}", "task", n) for n in (tasks if isinstance(tasks, dict) else {}) if isinstance(n, str)]
+    for i, w in enumerate(watches if isinstance(watches, list) else []):
+        w = w if isinstance(w, dict) else {}
+        for j, t in _listed(w.get("tasks")):
+            name = next(iter(t)) if isinstance(t, dict) and len(t) == 1 else t
+            if isinstance(name, str):
+                used.append((f"watches[{i}].tasks[{j}]", "task", name))
+        used += [(f"watches[{i}].outputs[{j}]", "output", o) for j, o in _listed(w.get("outputs")) if isinstance(o, str)]
+    return Names(tuple(p for _, p in _listed(data.get("plugins")) if isinstance(p, str)), tuple(used))
+
+
+def _listed(value: Any) -> list[tuple[int, Any]]:
+    return list(enumerate(value)) if isinstance(value, list) else []
+
+
 def with_model(config: Config, model: str) -> Config:
     """The config with ``--model`` applied: an existing folder is a local path, anything else a hub id."""
     if Path(model).expanduser().is_dir():

@@ -311,7 +311,6 @@ class Supervisor:
         self.interval = watchdog_interval()
         now = time.monotonic()
         self.last_ping = self.last_rescan = self.last_health = self.last_status = now
-        self.observers_ok = True
 
     def tick(self, now: float | None = None) -> None:
         d = self.d
@@ -324,12 +323,12 @@ class Supervisor:
             d.reconciler.gone(armed)
         if now - self.last_health >= HEALTH_INTERVAL:
             self.last_health = now
-            self.observers_ok = d.watches.healthy()
+            d.watches.healthy()
         if now - self.last_rescan >= d.config.state.rescan_interval:
             self.last_rescan = now
             d.scan_all()
         healthy = d.worker.healthy(d.config.state.item_timeout)
-        if self.interval and now - self.last_ping >= self.interval and self.observers_ok and healthy:
+        if self.interval and now - self.last_ping >= self.interval and healthy:
             self.last_ping = now
             notify("WATCHDOG=1")
         if now - self.last_status >= STATUS_INTERVAL:
@@ -342,16 +341,17 @@ class Supervisor:
             d.log.error("job_over_time_limit", paths=list(d.queue.taken), item_timeout=d.config.state.item_timeout)
 
     def trouble(self) -> str | None:
-        """What is wrong in words (``/healthz``): None while all is well. A stuck worker or a
-        dead observer also stop the watchdog pings; a watch that missed live events does not
-        (its rescans still find the files, and it moves to polling by itself)."""
+        """What is wrong in words (``/healthz``): None while all is well. Only a stuck worker
+        stops the watchdog pings (a restart can cure it); a folder that is missing or not
+        mounted, a watch that missed live events, a model server out of reach are shown here
+        and in ``status`` while they last, but restarting the daemon would not bring them back."""
         why = self.d.worker.trouble(self.d.config.state.item_timeout) or self.d.worker.outage.describe()
         if why is not None:
             return why
-        if not self.observers_ok:
-            return "a folder observer stopped (see the log)"
-        degraded = [f"watch {a.watch.path}: {a.degraded}" for a in self.d.watches.armed if a.degraded]
-        return "; ".join(degraded) or None
+        watches = [f"watch {a.watch.path} unavailable: {a.unavailable}" if a.unavailable
+                   else f"watch {a.watch.path}: {a.degraded}" for a in self.d.watches.armed
+                   if a.unavailable or a.degraded]
+        return "; ".join(watches) or None
 
     def _settled(self, armed: ArmedWatch) -> None:
         d = self.d

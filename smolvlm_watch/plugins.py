@@ -17,7 +17,7 @@ from collections.abc import Iterable
 import pluggy
 
 from . import hookspecs
-from .config import Config, ConfigError
+from .config import Config, ConfigError, Names, names
 from .engine import Backend, Engine
 from .sidecar import Writer
 from .tasks import Task
@@ -134,7 +134,7 @@ class Registry:
         """What only the loaded plugins can tell about a config: every task, writer and backend
         it names exists, every task's options fit its schema, the backend has what it needs.
         Raises one ConfigError listing every problem with its key path."""
-        problems = self._names(config)
+        problems = self.unknown(names(config))
         for name, task_config in config.tasks.items():
             if name in self.tasks:
                 problems += self.tasks[name].obj.check_options(task_config.options, f"tasks.{name}",
@@ -149,19 +149,11 @@ class Registry:
         if problems:
             raise ConfigError(problems, str(config.source) if config.source else None)
 
-    def _names(self, config: Config) -> list[str]:
-        def unknown(where: str, what: str, name: str, table: dict[str, Any]) -> list[str]:
-            return [] if name in table else [f"{where}: unknown {what} {name!r} (known: {', '.join(sorted(table))})"]
-
-        problems = unknown("model.backend", "backend", config.model.backend, self.backends)
-        for name in config.tasks:
-            problems += unknown(f"tasks.{name}", "task", name, self.tasks)
-        for i, watch in enumerate(config.watches):
-            for j, name in enumerate(watch.tasks):
-                problems += unknown(f"watches[{i}].tasks[{j}]", "task", name, self.tasks)
-            for j, name in enumerate(watch.outputs):
-                problems += unknown(f"watches[{i}].outputs[{j}]", "output", name, self.writers)
-        return problems
+    def unknown(self, names: Names) -> list[str]:
+        """Each name a config uses that no loaded plugin provides, with its key path."""
+        tables: dict[str, dict[str, Any]] = {"backend": self.backends, "task": self.tasks, "output": self.writers}
+        return [f"{where}: unknown {kind} {name!r} (known: {', '.join(sorted(tables[kind]))})"
+                for where, kind, name in names.used if name not in tables[kind]]
 
 
 def _distribution_version(plugin: str) -> str:

@@ -600,11 +600,10 @@ class WatchSet:
             raise
         return observer
 
-    def healthy(self) -> bool:
-        """Restart observers whose thread died or whose folder came back; True when all run.
-        A vanished or unmounted folder is marked unavailable, never taken as 'every file was
-        deleted'."""
-        ok = True
+    def healthy(self) -> None:
+        """Restart observers whose thread died or whose folder came back; move to polling a
+        watch out of inotify watches or deaf to live events. A vanished or unmounted folder is
+        marked unavailable (``ArmedWatch.unavailable``), never taken as 'every file was deleted'."""
         for armed in self.armed:
             if armed.exhausted and armed.mode == "native":
                 exc = armed.exhausted[0]
@@ -624,7 +623,6 @@ class WatchSet:
                 if was:
                     self.log.error("watch_unavailable", watch=str(armed.watch.path), error=armed.unavailable)
                 self._stop(armed)
-                ok = False
                 continue
             if set(armed.missing_mounts) - missing:
                 self.log.error("submount_unavailable", watch=str(armed.watch.path),
@@ -644,7 +642,6 @@ class WatchSet:
             self._stop(armed)
             self._arm(armed)
             self.on_dir(armed, armed.watch.path)  # catch up on what happened meanwhile
-        return ok
 
     def _demote(self, armed: ArmedWatch, why: str) -> None:
         """Move a native watch to polling, and look at whatever landed unseen meanwhile."""

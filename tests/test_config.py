@@ -23,6 +23,7 @@ state: {db: ./state/journal.sqlite}
 
 def test_minimal_contract_shape_resolves(write_config, run_cli, tmp_path):
     cfg = write_config(MINIMAL)
+    (tmp_path / "models" / "tiny").mkdir(parents=True)  # config check refuses a model.path that is not there
     code, out, err = run_cli("config", "check", cfg)
     assert code == 0, err
     assert f"path: {tmp_path / 'inbox'}" in out
@@ -171,3 +172,24 @@ def test_run_without_watches_refuses_to_start(tmp_path, write_config, run_cli, t
     code, _, err = run_cli("run", "-c", write_config(f"model: {{path: {tiny_model}}}\n"))
     assert code == 2
     assert "watches: none configured: the daemon would watch nothing (add a watches: entry;" in err
+
+
+def test_config_check_reports_every_problem_in_one_pass_and_flags_missing_folders(write_config, run_cli, tmp_path,
+                                                                                  tiny_model):
+    """Issue 27, 7: an unknown output name was reported only after the other errors were fixed;
+    `config check` passed a missing model.path folder and a missing watch folder."""
+    cfg = write_config("model: {path: ./model, threads: zero}\n"
+                       "watches: [{path: ./inbox, tasks: [caption, captoin], outputs: [json, jsno]}]\n")
+    code, _, err = run_cli("config", "check", cfg)
+    assert code == 2
+    assert "model.threads:" in err  # the parse's own problem ...
+    assert "watches[0].tasks[1]: unknown task 'captoin'" in err  # ... and the names, in the same pass
+    assert "watches[0].outputs[1]: unknown output 'jsno'" in err
+
+    cfg = write_config("model: {path: ./model}\nwatches: [{path: ./nas}]\n")
+    code, _, err = run_cli("config", "check", cfg)
+    assert code == 2 and f"model.path: {tmp_path / 'model'} is not a folder" in err
+    cfg = write_config(f"model: {{path: {tiny_model}}}\nwatches: [{{path: ./nas}}]\n")
+    code, out, _ = run_cli("config", "check", cfg)
+    assert code == 0 and (f"# warning: watches[0].path: {tmp_path / 'nas'} does not exist now (a share not mounted "
+                          "yet?); the daemon starts and shows this watch unavailable") in out

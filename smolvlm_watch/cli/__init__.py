@@ -26,12 +26,24 @@ def load_checked(path: str | Path | None, model: str | None = None) -> tuple[Con
     """The config (built-in defaults without a file), ``--model`` applied, validated against the
     plugins it loads: task and writer names, and each task's options. The one way every
     command and the daemon's reload read a config."""
-    config = configmod.load(path) if path else Config()
+    try:
+        config = configmod.load(path) if path else Config()
+    except ConfigError as exc:  # and the unknown names, in the same pass
+        raise ConfigError(exc.problems + _unknown_names(path), exc.source) from None
     if model:
         config = configmod.with_model(config, model)
     registry = Registry(config.plugins)
     registry.check(config)
     return config, registry
+
+
+def _unknown_names(path: str | Path | None) -> list[str]:
+    """The plugin names a config that does not parse uses and no plugin provides."""
+    found = configmod.raw_names(path) if path else configmod.Names()
+    try:
+        return Registry(found.plugins).unknown(found)
+    except PluginError:
+        return []  # its plugins cannot load: the parse's problems say enough for now
 
 
 def config_arg(p: argparse.ArgumentParser, required_help: str | None = None) -> None:

@@ -15,7 +15,7 @@ import structlog
 import yaml
 
 from .. import config as configmod, jsontext, logs
-from ..config import Config, WatchConfig
+from ..config import Config, ConfigError, WatchConfig
 from ..jsontext import printable
 from ..engine import Outage, Unreachable
 from ..pipeline import FileJob, FileResult, Pipeline
@@ -133,11 +133,22 @@ def _report(results: list[FileResult], as_json: bool, not_taken: dict[str, int])
 
 def cmd_config_check(args: argparse.Namespace) -> int:
     config, registry = load_checked(args.config)
+    if config.model.path is not None and not config.model.path.is_dir():
+        raise ConfigError([f"model.path: {config.model.path} is not a folder (build or copy the model there, or "
+                           "set model.id to a hub id)"], str(args.config))
     print(f"# {args.config}: valid")
     print(yaml.safe_dump(configmod.resolved(config), sort_keys=False, allow_unicode=True), end="")
-    for line in _ignored_remotely(config, registry):
+    for line in _ignored_remotely(config, registry) + _missing_folders(config):
         print(line)
     return EXIT_OK
+
+
+def _missing_folders(config: Config) -> list[str]:
+    """Watch folders that are not there now (comments after the YAML): a share not mounted yet
+    is fine to start with, and the daemon shows the watch unavailable until it appears."""
+    return [f"# warning: watches[{i}].path: {w.path} does not exist now (a share not mounted yet?); the daemon "
+            "starts and shows this watch unavailable in status, /healthz and /metrics until it appears"
+            for i, w in enumerate(config.watches) if not w.path.exists()]
 
 
 def _ignored_remotely(config: Config, registry: Any) -> list[str]:
