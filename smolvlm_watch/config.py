@@ -838,7 +838,8 @@ def raw_names(path: str | Path) -> Names:
             name = next(iter(t)) if isinstance(t, dict) and len(t) == 1 else t
             if isinstance(name, str):
                 used.append((f"watches[{i}].tasks[{j}]", "task", name))
-        used += [(f"watches[{i}].outputs[{j}]", "output", o) for j, o in _listed(w.get("outputs")) if isinstance(o, str)]
+        used += [(f"watches[{i}].outputs[{j}]", "output", o)
+                 for j, o in _listed(w.get("outputs")) if isinstance(o, str)]
     return Names(tuple(p for _, p in _listed(data.get("plugins")) if isinstance(p, str)), tuple(used))
 
 
