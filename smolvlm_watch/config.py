@@ -107,6 +107,8 @@ class TaskConfig:
     image: ImageSettings = ImageSettings()
     options: dict[str, Any] = field(default_factory=dict)
     video: dict[str, Any] = field(default_factory=dict)  # this task's own video sampling (fps, max_frames, mode)
+    when: str | None = None  # "always" (None) or "text-seen": on a photo, only where a first yes/no question says so
+    gate_prompt: str | None = None  # that question, when not the built-in one
     direct: frozenset[str] = field(default=frozenset(), metadata={"resolved": False})  # bookkeeping, not a key
 
     def over(self, base: TaskConfig) -> TaskConfig:
@@ -116,6 +118,8 @@ class TaskConfig:
             image=self.image.over(base.image),
             options={**base.options, **self.options},
             video={**base.video, **self.video},
+            when=self.when if self.when is not None else base.when,
+            gate_prompt=self.gate_prompt if self.gate_prompt is not None else base.gate_prompt,
             direct=base.direct | self.direct,
         )
 
@@ -456,7 +460,8 @@ def _model(r: _Reader, raw: Any) -> ModelConfig:
     )
 
 
-TASK_KEYS = ("prompt", "max_new_tokens", "options", "video") + _IMAGE_KEYS
+TASK_KEYS = ("prompt", "max_new_tokens", "options", "video", "when", "gate_prompt") + _IMAGE_KEYS
+WHEN = ("always", "text-seen")
 
 
 def _task(r: _Reader, raw: Any, where: str) -> TaskConfig:
@@ -470,6 +475,9 @@ def _task(r: _Reader, raw: Any, where: str) -> TaskConfig:
         image=_image(r, data, where),
         options=options,
         video=_task_video(r, data.get("video"), _join(where, "video")),
+        when=r.choice(data, "when", where, WHEN, None),
+        gate_prompt=r.get(data, "gate_prompt", where, lambda v: isinstance(v, str) and v.strip() != "",
+                          "a non-empty string"),
         direct=frozenset(map(str, direct)),
     )
 

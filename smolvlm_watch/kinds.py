@@ -20,7 +20,7 @@ from .config import DocumentConfig, ImageSettings, WatchConfig
 from .engine import fingerprint
 from .media import Limits, Media, MediaError, Opened, Sampling
 from .media.document import Document, page_media, pages_media
-from .tasks import Outcome, Planned, TaskEntry, Unit, skipped
+from .tasks import GATE_SUFFIX, Outcome, Planned, TaskEntry, Unit, gate_probe, skipped, text_seen
 
 
 class PageStore(Protocol):
@@ -123,10 +123,41 @@ class _Once(Work):
 
 
 class ImageWork(_Once):
-    """A photo: every task about the one image, in one unit."""
+    """A photo: every task about the one image, in one unit; a ``text-seen`` task (its ``gate``)
+    in a second round, only where its gate question, asked in the first with the others, did
+    not answer "no"."""
 
     def __init__(self, media: Media, todo: list[Planned]):
-        super().__init__(media, [Unit(media, tuple(todo))])
+        self.gated = {p.task.name + GATE_SUFFIX: p for p in todo if p.gate is not None}
+        first = [p for p in todo if p.gate is None] + [gate_probe(p) for p in self.gated.values()]
+        super().__init__(media, [Unit(media, tuple(first))])
+        self.answers: dict[str, str | None] = {}  # each gate question's answer, by its name
+        self.asked: dict[str, Planned] = {}  # the gated tasks running in the second round
+
+    def units(self) -> list[Unit]:
+        units = super().units()
+        if units or not self.gated:
+            return units
+        run = []
+        for probe, p in self.gated.items():
+            answer = self.answers.get(probe)
+            if text_seen(answer, self.media):
+                run.append(p)
+            else:
+                self.entries[p.task.name] = TaskEntry.gated_out(p, answer or "").as_json()
+        self.gated, self.asked = {}, {p.task.name: p for p in run}
+        return [Unit(self.media, tuple(run))] if run else []
+
+    def fold(self, unit: Unit, outcomes: list[Outcome]) -> None:
+        for o in outcomes:
+            if o.name in self.gated:
+                self.answers[o.name] = o.data.get("result")  # None when the question failed: the task runs
+            elif o.name in self.asked:
+                probe = o.name + GATE_SUFFIX
+                self.entries[o.name] = {**o.data, "gate": {"prompt": self.asked[o.name].gate,
+                                                           "answer": self.answers.get(probe)}}
+            else:
+                self.entries[o.name] = o.data
 
     def ahead(self) -> list[Unit]:
         return list(self._units)

@@ -12,8 +12,9 @@ a page's record (``page_fields``) and how the pages' results make one (``combine
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,16 +161,58 @@ class Planned:
     plugin_version: str
     fingerprint: str
     video: dict[str, Any] = field(default_factory=dict)  # the task's own video sampling, if any
+    gate: str | None = None  # ``when: text-seen``: the yes/no question asked first about a photo
 
 
 def plan(task: Task, config: TaskConfig, plugin: str, plugin_version: str, model_id: str,
          model_revision: str | None, model_image: ImageSettings) -> Planned:
     spec = task.spec(config)
+    gate = (config.gate_prompt or GATE_PROMPT) if config.when == "text-seen" else None
     fp = fingerprint(task.name, plugin, plugin_version, spec.prompt, spec.generation.as_dict(),
                      spec.image.over(model_image).as_dict(), spec.options, model_id, model_revision,
-                     *([config.video] if config.video else []))
+                     *([config.video] if config.video else []),
+                     *([{"gate": gate, "tokens": GATE_TOKENS, "image": GATE_IMAGE.as_dict()}] if gate else []))
     return Planned(task=task, spec=spec, plugin=plugin, plugin_version=plugin_version, fingerprint=fp,
-                   video=dict(config.video))
+                   video=dict(config.video), gate=gate)
+
+
+# --- the gate (``tasks.NAME.when: text-seen``) -------------------------------------------------------
+
+GATE_PROMPT = "Is there any readable text in this image? Answer yes or no."
+GATE_TOKENS = 3
+GATE_IMAGE = ImageSettings(splitting=False)  # one tile: what caption and tags look at, one vision pass for all
+GATE_SUFFIX = ":gate"
+# For bench/throughput.py only, never set by a config: with random weights the gate's answer is
+# noise, so the bench decides it from the generated photo's truth (media -> text seen?) and
+# measures the mechanism's cost, not the model's judgement.
+GATE_ORACLE: Callable[[Media], bool] | None = None
+
+
+class _GateQuestion(Task):
+    """The yes/no question asked about a photo before a ``text-seen`` task, in the first round
+    with the other tasks (same tile, same vision pass), decoding a few tokens."""
+
+    media_kinds = frozenset({"image"})
+
+    def __init__(self, gated: str):
+        self.name = gated + GATE_SUFFIX
+
+
+def gate_probe(p: Planned) -> Planned:
+    """The gate question of a ``text-seen`` task, planned as a task of its own."""
+    assert p.gate is not None
+    spec = TaskSpec(prompt=p.gate, max_new_tokens=GATE_TOKENS, image=GATE_IMAGE, options={"loop_guard": False})
+    return Planned(task=_GateQuestion(p.task.name), spec=spec, plugin="smolvlm_watch", plugin_version="1",
+                   fingerprint="")
+
+
+def text_seen(answer: str | None, media: Media) -> bool:
+    """Whether the gate lets the task run: only a clear "no" (any case, with punctuation) keeps
+    it from running; a failed or garbled answer runs it, so text is never skipped on noise."""
+    if GATE_ORACLE is not None:
+        return GATE_ORACLE(media)
+    words = re.sub(r"[^a-z]+", " ", (answer or "").lower()).split()
+    return not (words and words[0] == "no")
 
 
 _ABSENT: Any = object()
@@ -185,6 +228,7 @@ class TaskEntry:
     raw: Any = _ABSENT
     error: Any = _ABSENT
     skipped: Any = _ABSENT
+    gate: Any = _ABSENT
     prompt: Any = _ABSENT
     generation: Any = _ABSENT
     plugin: Any = _ABSENT
@@ -219,10 +263,19 @@ class TaskEntry:
         return cls(error=message, plugin=p.plugin, plugin_version=p.plugin_version, fingerprint=p.fingerprint)
 
     @classmethod
+    def gated_out(cls, p: Planned, answer: str) -> TaskEntry:
+        """A ``text-seen`` task its gate answered "no" for: not run, and the sidecar says why."""
+        return cls(skipped=NO_TEXT_SEEN, gate={"prompt": p.gate, "answer": answer}, plugin=p.plugin,
+                   plugin_version=p.plugin_version, fingerprint=p.fingerprint)
+
+    @classmethod
     def skipped_for(cls, p: Planned, kind: str) -> TaskEntry:
         """The entry of a task that does not accept this kind of media."""
         return cls(skipped=f"task {p.task.name!r} does not accept {kind} files", plugin=p.plugin,
                    plugin_version=p.plugin_version)
+
+
+NO_TEXT_SEEN = "no text seen"
 
 
 def _settings(p: Planned) -> dict[str, Any]:

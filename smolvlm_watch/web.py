@@ -293,7 +293,7 @@ class Web:
         doc = self._sidecar_doc(path) or {}
         job = self.reader.get(str(path))
         rows = "".join(
-            f"<h3>{e(name)}</h3><table><tr><td>result</td><td><pre>{e(_show(entry.get('result', entry.get('error'))))}"
+            f"<h3>{e(name)}</h3><table><tr><td>result</td><td><pre>{e(_outcome(entry))}"
             f"</pre></td></tr><tr><td>prompt</td><td>{e(entry.get('prompt'))}</td></tr><tr><td>fingerprint</td>"
             f"<td>{e(entry.get('fingerprint'))}</td></tr><tr><td>seconds</td><td>{e(entry.get('seconds'))}</td></tr>"
             f"<tr><td>plugin</td><td>{e(entry.get('plugin'))} {e(entry.get('plugin_version'))}</td></tr></table>"
@@ -432,6 +432,17 @@ def _query(text: str) -> dict[str, str]:
     """A query string's values, each the last given, bytes that are not UTF-8 kept as the file
     system's own (a Latin-1 name is found again)."""
     return {k: v[-1] for k, v in urllib.parse.parse_qs(text, encoding="utf-8", errors="surrogateescape").items()}
+
+
+def _outcome(entry: dict[str, Any]) -> str:
+    """A task's entry as the file page shows it: its result, its error, or why it was skipped."""
+    if "result" in entry:
+        return _show(entry["result"])
+    if "skipped" in entry:
+        gate = entry.get("gate")
+        return f"skipped: {entry['skipped']}" + (f" (gate answered {gate.get('answer')!r})"
+                                                  if isinstance(gate, dict) else "")
+    return _show(entry.get("error"))
 
 
 def _show(value: Any) -> str:

@@ -21,7 +21,7 @@ from ..plugins import PluginError
 from ..progress import Progress
 from ..reconcile import Reconciler
 from ..atomic import atomic_write
-from ..sidecar import Target, Writer, orphaned, read_regular
+from ..sidecar import SidecarError, Target, Writer, orphaned, read_json, read_regular
 from ..watcher import MediaFilter, scan
 from . import EXIT_FAILED, EXIT_OK, config_arg, load_checked
 
@@ -147,11 +147,32 @@ def cmd_explain(args: argparse.Namespace) -> int:
     else:
         lines.append(f"journal: {job.state}, attempts {job.attempts}"
                      + (f", last error: {job.last_error}" if job.last_error else ""))
+    lines += _results(target)
     exists = os.path.lexists(path)
     lines.append("verdict: " + (_verdict(path, why_not, job, pipeline.fingerprint(watch), watch) if exists
                                 else "the file does not exist"))
     print(printable("\n".join(lines)))
     return EXIT_OK if exists else EXIT_FAILED
+
+
+def _results(target: Target) -> list[str]:
+    """Each task's entry in the file's sidecar, one line each: done, failed, or skipped and why."""
+    try:
+        doc = read_json(target.json_path)
+    except SidecarError as exc:
+        return [f"results: {exc}"]
+    lines = []
+    for name, entry in ((doc or {}).get("tasks") or {}).items():
+        if "error" in entry:
+            lines.append(f"{name}: failed — {entry['error']}")
+        elif "skipped" in entry:
+            gate = entry.get("gate")
+            lines.append(f"{name}: skipped — {entry['skipped']}"
+                         + (f" (gate answered {gate.get('answer')!r})" if isinstance(gate, dict) else ""))
+        else:
+            lines.append(f"{name}: done" + (f" (gate answered {entry['gate'].get('answer')!r})"
+                                            if isinstance(entry.get("gate"), dict) else ""))
+    return lines
 
 
 def _decoder(path: Path, limits: Limits) -> str:
