@@ -3,6 +3,7 @@
     python bench/throughput.py --preset 256M --device cpu --images 4 --tasks caption,tags,ocr
     python bench/throughput.py --quick          # tiny model, CI smoke run
     python bench/throughput.py --quantize int8 --task-defaults   # one of bench/engines.py's rows
+    python bench/throughput.py --mix 0.2 --isa avx2  # OCR's gate on a library where 20% of photos show text
 
 Builds (and caches under bench/.cache) the preset model with random weights, writes a fixed
 seeded set of images, then measures in ONE run, each phase in a fresh subprocess so peak memory is
@@ -10,6 +11,15 @@ its own: (a) the reference loop exactly as the docs write it, one image and one 
 (b) smolvlm-watch's `process` path on the same files (decode, resize, infer, parse, write
 sidecars). Both decode exactly max_new_tokens tokens (min_new_tokens = max_new_tokens, loop guard
 off), at the processor's default image settings. Prints one JSON line per configuration.
+
+``--mix F`` measures OCR's gate (``tasks.ocr.when: text-seen``) instead: a seeded library where a
+fraction F of the photos carry text, caption + tags + OCR at the tasks' own image settings, run
+once with ``when: always`` and once with ``text-seen``, and prints seconds per photo for each and
+``mix_ratio`` (always over text-seen). With random weights the gate's answer is noise, so the
+bench decides it from each photo's truth through ``tasks.GATE_ORACLE``, a hook for this bench
+only (no config key reaches it): it measures the mechanism's cost, not the model's judgement.
+``--isa avx2`` caps oneDNN and ATen at AVX2 in every phase (an N100/J4125-class NAS CPU) and the
+rows say which ISA ran.
 """
 
 from __future__ import annotations
@@ -35,21 +45,27 @@ PROMPTS = {
 }
 
 
-def make_images(folder: Path, count: int, size: tuple[int, int], seed: int = 1234) -> list[Path]:
+def make_images(folder: Path, count: int, size: tuple[int, int], seed: int = 1234,
+                text_fraction: float | None = None) -> list[Path]:
+    """Seeded photos; with ``text_fraction``, that share of them (exactly, rounded) carries text and
+    is named ``bench-NNNN-text.jpg``, the others carry none."""
     from PIL import Image, ImageDraw
 
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)
+    with_text = set(rng.sample(range(count), round(count * text_fraction))) if text_fraction is not None else None
     paths = []
     for i in range(count):
         img = Image.new("RGB", size, tuple(rng.randrange(256) for _ in range(3)))
         draw = ImageDraw.Draw(img)
+        text = with_text is None or i in with_text
         for _ in range(40):
             x, y = rng.randrange(size[0]), rng.randrange(size[1])
             draw.rectangle((x, y, x + rng.randrange(20, 300), y + rng.randrange(10, 200)),
                            fill=tuple(rng.randrange(256) for _ in range(3)))
-            draw.text((x, y), f"line {rng.randrange(10_000)}", fill=(0, 0, 0))
-        path = folder / f"bench-{i:04d}.jpg"
+            if text:
+                draw.text((x, y), f"line {rng.randrange(10_000)}", fill=(0, 0, 0))
+        path = folder / f"bench-{i:04d}{'-text' if with_text is not None and text else ''}.jpg"
         img.save(path, "JPEG", quality=90)
         paths.append(path)
     return paths
@@ -139,6 +155,11 @@ def phase_ours(args, images: list[Path], tasks: list[str]) -> dict:
     tiles = {} if args.task_defaults else {"image_splitting": True}
     task_cfg = {t: {"max_new_tokens": args.max_new_tokens, "prompt": PROMPTS[t], **tiles,
                     "options": {"min_new_tokens": args.max_new_tokens, "loop_guard": False}} for t in tasks}
+    if args.when and "ocr" in task_cfg:
+        task_cfg["ocr"]["when"] = args.when
+        from smolvlm_watch import tasks as tasks_module
+
+        tasks_module.GATE_ORACLE = lambda media: media.info.path.endswith("-text.jpg")  # the photo's truth
     raw = {"model": {"path": args.model, "device": args.device, "dtype": args.dtype, "quantize": args.quantize},
            "tasks": task_cfg, "runtime": {"compile": args.compile, **({"max_batch": args.batch} if args.batch else {})},
            "watches": [{"path": str(folder), "tasks": tasks, "outputs": ["json"], "policy": "overwrite"}]}
@@ -154,8 +175,15 @@ def phase_ours(args, images: list[Path], tasks: list[str]) -> dict:
     if failed:
         raise SystemExit(f"bench: {len(failed)} files failed: {failed[0].error}")
     return {"seconds": seconds, "vision_passes": runtime.vision_passes, "prefill_tokens": runtime.prefill_tokens,
-            "batch": runtime.max_batch(),
+            "batch": runtime.max_batch(), "isa": _isa(),
             "dtype": runtime.dtype, **_peaks(args.device)}
+
+
+def _isa() -> str:
+    """The instruction set ATen dispatches to in this process (avx2, avx512, ...)."""
+    import torch
+
+    return str(torch.backends.cpu.get_cpu_capability()).lower()
 
 
 def latency(args, image: Path) -> dict:
@@ -218,7 +246,10 @@ def _peaks(device: str) -> dict:
             "peak_gpu_mb": round(gpu, 1)}
 
 
-def run_phase(args, phase: str) -> dict:
+ISA_CAP = {"avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}}
+
+
+def run_phase(args, phase: str, when: str | None = None) -> dict:
     cmd = [sys.executable, __file__, "--phase", phase, "--model", str(args.model), "--device", args.device,
            "--dtype", args.dtype,
            "--tasks", args.tasks, "--max-new-tokens", str(args.max_new_tokens), "--images-dir", str(args.images_dir)]
@@ -228,8 +259,11 @@ def run_phase(args, phase: str) -> dict:
         cmd.append("--compile")
     if args.task_defaults:
         cmd.append("--task-defaults")
+    if when:
+        cmd += ["--when", when]
     cmd += ["--quantize", args.quantize]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    env = {**os.environ, **ISA_CAP.get(args.isa or "", {})}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"bench phase {phase} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -252,6 +286,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--task-defaults", action="store_true",
                    help="each task's own image settings (caption and tags one tile) instead of 13 tiles for all")
     p.add_argument("--quick", action="store_true", help="tiny model, 2 images, 8 tokens: a smoke run for CI")
+    p.add_argument("--mix", type=float, default=None, metavar="F",
+                   help="OCR's gate: the share of photos with text (e.g. 0.2); always against text-seen")
+    p.add_argument("--isa", choices=["avx2"], default=None, help="cap the CPU instruction set in every phase")
+    p.add_argument("--when", choices=["always", "text-seen"], help=argparse.SUPPRESS)
     p.add_argument("--phase", choices=["reference", "ours", "latency"], help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--images-dir", help=argparse.SUPPRESS)
@@ -269,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.quick:
         args.preset, args.images, args.max_new_tokens = "tiny", 2, 8
+    if args.mix is not None:
+        return mix(args, tasks)
     named = {"page": PAGE, "camera": CAMERA}
     size = named.get(args.size or "") or (tuple(map(int, args.size.split("x"))) if args.size else PHOTO)
     args.model = model_dir(args.preset)
@@ -301,6 +341,32 @@ def main(argv: list[str] | None = None) -> int:
         "peak_gpu_mb": ours["peak_gpu_mb"], "flop_per_image": round(flop_per_image),
         "device_peak_flops": round(peak), "roofline_fraction": round(flop_per_image * ips / peak, 4),
         **lat,
+    }))
+    return 0
+
+
+def mix(args, tasks: list[str]) -> int:
+    """OCR's gate on a mixed library: the same photos and engine, ``when: always`` against
+    ``text-seen``, in one run; each phase in its own subprocess."""
+    if args.quick:
+        args.images = 10
+    args.task_defaults = True
+    args.model = model_dir(args.preset)
+    with tempfile.TemporaryDirectory(prefix="smolvlm-bench-") as tmp:
+        args.images_dir = Path(tmp)
+        images = make_images(args.images_dir, args.images, PHOTO, text_fraction=args.mix)
+        always = run_phase(args, "ours", "always")
+        gated = run_phase(args, "ours", "text-seen")
+    n = len(images)
+    print(json.dumps({
+        "preset": args.preset, "device": args.device, "dtype": always["dtype"], "quantize": args.quantize,
+        "isa": always["isa"], "isa_capped": args.isa, "tasks": tasks, "images": n, "mix": args.mix,
+        "with_text": sum(p.name.endswith("-text.jpg") for p in images), "max_new_tokens": args.max_new_tokens,
+        "always_seconds_per_photo": round(always["seconds"] / n, 3),
+        "text_seen_seconds_per_photo": round(gated["seconds"] / n, 3),
+        "mix_ratio": round(always["seconds"] / gated["seconds"], 3),
+        "always_vision_passes": always["vision_passes"], "text_seen_vision_passes": gated["vision_passes"],
+        "peak_rss_mb": max(always["peak_rss_mb"], gated["peak_rss_mb"]),
     }))
     return 0
 

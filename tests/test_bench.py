@@ -87,3 +87,13 @@ def test_engines_bench_quick_prints_every_engine_with_its_ratios_and_parts(tmp_p
         assert parts["torch, today's precision"]["vision_compiled_max_abs_drift"] < 1e-3
     assert all(len(p["vision_one_tile_ops_ms"]) == 5 for p in parts.values())
     assert "quantized::linear_dynamic" in parts["torch + int8 linear layers"]["vision_one_tile_ops_ms"]
+
+
+def test_the_gate_bench_prints_its_ratio_on_a_mixed_library_and_caps_the_isa():
+    """Issue 29, 4-5: `--quick --mix 0.2` on the tiny model: 10 photos, 2 with text; always runs
+    OCR's own vision pass on all 10, text-seen on the 2 the gate lets through."""
+    [row] = _quick("throughput.py", "--mix", "0.2", "--isa", "avx2")
+    assert (row["images"], row["with_text"], row["mix"]) == (10, 2, 0.2)
+    assert row["always_vision_passes"] == 20 and row["text_seen_vision_passes"] == 12
+    assert row["mix_ratio"] > 0 and row["always_seconds_per_photo"] > 0 and row["text_seen_seconds_per_photo"] > 0
+    assert row["isa"] == "avx2" and row["isa_capped"] == "avx2"
