@@ -461,9 +461,10 @@ def test_inotify_exhausted_after_start_switches_the_watch_to_polling(tmp_path, r
     assert d.daemon.watches.armed[0].mode == "native"
     (tmp_path / "inbox" / "late").mkdir()
     img = make_image(tmp_path / "inbox" / "late" / "missed-by-inotify.png")
-    d.wait_done([img], timeout=30)
+    d.wait_done([img], timeout=30)  # found by the new folder's scan, watch or no watch
     armed = d.daemon.watches.armed[0]
-    assert armed.mode == "polling" and armed.reason == "inotify failed: No space left on device"
+    wait_for(lambda: armed.mode == "polling", 10, what="the move to polling")
+    assert armed.reason == "inotify failed: No space left on device"
 
 
 @pytest.mark.smoke
