@@ -97,7 +97,8 @@ _MIGRATIONS = (
      "CREATE TRIGGER jobs_forgotten AFTER DELETE ON jobs BEGIN DELETE FROM passages WHERE path = old.path; END"),
     # 3: when a file's passages were last taken (a sidecar newer than that, written by a `process`
     #    beside the daemon or kept while the journal was restored from a backup, is read again).
-    ("ALTER TABLE jobs ADD COLUMN indexed REAL",),
+    #    And what `status` and the panel count (done in the last hour) by an index, not a scan.
+    ("ALTER TABLE jobs ADD COLUMN indexed REAL", "CREATE INDEX jobs_finished ON jobs (state, finished)"),
 )
 
 
@@ -428,10 +429,13 @@ class Journal:
         """Take the next due job: live before backfill, oldest first; expired leases count as due."""
         now = self.now()
         with self._tx():
-            row = self._x(
-                "SELECT * FROM jobs WHERE (state = 'pending' AND next_attempt <= ?)"
-                " OR (state = 'running' AND lease_until < ?) ORDER BY priority, next_attempt, id LIMIT 1",
-                (now, now)).fetchone()
+            # Two lookups, each walking jobs_queue in its own order and stopping at the first row:
+            # one query ORing both states sorted every due row per lease (5.6 ms with 30,000 pending).
+            rows = [self._x(f"SELECT * FROM jobs WHERE state = ? AND {due} ORDER BY priority, next_attempt, id LIMIT 1",
+                            (state, now)).fetchone()
+                    for state, due in (("pending", "next_attempt <= ?"), ("running", "lease_until < ?"))]
+            row = min((r for r in rows if r is not None), key=lambda r: (r["priority"], r["next_attempt"], r["id"]),
+                      default=None)
             if row is None:
                 return None
             self._x("UPDATE jobs SET state = 'running', lease_until = ?, updated = ? WHERE id = ?",
@@ -441,8 +445,10 @@ class Journal:
     @_locked
     def next_due(self) -> float | None:
         """Seconds until the next pending job is due (0: one is due now), None when none waits."""
-        row = self._x("SELECT MIN(next_attempt) FROM jobs WHERE state = 'pending'").fetchone()
-        return None if row[0] is None else max(0.0, row[0] - self.now())
+        firsts = [self._x("SELECT MIN(next_attempt) FROM jobs WHERE state = 'pending' AND priority = ?",
+                          (priority,)).fetchone()[0] for priority in (LIVE, BACKFILL)]  # each: one index seek
+        due = min((f for f in firsts if f is not None), default=None)
+        return None if due is None else max(0.0, due - self.now())
 
     @_locked
     def release(self, job_id: int) -> None:
