@@ -10,46 +10,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 from collections.abc import Sequence
 
-from .. import __version__, config as configmod
-from ..config import Config, ConfigError
+from .. import __version__
+from ..config import ConfigError
 from ..engine import ModelLoadError
 from ..journal import JournalError
-from ..plugins import PluginError, Registry
+from ..plugins import PluginError
+from .common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, config_arg, load_checked
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
-
-
-def load_checked(path: str | Path | None, model: str | None = None) -> tuple[Config, Registry]:
-    """The config (built-in defaults without a file), ``--model`` applied, validated against the
-    plugins it loads: task and writer names, and each task's options. The one way every
-    command and the daemon's reload read a config."""
-    try:
-        config = configmod.load(path) if path else Config()
-    except ConfigError as exc:  # and the unknown names, in the same pass
-        raise ConfigError(exc.problems + _unknown_names(path), exc.source) from None
-    if model:
-        config = configmod.with_model(config, model)
-    registry = Registry(config.plugins)
-    registry.check(config)
-    return config, registry
-
-
-def _unknown_names(path: str | Path | None) -> list[str]:
-    """The plugin names a config that does not parse uses and no plugin provides."""
-    found = configmod.raw_names(path) if path else configmod.Names()
-    try:
-        return Registry(found.plugins).unknown(found)
-    except PluginError:
-        return []  # its plugins cannot load: the parse's problems say enough for now
-
-
-def config_arg(p: argparse.ArgumentParser, required_help: str | None = None) -> None:
-    p.add_argument("-c", "--config", default=os.environ.get("SMOLVLM_WATCH_CONFIG", "config.yaml"),
-                   help=required_help or "config file (default: $SMOLVLM_WATCH_CONFIG or ./config.yaml)")
-
+__all__ = ["EXIT_CONFIG", "EXIT_FAILED", "EXIT_OK", "build_parser", "config_arg", "load_checked", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     from . import find, ops, process, run

@@ -18,7 +18,7 @@ from ..plugins import Registry
 from ..progress import Progress
 from ..search import Hit, SearchError, from_sidecar, highlighted, plain
 from ..watcher import MediaFilter, scan
-from . import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, config_arg, load_checked
+from .common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, config_arg, load_checked
 
 KINDS = ("image", "video", "document")
 

@@ -23,7 +23,7 @@ from ..reconcile import Reconciler
 from ..atomic import atomic_write
 from ..sidecar import SidecarError, Target, Writer, orphaned, read_json, read_regular
 from ..watcher import MediaFilter, scan
-from . import EXIT_FAILED, EXIT_OK, config_arg, load_checked
+from .common import EXIT_FAILED, EXIT_OK, config_arg, load_checked
 
 
 def _daemon(journal: Journal) -> dict[str, Any]:

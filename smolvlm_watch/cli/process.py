@@ -22,7 +22,7 @@ from ..pipeline import FileJob, FileResult, Pipeline
 from ..plugins import Provided
 from ..progress import Progress
 from ..watcher import MediaFilter, ScanReport, scan
-from . import EXIT_FAILED, EXIT_OK, load_checked
+from .common import EXIT_FAILED, EXIT_OK, load_checked
 
 log = structlog.get_logger("smolvlm_watch.process")
 

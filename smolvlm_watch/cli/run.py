@@ -13,7 +13,7 @@ from typing import Any
 from .. import logs
 from ..config import WEB_PORT, Address, ConfigError
 from ..daemon import Daemon
-from . import EXIT_OK, config_arg, load_checked
+from .common import EXIT_OK, config_arg, load_checked
 
 
 def cmd_run(args: argparse.Namespace) -> int:
