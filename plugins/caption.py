@@ -7,6 +7,7 @@ from smolvlm_watch.tasks import Task
 
 class Caption(Task):
     name = "caption"
+    role = "description"
     version = "1"
     description = "a detailed description of the image or video"
     default_prompt = "Describe this image in detail."

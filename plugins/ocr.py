@@ -13,6 +13,7 @@ def clean(text: str) -> str:
 
 class Ocr(Task):
     name = "ocr"
+    role = "text"
     version = "1"
     description = "extracts all text, keeping line breaks (also Cyrillic); written to a .txt sidecar"
     default_prompt = "Extract all text from this image. Keep the line breaks."

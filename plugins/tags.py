@@ -30,6 +30,7 @@ def parse_tags(text: str, max_tags: int, vocabulary=None) -> list[str]:
 
 class Tags(Task):
     name = "tags"
+    role = "keywords"
     version = "1"
     description = "keywords as a lower-cased, de-duplicated list (options: max_tags, vocabulary)"
     default_prompt = "List keywords that describe this image, separated by commas."

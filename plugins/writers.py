@@ -30,13 +30,13 @@ class TextWriter(Writer):
 
     def write(self, record: SidecarRecord, target: Target) -> dict[Path, str]:
         written = {}
-        text = record.result("ocr")
+        text = record.by_role("text")
         if isinstance(text, list):  # a video: text per timestamp
             text = "\n".join(f"[{timestamp_label(item['timestamp'])}] {item['text']}" for item in text)
         if isinstance(text, str):
             path = target.path(target.output.ocr_suffix)
             written[path] = target.write_text(path, text)
-        caption = record.result("caption")
+        caption = record.by_role("description")
         if target.output.caption_txt and isinstance(caption, str):
             path = target.path(".txt", replace_extension=True)
             written[path] = target.write_text(path, caption)
@@ -64,7 +64,7 @@ class XmpWriter(Writer):
         except FileNotFoundError:
             existing = None  # a new sidecar: it starts with what the photo itself says
         own = media.embedded(target.media) if existing is None else None
-        tags, ocr = record.result("tags"), record.result("ocr")
+        tags, ocr = record.by_role("keywords"), record.by_role("text")
         if isinstance(ocr, list):
             ocr = "\n".join(item["text"] for item in ocr)
         prompts = {name: entry.get("prompt") for name, entry in sorted(record.tasks.items()) if "prompt" in entry}
@@ -79,7 +79,7 @@ class XmpWriter(Writer):
         }
         try:
             packet = xmp.seeded(own.xmp, own.description, own.keywords) if own is not None else None
-            data = xmp.merge(existing, record.result("caption"), tags if isinstance(tags, list) else None,
+            data = xmp.merge(existing, record.by_role("description"), tags if isinstance(tags, list) else None,
                              ocr if isinstance(ocr, str) else None, provenance, target.output.xmp_keyword_parent,
                              packet)
         except xmp.XmpError as exc:

@@ -312,6 +312,7 @@ class Pipeline:
                 if on_disk != existing:
                     record = current(record, on_disk, ran) if watch.output.policy == "merge" else record
                     existing = on_disk
+            record = replace(record, roles=self._roles(record, watch))
             target = replace(target, writes=WriteSet.after(existing, watch.output.mode))
             written: dict[Path, str] = {}
             names = [n for n in watch.outputs if n != "json"] + [n for n in watch.outputs if n == "json"]
@@ -321,6 +322,17 @@ class Pipeline:
                 written.update(self.registry.writers[name].obj.write(record, target))
             json_path = target.json_path if "json" in watch.outputs else None
             return record, target.writes.commit(json_path, existing or record.stub())
+
+
+    def _roles(self, record: SidecarRecord, watch: WatchConfig) -> dict[str, str]:
+        """Which of the record's tasks fills each role: the first in the watch's order, then the rest."""
+        known = self.registry.task_objects
+        roles: dict[str, str] = {}
+        for name in [*watch.tasks, *record.tasks]:
+            role = known[name].role if name in known and name in record.tasks else None
+            if role is not None:
+                roles.setdefault(role, name)
+        return roles
 
 
 def _take(entry: tuple[FileJob, Future[Prepared | FileResult]]) -> tuple[FileJob, Prepared | FileResult]:

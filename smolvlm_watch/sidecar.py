@@ -65,6 +65,7 @@ class SidecarRecord:
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     outputs: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    roles: dict[str, str] = field(default_factory=dict, compare=False)  # role -> the task filling it (not written)
 
     def as_json(self) -> dict[str, Any]:
         doc = {"schema": SCHEMA, "generator": GENERATOR, "source": self.source, "model": self.model,
@@ -91,6 +92,12 @@ class SidecarRecord:
         """A task's result, or None when it did not run or failed."""
         entry = self.tasks.get(task) or {}
         return entry.get("result")
+
+    def by_role(self, role: str) -> Any:
+        """The result of the task that fills ``role`` (``Task.role``: "description", "keywords",
+        "text"), or None: what writers ask for, so a third-party task feeds them as a built-in does."""
+        task = self.roles.get(role)
+        return self.result(task) if task is not None else None
 
 
 def render_json(record: SidecarRecord) -> bytes:

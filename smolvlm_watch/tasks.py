@@ -95,6 +95,10 @@ class Task:
         "loop_guard": Option(bool, help="end an answer whose tail repeats one short unit (default true)"),
     }
     per_page: bool = False  # on a document: run on every page (batched, resumable), not the first
+    # What writers may take this task's result as (``SidecarRecord.by_role``): "description" (a
+    # caption: XMP dc:description, the caption .txt), "keywords" (a list: XMP keywords), "text"
+    # (text read off the media: the OCR .txt, XMP's OCR field); None for anything else.
+    role: str | None = None
 
     def spec(self, config: TaskConfig) -> TaskSpec:
         return TaskSpec(

@@ -9,6 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "smolvlm_watch"
 BUILTIN_TASKS = {"caption", "ocr", "tags", "ask"}
+BUILTIN_WRITERS = {"txt"}  # "xmp" is also an XMP namespace prefix and Pillow's key; "json" is plainly core
 
 
 def _module(path: Path) -> str:
@@ -120,3 +121,20 @@ def test_the_core_names_no_builtin_task():
             if isinstance(node, ast.Constant) and node.value in BUILTIN_TASKS and id(node) not in default:
                 named.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value!r}")
     assert named == []
+
+
+def test_the_core_names_no_builtin_writer_and_writers_ask_by_role():
+    """Issue 32, 5: writers take results by role (``record.by_role``), not by a built-in task's
+    name, and the core keys no rule on a built-in writer's name (but the documented default
+    outputs, [json, txt])."""
+    named = []
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        default = {id(n) for a in ast.walk(tree) if isinstance(a, ast.Assign)
+                   and any(getattr(t, "id", "") == "DEFAULT_OUTPUTS" for t in a.targets) for n in ast.walk(a)}
+        named += [f"{path.relative_to(ROOT)}:{node.lineno}" for node in ast.walk(tree)
+                  if isinstance(node, ast.Constant) and node.value in BUILTIN_WRITERS and id(node) not in default
+                  and path.name != "testing.py"]
+    assert named == []
+    writers = (ROOT / "plugins" / "writers.py").read_text()
+    assert ".result(" not in writers and writers.count(".by_role(") >= 4

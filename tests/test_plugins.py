@@ -246,3 +246,54 @@ def test_a_third_party_per_page_task_gets_page_records_and_a_combined_result(tmp
     assert hand["result"] == [r["tasks"]["handwriting"]["result"] for r in records] and hand["pages"] == 3
     assert totals["result"] == sum(r["total_chars"] for r in records) and totals["pages"] == 3
     assert "pages" not in doc["tasks"]["caption"]  # a task without per_page looks at the first page only
+
+
+HANDWRITING = '''
+from pathlib import Path
+from smolvlm_watch import hookimpl
+from smolvlm_watch.sidecar import Writer
+from smolvlm_watch.tasks import Task
+
+class Handwriting(Task):
+    name = "handwriting"
+    role = "text"
+    default_prompt = "Transcribe the handwriting."
+    default_max_new_tokens = 2
+
+    def parse(self, answers, spec, media):
+        return "Dear Ada, see you Sunday"
+
+class Postcard(Writer):
+    name = "postcard"
+
+    def write(self, record, target):
+        path = target.path(".postcard")
+        return {path: target.write_text(path, f"text: {record.by_role('text')}")}
+
+@hookimpl
+def register_tasks(register):
+    register(Handwriting())
+
+@hookimpl
+def register_writers(register):
+    register(Postcard())
+'''
+
+
+def test_hook_a_third_party_task_feeds_the_built_in_writers_by_its_role(tmp_path, tiny_model, run_cli, write_config,
+                                                                        monkeypatch):
+    """Issue 32, 5: the writers asked for result("ocr"), so a third-party text task could not feed
+    .txt or the XMP; they ask by role now, and a third-party writer can too."""
+    (tmp_path / "handwriting_plugin.py").write_text(HANDWRITING)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    img = make_image(tmp_path / "cards" / "card.png")
+    cfg = write_config(f"model: {{path: {tiny_model}, threads: 1}}\nplugins: [handwriting_plugin]\n"
+                       f"watches: [{{path: {tmp_path / 'cards'}, tasks: [handwriting], "
+                       "outputs: [json, txt, xmp, postcard]}]\n")
+    code, out, err = run_cli("process", img, "-c", cfg, "--json")
+    assert code == 0, out + err
+    assert (tmp_path / "cards" / "card.png.txt").read_text(encoding="utf-8") == "Dear Ada, see you Sunday"
+    assert "<smolvlm:OCRText>Dear Ada, see you Sunday</smolvlm:OCRText>" in (
+        tmp_path / "cards" / "card.png.xmp").read_text(encoding="utf-8")
+    assert (tmp_path / "cards" / "card.png.postcard").read_text(encoding="utf-8") == "text: Dear Ada, see you Sunday"
+    sys.modules.pop("handwriting_plugin", None)
