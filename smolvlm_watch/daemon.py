@@ -311,6 +311,7 @@ class Supervisor:
         self.interval = watchdog_interval()
         now = time.monotonic()
         self.last_ping = self.last_rescan = self.last_health = self.last_status = now
+        self._rescan: threading.Thread | None = None  # the safety rescan, off this loop: live files never wait for it
 
     def tick(self, now: float | None = None) -> None:
         d = self.d
@@ -324,9 +325,10 @@ class Supervisor:
         if now - self.last_health >= HEALTH_INTERVAL:
             self.last_health = now
             d.watches.healthy()
-        if now - self.last_rescan >= d.config.state.rescan_interval:
+        if now - self.last_rescan >= d.config.state.rescan_interval and not self.rescanning():
             self.last_rescan = now
-            d.scan_all()
+            self._rescan = threading.Thread(target=self._scan_all, name="rescan", daemon=True)
+            self._rescan.start()
         healthy = d.worker.healthy(d.config.state.item_timeout)
         if self.interval and now - self.last_ping >= self.interval and healthy:
             self.last_ping = now
@@ -339,6 +341,17 @@ class Supervisor:
         if not healthy and not beat.overdue_logged:
             beat.overdue_logged = True  # once per stall; the stopped WATCHDOG pings do the rest
             d.log.error("job_over_time_limit", paths=list(d.queue.taken), item_timeout=d.config.state.item_timeout)
+
+    def rescanning(self) -> bool:
+        return self._rescan is not None and self._rescan.is_alive()
+
+    def _scan_all(self) -> None:
+        try:
+            self.d.scan_all()
+        except JournalError as exc:
+            self.d.health.down(exc)
+        except Exception as exc:  # the next rescan tries again; the daemon must not lose its loop
+            self.d.log.exception("rescan_failed", error=str(exc))
 
     def trouble(self) -> str | None:
         """What is wrong in words (``/healthz``): None while all is well. Only a stuck worker

@@ -644,6 +644,13 @@ class Journal:
         return self._jobs("sha256 = ? AND state IN ('done', 'gone')", (sha256,))
 
     @_locked
+    def seen(self, watch: str) -> dict[str, tuple[int | None, float | None]]:
+        """Every file of ``watch`` that is not gone, with the size and mtime it was queued at:
+        what a rescan's walk compares against in memory, one query for the whole watch."""
+        rows = self._x("SELECT path, size, mtime FROM jobs WHERE watch = ? AND state != 'gone'", (to_db(watch),))
+        return {from_db(r["path"]): (r["size"], r["mtime"]) for r in rows}
+
+    @_locked
     def known(self, watch: str) -> list[Job]:
         """Every file of ``watch`` that is not gone: what a rescan checks against the disk."""
         return self._jobs("watch = ? AND state != 'gone'", (to_db(watch),))

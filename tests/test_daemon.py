@@ -633,3 +633,31 @@ def test_a_missing_watch_folder_is_shown_while_it_lasts_and_the_watchdog_still_p
     finally:
         daemon.stop()
         daemon.shutdown()
+
+
+def test_a_live_file_never_waits_for_a_rescan(tmp_path, tiny_model, monkeypatch):
+    """Issue 28, 2: a file dropped during a 21 s rescan of 200,000 files waited 24.5 s: the rescan
+    ran in the supervisor's own loop. It runs beside it now."""
+    from smolvlm_watch.reconcile import Reconciler
+
+    real, started, calls = Reconciler.scan, threading.Event(), []
+
+    def slow(self, armed):
+        calls.append(1)
+        if len(calls) > 1:  # every rescan after the startup scan
+            started.set()
+            time.sleep(8)  # a big library's walk
+        return real(self, armed)
+
+    monkeypatch.setattr(Reconciler, "scan", slow)
+    cfg = daemon_config(tmp_path, tiny_model)
+    cfg.write_text(cfg.read_text().replace("state: {", "state: {rescan_interval: 1, "))
+    d = InProcess(cfg)
+    try:
+        assert started.wait(10)
+        start = time.monotonic()
+        live = make_image(tmp_path / "inbox" / "live.png")
+        d.wait_done([live], timeout=6)
+        assert time.monotonic() - start < 6
+    finally:
+        d.stop()
