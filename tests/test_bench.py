@@ -97,3 +97,13 @@ def test_the_gate_bench_prints_its_ratio_on_a_mixed_library_and_caps_the_isa():
     assert row["always_vision_passes"] == 20 and row["text_seen_vision_passes"] == 12
     assert row["mix_ratio"] > 0 and row["always_seconds_per_photo"] > 0 and row["text_seen_seconds_per_photo"] > 0
     assert row["isa"] == "avx2" and row["isa_capped"] == "avx2"
+
+
+def test_the_scale_bench_prints_its_contract_keys():
+    """Issue 28, 4: `bench/scale.py --quick` (2,000 files, a 300-file burst)."""
+    [row] = _quick("scale.py")
+    assert row["files"] == 2000 and row["burst_files"] == 300
+    for key in ("ready_s", "rescan_cpu_s", "live_latency_during_rescan_s", "burst_rate_ratio", "status_s",
+                "search_p95_ms", "panel_s", "rss_mb_before_model", "journal_mb"):
+        assert row[key] > 0, key
+    assert row["live_latency_during_rescan_s"] < 5
