@@ -335,6 +335,7 @@ class Supervisor:
             notify("WATCHDOG=1")
         if now - self.last_status >= STATUS_INTERVAL:
             self.last_status = now
+            self._asked(now)
             d.status_line()
             d.health.up()  # the status line writes the journal: it takes writes again
         beat = d.worker.heartbeat
@@ -345,9 +346,24 @@ class Supervisor:
     def rescanning(self) -> bool:
         return self._rescan is not None and self._rescan.is_alive()
 
-    def _scan_all(self) -> None:
+    def _asked(self, now: float) -> None:
+        """``smolvlm-watch rescan [SUBPATH]`` (or the web page's Rescan): taken when no rescan
+        runs; a request for every watch restarts the interval."""
+        if self.rescanning():
+            return
+        asked = self.d.journal.take_rescan()
+        if not asked:
+            return
+        self.d.log.info("rescan_asked", under=[a or "every watch" for a in asked])
+        if None in asked:
+            self.last_rescan = now
+        under = None if None in asked else asked
+        self._rescan = threading.Thread(target=self._scan_all, args=(under,), name="rescan", daemon=True)
+        self._rescan.start()
+
+    def _scan_all(self, under: list[str] | None = None) -> None:
         try:
-            self.d.scan_all()
+            self.d.scan_all(under)
         except JournalError as exc:
             self.d.health.down(exc)
         except Exception as exc:  # the next rescan tries again; the daemon must not lose its loop
@@ -532,9 +548,14 @@ class Daemon:
         self.stopping.set()
         self.worker.wake.set()
 
-    def scan_all(self) -> int:
-        """Reconcile the journal with every available watch (see ``Reconciler.scan``)."""
-        queued = sum(self.reconciler.scan(armed) for armed in self.watches.armed)
+    def scan_all(self, under: list[str] | None = None) -> int:
+        """Reconcile the journal with every available watch (see ``Reconciler.scan``), or only
+        with the folders ``under`` (each inside a watch)."""
+        if under is None:
+            queued = sum(self.reconciler.scan(armed) for armed in self.watches.armed)
+        else:
+            queued = sum(self.reconciler.scan(armed, Path(folder)) for folder in under
+                         for armed in self.watches.armed if armed.watch.contains(Path(folder)))
         if queued:
             self.log.info("scan_queued", files=queued)
             self.worker.wake.set()

@@ -6,6 +6,7 @@ non-zero when anything FAILs.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -154,15 +155,50 @@ def check_device(config: Config) -> Check:
     if wanted == "cuda":
         return Check("FAIL", "model.device is cuda but no CUDA device is visible",
                      "install the NVIDIA driver (and the unit's GPU drop-in), or set model.device: auto")
+    avail = mem_available()
+    peak = expected_peak(config, weights) if weights else None
+    short = bool(peak and avail and peak > avail)
+    cpu: Level = "FAIL" if short else "warn" if peak and avail and peak > 0.8 * avail else "ok"
+    mem = f", {avail / 2**30:.1f} GiB memory available (MemAvailable)" if avail else ""
+    run = f", a run needs about {peak / 2**30:.1f} GiB at this precision" if peak else ""
+    return Check(cpu, f"device cpu, {torch.get_num_threads()} threads{mem}{need}{run}",
+                 "free memory, set model.quantize: int8 (about half), or pick a smaller model" if cpu != "ok" else "")
+
+
+def mem_available(meminfo: str = "/proc/meminfo") -> int | None:
+    """What the kernel says can be had without swapping (MemAvailable: free memory plus the page
+    cache it can drop), not MemFree, which reads a busy NAS as full."""
     try:
-        pages, size = os.sysconf("SC_AVPHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
-        avail = pages * size
-    except (ValueError, OSError):
-        avail = None
-    cpu: Level = "FAIL" if weights and avail and weights * 3 > avail else "ok"
-    mem = f", {avail / 2**30:.1f} GiB memory available" if avail else ""
-    return Check(cpu, f"device cpu, {torch.get_num_threads()} threads{mem}{need}",
-                 "free memory or pick a smaller model" if cpu != "ok" else "")
+        for line in Path(meminfo).read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def expected_peak(config: Config, weights_on_disk: int) -> int:
+    """A run's peak memory on the CPU, from the measured peaks (bench/throughput.py, 256M at 13
+    tiles: 2.5 GiB in float32, 1.65 GiB with int8): the runtime's own 0.5 GiB, the weights at
+    the precision they run in, and activations of about 4 bytes per parameter in float32
+    (2 in bfloat16) whatever the weights' precision."""
+    from .runtime import placement
+
+    stored = 4 if _stored_dtype(config) == "float32" else 2
+    params = weights_on_disk / stored
+    where = placement(config.model)
+    width = 4 if where.dtype == "float32" else 2
+    weights = params * (1.1 if where.quantize == "int8" else width)  # int8 linears plus the float32 rest
+    return int(0.5 * 2**30 + weights + params * width)
+
+
+def _stored_dtype(config: Config) -> str | None:
+    """The precision the weights were saved in (config.json), when the folder says."""
+    try:
+        raw = json.loads((config.model.path / "config.json").read_text()) if config.model.path else {}
+    except (OSError, ValueError):
+        return None
+    return raw.get("torch_dtype") or raw.get("dtype") or (raw.get("text_config") or {}).get("dtype")
 
 
 # What bench/engines.py and bench/openvino.py measured (README, Performance), as doctor says it

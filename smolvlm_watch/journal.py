@@ -736,6 +736,23 @@ class Journal:
         return row["n"], row["s"]
 
     @_locked
+    def ask_rescan(self, under_path: str | None) -> None:
+        """``rescan [SUBPATH]``: a request the daemon takes at its next look (``take_rescan``);
+        several before it looks add up."""
+        asked = set(json.loads(self.meta("rescan") or "[]"))
+        self.set_meta("rescan", jsontext.dumps(sorted(asked | {under_path or ""})))
+
+    @_locked
+    def take_rescan(self) -> list[str | None]:
+        """The rescans asked for since the last look (None: every watch), and forget them."""
+        with self._tx():
+            row = self._x("SELECT value FROM meta WHERE key = 'rescan'").fetchone()
+            if row is None:
+                return []
+            self._x("DELETE FROM meta WHERE key = 'rescan'")
+        return [p or None for p in json.loads(row["value"])]
+
+    @_locked
     def set_meta(self, key: str, value: str) -> None:
         self._x("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 (key, value))

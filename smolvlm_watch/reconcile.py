@@ -43,16 +43,17 @@ class Reconciler:
             return False
         return self.journal.enqueue(str(path), str(watch.path), st.st_size, st.st_mtime, priority)
 
-    def scan(self, armed: ArmedWatch) -> int:
-        """Reconcile one watch with its folder; returns how many files were queued. The walk
-        is compared with the journal's rows in memory (one query for the watch): an unchanged
-        file costs its stat, no SQL."""
+    def scan(self, armed: ArmedWatch, under: Path | None = None) -> int:
+        """Reconcile one watch with its folder (or only the folder ``under`` inside it); returns
+        how many files were queued. The walk is compared with the journal's rows in memory (one
+        query for the watch): an unchanged file costs its stat, no SQL."""
         if not armed.check():
             return 0
         watch, report = armed.watch, ScanReport()
         known = self.journal.seen(str(watch.path))
         queued, missed, walked = 0, [], set()
-        for path in scan(watch, armed.filter, report):
+        walk = watch if under is None else replace(watch, path=under)
+        for path in scan(walk, armed.filter, report):
             walked.add(str(path))
             if self._changed(known, path) and self.enqueue(watch, path, BACKFILL):
                 queued += 1
@@ -62,8 +63,9 @@ class Reconciler:
         if watch.output.output_dir is not None:
             report.temp_removed += self._sweep(watch.output.output_dir)
         if armed.check():  # still there after the walk: what is missing now is really gone
-            queued += self._settle_known(armed, walked)
-        self.journal.set_meta(f"scan:{watch.path}", jsontext.dumps(report.as_dict()))
+            queued += self._settle_known(armed, walked, under)
+        if under is None:
+            self.journal.set_meta(f"scan:{watch.path}", jsontext.dumps(report.as_dict()))
         if report.temp_removed:
             self.log.info("temp_files_removed", watch=str(watch.path), count=report.temp_removed)
         return queued
@@ -89,9 +91,11 @@ class Reconciler:
             return False  # gone meanwhile: the settle below sees it
         return seen != (st.st_size, st.st_mtime)
 
-    def _settle_known(self, armed: ArmedWatch, walked: set[str]) -> int:
+    def _settle_known(self, armed: ArmedWatch, walked: set[str], under: Path | None = None) -> int:
         requeued, watch = 0, armed.watch
         for job in self.journal.known(str(watch.path)):
+            if under is not None and not Path(job.path).is_relative_to(under):
+                continue
             if not armed.reachable(job.path):
                 continue  # below a share that is not mounted now: out of reach, not gone
             if job.path not in walked and not os.path.lexists(job.path):

@@ -156,7 +156,8 @@ class Web:
                                                                                             "text/css"),
             "/app.js": lambda q: Response(200, JS.encode(), "text/javascript")}
         if method == "POST":
-            return self.retry(form) if url.path == "/retry" else Response(405, b"read-only\n", "text/plain")
+            posts = {"/retry": self.retry, "/rescan": self.rescan}
+            return posts[url.path](form) if url.path in posts else Response(405, b"read-only\n", "text/plain")
         route = routes.get(url.path)
         return route(query) if route else not_found()
 
@@ -217,6 +218,8 @@ class Web:
                 f'<svg class="spark" width="240" height="40" role="img" aria-label="files done per hour, last 24 h">'
                 f"{spark}</svg>"
                 f"<h2>Watches</h2><table><tr><th>folder</th><th>mode</th><th></th></tr>{watches}</table>"
+                f'<form method="post" action="/rescan"><input type="hidden" name="csrf" value="{e(self.csrf)}">'
+                "<button>Rescan now</button></form>"
                 f"<h2>Now</h2><ul>{current or '<li>idle</li>'}</ul>"
                 f"<h2>Recent</h2><table>{recent}</table>"
                 f"<h2>Failures</h2><table>{fails or '<tr><td>none</td></tr>'}</table>")
@@ -239,9 +242,16 @@ class Web:
 
     def retry(self, form: dict[str, str]) -> Response:
         if not hmac.compare_digest(form.get("csrf", ""), self.csrf):
-            return Response(403, b"forbidden: the form is stale or not ours (reload the page)\n", "text/plain")
+            return _STALE
         path = form.get("path") or ""
         self.journal.requeue_failed(path) if path else None
+        return Response(303, b"", headers={"Location": "/"})
+
+    def rescan(self, form: dict[str, str]) -> Response:
+        """The Rescan button: what ``smolvlm-watch rescan`` asks, for every watch."""
+        if not hmac.compare_digest(form.get("csrf", ""), self.csrf):
+            return _STALE
+        self.journal.ask_rescan(None)
         return Response(303, b"", headers={"Location": "/"})
 
     # --- search ----------------------------------------------------------------------------------
@@ -389,6 +399,9 @@ class Web:
             total -= old.stat().st_size
             old.unlink(missing_ok=True)
         return total
+
+
+_STALE = Response(403, b"forbidden: the form is stale or not ours (reload the page)\n", "text/plain")
 
 
 def _hostname(netloc: str) -> str:

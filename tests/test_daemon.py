@@ -661,3 +661,28 @@ def test_a_live_file_never_waits_for_a_rescan(tmp_path, tiny_model, monkeypatch)
         assert time.monotonic() - start < 6
     finally:
         d.stop()
+
+
+def test_rescan_subpath_asks_the_running_daemon(tmp_path, tiny_model, run_cli, monkeypatch):
+    """Issue 28, 2: `smolvlm-watch rescan [SUBPATH]` asks for a rescan now; one of a folder
+    touches nothing outside it."""
+    cfg = daemon_config(tmp_path, tiny_model)
+    inbox = tmp_path / "inbox"
+    elsewhere = make_image(inbox / "elsewhere.png", color=(5, 5, 5))
+    daemon = Daemon(cfg, lambda: load_checked(cfg))
+    try:
+        monkeypatch.setattr(watcher._Handler, "on_any_event", lambda self, event: None)  # only a rescan can see
+        found = make_image(inbox / "2026" / "found.png")
+        code, out, _ = run_cli("rescan", "-c", cfg, inbox / "2026")
+        assert code == 0 and out.strip() == f"rescan of {inbox / '2026'} asked for; the daemon takes it within seconds"
+        elsewhere.unlink()  # outside the folder asked for: not looked at, so not marked gone yet
+        daemon.tick(time.monotonic() + 60)
+        wait_for(lambda: not daemon.supervisor.rescanning() and daemon.journal.get(str(found)) is not None, 10,
+                 what="the asked rescan")
+        assert daemon.journal.get(str(found)).state == "pending"
+        assert daemon.journal.get(str(elsewhere)).state != "gone"
+        code, _, err = run_cli("rescan", "-c", cfg, tmp_path / "not-watched")
+        assert code == 1 and "lies in no configured watch" in err
+    finally:
+        daemon.stop()
+        daemon.shutdown()

@@ -431,3 +431,23 @@ def test_sysusers_creates_the_units_user_and_group(tmp_path):
     assert int(uid) < 1000 and home == "/var/lib/smolvlm-watch" and shell == "/usr/sbin/nologin"
     assert f"smolvlm:x:{gid}:" in (tmp_path / "etc" / "group").read_text()
 
+
+
+def test_doctor_judges_memory_by_memavailable_against_the_measured_peak(tmp_path, monkeypatch):
+    """Issue 27, 6: doctor read MemFree ("8.8 GiB available" when 20.6 GiB was) and compared it
+    with 3x the weights. It reads MemAvailable now and compares the peak a run of this model at
+    this precision reaches (measured: 256M float32 at 13 tiles, 2.5 GiB; int8 1.65 GiB)."""
+    from smolvlm_watch import doctor
+    from smolvlm_watch.config import Config, ModelConfig
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24000000 kB\nMemFree:         9227468 kB\nMemAvailable:   21600000 kB\n")
+    assert doctor.mem_available(str(meminfo)) == 21600000 * 1024
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text('{"torch_dtype": "bfloat16"}')
+    weights_256m = 256_000_000 * 2  # as saved on the hub: bfloat16
+    for quantize, dtype, low, high in (("none", "float32", 2.2, 2.7), ("int8", "auto", 1.4, 1.9)):
+        config = Config(model=ModelConfig(path=model, device="cpu", dtype=dtype, quantize=quantize))
+        peak = doctor.expected_peak(config, weights_256m) / 2**30
+        assert low < peak < high, (quantize, peak)

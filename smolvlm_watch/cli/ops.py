@@ -289,6 +289,25 @@ def cmd_retry(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_rescan(args: argparse.Namespace) -> int:
+    """Ask the running daemon for a rescan now: of every watch, or of the folder SUBPATH."""
+    config, _ = load_checked(args.config)
+    under = _absolute(args.path) if args.path else None
+    if under is not None and config.watch_for(Path(under)) is None:
+        print(printable(f"error: {under} lies in no configured watch"), file=sys.stderr)
+        return EXIT_FAILED
+    journal = Journal(config.state.db)
+    try:
+        running = journal.daemon_running()
+        journal.ask_rescan(under)
+    finally:
+        journal.close()
+    what = under or "every watch"
+    print(printable(f"rescan of {what} asked for" + ("; the daemon takes it within seconds" if running
+                                                      else "; no daemon runs now: it is done at its start")))
+    return EXIT_OK
+
+
 # --- prune -----------------------------------------------------------------------------------------
 
 def cmd_prune(args: argparse.Namespace) -> int:
@@ -454,6 +473,10 @@ def add_commands(sub: Any) -> None:
     t.add_argument("path", nargs="?")
     t.add_argument("--all", action="store_true")
     t.set_defaults(func=cmd_retry)
+    r = sub.add_parser("rescan", help="ask the running daemon to rescan now (every watch, or one folder)")
+    config_arg(r)
+    r.add_argument("path", nargs="?", help="a folder inside a watch (default: every watch)")
+    r.set_defaults(func=cmd_rescan)
     p = sub.add_parser("prune", help="remove the sidecars of files gone for longer than state.gone_grace")
     config_arg(p)
     p.add_argument("path", nargs="?", help="only files at or below this path")
