@@ -12,11 +12,11 @@ class Ask(Task):
     default_max_new_tokens = 64
     media_kinds = frozenset({"image", "video", "document"})
 
-    def requests(self, media, spec: TaskSpec):
+    def check_spec(self, spec: TaskSpec):
         if not spec.prompt.strip():
-            raise ValueError("no question configured: set tasks.ask.prompt, or give the watch "
-                             "`- ask: {prompt: \"...\"}` in its tasks")
-        return super().requests(media, spec)
+            return ["no question configured: set tasks.ask.prompt, or give the watch "
+                    "`- ask: {prompt: \"...\"}` in its tasks"]
+        return []
 
 
 @hookimpl

@@ -140,6 +140,11 @@ class Registry:
                 problems += self.tasks[name].obj.check_options(task_config.options, f"tasks.{name}",
                                                                task_config.direct)
         for i, watch in enumerate(config.watches):
+            for j, name in enumerate(watch.tasks):
+                if name in self.tasks:
+                    task = self.tasks[name].obj
+                    problems += [f"watches[{i}].tasks[{j}] ({name}): {why}"
+                                 for why in task.check_spec(task.spec(config.task_config(name, watch)))]
             for name, override in watch.task_overrides.items():
                 if name in self.tasks:
                     where = f"watches[{i}].tasks[{watch.tasks.index(name)}].{name}"

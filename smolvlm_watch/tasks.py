@@ -122,6 +122,11 @@ class Task:
                 problems.append(f"{at}: {why}")
         return problems
 
+    def check_spec(self, spec: TaskSpec) -> list[str]:
+        """What makes these effective settings unusable, found before any file runs (say, a
+        question the task needs and nobody wrote); each problem in words, without a key path."""
+        return []
+
     def requests(self, media: Media, spec: TaskSpec) -> list[Request]:
         """The questions to ask about ``media``: by default the prompt once, about the video as
         SmolVLM2's video conversation, or about the first image."""

@@ -171,6 +171,8 @@ def build_model(out_dir: str | Path, preset: str = "tiny", seed: int = 0) -> Pat
     if preset != "tiny":
         model = model.to(torch.bfloat16)  # the published SmolVLM2 checkpoints are stored in bf16
     model.save_pretrained(out, safe_serialization=True)
+    for saved in out.iterdir():  # readable by the service's user, as a model folder copied there would be
+        saved.chmod(0o644)
     return out
 
 

@@ -148,11 +148,15 @@ def test_tags_parser():
     assert parse_tags("Кошка, 🐈 Кот", 5) == ["кошка", "кот"]
 
 
-def test_ask_without_a_question_is_a_task_error(tmp_path, tiny_model, run_cli):
+def test_ask_without_a_question_is_refused_before_the_model_loads(tmp_path, tiny_model, run_cli, monkeypatch):
+    """Issue 27, 9: `--task ask` without a question loaded the model, then failed every file."""
+    from smolvlm_watch.runtime import Runtime
+
+    monkeypatch.setattr(Runtime, "load", lambda self: (_ for _ in ()).throw(AssertionError("the model was loaded")))
     img = make_image(tmp_path / "a.png")
-    code, out, _ = run_cli("process", img, "--model", tiny_model, "--task", "ask", "--json")
-    assert code == 1
-    assert "no question configured: set tasks.ask.prompt" in json.loads(out)["failed"][0]["error"]
+    code, out, err = run_cli("process", img, "--model", tiny_model, "--task", "ask", "--json")
+    assert code == 2 and out == ""
+    assert "watches[0].tasks[0] (ask): no question configured: set tasks.ask.prompt" in err
 
 
 # --- option schemas, checked before any file runs ---------------------------------------------------
