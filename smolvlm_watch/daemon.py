@@ -30,6 +30,7 @@ import structlog
 
 from . import jsontext
 from .config import Address, Config, ConfigError, WatchConfig
+from .daemon_record import META_KEY, DaemonRecord, WatchRecord
 from .engine import Engine, Interrupted, ModelLoadError, Outage, Unreachable
 from .journal import LIVE, Job, Journal, JournalError, RetryPolicy
 from .media import sha256_file
@@ -575,18 +576,17 @@ class Daemon:
     def write_meta(self) -> None:
         info = self.engine.info()
         self.journal.set_meta("devices", jsontext.dumps({p: d.as_dict() for p, d in self.watches.devices.items()}))
-        self.journal.set_meta("daemon", jsontext.dumps({
-            "pid": os.getpid(), "started": self.started, "updated": time.time(),
-            "model": self.config.model.source, "model_loaded": self.engine.loaded, "device": info.device,
-            "model_unreachable": self.worker.outage.describe(), "restart_needed": self.restart_needed,
-            "config": str(self.config_path),
-            "fingerprints": {str(w.path): self.pipeline.fingerprint(w) for w in self.config.watches},
-            "watches": [{"path": str(a.watch.path), "mode": a.mode if a.available else "unavailable",
-                         "reason": a.unavailable or a.degraded or _unmounted(a) or a.reason, "available": a.available,
-                         "missed_events": a.missed}
-                        for a in self.watches.armed],
-            "missed_events_total": self.reconciler.missed_total,
-        }))
+        self.journal.set_meta(META_KEY, DaemonRecord(
+            pid=os.getpid(), started=self.started, updated=time.time(),
+            model=self.config.model.source, model_loaded=self.engine.loaded, device=info.device,
+            model_unreachable=self.worker.outage.describe(), restart_needed=self.restart_needed,
+            config=str(self.config_path),
+            fingerprints={str(w.path): self.pipeline.fingerprint(w) for w in self.config.watches},
+            watches=tuple(WatchRecord(str(a.watch.path), a.mode if a.available else "unavailable",
+                                      a.unavailable or a.degraded or _unmounted(a) or a.reason, a.available, a.missed)
+                          for a in self.watches.armed),
+            missed_events_total=self.reconciler.missed_total,
+        ).to_json())
 
     # --- reload and stop -----------------------------------------------------------------------------
 

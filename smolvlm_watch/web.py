@@ -31,6 +31,7 @@ from typing import Any
 from PIL import Image
 
 from .config import Config, ConfigError
+from .daemon_record import META_KEY, DaemonRecord
 from .httpd import Request, Response, not_found
 from .journal import Journal, JournalError
 from .media import Limits, MediaError, open_media
@@ -48,6 +49,8 @@ main{padding:1em}table{border-collapse:collapse}td,th{padding:.2em .6em;border-b
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(240px,1fr));gap:1em}
 .card{background:#fff;border:1px solid #ddd;padding:.5em}
 .card img{width:100%;height:180px;object-fit:contain;background:#eee}
+main{overflow-wrap:anywhere}.preview{max-width:100%;max-height:70vh;height:auto}
+main{max-width:1280px}table{max-width:100%}@media (max-width:600px){td,th{padding:.2em .3em}}
 .err{color:#a00}.ok{color:#070}mark{background:#fe6}
 pre{white-space:pre-wrap;background:#fff;border:1px solid #ddd;padding:.5em}
 .spark rect{fill:#48c}
@@ -73,6 +76,7 @@ def page(title: str, body: str, script: bool = False) -> Response:
     nav = '<a href="/">Status</a><a href="/search">Search</a>'
     js = '<script src="/app.js"></script>' if script else ""
     doc = (f'<!doctype html><html><head><meta charset="utf-8"><title>{e(title)} · smolvlm-watch</title>'
+           '<meta name="viewport" content="width=device-width, initial-scale=1">'
            f'<link rel="stylesheet" href="/app.css"></head><body><header>{nav}</header><main>{body}</main>{js}'
            "</body></html>")
     return Response(200, doc.encode(), "text/html; charset=utf-8")
@@ -92,6 +96,7 @@ class Web:
         self.csrf = secrets.token_urlsafe(24)  # per server start: a form from an old page is refused
         self.watch_roots = [w.path.resolve() for w in config.watches]
         self.filters = {w.path: MediaFilter(w) for w in config.watches}
+        self.tasks = sorted({t for w in config.watches for t in w.tasks})  # the search form's task filter
         listen = config.web.listen.host.lower() if config.web.listen else "localhost"
         self.names = {"localhost", listen, *config.web.hosts}
 
@@ -191,7 +196,7 @@ class Web:
 
     def _panel(self) -> str:
         j = self.reader
-        daemon = json.loads(j.meta("daemon") or "{}")
+        daemon = DaemonRecord.from_json(j.meta(META_KEY))
         running = j.daemon_running()
         counts = j.counts()
         rows, size = self._index_stats()
@@ -200,8 +205,8 @@ class Web:
         bars = [(i * 10, max(1, 40 * n // top), n) for i, n in enumerate(hours)]  # SVG: no inline style (CSP)
         spark = "".join(f'<rect x="{x}" y="{40 - h}" width="8" height="{h}"><title>{n}</title></rect>'
                         for x, h, n in bars)
-        watches = "".join(f"<tr><td>{e(w.get('path'))}</td><td>{e(w.get('mode'))}</td><td>{e(w.get('reason'))}</td>"
-                          "</tr>" for w in daemon.get("watches", []))
+        watches = "".join(f"<tr><td>{e(w.path)}</td><td>{e(w.mode)}</td><td>{e(w.reason)}</td></tr>"
+                          for w in daemon.watches)
         current = "".join(f'<li><a href="/file?path={q(r.path)}">{e(r.path)}</a></li>' for r in j.running())
         recent = "".join(f'<tr><td><a href="/file?path={q(r.path)}">{e(Path(r.path).name)}</a></td>'
                          f'<td class="{"ok" if r.state == "done" else ""}">{e(r.state)}</td></tr>'
@@ -233,12 +238,12 @@ class Web:
             self._stats = (now, self.reader.index_stats())
         return self._stats[1]
 
-    def _daemon_line(self, daemon: dict[str, Any], running: bool) -> str:
-        model = e(daemon.get("model") or self.config.model.source)
-        loaded = "loaded" if daemon.get("model_loaded") and running else "not loaded"
-        pid = f", pid {e(daemon.get('pid'))}" if running else ""
+    def _daemon_line(self, daemon: DaemonRecord, running: bool) -> str:
+        model = e(daemon.model or self.config.model.source)
+        loaded = "loaded" if daemon.model_loaded and running else "not loaded"
+        pid = f", pid {e(daemon.pid)}" if running else ""
         return (f"daemon: <b>{'up' if running else 'down'}</b>{pid} · model {model} ({loaded}, device "
-                f"{e(daemon.get('device'))})")
+                f"{e(daemon.device)})")
 
     def retry(self, form: dict[str, str]) -> Response:
         if not hmac.compare_digest(form.get("csrf", ""), self.csrf):
@@ -262,8 +267,9 @@ class Web:
                 f'<select name="kind"><option value="">any kind</option>'
                 + "".join(f'<option{" selected" if query.get("kind") == k else ""}>{k}</option>'
                           for k in ("image", "video", "document"))
-                + f'</select> <input name="task" placeholder="task" value="{e(query.get("task", ""))}">'
-                  " <button>Search</button></form>")
+                + '</select> <select name="task"><option value="">any task</option>'
+                + "".join(f'<option{" selected" if query.get("task") == t else ""}>{e(t)}</option>' for t in self.tasks)
+                + "</select> <button>Search</button></form>")
         if not text:
             return page("Search", form)
         try:
@@ -283,7 +289,8 @@ class Web:
         thumb = f"/thumb?path={q(hit.path)}" + (f"&page={hit.page}" if hit.page else "") + (
             f"&t={hit.timestamp}" if hit.timestamp is not None else "")
         marked = e(highlighted(hit.snippet)).replace("\x1b[1m", "<mark>").replace("\x1b[0m", "</mark>")
-        extra = "".join(f"<div><i>{e(name)}</i>: {e(_short(result))}</div>" for name, result in others[:3])
+        extra = "".join(f"<div><i>{e(name)}</i>: {e(_short(result))}</div>" for name, result in others[:3]
+                        if _short(result))
         return (f'<div class="card"><a href="/file?path={q(hit.path)}"><img src="{e(thumb)}" '
                 f'alt="{e(plain(hit.snippet))}" loading="lazy"></a><div><b>{e(Path(hit.path).name)}</b> '
                 f"{e(hit.task)} {e(_where(hit))}</div><div>{marked}</div>{extra}</div>")
@@ -315,9 +322,11 @@ class Web:
         names = [Target.for_media(path, watch.output, watch.path).json_path.name, *(doc.get("outputs") or {})]
         links = "".join(f'<li><a href="/sidecar?path={q(str(path))}&name={q(n)}">{e(n)}</a></li>'
                         for n in names if doc)
-        body = (f"<h1>{e(path.name)}</h1><p>{e(path)}</p><img src=\"/thumb?path={q(str(path))}&size={PREVIEW_EDGE}\" "
-                f'alt="{e(path.name)}" style="max-width:100%;max-height:70vh">{history}'
-                f"<p>model {e(model.get('id'))} ({e(model.get('backend'))}, {e(model.get('device'))})</p>{rows}"
+        preview = (f'<img class="preview" src="/thumb?path={q(str(path))}&size={PREVIEW_EDGE}" alt="{e(path.name)}">'
+                   if job is None or job.state != "failed" and job.state != "quarantined" else "")
+        used = ", ".join(e(v) for v in (model.get("backend"), model.get("device")) if v)
+        about = f"<p>model {e(model.get('id'))}" + (f" ({used})" if used else "") + "</p>" if model.get("id") else ""
+        body = (f"<h1>{e(path.name)}</h1><p>{e(path)}</p>{preview}{history}{about}{rows}"
                 f"<h2>Sidecars</h2><ul>{links}</ul>")
         return page(path.name, body)
 

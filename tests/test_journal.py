@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import json
 import time
 
 import pytest
@@ -107,3 +108,17 @@ def test_paths_that_are_not_utf8_round_trip(tmp_path):
     assert j.get(name).path == name and j.all()[0].path == name
     assert not j.enqueue(name, "/photos", 5, 2.0)  # found again: unchanged
     j.close()
+
+
+def test_the_daemon_record_reads_what_an_older_daemon_wrote():
+    """Issue 32, 3: one typed record for what the daemon says of itself (status, backfill and the
+    web page read it alike); a key an older daemon did not write takes its default."""
+    from smolvlm_watch.daemon_record import DaemonRecord, WatchRecord
+
+    old = json.dumps({"pid": 7, "model": "m", "model_loaded": True, "device": "cpu", "future_key": 1,
+                      "watches": [{"path": "/w", "mode": "native", "reason": "ext4 file system", "available": True}]})
+    record = DaemonRecord.from_json(old)
+    assert record.pid == 7 and record.model_loaded and record.restart_needed is None
+    assert record.watches == (WatchRecord("/w", "native", "ext4 file system", True, 0),)
+    assert DaemonRecord.from_json(record.to_json()) == record
+    assert DaemonRecord.from_json(None) == DaemonRecord()

@@ -168,13 +168,20 @@ def test_the_three_pages_in_a_real_browser(site, browser, tmp_path_factory):
     _until(tab, "document.querySelector('main img').naturalWidth > 0")
     assert tab.locator("h1").inner_text() == HOSTILE
     tab.screenshot(path=str(shots / "file.png"), full_page=True)
+    phone = browser.new_page(viewport={"width": 390, "height": 844})  # issue 27, 8: a phone, the preview bounded
+    phone.goto(base + "/file?path=" + urllib.parse.quote(str(inbox / "beach.png")))
+    _until(phone, "document.querySelector('main img').naturalWidth > 0")
+    box = phone.locator("main img").bounding_box()
+    assert box["width"] <= 390 and box["height"] <= 0.7 * 844 + 1, box
+    assert phone.evaluate("document.documentElement.scrollWidth") <= 390  # nothing wider than the screen
+    phone.screenshot(path=str(shots / "file-phone.png"), full_page=True)
     tab.goto(base + "/file?path=" + urllib.parse.quote("../../etc/passwd"))
     assert "not found" in tab.content()
     assert dialogs == []  # no alert() ran anywhere
     print(f"\nscreenshots: {shots / 'status.png'} {shots / 'search.png'} {shots / 'file.png'}")
     if os.environ.get("SMOLVLM_WEB_SHOTS"):
-        for name in ("status.png", "search.png", "file.png"):
-            shutil.copy(shots / name, Path(os.environ["SMOLVLM_WEB_SHOTS"]) / name)
+        for name in ("status.png", "search.png", "file.png", "file-phone.png"):
+            shutil.copy(shots / name, Path(os.environ["SMOLVLM_WEB_SHOTS"]) / f"web-{name}")
     assert slow.exists()
 
 

@@ -8,11 +8,13 @@ import json
 import os
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from .. import doctor, jsontext
 from ..config import Config, ConfigError, WatchConfig
+from ..daemon_record import META_KEY, DaemonRecord
 from ..journal import BACKFILL, Job, Journal, JournalError
 from ..jsontext import printable
 from ..media import Limits, MediaError, is_undecodable, open_media
@@ -26,11 +28,9 @@ from ..watcher import MediaFilter, scan
 from .common import EXIT_FAILED, EXIT_OK, config_arg, load_checked
 
 
-def _daemon(journal: Journal) -> dict[str, Any]:
-    """What the running daemon last wrote about itself, and whether it runs now."""
-    info = json.loads(journal.meta("daemon") or "{}")
-    info["running"] = journal.daemon_running()
-    return info
+def _daemon(journal: Journal) -> tuple[DaemonRecord, bool]:
+    """What the daemon last wrote about itself, and whether it runs now."""
+    return DaemonRecord.from_json(journal.meta(META_KEY)), journal.daemon_running()
 
 
 def _absolute(path: str) -> str:
@@ -57,19 +57,20 @@ def _status(config: Config, journal: Journal) -> dict[str, Any]:
     counts = journal.counts()
     failures = journal.failures()
     done_hour, busy = journal.done_since(time.time() - 3600)
-    daemon = _daemon(journal)
-    watches = daemon.get("watches") or [{"path": str(w.path), "mode": "not running"} for w in config.watches]
+    daemon, running = _daemon(journal)
+    watches = ([asdict(w) for w in daemon.watches]
+               or [{"path": str(w.path), "mode": "not running"} for w in config.watches])
     for w in watches:
         w["scan"] = json.loads(journal.meta(f"scan:{w['path']}") or "{}")
     return {
-        "db": str(config.state.db), "daemon_running": daemon["running"], "pid": daemon.get("pid"),
+        "db": str(config.state.db), "daemon_running": running, "pid": daemon.pid,
         "queue": counts, "done_last_hour": done_hour,
         "orphans": len(journal.gone_before(time.time() - config.state.gone_grace)),
         "index": dict(zip(("passages", "bytes"), journal.index_stats())),
         "throughput_per_min": round(done_hour / busy * 60, 2) if busy else None,
-        "model": config.model.source, "model_loaded": bool(daemon.get("model_loaded")) and daemon["running"],
-        "model_unreachable": daemon.get("model_unreachable") if daemon["running"] else None,
-        "restart_needed": daemon.get("restart_needed") if daemon["running"] else None,
+        "model": config.model.source, "model_loaded": daemon.model_loaded and running,
+        "model_unreachable": daemon.model_unreachable if running else None,
+        "restart_needed": daemon.restart_needed if running else None,
         "watches": watches,
         "failures": [{"path": j.path, "state": j.state, "attempts": j.attempts, "error": j.last_error}
                      for j in failures],
@@ -233,10 +234,10 @@ def cmd_backfill(args: argparse.Namespace) -> int:
             queued = sum(journal.requeue_stale(str(w.path), pipeline.fingerprint(w), under) for w in config.watches)
         else:
             queued = _backfill_scan(config, journal, under, force=mode == "all")
-        daemon = _daemon(journal)
+        daemon, running = _daemon(journal)
     finally:
         journal.close()
-    print(f"backfill --{mode}: queued {queued} file(s); " + _who_runs_them(daemon, config, pipeline))
+    print(f"backfill --{mode}: queued {queued} file(s); " + _who_runs_them(daemon, running, config, pipeline))
     return EXIT_OK
 
 
@@ -260,11 +261,11 @@ def _backfill_scan(config: Config, journal: Journal, under: str | None, force: b
     return queued
 
 
-def _who_runs_them(daemon: dict[str, Any], config: Config, pipeline: Pipeline) -> str:
+def _who_runs_them(daemon: DaemonRecord, running: bool, config: Config, pipeline: Pipeline) -> str:
     """Whether the queued files will actually be run, and what to do if not."""
-    if not daemon["running"]:
+    if not running:
         return "no daemon is running: start it (systemctl start smolvlm-watch), or use `smolvlm-watch process`"
-    theirs = daemon.get("fingerprints") or {}
+    theirs = daemon.fingerprints
     if any(theirs.get(str(w.path)) != pipeline.fingerprint(w) for w in config.watches):
         return ("the daemon runs an older config and would skip them: reload it "
                 "(systemctl reload smolvlm-watch) so it uses this one")
