@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from smolvlm_watch.journal import Journal
+from smolvlm_watch.journal import Finished, Journal
 from smolvlm_watch.search import Passage
 
 QUERIES = {"word": "sunset", "phrase": '"contract delivery"', "substring": "ntrac", "cyrillic": '"договор поставки"'}
@@ -80,7 +80,8 @@ def record(journal: Journal, texts: list[list[Passage]], index: bool) -> float:
         journal.enqueue(path, "/library", 1000 + i, 1.0e9 + i)
         job = journal.lease(900)
         assert job is not None
-        journal.done(job.id, f"{i:064x}", "fp", 1.0, 1000 + i, 1.0e9 + i, {}, found if index else None, "image")
+        journal.done(job.id, Finished(f"{i:064x}", "fp", 1.0, 1000 + i, 1.0e9 + i, {}, found if index else None,
+                                      "image"))
     return len(texts) / (time.perf_counter() - start)
 
 

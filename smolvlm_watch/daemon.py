@@ -32,7 +32,7 @@ from . import jsontext
 from .config import Address, Config, ConfigError, WatchConfig
 from .daemon_record import META_KEY, DaemonRecord, WatchRecord
 from .engine import Engine, Interrupted, ModelLoadError, Outage, Unreachable
-from .journal import LIVE, Job, Journal, JournalError, RetryPolicy
+from .journal import LIVE, Finished, Job, Journal, JournalError, RetryPolicy
 from .media import sha256_file
 from .media.base import MediaError
 from .httpd import Handler, Server, bound, routed
@@ -179,9 +179,9 @@ class WorkQueue:
             self.metrics.file_finished(str(taken.watch.path), state, result.tasks_run)
             return
         processed = result.status == "done"
-        state = self.journal.done(job.id, result.sha256, taken.fingerprint, result.seconds if processed else 0.0,
-                                  taken.size, taken.mtime, result.outputs,
-                                  list(result.passages) if result.passages is not None else None, result.kind)
+        state = self.journal.done(job.id, Finished(
+            result.sha256, taken.fingerprint, result.seconds if processed else 0.0, taken.size, taken.mtime,
+            result.outputs, list(result.passages) if result.passages is not None else None, result.kind))
         self.metrics.file_finished(str(taken.watch.path), result.status, result.tasks_run)
         self.log.info("job_done", status=result.status, tasks=list(result.tasks_run),
                       seconds=round(result.seconds, 3), outputs=len(result.outputs),

@@ -176,6 +176,21 @@ class Job:
 
 
 @dataclass(frozen=True)
+class Finished:
+    """What a job that ran leaves in the journal (``Journal.done``): the content it described,
+    the settings its results carry, what it wrote and what of it is searchable."""
+
+    sha256: str | None
+    fingerprint: str
+    seconds: float  # of processing (0 when the results were found current)
+    size: int | None = None
+    mtime: float | None = None
+    outputs: dict[str, str] | None = None  # name -> sha256 of each file written
+    passages: list[Passage] | None = None  # None: leave the index as it is
+    kind: str | None = None
+
+
+@dataclass(frozen=True)
 class RetryPolicy:
     """How failures are retried (the config's ``state`` section)."""
 
@@ -457,18 +472,17 @@ class Journal:
                 (job_id,))
 
     @_locked
-    def done(self, job_id: int, sha256: str | None, fingerprint: str, seconds: float,
-             size: int | None = None, mtime: float | None = None, outputs: dict[str, str] | None = None,
-             passages: list[Passage] | None = None, kind: str | None = None) -> State:
+    def done(self, job_id: int, finished: Finished) -> State:
         """Record a job done, with what it wrote and, in the same transaction, the searchable
-        passages of its results (None: leave the index as it is); a job whose file changed while
-        it ran is queued again (live) instead. Returns the new state."""
+        passages of its results; a job whose file changed while it ran is queued again (live)
+        instead. Returns the new state."""
+        f = finished
         with self._tx():
-            self._done(job_id, sha256, fingerprint, seconds, size, mtime, outputs)
-            if passages is not None:
+            self._done(job_id, f.sha256, f.fingerprint, f.seconds, f.size, f.mtime, f.outputs)
+            if f.passages is not None:
                 row = self._x("SELECT path, watch FROM jobs WHERE id = ?", (job_id,)).fetchone()
                 if row is not None:
-                    self._index(row["path"], row["watch"], kind, passages)
+                    self._index(row["path"], row["watch"], f.kind, f.passages)
         return self._state(job_id)
 
     def _done(self, job_id: int, sha256: str | None, fingerprint: str, seconds: float, size: int | None,

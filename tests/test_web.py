@@ -190,7 +190,7 @@ def test_serve_shows_a_journal_without_the_daemon(tmp_path):
     import subprocess
     import sys
 
-    from smolvlm_watch.journal import Journal
+    from smolvlm_watch.journal import Finished, Journal
     from smolvlm_watch.search import Passage
 
     inbox = tmp_path / "inbox"
@@ -203,7 +203,7 @@ def test_serve_shows_a_journal_without_the_daemon(tmp_path):
     journal = Journal(tmp_path / "state" / "journal.sqlite")
     journal.enqueue(str(photo), str(inbox), 1, 1.0)
     job = journal.lease(60)
-    journal.done(job.id, "ab" * 32, "fp", 1.0, 1, 1.0, {}, [Passage("caption", "a sandy beach")], "image")
+    journal.done(job.id, Finished("ab" * 32, "fp", 1.0, 1, 1.0, {}, [Passage("caption", "a sandy beach")], "image"))
     journal.close()
     proc = subprocess.Popen([sys.executable, "-m", "smolvlm_watch.cli", "serve", "-c", str(cfg)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
