@@ -500,7 +500,6 @@ class Daemon:
         if config.metrics.listen is not None:
             wanted[config.metrics.listen] = ("metrics.listen", routes(self.metrics), None)
         if config.web.listen is not None:
-            self._close_web()
             self.web = Web(config, self.journal, token(config), Journal(config.state.db, readonly=True))
             name, table, _ = wanted.get(config.web.listen, ("web.listen", {}, None))
             wanted[config.web.listen] = (name, table, self.web.handle)
@@ -515,7 +514,9 @@ class Daemon:
     def _relisten(self, config: Config) -> None:
         """A reload's listeners: an address kept gets the new handler in place (a new token, new
         watches take effect at once); a moved or removed one is closed; a new one is bound (a
-        port in use is logged, and status says a restart is needed)."""
+        port in use is logged, and status says a restart is needed). The old pages' read
+        connection is closed once no server hands it requests any more."""
+        old_web = self.web
         wanted = self._wanted(config)
         kept = []
         for server in self.http:
@@ -536,9 +537,11 @@ class Daemon:
             server.start()
             kept.append(server)
             self.log.info("http_listening", address=str(server.address), paths=paths)
+        self.http = kept
+        if old_web is not None and old_web is not self.web:
+            old_web.reader.close()
         if config.web.listen is None:
             self._close_web()
-        self.http = kept
 
     def tick(self, now: float | None = None) -> None:
         """One round of the supervisor (tests drive the daemon with it)."""

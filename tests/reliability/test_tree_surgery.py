@@ -26,6 +26,14 @@ def _mount_tmpfs(where: Path) -> None:
         pytest.skip(f"cannot mount a tmpfs here (needs root in a namespace that allows it): {proc.stderr.strip()}")
 
 
+def _share_config(tmp_path: Path, tiny_model: Path, state: str = "") -> Path:
+    """The daemon watching ./share, rescanning every second."""
+    cfg = daemon_config(tmp_path, tiny_model)
+    cfg.write_text(cfg.read_text().replace("path: ./inbox", "path: ./share")
+                   .replace("state: {", f"state: {{rescan_interval: 1, {state}"))
+    return cfg
+
+
 def test_an_unmounted_share_is_unavailable_not_every_file_deleted(tmp_path, tiny_model, run_cli, monkeypatch):
     """Defect 10: an unmounted share whose mount-point folder stays behind was read as "every
     file deleted" (all rows `gone` at the next rescan while status showed the watch available),
@@ -33,9 +41,7 @@ def test_an_unmounted_share_is_unavailable_not_every_file_deleted(tmp_path, tiny
     monkeypatch.setattr(daemon_module, "HEALTH_INTERVAL", 0.3)
     share = tmp_path / "share"
     _mount_tmpfs(share)
-    cfg = daemon_config(tmp_path, tiny_model)
-    cfg.write_text(cfg.read_text().replace("path: ./inbox", "path: ./share")
-                   .replace("state: {", "state: {rescan_interval: 1, "))
+    cfg = _share_config(tmp_path, tiny_model)
     try:
         photos = [make_image(share / f"p{i}.png", color=(i, 40, 40)) for i in range(3)]
         d = InProcess(cfg)
@@ -75,9 +81,7 @@ def test_a_mount_point_holding_markers_is_unavailable_and_prune_removes_nothing(
         (share / marker).mkdir(parents=True)
     (share / "NOT-MOUNTED.txt").write_text("the NAS is not mounted\n")
     _mount_tmpfs(share)
-    cfg = daemon_config(tmp_path, tiny_model)
-    cfg.write_text(cfg.read_text().replace("path: ./inbox", "path: ./share")
-                   .replace("state: {", "state: {rescan_interval: 1, gone_grace: 0s, "))
+    cfg = _share_config(tmp_path, tiny_model, "gone_grace: 0s, ")
     try:
         photos = [make_image(share / f"p{i}.png", color=(i, 40, 40)) for i in range(3)]
         d = InProcess(cfg)
