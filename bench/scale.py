@@ -60,7 +60,7 @@ def build_tree(root: Path, files: int, model: Path) -> Path:
     probe = root / "probe.png"
     Image.new("RGB", (48, 32), (90, 140, 200)).save(probe)
     data = probe.read_bytes()
-    sha, now = sha256_bytes(data), time.time()
+    sha = sha256_bytes(data)
     journal = Journal(config.state.db, exclusive=True)
     rows, passages = [], []
     for i in range(files):
@@ -76,15 +76,17 @@ def build_tree(root: Path, files: int, model: Path) -> Path:
                                model={"id": str(model)}, tasks={"caption": {"result": caption, "fingerprint": fp}})
         side = render_json(record)
         (folder / f"{path.name}.smolvlm.json").write_bytes(side)
-        rows.append((str(path), str(watch.path), st.st_size, st.st_mtime, sha, fp, now, now, now, now,
-                     json.dumps({f"{path.name}.smolvlm.json": sha256_bytes(side)})))
-        passages.append((str(path), str(watch.path), now, caption))
+        rows.append([str(path), str(watch.path), st.st_size, st.st_mtime, sha, fp,
+                     json.dumps({f"{path.name}.smolvlm.json": sha256_bytes(side)})])
+        passages.append((str(path), str(watch.path), caption))
+    now = time.time()  # recorded after the sidecars were written, as a daemon records a job done after its set
     with journal._tx():
         journal.db.executemany(
-            "INSERT INTO jobs (path, watch, size, mtime, sha256, fingerprint, state, priority, force, created, updated,"
-            " finished, indexed, outputs) VALUES (?, ?, ?, ?, ?, ?, 'done', 1, 0, ?, ?, ?, ?, ?)", rows)
+            "INSERT INTO jobs (path, watch, size, mtime, sha256, fingerprint, outputs, state, priority, force, created,"
+            " updated, finished, indexed) VALUES (?, ?, ?, ?, ?, ?, ?, 'done', 1, 0, ?, ?, ?, ?)",
+            [(*r, now, now, now, now) for r in rows])
         journal.db.executemany("INSERT INTO passages (path, watch, task, kind, created, text)"
-                               " VALUES (?, ?, 'caption', 'image', ?, ?)", passages)
+                               " VALUES (?, ?, 'caption', 'image', ?, ?)", [(p, w, now, t) for p, w, t in passages])
     journal.close()
     return cfg
 
