@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -57,10 +56,6 @@ def build_tree(root: Path, files: int, model: Path) -> Path:
     config, registry = load_checked(cfg)
     watch = config.watches[0]
     fp = Pipeline(config, registry, registry.engine(config)).fingerprint(watch)
-    probe = root / "probe.png"
-    Image.new("RGB", (48, 32), (90, 140, 200)).save(probe)
-    data = probe.read_bytes()
-    sha = sha256_bytes(data)
     journal = Journal(config.state.db, exclusive=True)
     rows, passages = [], []
     for i in range(files):
@@ -68,8 +63,9 @@ def build_tree(root: Path, files: int, model: Path) -> Path:
         if i % PER_FOLDER == 0:
             folder.mkdir(parents=True)
         path = folder / f"IMG_{i:07d}.png"
-        path.write_bytes(data)
-        st = path.stat()
+        Image.new("RGB", (48, 32), (i % 256, i // 256 % 256, i // 65536 % 256)).save(path)  # each its own content
+        data = path.read_bytes()
+        sha, st = sha256_bytes(data), path.stat()
         caption = f"a blue photo number {i} at the beach"
         record = SidecarRecord(source={"path": str(path), "size": st.st_size, "mtime": st.st_mtime, "sha256": sha,
                                        "kind": "image"},
@@ -140,7 +136,9 @@ def _timed(step) -> float:
 
 def _live(daemon, path: Path) -> float:
     """A file copied in, until the journal says it is done (its settle time included)."""
-    shutil.copy(next(daemon.config.watches[0].path.glob("*/IMG_0000000.png")), path.with_suffix(".tmp"))
+    from PIL import Image
+
+    Image.new("RGB", (48, 32), (7, 7, 7 + len(path.name))).save(path.with_suffix(".tmp"), "PNG")
     start = time.perf_counter()
     os.replace(path.with_suffix(".tmp"), path)
     _until(lambda: (job := daemon.journal.get(str(path))) is not None and job.state == "done")
