@@ -424,10 +424,14 @@ class Daemon:
         self.web: Any = None  # the web page's pages and their read connection, while web.listen is set
         self.config, self.registry = loaded or loader()
         self.journal = Journal(self.config.state.db, exclusive=True)
+        opened = [self.journal]
         try:
+            self.scan_reader = Journal(self.config.state.db, readonly=True)  # a scan's big reads (Reconciler)
+            opened.append(self.scan_reader)
             self._build()
         except BaseException:
-            self.journal.close()
+            for journal in opened:
+                journal.close()
             raise
 
     def _build(self) -> None:
@@ -436,7 +440,7 @@ class Daemon:
             self.log.warning("recovered_interrupted_jobs", count=recovered)
         self.engine = self._engine(self.config, self.registry)
         self.pipeline = Pipeline(self.config, self.registry, self.engine)
-        self.reconciler = Reconciler(self.journal, self.log, lambda: self.registry.task_objects)
+        self.reconciler = Reconciler(self.journal, self.log, lambda: self.registry.task_objects, self.scan_reader)
         self.metrics = Metrics(DaemonView(self))
         self.queue = WorkQueue(self.journal, self.reconciler, lambda: self.config, self.log, self.metrics)
         self.health = JournalHealth(self.log)
@@ -656,6 +660,7 @@ class Daemon:
         for server in self.http:
             server.stop()
         self._close_web()
+        self.scan_reader.close()
         self.journal.close()
         self.log.info("stopped", processed=self.worker.processed)
         return not stuck

@@ -30,8 +30,12 @@ INDEX_SLACK = 2.0  # seconds between a sidecar's write and its journal row's, in
 
 
 class Reconciler:
-    def __init__(self, journal: Journal, log: Any, known: Callable[[], Mapping[str, PassageSource]]):
+    def __init__(self, journal: Journal, log: Any, known: Callable[[], Mapping[str, PassageSource]],
+                 reader: Journal | None = None):
         self.journal, self.log = journal, log
+        # The whole-watch reads of a scan (every row of a big library) through a connection of their
+        # own: they never hold the lock of the one the worker and the live files write through.
+        self.reader = reader or journal
         self.known = known  # the tasks that say what of a result is searchable (the registry's, after a reload)
         self.missed_total = 0  # files rescans found that no live event reported, since the start
 
@@ -50,7 +54,7 @@ class Reconciler:
         if not armed.check():
             return 0
         watch, report = armed.watch, ScanReport()
-        known = self.journal.seen(str(watch.path))
+        known = self.reader.seen(str(watch.path))
         queued, missed, walked = 0, [], set()
         walk = watch if under is None else replace(watch, path=under)
         for path in scan(walk, armed.filter, report):
@@ -93,7 +97,7 @@ class Reconciler:
 
     def _settle_known(self, armed: ArmedWatch, walked: set[str], under: Path | None = None) -> int:
         requeued, watch = 0, armed.watch
-        for job in self.journal.known(str(watch.path)):
+        for job in self.reader.known(str(watch.path)):
             if under is not None and not Path(job.path).is_relative_to(under):
                 continue
             if not armed.reachable(job.path):
