@@ -49,6 +49,7 @@ class MediaFilter:
         self.recursive = watch.recursive
         self.output_dir = watch.output.output_dir.resolve() if watch.output.output_dir else None
         self.json_suffix = watch.output.json_suffix
+        self.ocr_suffix = watch.output.ocr_suffix
 
     def _rel(self, path: Path) -> str | None:
         try:
@@ -72,6 +73,11 @@ class MediaFilter:
         rel = self._rel(path)
         return rel is not None and not self._excluded(rel, name) and not self._excluded(rel + "/", name)
 
+    def _ocr_text(self, name: str) -> bool:
+        """``photo.jpg.txt``: the OCR text we write beside a media file (named after it whole)."""
+        stem = name[: -len(self.ocr_suffix)] if name.endswith(self.ocr_suffix) else ""
+        return Path(stem).suffix.lower() in MEDIA_EXTENSIONS
+
     def reason_on_disk(self, path: Path) -> str | None:
         """``reason``, and for a file that exists, whether it is one a scan takes: a FIFO or a
         device under a media name is passed over (``open_input`` would refuse it anyway)."""
@@ -89,7 +95,7 @@ class MediaFilter:
         name = path.name
         if name.startswith("."):
             return "hidden file"
-        if name.endswith(self.json_suffix) or name.startswith(TEMP_PREFIX):
+        if name.endswith(self.json_suffix) or name.startswith(TEMP_PREFIX) or self._ocr_text(name):
             return "a smolvlm-watch sidecar or temp file"
         for pattern in DEFAULT_IGNORED_FILES:
             if fnmatch.fnmatch(name, pattern):

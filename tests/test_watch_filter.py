@@ -27,6 +27,8 @@ WATCH = WatchConfig(path=ROOT, exclude=("private", "*.tmp.jpg", "raw/*"), output
     ("download.jpg.part", "ignored by default (*.part)"),
     ("a.jpg.xmp", "ignored by default (*.xmp)"),
     ("notes.txt", "extension '.txt' is not a media extension"),
+    ("a.jpg.txt", "a smolvlm-watch sidecar or temp file"),  # issue 27, 9: our OCR text is no skipped input
+    ("a.jpg.notes.txt", "extension '.txt' is not a media extension"),
     ("README", "extension '(none)' is not a media extension"),
     ("@eaDir/a.jpg", "inside an ignored or excluded folder (/photos/@eaDir)"),
     (".stversions/a.jpg", "inside an ignored or excluded folder (/photos/.stversions)"),
