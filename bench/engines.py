@@ -44,7 +44,7 @@ ENGINES = {"torch, today's precision": "none", "torch + int8 linear layers": "in
 def photo_rows(preset: str, images: int, tokens: int) -> list[dict[str, Any]]:
     args = SimpleNamespace(model=throughput.model_dir(preset), device="cpu", dtype="auto", batch=None,
                            compile=False, tasks="caption,tags,ocr", max_new_tokens=tokens, quantize="none",
-                           task_defaults=False)
+                           task_defaults=False, isa=None)  # throughput.main's arguments
     rows = []
     with tempfile.TemporaryDirectory(prefix="smolvlm-engines-") as tmp:
         args.images_dir = Path(tmp)

@@ -315,7 +315,8 @@ def test_the_next_files_are_asked_while_an_earlier_answer_is_still_out(tmp_path,
     assert all(read_sidecar(tmp_path / "photos" / f"p{i}.jpg")["tasks"]["ocr"]["result"] for i in range(6))
 
 
-def test_config_check_says_which_task_settings_a_generic_server_ignores(write_config, run_cli):
+def test_config_check_says_which_task_settings_a_generic_server_ignores(write_config, run_cli, tmp_path):
+    (tmp_path / "in").mkdir()  # no missing-folder warning after the notes
     base = ('model: {{backend: openai, base_url: "http://gpu:8000/v1", name: m{}}}\n'
             "watches: [{{path: ./in, tasks: [caption, ocr]}}]\n")
     code, out, _ = run_cli("config", "check", write_config(base.format(", server: generic")))
