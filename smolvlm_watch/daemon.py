@@ -35,7 +35,7 @@ from .engine import Engine, Interrupted, ModelLoadError, Outage, Unreachable
 from .journal import LIVE, Finished, Job, Journal, JournalError, RetryPolicy
 from .media import sha256_file
 from .media.base import MediaError
-from .httpd import Handler, Server, bound, routed
+from .httpd import Handler, ListenError, Server, bound, routed
 from .metrics import Metrics, routes
 from .notify import notify, watchdog_interval
 from .pipeline import FileJob, FileResult, Pipeline
@@ -534,8 +534,8 @@ class Daemon:
         for address, (key, handler, paths) in wanted.items():
             try:
                 server = bound(address, handler, key, str(self.config_path))
-            except ConfigError as exc:
-                self.restart_needed = f"{key} could not be served at {address}: {exc.problems[0]}"
+            except ListenError as exc:
+                self.restart_needed = str(exc)
                 self.log.error("reload_listen_failed", error=self.restart_needed)
                 continue
             server.start()

@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from .config import Address, ConfigError
+from .config import Address
 
 MAX_FORM = 64 * 1024
 CLOSE = {"Connection": "close"}
@@ -129,13 +129,20 @@ class Server:
         self.httpd.server_close()
 
 
+class ListenError(Exception):
+    """An address a listener cannot take (a port in use, an address not on this machine): the
+    user's to change, not a crash, and not an invalid config either."""
+
+
 def bound(address: Address, handler: Handler, key: str, source: str | None) -> Server:
-    """A Server on ``address`` (not started yet), or the config error naming ``key``, the setting
-    that asked for it: a port in use is the user's to change, not a crash."""
+    """A Server on ``address`` (not started yet), or a ListenError naming ``key``, the setting
+    that asked for it, and the fix."""
     try:
         return Server(address, handler)
     except OSError as exc:
-        raise ConfigError([f"{key}: cannot listen on {address}: {exc.strerror or exc}"], source) from None
+        where = f"{key} in {source}" if source else key
+        raise ListenError(f"cannot listen on {address} ({where}): {exc.strerror or exc}; stop what uses it, or set "
+                          f"{key} to another address") from None
 
 
 def routed(routes: dict[str, Handler], fallback: Handler | None = None) -> Handler:

@@ -41,6 +41,7 @@ from .watcher import MediaFilter
 
 THUMB_EDGE, PREVIEW_EDGE = 320, 1280
 SIDECAR_BYTES = 4_000_000  # what /sidecar shows of one file, read no further
+PAGES_SHOWN = 50  # a document's pages on its file page
 SEARCH_BUDGET = 2.0  # seconds one search of the page may take before it is stopped
 STATS_SECONDS = 30.0
 CSS = """body{font:15px/1.4 system-ui,sans-serif;margin:0;color:#222;background:#fafafa}
@@ -327,8 +328,25 @@ class Web:
         used = ", ".join(e(v) for v in (model.get("backend"), model.get("device")) if v)
         about = f"<p>model {e(model.get('id'))}" + (f" ({used})" if used else "") + "</p>" if model.get("id") else ""
         body = (f"<h1>{e(path.name)}</h1><p>{e(path)}</p>{preview}{history}{about}{rows}"
-                f"<h2>Sidecars</h2><ul>{links}</ul>")
+                f"{self._pages(path, doc.get('pages') or [])}<h2>Sidecars</h2><ul>{links}</ul>")
         return page(path.name, body)
+
+    def _pages(self, path: Path, pages: list[Any]) -> str:
+        """A document's pages, each with its preview and what its record holds as text (the
+        first PAGES_SHOWN; the JSON sidecar has them all)."""
+        shown = [p for p in pages[:PAGES_SHOWN] if isinstance(p, dict)]
+        if not shown:
+            return ""
+        parts = []
+        for index, record in enumerate(shown, start=1):
+            number = record.get("page", index)
+            texts = "".join(f"<tr><td>{e(k)}</td><td><pre>{e(v)}</pre></td></tr>" for k, v in record.items()
+                            if isinstance(v, str) and v)
+            parts.append(f'<h3>page {e(number)}</h3><img class="preview" loading="lazy" alt="page {e(number)}" '
+                         f'src="/thumb?path={q(str(path))}&page={e(number)}&size={PREVIEW_EDGE}"><table>{texts}</table>')
+        more = (f"<p>… and {len(pages) - PAGES_SHOWN} more page(s) in the JSON sidecar</p>"
+                if len(pages) > PAGES_SHOWN else "")
+        return f"<h2>Pages ({len(pages)})</h2>" + "".join(parts) + more
 
     def sidecar(self, query: dict[str, str]) -> Response:
         """A sidecar of a served file, as plain text (never as HTML): only one the journal

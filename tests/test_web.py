@@ -356,3 +356,32 @@ def test_a_latin1_file_name_is_shown_linked_and_found(site):
     code, _, body = _get(base + link)
     assert code == 200 and "journal: done" in body.decode()
     assert _get(base + "/thumb?path=" + urllib.parse.quote(os.fsencode(str(latin)), safe="/"))[0] == 200
+
+
+def test_serve_on_a_busy_port_says_so_and_not_invalid_config(tmp_path, tiny_model, run_cli):
+    """Issue 27, 8: a port in use was reported as an invalid config."""
+    import socket
+
+    from smolvlm_watch.journal import Journal
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = daemon_config(tmp_path, tiny_model, extra=f"web: {{listen: '127.0.0.1:{port}'}}\n")
+        Journal(tmp_path / "state" / "journal.sqlite").close()  # serve reads the daemon's journal
+        code, _, err = run_cli("serve", "-c", cfg)
+    assert code == 1 and "invalid config" not in err
+    assert err.strip() == (f"error: cannot listen on 127.0.0.1:{port} (web.listen in {cfg}): Address already in use; "
+                           "stop what uses it, or set web.listen to another address")
+
+
+def test_a_documents_page_shows_each_page_with_its_own_text(site):
+    """Issue 27, 8: a document showed page 1 only and its OCR as one blob."""
+    base, inbox = site["base"], site["inbox"]
+    code, _, body = _get(f"{base}/file?path={urllib.parse.quote(str(inbox / 'contract.pdf'))}")
+    text = body.decode()
+    assert code == 200 and "<h2>Pages (2)</h2>" in text and "<h3>page 2</h3>" in text
+    first, second = text.split("<h3>page 2</h3>")
+    assert "Invoice 2026 for ACME" in first.split("<h3>page 1</h3>")[1] and "Договор поставки № 17" in second
+    assert "&page=2&size=1280" in second

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from .. import __version__
 from ..config import ConfigError
 from ..engine import ModelLoadError
+from ..httpd import ListenError
 from ..journal import JournalError
 from ..plugins import PluginError
 from .common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, config_arg, load_checked
@@ -44,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, PluginError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except (JournalError, ModelLoadError) as exc:
+    except (JournalError, ModelLoadError, ListenError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except BrokenPipeError:

@@ -40,7 +40,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     """The web page over the daemon's journal and sidecars, without the daemon (a second
     process may read the journal while the daemon writes it)."""
-    from ..httpd import bound, routed
+    from ..httpd import ListenError, bound, routed
     from ..web import Web, open_journal, token
 
     config, _ = load_checked(args.config)
@@ -49,7 +49,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     journal = open_journal(config)
     try:
         server = bound(address, routed({}, Web(config, journal, token(config)).handle), "web.listen", str(args.config))
-    except ConfigError:
+    except ListenError:
         journal.close()
         raise
     stop = threading.Event()
