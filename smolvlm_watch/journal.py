@@ -512,13 +512,17 @@ class Journal:
     def adopt(self, old_path: str, job_id: int, sha256: str, fingerprint: str, size: int, mtime: float,
               outputs: dict[str, str]) -> None:
         """A renamed file takes over its old name's record: its sidecars were moved, its
-        passages follow it, the old name is forgotten; one transaction."""
+        passages follow it, the old name is forgotten; one transaction. The work stays counted
+        when it was done (a rename is no new processing, nor the loss of the old)."""
         with self._tx():
             row = self._x("SELECT path FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is not None:
                 self._x("UPDATE passages SET path = ? WHERE path = ?", (row["path"], to_db(old_path)))
+            old = self._x("SELECT seconds, finished FROM jobs WHERE path = ?", (to_db(old_path),)).fetchone()
             self._x("DELETE FROM jobs WHERE path = ?", (to_db(old_path),))
-            self._done(job_id, sha256, fingerprint, 0.0, size, mtime, outputs)
+            self._done(job_id, sha256, fingerprint, (old["seconds"] or 0.0) if old else 0.0, size, mtime, outputs)
+            if old is not None and old["finished"] is not None:
+                self._x("UPDATE jobs SET finished = ? WHERE id = ?", (old["finished"], job_id))
 
     @_locked
     def index(self, path: str, watch: str, kind: str | None, passages: list[Passage]) -> None:

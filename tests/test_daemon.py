@@ -172,11 +172,13 @@ def test_renamed_file_keeps_its_sidecars_without_a_model_run(tmp_path, running, 
     img = make_image(tmp_path / "inbox" / "before.png")
     d.wait_done([img])
     passes = d.daemon.engine.vision_passes
+    hour = d.journal.done_since(time.time() - 3600)
     original = read_sidecar(img)
     after = tmp_path / "inbox" / "after.png"
     img.rename(after)
     d.wait_done([after])
     assert d.daemon.engine.vision_passes == passes
+    assert d.journal.done_since(time.time() - 3600) == hour  # issue 27, 9: a rename neither adds nor loses work
     moved = read_sidecar(after)
     assert moved["tasks"] == original["tasks"] and moved["source"]["path"] == str(after)
     assert (tmp_path / "inbox" / "after.png.txt").read_text() == original["tasks"]["ocr"]["result"]

@@ -67,7 +67,7 @@ def cmd_process(args: argparse.Namespace) -> int:
     report = ScanReport()
     jobs, results = _jobs(config, args.paths, args.task, args.force, report)
     pipeline = Pipeline(config, registry, registry.engine(config))
-    progress = Progress(len(jobs), enabled=not args.json)
+    progress = Progress(len(jobs), enabled=not args.json and not args.verbose)  # -v lines get the terminal
     pipeline.on_page = lambda path, done, total: progress.start(f"{Path(path).name} page {done}/{total}")
     try:
         _run(pipeline, jobs, results, progress)
