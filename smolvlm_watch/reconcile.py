@@ -104,20 +104,24 @@ class Reconciler:
                 continue  # below a share that is not mounted now: out of reach, not gone
             if job.path not in walked and not os.path.lexists(job.path):
                 self.journal.mark_gone(job.id)
-            elif job.state == "done" and (missing := self.missing(job, watch)) is not None:
+                continue
+            if job.state != "done":
+                continue
+            target = Target.for_media(Path(job.path), watch.output, watch.path)
+            if (missing := missing_output(target, job.outputs, "json" in watch.outputs)) is not None:
                 requeued += self.journal.requeue(job.path, f"its sidecar {missing} is missing")
-            elif job.state == "done":
-                self._index_if_newer(job, watch)
+            else:
+                self._index_if_newer(job, watch, target)
         return requeued
 
-    def _index_if_newer(self, job: Job, watch: WatchConfig) -> None:
+    def _index_if_newer(self, job: Job, watch: WatchConfig, target: Target) -> None:
         """A done file's sidecar written after its passages were taken (a `process` run beside
         the daemon, a journal restored from an older backup) is read into the index again, so
         search answers what the sidecar says now."""
         if "json" not in watch.outputs:
             return
         try:
-            written = os.stat(Target.for_media(Path(job.path), watch.output, watch.path).json_path).st_mtime
+            written = os.stat(target.json_path).st_mtime
         except OSError:
             return
         if written <= (job.indexed or job.finished or 0) + INDEX_SLACK:

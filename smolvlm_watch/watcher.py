@@ -93,15 +93,9 @@ class MediaFilter:
     def reason(self, path: Path) -> str | None:
         """Why a file is not input for this watch, or None when it is."""
         name = path.name
-        if name.startswith("."):
-            return "hidden file"
-        if name.endswith(self.json_suffix) or name.startswith(TEMP_PREFIX) or self._ocr_text(name):
-            return "a smolvlm-watch sidecar or temp file"
-        for pattern in DEFAULT_IGNORED_FILES:
-            if fnmatch.fnmatch(name, pattern):
-                return f"ignored by default ({pattern})"
-        if path.suffix.lower() not in MEDIA_EXTENSIONS:
-            return f"extension {path.suffix or '(none)'!r} is not a media extension"
+        why = self.name_reason(name)
+        if why is not None:
+            return why
         rel = self._rel(path)
         if rel is None:
             return f"outside the watched folder {self.root}"
@@ -113,11 +107,30 @@ class MediaFilter:
             parent = parent / part
             if not self.accepts_dir(parent):
                 return f"inside an ignored or excluded folder ({parent})"
+        return self.glob_reason(rel, name) or self._link_reason(path)
+
+    def name_reason(self, name: str) -> str | None:
+        """The rules a file's name alone decides (hidden, ours, ignored, not media): a scan asks
+        them before it makes a path of the name (half a library's names are our own sidecars)."""
+        if name.startswith("."):
+            return "hidden file"
+        if name.endswith(self.json_suffix) or name.startswith(TEMP_PREFIX) or self._ocr_text(name):
+            return SIDECAR
+        for pattern in DEFAULT_IGNORED_FILES:
+            if fnmatch.fnmatch(name, pattern):
+                return f"ignored by default ({pattern})"
+        suffix = os.path.splitext(name)[1]
+        if suffix.lower() not in MEDIA_EXTENSIONS:
+            return f"extension {suffix or '(none)'!r} is not a media extension"
+        return None
+
+    def glob_reason(self, rel: str, name: str) -> str | None:
+        """The watch's include and exclude globs, on the path below the watch or the name."""
         if self.include and not any(fnmatch.fnmatch(rel, g) or fnmatch.fnmatch(name, g) for g in self.include):
             return f"matches none of the include globs {list(self.include)}"
         if self._excluded(rel, name):
             return f"matches an exclude glob {list(self.exclude)}"
-        return self._link_reason(path)
+        return None
 
     def _link_reason(self, path: Path) -> str | None:
         """Symlinks are followed only to files inside the watch: one pointing elsewhere would let
@@ -134,6 +147,7 @@ class MediaFilter:
         return None
 
 
+SIDECAR = "a smolvlm-watch sidecar or temp file"
 SYMLINK_OUT = "a symlink to a file outside the watch"
 NOT_REGULAR = "not a regular file (a FIFO, socket or device under a media name)"
 SYMLINK_LOOP = "a symlink loop"
@@ -158,14 +172,23 @@ def scan(watch: WatchConfig, media_filter: MediaFilter | None = None,
     With a ``report``, also removes stale temp files of interrupted writes on the way and counts
     what it skipped that a person may wonder about."""
     f = media_filter or MediaFilter(watch)
-    for folder, dirs, files in os.walk(watch.path):
+    top = str(watch.path)
+    whole = os.path.normpath(top) == os.path.normpath(str(f.root))  # a walk from the root: folders judged on the way
+    for folder, dirs, files in os.walk(top):
         here = Path(folder)
+        below = "" if folder == top else os.path.relpath(folder, top).replace(os.sep, "/") + "/"
         dirs[:] = sorted(d for d in dirs if watch.recursive and f.accepts_dir(here / d))
         if report is not None and any(n.startswith(TEMP_PREFIX) for n in files):
             report.temp_removed += len(sweep_temp(here))
         for name in sorted(files):
+            why = f.name_reason(name)
+            if why == SIDECAR:
+                continue  # ours: never input, never counted
             path = here / name
-            why = f.reason(path)
+            if whole:  # the name, then the globs on the path below the root the walk already has
+                why = why or f.glob_reason(below + name, name) or f._link_reason(path)
+            else:  # a folder inside the watch: every rule, its ancestors included
+                why = why or f.reason(path)
             if why is None:
                 if path.is_file():
                     yield path
