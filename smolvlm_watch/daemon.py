@@ -328,8 +328,7 @@ class Supervisor:
             d.watches.healthy()
         if now - self.last_rescan >= d.config.state.rescan_interval and not self.rescanning():
             self.last_rescan = now
-            self._rescan = threading.Thread(target=self._scan_all, name="rescan", daemon=True)
-            self._rescan.start()
+            self._start_rescan()
         healthy = d.worker.healthy(d.config.state.item_timeout)
         if self.interval and now - self.last_ping >= self.interval and healthy:
             self.last_ping = now
@@ -358,11 +357,14 @@ class Supervisor:
         self.d.log.info("rescan_asked", under=[a or "every watch" for a in asked])
         if None in asked:
             self.last_rescan = now
-        under = None if None in asked else asked
+        self._start_rescan(None if None in asked else [a for a in asked if a is not None])
+
+    def _start_rescan(self, under: list[str] | None = None) -> None:
+        """A rescan (of every watch, or of the folders ``under``) on a thread of its own."""
         self._rescan = threading.Thread(target=self._scan_all, args=(under,), name="rescan", daemon=True)
         self._rescan.start()
 
-    def _scan_all(self, under: list[str] | None = None) -> None:
+    def _scan_all(self, under: list[str] | None) -> None:
         try:
             self.d.scan_all(under)
         except JournalError as exc:

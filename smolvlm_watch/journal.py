@@ -133,6 +133,9 @@ def under(folder: str | None) -> tuple[str, tuple[Any, ...]]:
     return f"(path = ? OR path = ? OR {where})", (to_db(folder), os.fsencode(folder), *params)
 
 
+_STAGED = "CREATE TEMP TABLE IF NOT EXISTS staged (path, watch, kind, task, page, timestamp, text)"  # a reindex
+
+
 def starting(prefix: str) -> tuple[str, tuple[Any, ...]]:
     """SQL for "path starts with ``prefix``", literally, for TEXT and BLOB paths alike."""
     raw = os.fsencode(prefix)
@@ -534,7 +537,7 @@ class Journal:
     def index_stage(self, path: str, watch: str, kind: str | None, passages: list[Passage]) -> None:
         """``search --reindex``: a file's passages, kept aside (a temp table of this connection)
         until ``index_swap``; a kill before it leaves the live index as it was."""
-        self._x("CREATE TEMP TABLE IF NOT EXISTS staged (path, watch, kind, task, page, timestamp, text)")
+        self._x(_STAGED)
         for p in passages:
             self._x("INSERT INTO temp.staged VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (to_db(path), to_db(watch), kind, p.task, p.page, p.timestamp, p.text))
@@ -543,7 +546,7 @@ class Journal:
     @_locked
     def index_swap(self, under_path: str | None = None) -> None:
         """The staged passages replace the index at or under ``under_path``, in one transaction."""
-        self._x("CREATE TEMP TABLE IF NOT EXISTS staged (path, watch, kind, task, page, timestamp, text)")
+        self._x(_STAGED)
         where, params = under(under_path)
         now = time.time()
         with self._tx():

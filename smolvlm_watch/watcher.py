@@ -488,8 +488,7 @@ def presence(root: Path, expected: Device | None) -> tuple[Device | None, str | 
         return now, None
     if expected.mount and not now.mount:
         return now, "the folder is no longer a mount point (an unmounted share?); waiting for it to return"
-    if not same and (probe is None or (expected.probe is not None and probe != expected.probe
-                                       and not os.path.lexists(root / expected.probe))):
+    if not same and (probe is None or (expected.probe is not None and not os.path.lexists(root / expected.probe))):
         return now, ("the folder is not the file system it was, and does not hold what it held (an unmounted "
                      "share?); waiting for it to return")
     return now, None
@@ -639,13 +638,13 @@ class WatchSet:
                 self.log.warning("inotify_failed_falling_back_to_polling", watch=str(armed.watch.path),
                                  error=str(exc), fix=INOTIFY_FIX)
                 armed.exhausted.clear()
-                self._demote(armed, f"inotify failed: {exc.strerror or exc}")
+                self._rearm(armed, force_polling=f"inotify failed: {exc.strerror or exc}")
                 continue
             if armed.missed >= MISSED_LIMIT and armed.mode == "native":
                 why = f"live events missed {armed.missed} file(s) that rescans found"
                 self.log.error("live_events_missed_switching_to_polling", watch=str(armed.watch.path), reason=why)
                 armed.missed = 0
-                self._demote(armed, why)
+                self._rearm(armed, force_polling=why)
                 continue
             was, missing = armed.available, set(armed.missing_mounts)
             if not armed.check():
@@ -659,24 +658,21 @@ class WatchSet:
                                meaning="its files are kept as they were until it returns")
             if back := missing - set(armed.missing_mounts):
                 self.log.warning("submount_back", watch=str(armed.watch.path), mounts=sorted(back))
-                self._stop(armed)  # the kernel dropped the watches inside it at the unmount
-                self._arm(armed)
-                for mount in sorted(back):
-                    self.on_dir(armed, Path(mount))
+                self._rearm(armed, [Path(m) for m in sorted(back)])  # its watches went at the unmount
                 continue
             if was and armed.observer is not None and armed.observer.is_alive():
                 continue
             self.log.warning("observer_restarted", watch=str(armed.watch.path),
                              reason="observer thread died" if was else "folder is back")
-            self._stop(armed)
-            self._arm(armed)
-            self.on_dir(armed, armed.watch.path)  # catch up on what happened meanwhile
+            self._rearm(armed)
 
-    def _demote(self, armed: ArmedWatch, why: str) -> None:
-        """Move a native watch to polling, and look at whatever landed unseen meanwhile."""
+    def _rearm(self, armed: ArmedWatch, folders: list[Path] | None = None, force_polling: str = "") -> None:
+        """A watch's observer made anew (polling, when ``force_polling`` says why), then what
+        landed unseen meanwhile looked at: the ``folders`` given, else the whole watch."""
         self._stop(armed)
-        self._arm(armed, force_polling=why)
-        self.on_dir(armed, armed.watch.path)
+        self._arm(armed, force_polling)
+        for folder in folders or [armed.watch.path]:
+            self.on_dir(armed, folder)
 
     def _stop(self, armed: ArmedWatch) -> None:
         if armed.observer is not None:

@@ -46,12 +46,12 @@ SEARCH_BUDGET = 2.0  # seconds one search of the page may take before it is stop
 STATS_SECONDS = 30.0
 CSS = """body{font:15px/1.4 system-ui,sans-serif;margin:0;color:#222;background:#fafafa}
 header{background:#234;color:#fff;padding:.6em 1em}header a{color:#fff;margin-right:1em}
-main{padding:1em}table{border-collapse:collapse}td,th{padding:.2em .6em;border-bottom:1px solid #ddd;text-align:left}
+main{padding:1em;overflow-wrap:anywhere;max-width:1280px}
+table{border-collapse:collapse;max-width:100%}td,th{padding:.2em .6em;border-bottom:1px solid #ddd;text-align:left}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(240px,1fr));gap:1em}
 .card{background:#fff;border:1px solid #ddd;padding:.5em}
 .card img{width:100%;height:180px;object-fit:contain;background:#eee}
-main{overflow-wrap:anywhere}.preview{max-width:100%;max-height:70vh;height:auto}
-main{max-width:1280px}table{max-width:100%}@media (max-width:600px){td,th{padding:.2em .3em}}
+.preview{max-width:100%;max-height:70vh;height:auto}@media (max-width:600px){td,th{padding:.2em .3em}}
 .err{color:#a00}.ok{color:#070}mark{background:#fe6}
 pre{white-space:pre-wrap;background:#fff;border:1px solid #ddd;padding:.5em}
 .spark rect{fill:#48c}
@@ -140,10 +140,9 @@ class Web:
         cookie holds it) or as ``Authorization: Bearer``; compared in constant time."""
         if self.token is None:
             return None
-        query = urllib.parse.parse_qs(urllib.parse.urlsplit(request.target).query, errors="surrogateescape")
         cookies = dict(c.strip().split("=", 1) for c in request.headers.get("cookie", "").split(";") if "=" in c)
         bearer = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        given = (query.get("token") or [""])[-1]
+        given = _query(urllib.parse.urlsplit(request.target).query).get("token", "")
         for candidate in (cookies.get("smolvlm_token", ""), bearer, given):
             if candidate and hmac.compare_digest(candidate.encode(), self.token.encode()):
                 if candidate is given:
