@@ -176,7 +176,7 @@ class RemoteRuntime:
         self.device, self.dtype = "remote", None
         self.vision_passes = 0
         self.prepares_ahead = True  # images are resized and encoded in the prefetch threads
-        self.server = model.server  # "auto" until load() asks the server
+        self.server: str = model.server  # "auto" until load() asks the server
         self._ahead = Ahead(model.image_format)
         self._client: httpx.Client | None = None
         self._pool = ThreadPoolExecutor(max_workers=model.concurrency, thread_name_prefix="remote")

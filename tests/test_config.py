@@ -59,6 +59,7 @@ def test_a_config_with_only_a_folder_works(write_config, tmp_path):
     ("tasks:\n  caption: {max_new_tokens: many}\n", "tasks.caption.max_new_tokens: expected an integer, got 'many'"),
     ("watches:\n  - recursive: true\n", "watches[0].path: missing: every watch needs the folder it watches"),
     ("watches: ./in\n", "watches: expected a list of watches, got './in'"),
+    ("tasks: 3\n", "tasks: expected a mapping, got 3"),  # was a TypeError out of the parser
     ("watches:\n  - path: ./in\n    policy: clobber\n",
      "watches[0].policy: 'clobber' is not allowed (allowed: merge, skip, overwrite)"),
     ("colour: blue\n", "colour: unknown key (known: model, tasks, watches"),
