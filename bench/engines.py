@@ -74,11 +74,10 @@ def parts(model: str, quantize: str, runs: int) -> dict[str, Any]:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from smolvlm_watch import fixtures
-    from smolvlm_watch.config import ModelConfig
-    from smolvlm_watch.runtime import int8_linear, placement
+    from smolvlm_watch.runtime import TransformersModel, int8_linear, placement
 
     processor = AutoProcessor.from_pretrained(model)
-    dtype = placement(ModelConfig(path=Path(model), device="cpu", quantize=quantize)).dtype
+    dtype = placement(TransformersModel(path=Path(model), device="cpu", quantize=quantize)).dtype
     net = AutoModelForImageTextToText.from_pretrained(model, dtype=getattr(torch, dtype)).eval()
     if quantize == "int8":
         net = int8_linear(net)

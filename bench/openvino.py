@@ -96,11 +96,11 @@ def torch_seconds(model: Path, images: list[Path], tokens: int) -> tuple[float, 
     """Seconds for the photos through the Runtime in the precision ``model.dtype: auto`` picks here."""
     from PIL import Image
 
-    from smolvlm_watch.config import ImageSettings, ModelConfig
+    from smolvlm_watch.config import ImageSettings
     from smolvlm_watch.engine import GenerationSettings, Request, question
-    from smolvlm_watch.runtime import Runtime
+    from smolvlm_watch.runtime import Runtime, TransformersModel
 
-    runtime = Runtime(ModelConfig(path=model))
+    runtime = Runtime(TransformersModel(path=model))
     runtime.load()
     gen = GenerationSettings(max_new_tokens=tokens, min_new_tokens=tokens, loop_guard=False)
     photos = [Image.open(p).convert("RGB") for p in images]

@@ -35,12 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from smolvlm_watch import config as configmod
 from smolvlm_watch import fixtures
-from smolvlm_watch.config import ImageSettings, ModelConfig
+from smolvlm_watch.config import ImageSettings
 from smolvlm_watch.pipeline import FileJob, Pipeline
 from smolvlm_watch.plugins import Registry
 from smolvlm_watch.media.image import AS_IS
-from smolvlm_watch.remote import RemoteRuntime, data_url, fitted
-from smolvlm_watch.runtime import placement
+from smolvlm_watch.remote import RemoteModel, RemoteRuntime, data_url, fitted
+from smolvlm_watch.runtime import TransformersModel, placement
 from smolvlm_watch.testing import ModelServer
 
 
@@ -105,15 +105,17 @@ def names(files: list[Path], copies: int) -> list[Path]:
 def run(engine_cls: type[RemoteRuntime], files: list[Path], url: str, out: Path, name: str = "instant",
         tokens: int | None = None) -> dict[str, Any]:
     tasks = {t: {"max_new_tokens": tokens} for t in ("caption", "tags", "ocr")} if tokens else {}
-    cfg = configmod.parse({
+    registry = Registry(entrypoints=False)
+    cfg = registry.check(configmod.parse({
         "model": {"backend": "openai", "base_url": url, "name": name, "concurrency": 8, "timeout": 600},
         "tasks": tasks,
         "watches": [{"path": str(files[0].parent), "tasks": ["caption", "tags", "ocr"], "outputs": ["json"],
-                     "output_dir": str(out)}]}, out)
+                     "output_dir": str(out)}]}, out))
+    assert isinstance(cfg.model, RemoteModel)
     engine = engine_cls(cfg.model, cfg.runtime)
     engine.load()  # the rate is the sustained one, not the start (nor torch's import for the resize)
     fitted(fixtures.scene((64, 48)), 32)
-    pipeline = Pipeline(cfg, Registry(entrypoints=False), engine)
+    pipeline = Pipeline(cfg, registry, engine)
     cpu0, t0 = time.process_time(), time.perf_counter()
     results = [r for _, r in pipeline.process_many([FileJob(p, cfg.watches[0], force=True) for p in files])]
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
@@ -159,7 +161,7 @@ def served(sets: dict[str, list[Path]], count: int, tokens: int) -> list[dict[st
 
     model = throughput.model_dir("256M")
     rows = []
-    dtype = placement(ModelConfig(device="cpu")).dtype  # what this CPU computes fastest, as in-process
+    dtype = placement(TransformersModel(device="cpu")).dtype  # what this CPU computes fastest, as in-process
     with ModelServer(model, dtype=dtype) as server, tempfile.TemporaryDirectory() as folder:
         for kind, files in sets.items():
             row: dict[str, Any] = {"server": "transformers serve, 256M preset, CPU", "photos": kind,

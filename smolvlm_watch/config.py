@@ -11,7 +11,6 @@ import os
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
@@ -39,7 +38,6 @@ def _suffix(v: Any) -> bool:
     return isinstance(v, str) and v.startswith(".") and "/" not in v
 
 
-_ENV: dict[str, Any] = {"check": lambda v: isinstance(v, str) and v != "", "expect": "an environment variable name"}
 _PROMPT: dict[str, Any] = {"check": is_text, "expect": "a non-empty string"}
 _SUFFIX: dict[str, Any] = {"check": _suffix, "expect": "a suffix starting with '.'"}
 
@@ -67,40 +65,29 @@ class ImageSettings:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """What every backend shares: which model, which backend runs it, and the image settings.
+    A backend's own keys (``model.dtype``, ``model.base_url``, ...) are declared by the backend,
+    on a subclass of this (``Backend.model``); until the plugins are loaded they wait in
+    ``options``, and ``Registry.check`` reads them into that subclass."""
+
     id: str = setting(DEFAULT_MODEL_ID, check=lambda v: isinstance(v, str) and v != "", expect="a hub id")
     path: Path | None = setting(None)
     revision: str | None = setting(None)
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = setting("auto")
-    device: Literal["auto", "cpu", "cuda", "mps"] = setting("auto")
-    quantize: Literal["none", "int8"] = setting("none")  # int8: linear layers as int8 on the CPU (dynamic quantization)
-    attn_implementation: str | None = setting(None)
-    local_files_only: bool = setting(False)
     image: ImageSettings = setting(ImageSettings(), flat=True)
     preload: bool = setting(True)
-    threads: int | None = setting(None, minimum=1)
     backend: str = setting("transformers", check=lambda v: isinstance(v, str) and v != "", expect="a backend name")
-    base_url: str | None = setting(None, check=lambda v: isinstance(v, str) and v.startswith(("http://", "https://")),
-                                   expect="an http(s) URL")  # openai: http://host:port/v1
-    name: str | None = setting(None, check=lambda v: isinstance(v, str) and v != "",
-                               expect="the endpoint's model name")  # openai: the endpoint's model name
-    api_key_env: str | None = setting(None, **_ENV)  # openai: environment variable holding the API key
-    timeout: float = setting(120.0, minimum=1)  # openai: seconds per request
-    concurrency: int = setting(8, minimum=1)  # openai: requests in flight
-    image_format: Literal["jpeg", "png"] = setting("jpeg")  # openai: jpeg (quality 95, 4:4:4) or png (lossless)
-    server: Literal["auto", "vllm", "generic"] = setting("auto")  # openai: vllm takes per-request processor options
+    options: dict[str, Any] = field(default_factory=dict, metadata={"resolved": False})  # the backend's keys, unread
 
     @property
     def source(self) -> str:
-        """What from_pretrained is given (the local folder, else the hub id), or the remote model
-        (its URL without credentials: this is what logs, status and sidecars show)."""
-        if self.backend == "openai":
-            return f"{self.name} at {self.endpoint}"
+        """What logs, status and sidecars call the model: the local folder, else the hub id (a
+        backend may say otherwise: a server's model is named with its URL)."""
         return str(self.path) if self.path else self.id
 
-    @property
-    def endpoint(self) -> str | None:
-        """``base_url`` as it may be shown or recorded: without user:password or a query."""
-        return redact_url(self.base_url) if self.base_url else None
+    def unapplied(self, image: ImageSettings) -> str | None:
+        """Who will not apply these per-task image settings (say, a server without per-request
+        processor options), in words, or None: this process applies them all."""
+        return None
 
 
 @dataclass(frozen=True)
@@ -340,7 +327,8 @@ class WebConfig:
     """The pages show every watched file and its results: beyond loopback only with a token."""
 
     allow_remote: bool = setting(False)  # a non-loopback listen address only with this and a token
-    token_env: str | None = setting(None, **_ENV)  # the environment variable holding the token a browser must show
+    token_env: str | None = setting(None, check=lambda v: isinstance(v, str) and v != "",
+                                    expect="an environment variable name")  # holds the token a browser must show
     thumb_cache_mb: float = setting(256.0, minimum=1)  # previews cached in the state folder, oldest dropped past this
     hosts: tuple[str, ...] = setting((), read=_hosts)  # host names a browser may use, besides the listen address
     listen: Address | None = setting(None, read=_listen(WEB_PORT, "the pages show every watched file; set "
@@ -423,17 +411,6 @@ class Config:
         """The most specific watch a file lies in (the deepest folder wins)."""
         hits = [w for w in self.watches if w.contains(path)]
         return max(hits, key=lambda w: len(w.path.resolve().parts)) if hits else None
-
-
-def redact_url(url: str) -> str:
-    """A URL with its credentials (``user:password@``) and query removed: ``base_url`` may carry
-    them, and nothing that is logged, printed or written to a sidecar ever does."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = host + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 # Every key of every section: what the parser accepts (a key not listed is an error with the
@@ -531,8 +508,10 @@ def parse(data: Any, base_dir: Path, source: Path | None = None) -> Config:
     watches = [_watch(r, w, f"watches[{i}]", outputs, video) for i, w in enumerate(raw_watches)]
     _check_watch_paths(r, watches)
     tasks_raw = r.mapping(top.get("tasks"), "tasks", None)  # which tasks exist is the plugins' to say
+    model = r.mapping(top.get("model"), "model", None)  # the backend's keys are its own to check
     config = Config(
-        model=r.section(ModelConfig, top.get("model"), "model"),
+        model=replace(r.build(ModelConfig, model, "model"),
+                      options={k: v for k, v in model.items() if k not in SECTIONS["model"]}),
         tasks={str(k): task(r, v, f"tasks.{k}") for k, v in tasks_raw.items()},
         watches=tuple(w for w in watches if w is not None),
         outputs=outputs, video=video,
@@ -572,6 +551,8 @@ class Names:
 
     plugins: tuple[str, ...] = ()
     used: tuple[tuple[str, str, str], ...] = ()
+    backend: str = ModelConfig.backend
+    model_keys: tuple[str, ...] = ()  # the keys under model: that the core does not declare
 
 
 def names(config: Config) -> Names:
@@ -579,7 +560,7 @@ def names(config: Config) -> Names:
     for i, w in enumerate(config.watches):
         used += [(f"watches[{i}].tasks[{j}]", "task", n) for j, n in enumerate(w.tasks)]
         used += [(f"watches[{i}].outputs[{j}]", "output", n) for j, n in enumerate(w.outputs)]
-    return Names(config.plugins, tuple(used))
+    return Names(config.plugins, tuple(used), config.model.backend, tuple(config.model.options))
 
 
 def raw_names(path: str | Path) -> Names:
@@ -591,9 +572,10 @@ def raw_names(path: str | Path) -> Names:
     if not isinstance(data, dict):
         return Names()
     model, tasks, watches = (data.get(k) for k in ("model", "tasks", "watches"))
-    used: list[tuple[str, str, str]] = []
-    if isinstance(model, dict) and isinstance(model.get("backend"), str):
-        used.append(("model.backend", "backend", model["backend"]))
+    model = model if isinstance(model, dict) else {}
+    named = isinstance(model.get("backend"), str)
+    backend = model["backend"] if named else ModelConfig.backend
+    used: list[tuple[str, str, str]] = [("model.backend", "backend", backend)] if named else []
     used += [(f"tasks.{n}", "task", n) for n in (tasks if isinstance(tasks, dict) else {}) if isinstance(n, str)]
     for i, w in enumerate(watches if isinstance(watches, list) else []):
         w = w if isinstance(w, dict) else {}
@@ -603,7 +585,8 @@ def raw_names(path: str | Path) -> Names:
                 used.append((f"watches[{i}].tasks[{j}]", "task", name))
         used += [(f"watches[{i}].outputs[{j}]", "output", o)
                  for j, o in _listed(w.get("outputs")) if isinstance(o, str)]
-    return Names(tuple(p for _, p in _listed(data.get("plugins")) if isinstance(p, str)), tuple(used))
+    return Names(tuple(p for _, p in _listed(data.get("plugins")) if isinstance(p, str)), tuple(used), backend,
+                 tuple(str(k) for k in model if k not in SECTIONS["model"]))
 
 
 def _listed(value: Any) -> list[tuple[int, Any]]:
@@ -625,7 +608,7 @@ def resolved(config: Config) -> dict[str, Any]:
         if isinstance(value, Address):
             return str(value)
         if hasattr(value, "__dataclass_fields__"):
-            return {k: plain(getattr(value, k)) for k, f in value.__dataclass_fields__.items()
+            return {k: plain(shown(f, getattr(value, k))) for k, f in value.__dataclass_fields__.items()
                     if f.metadata.get("resolved", True)}
         if isinstance(value, dict):
             return {str(k): plain(v) for k, v in value.items()}
@@ -635,8 +618,10 @@ def resolved(config: Config) -> dict[str, Any]:
             return str(value)
         return value
 
+    def shown(f: Any, value: Any) -> Any:
+        key = f.metadata.get("key")
+        return key.shown(value) if key is not None and key.shown is not None and value is not None else value
+
     out = plain(config)
     out.pop("source", None)
-    if config.model.base_url:
-        out["model"]["base_url"] = config.model.endpoint
     return out

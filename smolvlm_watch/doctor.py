@@ -10,34 +10,45 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING
 
 from .config import Config
+from .engine import Check, Level
+
+if TYPE_CHECKING:
+    from .remote import RemoteModel
+    from .runtime import TransformersModel
 from .watcher import INOTIFY_FIX, MediaFilter, choose_mode, count_dirs, filesystem_type, max_user_watches
 
 LOW_DISK_BYTES = 1 << 30
 
 
-Level = Literal["ok", "warn", "FAIL"]
+def transformers_checks(config: Config) -> list[Check]:
+    """How the in-process backend stands: its model files, the device, the engine and precision."""
+    return [check_model(config), check_device(config), check_engine(config)]
 
 
-@dataclass(frozen=True)
-class Check:
-    level: Level
-    what: str
-    fix: str = ""
+def remote_checks(config: Config) -> list[Check]:
+    """How the OpenAI-compatible backend stands: the server answers; the device is its own."""
+    from .remote import RemoteModel
 
-    def line(self) -> str:
-        return f"{self.level:<4}  {self.what}" + (f" — fix: {self.fix}" if self.fix else "")
+    m = config.model
+    assert isinstance(m, RemoteModel)
+    return [check_endpoint(m), Check("ok", "device: the remote backend's"),
+            Check("ok", f"engine: {m.backend} at {m.endpoint} (model.backend: {m.backend})")]
+
+
+def _transformers(config: Config) -> TransformersModel:
+    from .runtime import TransformersModel
+
+    assert isinstance(config.model, TransformersModel), "checks of the transformers backend's settings"
+    return config.model
 
 
 def check_model(config: Config) -> Check:
     """The model's files are at hand: a local folder with weights, or the hub id in the local cache."""
-    m = config.model
-    if m.base_url:  # a model served elsewhere
-        return check_endpoint(config)
+    m = _transformers(config)
     if m.path is not None:
         if not (m.path / "config.json").is_file():
             return Check("FAIL", f"model folder {m.path} has no config.json",
@@ -76,11 +87,10 @@ def _hub_reachable() -> str | bool:
     return True
 
 
-def check_endpoint(config: Config) -> Check:
+def check_endpoint(m: RemoteModel) -> Check:
     """The remote backend answers (any HTTP answer means the server is there)."""
     import httpx
 
-    m = config.model
     assert m.base_url is not None
     try:
         response = httpx.get(m.base_url.rstrip("/") + "/models", timeout=5)
@@ -143,9 +153,7 @@ def check_device(config: Config) -> Check:
 
     weights = _weights_bytes(config)
     need = f", model weights {weights / 2**30:.2f} GiB" if weights else ""
-    wanted = config.model.device
-    if config.model.base_url:
-        return Check("ok", "device: the remote backend's")
+    wanted = _transformers(config).device
     if wanted in ("auto", "cuda") and torch.cuda.is_available():
         free, total = torch.cuda.mem_get_info()
         name = torch.cuda.get_device_name()
@@ -186,7 +194,7 @@ def expected_peak(config: Config, weights_on_disk: int) -> int:
 
     stored = 4 if _stored_dtype(config) == "float32" else 2
     params = weights_on_disk / stored
-    where = placement(config.model)
+    where = placement(_transformers(config))
     width = 4 if where.dtype == "float32" else 2
     weights = params * (1.1 if where.quantize == "int8" else width)  # int8 linears plus the float32 rest
     return int(0.5 * 2**30 + weights + params * width)
@@ -215,10 +223,7 @@ INT8_VERDICT = ("measured 1.4-2.0x faster on caption+tags+ocr on a CPU like this
 def check_engine(config: Config) -> Check:
     """Which engine this config gets, and why: the backend, and for the in-process one where and
     in which precision it runs."""
-    m = config.model
-    if m.backend != "transformers":
-        at = f" at {m.endpoint}" if m.base_url else ""
-        return Check("ok", f"engine: {m.backend}{at} (model.backend: {m.backend})")
+    m = _transformers(config)
     import torch
 
     from .runtime import cpu_has_bf16, placement
@@ -234,9 +239,10 @@ def check_engine(config: Config) -> Check:
                        f"{where.why}{note}")
 
 
-def run_checks(config: Config) -> list[Check]:
-    """Every check for a valid config: model, watches, state folder, disk, device, engine."""
-    checks = [check_model(config)]
+def run_checks(config: Config, backend: list[Check]) -> list[Check]:
+    """Every check for a valid config: the backend's own (``Backend.doctor``: its model, device
+    and engine), then the watches, the state folder and the disk."""
+    checks = list(backend)
     if not config.watches:
         checks.append(Check("warn", "no watches configured: `run` would watch nothing", "add a watches: entry"))
     for watch in config.watches:
@@ -245,8 +251,6 @@ def run_checks(config: Config) -> list[Check]:
     checks.append(check_disk(config.state.db.parent, "the journal"))
     for watch in config.watches:
         checks.append(check_disk(watch.output.output_dir or watch.path, "sidecars"))
-    checks.append(check_device(config))
-    checks.append(check_engine(config))
     return checks
 
 

@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 from collections.abc import Sequence
 
 from PIL import Image
@@ -89,7 +89,7 @@ class ModelInfo:
     revision: str | None
     dtype: str | None
     device: str | None
-    backend: str = "transformers"
+    backend: str
     endpoint: str | None = None  # the remote backend's base URL
     quantize: str | None = None  # the weight format when it is not ``dtype``'s: int8
 
@@ -116,17 +116,38 @@ def fingerprint(*parts: Any) -> str:
 
 
 
+Level = Literal["ok", "warn", "FAIL"]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of ``doctor``: how it stands, what was found, and the fix when it is not ok."""
+
+    level: Level
+    what: str
+    fix: str = ""
+
+    def line(self) -> str:
+        return f"{self.level:<4}  {self.what}" + (f" — fix: {self.fix}" if self.fix else "")
+
+
 @dataclass(frozen=True)
 class Backend:
     """A model backend, registered by a plugin (``register_backends``) and chosen by
-    ``model.backend``. ``create(model, runtime)`` builds its engine, not loaded yet (loading is
-    the engine's ``load``); ``check(model)`` lists what is wrong with the ``model`` settings for
-    this backend, each with its key path, before anything starts."""
+    ``model.backend``. ``model`` declares its keys: a subclass of ``ModelConfig`` whose fields
+    are ``setting(...)`` declarations, read from the config's ``model:`` section (the keys it
+    does not declare are refused there with the ones it does). ``create(model, runtime)``
+    builds its engine from that (not loaded yet: loading is the engine's ``load``);
+    ``check(model)`` lists what is wrong with those settings, each with its key path, before
+    anything starts; ``doctor(config)`` describes the backend for ``doctor``: the model at hand,
+    the device, the engine."""
 
     name: str
-    create: Callable[[ModelConfig, RuntimeConfig], Engine]
+    create: Callable[[Any, RuntimeConfig], Engine]
     description: str = ""
-    check: Callable[[ModelConfig], list[str]] = lambda model: []
+    check: Callable[[Any], list[str]] = lambda model: []
+    model: type[ModelConfig] = ModelConfig
+    doctor: Callable[[Any], list[Check]] = lambda config: []
 
 
 class Engine(Protocol):

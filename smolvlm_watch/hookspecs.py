@@ -63,10 +63,13 @@ def register_backends(register: Callable[[Backend], None]) -> None:
     """Register model backends: what answers the tasks' requests.
 
     Call ``register(backend)`` once per backend, with a ``smolvlm_watch.engine.Backend``: its
-    ``name`` is what ``model.backend`` selects, ``create(model, runtime)`` returns an object
-    implementing ``smolvlm_watch.engine.Engine`` (not loaded yet), and ``check(model)`` returns
-    what is wrong with the ``model`` settings for it, each with its key path (checked by
-    ``config check`` and at start). Built in: ``transformers`` (in-process) and ``openai`` (an
+    ``name`` is what ``model.backend`` selects; ``model`` declares its keys (a frozen subclass
+    of ``ModelConfig`` whose fields are ``settings.setting(...)``, written flat under ``model:``,
+    checked like the core's, any other key refused); ``create(model, runtime)`` gets that
+    class's instance and returns an object implementing ``smolvlm_watch.engine.Engine`` (not
+    loaded yet); ``check(model)`` returns what else is wrong with the settings, each with its
+    key path (checked by ``config check`` and at start); ``doctor(config)`` returns the
+    ``engine.Check`` lines ``doctor`` prints for it. Built in: ``transformers`` (in-process) and ``openai`` (an
     OpenAI-compatible server); an in-process vLLM, OpenVINO or llama.cpp engine is a plugin.
     Return value: ignored.
 

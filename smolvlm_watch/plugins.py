@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import importlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from importlib import metadata
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 from collections.abc import Iterable
 
 import pluggy
 
 from . import hookspecs
-from .config import Config, ConfigError, Names, names
+from .config import Config, ConfigError, ModelConfig, Names, names
+from .settings import Reader, keys
 from .engine import Backend, Engine
 from .sidecar import Writer
 from .tasks import Task
@@ -126,14 +128,37 @@ class Registry:
         table[name] = Provided(name=name, plugin=plugin, version=version, obj=obj)
 
 
+    def backend(self, config: Config) -> Backend:
+        """The backend ``model.backend`` names."""
+        return self.backends[config.model.backend].obj
+
     def engine(self, config: Config) -> Engine:
         """The engine ``model.backend`` names, built (not loaded) from the config."""
-        return self.backends[config.model.backend].obj.create(config.model, config.runtime)
+        return self.backend(config).create(self.model(config)[0], config.runtime)
 
-    def check(self, config: Config) -> None:
+    def model(self, config: Config) -> tuple[ModelConfig, list[str]]:
+        """``config.model`` as its backend declares it (``Backend.model``): the keys waiting in
+        ``options`` read into that class, with what is wrong with them (``Backend.check``)."""
+        backend = self.backend(config)
+        if isinstance(config.model, backend.model) and not config.model.options:
+            return config.model, backend.check(config.model)
+        r = Reader(config.source.parent if config.source else Path.cwd())  # unknown keys: ``unknown``
+        core = {f.name: getattr(config.model, f.name) for f in fields(ModelConfig) if f.name != "options"}
+        model = backend.model(**{**r.values(backend.model, config.model.options, "model"), **core})
+        return model, r.problems + backend.check(model)
+
+    def model_keys(self, backend: str, options: Iterable[str]) -> list[str]:
+        """The keys under ``model:`` that neither the core nor ``backend`` declares."""
+        if backend not in self.backends:
+            return []  # reported as an unknown backend
+        known = keys(self.backends[backend].obj.model)
+        return [f"model.{key}: unknown key (known: {', '.join(known)})" for key in options if key not in known]
+
+    def check(self, config: Config) -> Config:
         """What only the loaded plugins can tell about a config: every task, writer and backend
-        it names exists, every task's options fit its schema, the backend has what it needs.
-        Raises one ConfigError listing every problem with its key path."""
+        it names exists, every task's options fit its schema, the backend's keys fit its
+        declaration and it has what it needs. Returns the config with ``model`` as the backend
+        declares it; raises one ConfigError listing every problem with its key path."""
         problems = self.unknown(names(config))
         for name, task_config in config.tasks.items():
             if name in self.tasks:
@@ -150,15 +175,20 @@ class Registry:
                     where = f"watches[{i}].tasks[{watch.tasks.index(name)}].{name}"
                     problems += self.tasks[name].obj.check_options(override.options, where, override.direct)
         if config.model.backend in self.backends:
-            problems += self.backends[config.model.backend].obj.check(config.model)
+            model, wrong = self.model(config)
+            problems += wrong
+            config = replace(config, model=model)
         if problems:
             raise ConfigError(problems, str(config.source) if config.source else None)
+        return config
 
     def unknown(self, names: Names) -> list[str]:
-        """Each name a config uses that no loaded plugin provides, with its key path."""
+        """Each name a config uses that no loaded plugin provides, and each ``model:`` key its
+        backend does not declare, with its key path."""
         tables: dict[str, dict[str, Any]] = {"backend": self.backends, "task": self.tasks, "output": self.writers}
         return [f"{where}: unknown {kind} {name!r} (known: {', '.join(sorted(tables[kind]))})"
-                for where, kind, name in names.used if name not in tables[kind]]
+                for where, kind, name in names.used if name not in tables[kind]
+                ] + self.model_keys(names.backend, names.model_keys)
 
 
 def _distribution_version(plugin: str) -> str:

@@ -32,16 +32,18 @@ import os
 import random
 import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from PIL import Image
 
 from .config import ImageSettings, ModelConfig, RuntimeConfig
+from .settings import setting
 from .media.image import AS_IS
 from .engine import Answer, InferenceError, Interrupted, ModelInfo, ModelLoadError, Request, Unreachable
 
@@ -164,10 +166,61 @@ def _images(request: Request) -> list[Image.Image]:
     return list(request.images) + (list(request.video.frames) if request.video is not None else [])
 
 
+def redact_url(url: str) -> str:
+    """A URL with its credentials (``user:password@``) and query removed: ``base_url`` may carry
+    them, and nothing that is logged, printed or written to a sidecar ever does."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _named(v: Any) -> bool:
+    return isinstance(v, str) and v != ""
+
+
+@dataclass(frozen=True)
+class RemoteModel(ModelConfig):
+    """``model.backend: openai``: the model on an OpenAI-compatible server, and this backend's keys."""
+
+    base_url: str | None = setting(None, check=lambda v: isinstance(v, str) and v.startswith(("http://", "https://")),
+                                   expect="an http(s) URL", shown=redact_url)  # http://host:port/v1
+    name: str | None = setting(None, check=_named, expect="the endpoint's model name")
+    api_key_env: str | None = setting(None, check=_named, expect="an environment variable name")  # holds the key
+    timeout: float = setting(120.0, minimum=1)  # seconds per request, in all
+    concurrency: int = setting(8, minimum=1)  # requests in flight
+    image_format: Literal["jpeg", "png"] = setting("jpeg")  # jpeg (quality 95, 4:4:4) or png (lossless)
+    server: Literal["auto", "vllm", "generic"] = setting("auto")  # vllm takes per-request processor options
+
+    @property
+    def source(self) -> str:
+        """The model as logs, status and sidecars name it: with its URL, without credentials."""
+        return f"{self.name} at {self.endpoint}"
+
+    @property
+    def endpoint(self) -> str | None:
+        """``base_url`` as it may be shown or recorded: without user:password or a query."""
+        return redact_url(self.base_url) if self.base_url else None
+
+    def unapplied(self, image: ImageSettings) -> str | None:
+        if self.server == "vllm" or (image.splitting is None and image.max_image_size is None):
+            return None
+        if self.server == "generic":
+            return "this server"
+        return "the server, unless it is vLLM (model.server: auto asks it),"
+
+    def problems(self) -> list[str]:
+        """What this backend cannot run without."""
+        return [f"model.{key}: missing: model.backend openai needs base_url and name"
+                for key in ("base_url", "name") if not getattr(self, key)]
+
+
 class RemoteRuntime:
     """Runtime over HTTP; same interface as ``runtime.Runtime`` as far as the pipeline uses it."""
 
-    def __init__(self, model: ModelConfig, runtime: RuntimeConfig | None = None):
+    def __init__(self, model: RemoteModel, runtime: RuntimeConfig | None = None):
         if not model.base_url or not model.name:
             raise ModelLoadError("model.backend openai needs model.base_url and model.name")
         self.config = model

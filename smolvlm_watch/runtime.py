@@ -15,7 +15,7 @@ import time
 import warnings
 import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 from collections.abc import Sequence
 from urllib.parse import urlparse
 
@@ -23,11 +23,37 @@ from PIL import Image
 
 from . import logs
 from .config import ImageSettings, ModelConfig, RuntimeConfig
+from .settings import setting
 from .batching import Cancelled, LoopGuard, batch_for_memory, image_ids, padded, plan, shared_prefixes, until_end
 from .engine import (Answer, InferenceError, Interrupted, ModelInfo, ModelLoadError, Request)
 
 
 GPU_TILES_PER_PASS = 64  # vision tower tiles per forward on a GPU (13 per 1024x768 photo)
+
+
+@dataclass(frozen=True)
+class TransformersModel(ModelConfig):
+    """``model.backend: transformers``: SmolVLM2 in this process, and this backend's keys."""
+
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = setting("auto")
+    device: Literal["auto", "cpu", "cuda", "mps"] = setting("auto")
+    quantize: Literal["none", "int8"] = setting("none")  # int8: linear layers as int8 on the CPU (dynamic quantization)
+    attn_implementation: str | None = setting(None)
+    local_files_only: bool = setting(False)
+    threads: int | None = setting(None, minimum=1)
+
+    def problems(self) -> list[str]:
+        """int8 is torch's dynamic quantization: float32 weights in, CPU kernels only."""
+        if self.quantize != "int8":
+            return []
+        problems = []
+        if self.dtype not in ("auto", "float32"):
+            problems.append(f"model.quantize: int8 quantizes float32 weights; set model.dtype: auto or float32 "
+                            f"(not {self.dtype})")
+        if self.device not in ("auto", "cpu"):
+            problems.append(f"model.quantize: int8 runs on the CPU only (torch's dynamic quantization has no "
+                            f"{self.device} kernels); on a GPU use model.quantize: none")
+        return problems
 
 
 @dataclass(frozen=True)
@@ -42,7 +68,7 @@ class Pixels:
 class Runtime:
     """Owns the processor and model. Thread-safe to call, but meant for one worker thread."""
 
-    def __init__(self, model: ModelConfig, runtime: RuntimeConfig | None = None):
+    def __init__(self, model: TransformersModel, runtime: RuntimeConfig | None = None):
         self.config = model
         self.runtime_config = runtime or RuntimeConfig()
         self._lock = threading.Lock()
@@ -70,7 +96,7 @@ class Runtime:
             where = placement(self.config)
             device, dtype, quantize = where.device, where.dtype, where.quantize
         return ModelInfo(id=self.config.source, revision=self.config.revision, dtype=dtype, device=device,
-                         quantize=quantize)
+                         backend="transformers", quantize=quantize)
 
     # --- loading -------------------------------------------------------------------------------
 
@@ -445,7 +471,7 @@ class Placement:
     quantize: str | None = None  # int8: the linear layers' weights (the CPU only)
 
 
-def placement(config: ModelConfig) -> Placement:
+def placement(config: TransformersModel) -> Placement:
     """``model.device``, ``model.dtype`` and ``model.quantize`` resolved: ``auto`` is a visible
     GPU, else the CPU, in the precision that device computes fastest."""
     import torch

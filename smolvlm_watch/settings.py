@@ -35,6 +35,7 @@ class Key:
     check: Callable[[Any], bool] | None = None
     read: Read | None = None
     flat: bool = False
+    shown: Callable[[Any], Any] | None = None  # how ``config check`` prints it (a URL without its password)
 
 
 def setting(default: Any = dataclasses.MISSING, *, factory: Callable[[], Any] | None = None, **key: Any) -> Any:

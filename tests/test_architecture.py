@@ -9,6 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "smolvlm_watch"
 BUILTIN_TASKS = {"caption", "ocr", "tags", "ask"}
+BUILTIN_BACKENDS = {"openai", "transformers"}
 BUILTIN_WRITERS = {"txt"}  # "xmp" is also an XMP namespace prefix and Pillow's key; "json" is plainly core
 
 
@@ -138,3 +139,25 @@ def test_the_core_names_no_builtin_writer_and_writers_ask_by_role():
     assert named == []
     writers = (ROOT / "plugins" / "writers.py").read_text()
     assert ".result(" not in writers and writers.count(".by_role(") >= 4
+
+
+def test_the_core_names_no_builtin_backend():
+    """Issue 32, 2: a third-party backend gets what a built-in gets: its keys are its own
+    (``Backend.model``), and so is what ``doctor`` says of it (``Backend.doctor``). Outside the
+    two backends' own modules no rule is keyed on their names, but the documented default of
+    ``model.backend`` and transformers the library (``"transformers" in sys.modules``)."""
+    own = {"runtime.py", "remote.py", "testing.py"}
+    named = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.name in own:
+            continue
+        tree = ast.parse(path.read_text())
+        allowed = {id(n) for a in ast.walk(tree) for n in ast.walk(a)
+                   if (isinstance(a, ast.AnnAssign) and getattr(a.target, "id", "") == "backend")
+                   or (isinstance(a, ast.Compare) and "sys.modules" in ast.unparse(a))}
+        named += [f"{path.relative_to(ROOT)}:{node.lineno} {node.value!r}" for node in ast.walk(tree)
+                  if isinstance(node, ast.Constant) and node.value in BUILTIN_BACKENDS and id(node) not in allowed]
+    assert named == []
+    for key in ("base_url", "server", "dtype", "quantize"):  # backend keys the core used to read
+        assert not [p for p in PACKAGE.rglob("*.py") if p.name not in own | {"doctor.py"}
+                    and f"model.{key}" in p.read_text().replace(f"`model.{key}`", "")], key

@@ -7,8 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from smolvlm_watch.config import ModelConfig
-from smolvlm_watch.runtime import placement
+from smolvlm_watch.runtime import TransformersModel, placement
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "throughput.py"
 KEYS = {"preset", "device", "tasks", "images", "images_per_s", "reference_images_per_s", "ratio", "vision_passes",
@@ -71,7 +70,7 @@ def test_engines_bench_quick_prints_every_engine_with_its_ratios_and_parts(tmp_p
         ("reference loop (transformers docs), float32", "13 tiles"),
         ("torch, today's precision", "task defaults"), ("torch + int8 linear layers", "task defaults"),
         ("torch, today's precision", "13 tiles"), ("torch + int8 linear layers", "13 tiles")]
-    today = placement(ModelConfig(device="cpu")).dtype  # bf16 where this CPU has it natively
+    today = placement(TransformersModel(device="cpu")).dtype  # bf16 where this CPU has it natively
     assert [r["dtype"] for r in photos[1:]] == [today, "float32"] * 2
     for r in photos[1:]:
         assert r["images_per_s"] > 0 and r["ratio_reference"] > 0 and r["peak_rss_mb"] > 0

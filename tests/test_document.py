@@ -11,11 +11,10 @@ import torch
 from PIL import Image, ImageDraw
 
 from helpers import daemon_config, journal_states, process_peak_mb, read_sidecar, spawn, text_pdf, wait_for
-from smolvlm_watch.config import ModelConfig
 from smolvlm_watch.media import Document, Limits
 from smolvlm_watch.media import MediaError
 from smolvlm_watch.engine import Request, question
-from smolvlm_watch.runtime import Runtime
+from smolvlm_watch.runtime import Runtime, TransformersModel
 
 
 def page_images(count: int, size=(425, 550)) -> list[Image.Image]:
@@ -80,7 +79,7 @@ def test_page_prompt_ids_equal_the_processors_for_the_rendered_image(tmp_path, t
     conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Read it."}]}]
     prompt = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
     ref = processor(text=[prompt], images=[[reference_image]], return_tensors="pt")
-    runtime = Runtime(ModelConfig(path=tiny_model, dtype="float32"))
+    runtime = Runtime(TransformersModel(path=tiny_model, dtype="float32"))
     ours = runtime.encode([Request(images=(image,), messages=question("Read it."))])
     assert torch.equal(ours["input_ids"], ref["input_ids"])
     assert torch.equal(ours["pixels"][0].pixel_values, ref["pixel_values"][0])

@@ -301,3 +301,74 @@ def test_hook_a_third_party_task_feeds_the_built_in_writers_by_its_role(tmp_path
         tmp_path / "cards" / "card.png.xmp").read_text(encoding="utf-8")
     assert (tmp_path / "cards" / "card.png.postcard").read_text(encoding="utf-8") == "text: Dear Ada, see you Sunday"
     sys.modules.pop("handwriting_plugin", None)
+
+
+ECHO = '''
+from dataclasses import dataclass
+
+from smolvlm_watch import hookimpl
+from smolvlm_watch.config import ModelConfig
+from smolvlm_watch.engine import Answer, Backend, Check, ModelInfo
+from smolvlm_watch.settings import setting
+
+
+@dataclass(frozen=True)
+class EchoModel(ModelConfig):
+    greeting: str = setting("hello")
+    n_ctx: int = setting(2048, minimum=1)
+
+
+class Echo:
+    """Answers every request with its greeting and its context size: a backend of its own keys."""
+
+    vision_passes = 0
+    loaded = True
+    prepares_ahead = False
+
+    def __init__(self, model, runtime):
+        self.model = model
+
+    def load(self): pass
+    def info(self): return ModelInfo(id=self.model.source, revision=None, dtype=None, device="echo", backend="echo")
+    def generate(self, requests): return [Answer(text=f"{self.model.greeting} {self.model.n_ctx}") for _ in requests]
+    def max_batch(self): return 4
+    def video_sampling(self): return {"fps": 1, "max_frames": 4, "edge": None}
+    def image_edge(self, settings): return None
+    def preprocess(self, requests): pass
+    def cancel(self): pass
+    def probe(self): return None
+
+
+@hookimpl
+def register_backends(register):
+    register(Backend("echo", Echo, "answers with its greeting", model=EchoModel,
+                     doctor=lambda config: [Check("ok", f"engine: echo says {config.model.greeting!r}")]))
+'''
+
+
+def test_hook_a_third_party_backend_declares_its_own_keys(tmp_path, run_cli, write_config, monkeypatch):
+    """Issue 32, 2: SECTIONS["model"] refused any key a third-party engine needed; a backend now
+    declares its keys on its own ModelConfig subclass: checked with the core's wording, unknown
+    ones refused with its list, and handed to its engine typed."""
+    (tmp_path / "echo_plugin.py").write_text(ECHO)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    head = "plugins: [echo_plugin]\nmodel: {backend: echo, %s}\n"
+    code, _, err = run_cli("config", "check", write_config(head % "n_ctx: 0, greting: hi"))
+    assert code == 2
+    assert "model.n_ctx: 0 is too small (minimum 1)" in err
+    assert ("model.greting: unknown key (known: id, path, revision, longest_edge, max_image_size, image_splitting, "
+            "preload, backend, greeting, n_ctx)") in err
+    code, _, err = run_cli("config", "check", write_config(head % "dtype: float32"))  # the transformers backend's
+    assert code == 2 and "model.dtype: unknown key" in err
+    cfg = write_config(head % "greeting: ahoy, n_ctx: 512" + f"watches: [{tmp_path / 'in'}]\n"
+                       "tasks: {caption: {prompt: Say}}\n")
+    code, out, err = run_cli("config", "check", cfg)
+    assert code == 0, err
+    assert "greeting: ahoy" in out and "n_ctx: 512" in out
+    img = make_image(tmp_path / "in" / "a.png")
+    code, out, err = run_cli("process", img, "-c", cfg, "--task", "caption", "--json")
+    assert code == 0, out + err
+    assert read_sidecar(img)["tasks"]["caption"]["result"] == "ahoy 512"
+    code, out, _ = run_cli("doctor", "-c", cfg)
+    assert "engine: echo says 'ahoy'" in out
+    sys.modules.pop("echo_plugin", None)

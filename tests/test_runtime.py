@@ -10,16 +10,16 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from helpers import make_image
-from smolvlm_watch.config import ImageSettings, ModelConfig, RuntimeConfig
+from smolvlm_watch.config import ImageSettings, RuntimeConfig
 from smolvlm_watch.media import load
 from smolvlm_watch.engine import GenerationSettings, ModelLoadError, Request, question
 from smolvlm_watch.batching import LoopGuard, plan
-from smolvlm_watch.runtime import Runtime
+from smolvlm_watch.runtime import Runtime, TransformersModel
 
 
 @pytest.fixture(scope="module")
 def runtime(tiny_model):
-    rt = Runtime(ModelConfig(path=tiny_model, threads=1, dtype="float32"))  # the reference runs in float32
+    rt = Runtime(TransformersModel(path=tiny_model, threads=1, dtype="float32"))  # the reference runs in float32
     rt.load()
     return rt
 
@@ -90,7 +90,7 @@ def test_generation_with_loop_guard_is_a_prefix_of_unguarded(runtime):
 
 
 def test_unloadable_local_folder_names_the_model_and_the_fix(tmp_path):
-    rt = Runtime(ModelConfig(path=tmp_path / "missing"))
+    rt = Runtime(TransformersModel(path=tmp_path / "missing"))
     with pytest.raises(ModelLoadError) as info:
         rt.load()
     message = str(info.value)
@@ -105,7 +105,7 @@ def test_test_tokenizer_round_trips_cyrillic_and_emoji(runtime):
 
 
 def test_max_batch_is_configurable(tiny_model):
-    rt = Runtime(ModelConfig(path=tiny_model), RuntimeConfig(max_batch=2))
+    rt = Runtime(TransformersModel(path=tiny_model), RuntimeConfig(max_batch=2))
     img = Image.new("RGB", (64, 64))
     reqs = [Request(images=(img,), messages=question("q")) for _ in range(5)]
     assert [len(b) for b in plan(reqs, rt.max_batch())] == [2, 2, 1]
@@ -113,7 +113,7 @@ def test_max_batch_is_configurable(tiny_model):
 
 def test_one_vision_pass_per_image_with_the_answers_of_separate_runs(tiny_model):
     """caption + tags + OCR about one photo at the same image settings encode it once."""
-    rt = Runtime(ModelConfig(path=tiny_model, threads=1, dtype="float32"), RuntimeConfig(max_batch=8))
+    rt = Runtime(TransformersModel(path=tiny_model, threads=1, dtype="float32"), RuntimeConfig(max_batch=8))
     photos = [Image.new("RGB", (300, 200), (200, 30, 30)), Image.new("RGB", (120, 260), (20, 160, 90))]
     questions = [("Describe this image in detail.", 20), ("List keywords, comma separated.", 8),
                  ("Extract all text from this image.", 14)]
@@ -145,7 +145,7 @@ def test_int8_linear_layers_keep_the_sharing_and_stay_close_to_float32(tiny_mode
     three questions about a photo still cost one vision pass and give the answers of separate
     runs; the first step's logits stay within the tolerance README states (cosine >= 0.99 against
     float32; int8 arithmetic may change a greedy token where two are nearly tied)."""
-    rt = Runtime(ModelConfig(path=tiny_model, threads=1, quantize="int8"), RuntimeConfig(max_batch=8))
+    rt = Runtime(TransformersModel(path=tiny_model, threads=1, quantize="int8"), RuntimeConfig(max_batch=8))
     rt.load()
     assert (rt.dtype, rt.quantize) == ("float32", "int8") and rt.info().as_dict()["quantize"] == "int8"
     kinds = {type(m).__module__ for m in rt.model.modules()}
@@ -156,7 +156,7 @@ def test_int8_linear_layers_keep_the_sharing_and_stay_close_to_float32(tiny_mode
     separate = [rt.generate([r])[0].token_ids for r in requests]
     rt.vision_passes = 0
     assert [a.token_ids for a in rt.generate(requests)] == separate and rt.vision_passes == 1
-    full = Runtime(ModelConfig(path=tiny_model, threads=1, dtype="float32"))
+    full = Runtime(TransformersModel(path=tiny_model, threads=1, dtype="float32"))
     full.load()
     inputs = full.processor(text=full.prompt(requests[0]), images=[photo], return_tensors="pt")
     with torch.inference_mode():
@@ -166,7 +166,7 @@ def test_int8_linear_layers_keep_the_sharing_and_stay_close_to_float32(tiny_mode
 
 def test_prompts_that_differ_before_the_image_keep_their_own_prefix(tiny_model):
     """A task with its own system message shares the photo's vision pass but not a prefix."""
-    rt = Runtime(ModelConfig(path=tiny_model, threads=1, dtype="float32"))
+    rt = Runtime(TransformersModel(path=tiny_model, threads=1, dtype="float32"))
     photo = Image.new("RGB", (200, 150), (90, 40, 160))
     system = {"role": "system", "content": [{"type": "text", "text": "You are a careful archivist."}]}
     requests = [Request(images=(photo,), messages=question("Describe this image."),
@@ -200,7 +200,7 @@ def test_pipeline_prefetch_is_bounded_over_200_files(tmp_path, tiny_model):
                               "runtime": {"prefetch": 4, "max_batch": 4},
                               "watches": [{"path": str(folder), "tasks": ["caption"], "outputs": ["json"]}]},
                              tmp_path)
-    pipeline = Pipeline(config, Registry(entrypoints=False), Runtime(config.model, config.runtime))
+    pipeline = Pipeline(config, Registry(entrypoints=False), Registry(entrypoints=False).engine(config))
     lock, state = threading.Lock(), {"prepared": 0, "yielded": 0, "max_ahead": 0}
     original = pipeline.prepare
 
@@ -224,7 +224,7 @@ def test_pipeline_prefetch_is_bounded_over_200_files(tmp_path, tiny_model):
 
 
 def test_questions_split_across_batches_still_encode_their_photo_once(tiny_model):
-    rt = Runtime(ModelConfig(path=tiny_model, threads=1, dtype="float32"), RuntimeConfig(max_batch=2))
+    rt = Runtime(TransformersModel(path=tiny_model, threads=1, dtype="float32"), RuntimeConfig(max_batch=2))
     photos = [Image.new("RGB", (160, 120), (10, 90, 200)), Image.new("RGB", (90, 90), (200, 200, 0))]
     requests = [Request(images=(photo,), messages=question(q), generation=GenerationSettings(max_new_tokens=6))
                 for photo in photos for q in ("Caption it.", "Keywords?", "Text?")]
@@ -244,8 +244,8 @@ def test_compiled_static_cache_decoding_gives_the_same_answers(tiny_model):
     photo = Image.new("RGB", (180, 120), (40, 140, 60))
     requests = [Request(images=(photo,), messages=question(q), generation=GenerationSettings(max_new_tokens=8))
                 for q in ("Caption it.", "Keywords?")]
-    plain = Runtime(ModelConfig(path=tiny_model, threads=1, dtype="float32"))
-    compiled = Runtime(ModelConfig(path=tiny_model, threads=1, dtype="float32"), RuntimeConfig(compile=True))
+    plain = Runtime(TransformersModel(path=tiny_model, threads=1, dtype="float32"))
+    compiled = Runtime(TransformersModel(path=tiny_model, threads=1, dtype="float32"), RuntimeConfig(compile=True))
     expected = [a.token_ids for a in plain.generate(requests)]
     counters["stats"].clear()
     assert [a.token_ids for a in compiled.generate(requests)] == expected
@@ -270,7 +270,7 @@ def test_prefetch_threads_prepare_the_pixels_once_per_image_and_settings(tmp_pat
                               "runtime": {"prefetch": 3, "prepare_ahead": True},
                               "watches": [{"path": str(tmp_path), "tasks": ["caption", "tags", "ocr"],
                                            "outputs": ["json"]}]}, tmp_path)
-    runtime = Runtime(config.model, config.runtime)
+    runtime = Registry(entrypoints=False).engine(config)
     runtime.load()
     calls: list[str] = []
 
@@ -302,9 +302,9 @@ def test_tiles_of_several_images_in_one_vision_pass_give_the_same_answers(tiny_m
     requests = [Request(images=(photo,), messages=question(q), image=ImageSettings(splitting=True),
                         generation=GenerationSettings(max_new_tokens=8, loop_guard=False))
                 for photo in photos for q in ("Caption it.", "Keywords?")]
-    one_by_one = Runtime(ModelConfig(path=tiny_model, threads=1, dtype="float32"))
+    one_by_one = Runtime(TransformersModel(path=tiny_model, threads=1, dtype="float32"))
     expected = [a.token_ids for a in one_by_one.generate(requests)]
-    many = Runtime(ModelConfig(path=tiny_model, threads=1, dtype="float32"), RuntimeConfig(max_batch=4))
+    many = Runtime(TransformersModel(path=tiny_model, threads=1, dtype="float32"), RuntimeConfig(max_batch=4))
     many._tiles_per_pass = lambda: 7
     calls = []
     many.load()
@@ -343,7 +343,7 @@ def test_attention_is_sdpa_unless_a_gpu_has_flash_attn(monkeypatch):
 def test_on_cpu_the_model_thread_prepares_pixels_once_per_image_and_settings(tiny_model):
     import threading
 
-    rt = Runtime(ModelConfig(path=tiny_model, threads=1))
+    rt = Runtime(TransformersModel(path=tiny_model, threads=1))
     rt.load()
     real, calls = rt.processor.image_processor, []
     rt.processor.image_processor = lambda *a, **k: calls.append(threading.current_thread().name) or real(*a, **k)
@@ -368,9 +368,9 @@ def test_the_prefetch_window_fills_a_batch_by_default(tmp_path, tiny_model):
     raw = {"model": {"path": str(tiny_model), "threads": 1}, "tasks": {"caption": {"max_new_tokens": 1}},
            "watches": [{"path": str(tmp_path), "tasks": ["caption"], "outputs": ["json"]}]}
     cpu = configmod.parse(raw, tmp_path)
-    assert Pipeline(cpu, Registry(entrypoints=False), Runtime(cpu.model, cpu.runtime)).prefetch() == 4
+    assert Pipeline(cpu, Registry(entrypoints=False), Registry(entrypoints=False).engine(cpu)).prefetch() == 4
     config = configmod.parse({**raw, "runtime": {"max_batch": 8}}, tmp_path)
-    pipeline = Pipeline(config, Registry(entrypoints=False), Runtime(config.model, config.runtime))
+    pipeline = Pipeline(config, Registry(entrypoints=False), Registry(entrypoints=False).engine(config))
     assert pipeline.prefetch() == 8
     prepared, ran, most = [0], [0], [0]
     original_prepare, original_run = pipeline.prepare, pipeline.run

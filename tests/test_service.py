@@ -311,7 +311,7 @@ def test_doctor_says_which_engine_a_config_gets_and_why(tmp_path, run_cli, monke
     assert code == 0, out
     assert f"ok    engine: openai at {server.url} (model.backend: openai)" in out
     monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
-    model = runtime.ModelConfig()
+    model = runtime.TransformersModel()
     assert runtime.placement(model) == runtime.Placement(
         "cpu", "bfloat16", "no GPU is visible; this CPU has native bf16 (AVX512-BF16 or AMX)")
     from smolvlm_watch import doctor
@@ -325,15 +325,15 @@ def test_doctor_says_which_engine_a_config_gets_and_why(tmp_path, run_cli, monke
     plain = doctor.check_engine(Config(model=model)).what
     assert plain.endswith(f"OpenVINO is not used: {doctor.OPENVINO_VERDICT} (README, Performance); "
                           f"model.quantize: int8 {doctor.INT8_VERDICT}"), plain
-    assert runtime.placement(runtime.ModelConfig(dtype="bfloat16")) == runtime.Placement(
+    assert runtime.placement(runtime.TransformersModel(dtype="bfloat16")) == runtime.Placement(
         "cpu", "bfloat16", "no GPU is visible; model.dtype says bfloat16")
-    assert runtime.placement(runtime.ModelConfig(quantize="int8")) == runtime.Placement(
+    assert runtime.placement(runtime.TransformersModel(quantize="int8")) == runtime.Placement(
         "cpu", "float32", "no GPU is visible; model.quantize int8: int8 linear layers over float32", "int8")
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
-    assert runtime.placement(runtime.ModelConfig(quantize="int8")) == runtime.Placement(
+    assert runtime.placement(runtime.TransformersModel(quantize="int8")) == runtime.Placement(
         "cuda", "bfloat16", "a CUDA device is visible; model.quantize int8 is ignored on a GPU (CPU kernels only); "
         "bfloat16 is its fastest precision")
 
@@ -438,7 +438,8 @@ def test_doctor_judges_memory_by_memavailable_against_the_measured_peak(tmp_path
     with 3x the weights. It reads MemAvailable now and compares the peak a run of this model at
     this precision reaches (measured: 256M float32 at 13 tiles, 2.5 GiB; int8 1.65 GiB)."""
     from smolvlm_watch import doctor
-    from smolvlm_watch.config import Config, ModelConfig
+    from smolvlm_watch.config import Config
+    from smolvlm_watch.runtime import TransformersModel
 
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal:       24000000 kB\nMemFree:         9227468 kB\nMemAvailable:   21600000 kB\n")
@@ -448,6 +449,6 @@ def test_doctor_judges_memory_by_memavailable_against_the_measured_peak(tmp_path
     (model / "config.json").write_text('{"torch_dtype": "bfloat16"}')
     weights_256m = 256_000_000 * 2  # as saved on the hub: bfloat16
     for quantize, dtype, low, high in (("none", "float32", 2.2, 2.7), ("int8", "auto", 1.4, 1.9)):
-        config = Config(model=ModelConfig(path=model, device="cpu", dtype=dtype, quantize=quantize))
+        config = Config(model=TransformersModel(path=model, device="cpu", dtype=dtype, quantize=quantize))
         peak = doctor.expected_peak(config, weights_256m) / 2**30
         assert low < peak < high, (quantize, peak)

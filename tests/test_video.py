@@ -15,8 +15,7 @@ import torch
 from helpers import InProcess, daemon_config, read_sidecar
 from smolvlm_watch.media import MediaError, load
 from smolvlm_watch.engine import Request, question
-from smolvlm_watch.runtime import Runtime
-from smolvlm_watch.config import ModelConfig
+from smolvlm_watch.runtime import Runtime, TransformersModel
 from smolvlm_watch.media.video import Sampling, decode, sample_timestamps
 
 
@@ -68,7 +67,7 @@ def test_prompt_token_ids_equal_the_processors_for_the_same_frames(clip_path, ti
     from transformers import AutoProcessor
     from transformers.video_utils import VideoMetadata
 
-    runtime = Runtime(ModelConfig(path=tiny_model, threads=1))
+    runtime = Runtime(TransformersModel(path=tiny_model, threads=1))
     media = load(clip_path, sampling=Sampling(fps=1, max_frames=64))
     ours = runtime.encode([Request(images=(), video=media.clip, messages=question("What happens?", video=True))])
 
@@ -103,7 +102,7 @@ def test_frames_are_kept_at_the_processors_size_and_the_source_keeps_the_videos(
                    sampling=Sampling(fps=1, max_frames=4, edge=64))
     assert rotated.images[0].size == (48, 64) and (rotated.info.width, rotated.info.height) == (480, 640)
     assert load(path, sampling=Sampling(fps=1, max_frames=4)).images[0].size == (640, 360)  # no edge: as decoded
-    runtime = Runtime(ModelConfig(path=tiny_model, threads=1))
+    runtime = Runtime(TransformersModel(path=tiny_model, threads=1))
     assert runtime.video_sampling() == {"fps": 1, "max_frames": 64, "edge": 64}  # the tiny processor's video size
 
 

@@ -25,8 +25,7 @@ def load_checked(path: str | Path | None, model: str | None = None) -> tuple[Con
     if model:
         config = configmod.with_model(config, model)
     registry = Registry(config.plugins)
-    registry.check(config)
-    return config, registry
+    return registry.check(config), registry
 
 
 def _unknown_names(path: str | Path | None) -> list[str]:

@@ -413,12 +413,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     if args.as_service:
         return _doctor_as_service(args)
     try:
-        config, _ = load_checked(args.config)
+        config, registry = load_checked(args.config)
     except (ConfigError, PluginError) as exc:
         checks = [doctor.Check("FAIL", f"config: {exc}", "correct the config file")]
     else:
         checks = [doctor.Check("ok", f"config {args.config} is valid ({len(config.watches)} watches)"),
-                  *doctor.run_checks(config)]
+                  *doctor.run_checks(config, registry.backend(config).doctor(config))]
     for c in checks:
         print(c.line())
     failed = sum(c.level == "FAIL" for c in checks)

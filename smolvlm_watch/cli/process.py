@@ -154,21 +154,17 @@ def _missing_folders(config: Config) -> list[str]:
 def _ignored_remotely(config: Config, registry: Any) -> list[str]:
     """Per-task image settings a server without per-request processor options will not apply
     (comments after the YAML, so the output stays a valid config)."""
-    m = config.model
-    if m.backend != "openai" or m.server == "vllm":
-        return []
-    found = {}
+    found, who = {}, None
     for watch in config.watches:
         for name in watch.tasks:
             provided = registry.tasks.get(name)
             if provided is None:
                 continue
-            image = provided.obj.spec(config.task_config(name, watch)).image.over(m.image)
-            if image.splitting is not None or image.max_image_size is not None:
-                found[name] = image
+            image = provided.obj.spec(config.task_config(name, watch)).image.over(config.model.image)
+            if (why := config.model.unapplied(image)) is not None:
+                found[name], who = image, why
     if not found:
         return []
-    who = "this server" if m.server == "generic" else "the server, unless it is vLLM (model.server: auto asks it),"
     lines = [f"# note: {who} applies its own tiling, not these tasks' image settings (the sidecar records "
              "what was applied):"]
     for name, image in found.items():
