@@ -290,3 +290,19 @@ def test_two_writers_of_one_sidecar_set_merge_instead_of_dropping_each_other(tmp
     assert set(doc["tasks"]) == {"caption", "ocr", "tags"}  # nobody's results dropped
     assert doc["outputs"] == {"page.png.txt": first.outputs["page.png.txt"]}
     assert (tmp_path / "inbox" / "page.png.txt").read_text(encoding="utf-8") == doc["tasks"]["ocr"]["result"]
+
+
+def test_each_task_is_charged_the_steps_its_answers_took(tmp_path, tiny_model, run_cli, write_config):
+    """Issue 27, 9: every task of a file got the same 'seconds' (the call's time split evenly), so a
+    2-token tags answer looked as costly as a 24-token caption. The call's time is now shared by
+    the steps each answer took (its new tokens, and one for its prefill)."""
+    img = make_image(tmp_path / "in" / "a.png")
+    cfg = write_config(f"model: {{path: {tiny_model}, threads: 1}}\n"
+                       "tasks:\n  caption: {max_new_tokens: 24, min_new_tokens: 24}\n  tags: {max_new_tokens: 2}\n"
+                       f"watches: [{{path: {tmp_path / 'in'}, tasks: [caption, tags], outputs: [json]}}]\n")
+    code, out, err = run_cli("process", img, "-c", cfg, "--json")
+    assert code == 0, out + err
+    caption, tags = (read_sidecar(img)["tasks"][t] for t in ("caption", "tags"))
+    assert caption["tokens"] == 24 and tags["tokens"] <= 2
+    steps = (caption["tokens"] + 1) / (tags["tokens"] + 1)
+    assert caption["seconds"] / tags["seconds"] == pytest.approx(steps, rel=0.02)
