@@ -37,7 +37,7 @@ class TransformersModel(ModelConfig):
 
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = setting("auto")
     device: Literal["auto", "cpu", "cuda", "mps"] = setting("auto")
-    quantize: Literal["none", "int8"] = setting("none")  # int8: linear layers as int8 on the CPU (dynamic quantization)
+    quantize: Literal["auto", "none", "int8"] = setting("auto")  # int8 linear layers (CPU); auto: see placement
     attn_implementation: str | None = setting(None)
     local_files_only: bool = setting(False)
     threads: int | None = setting(None, minimum=1)
@@ -473,7 +473,9 @@ class Placement:
 
 def placement(config: TransformersModel) -> Placement:
     """``model.device``, ``model.dtype`` and ``model.quantize`` resolved: ``auto`` is a visible
-    GPU, else the CPU, in the precision that device computes fastest."""
+    GPU, else the CPU, in the precision that device computes fastest: on a CPU without native
+    bf16 that is int8 linear layers (``quantize: auto`` with ``dtype: auto``), measured faster than
+    float32 there and about half its memory, which keeps a 4 GB NAS out of the OOM killer."""
     import torch
 
     if config.device != "auto":
@@ -489,6 +491,10 @@ def placement(config: TransformersModel) -> Placement:
             return Placement(device, "float32", f"{why}; model.quantize int8: int8 linear layers over float32",
                              "int8")
         why += "; model.quantize int8 is ignored on a GPU (CPU kernels only)"
+    elif config.quantize == "auto" and device == "cpu" and config.dtype == "auto" and not cpu_has_bf16() \
+            and int8_available():
+        return Placement(device, "float32", f"{why}; this CPU has no native bf16 (AVX512-BF16 or AMX), so int8 "
+                                            "linear layers over float32 (model.quantize: auto)", "int8")
     if config.dtype != "auto":
         return Placement(device, config.dtype, f"{why}; model.dtype says {config.dtype}")
     if device == "cuda":
@@ -500,6 +506,15 @@ def placement(config: TransformersModel) -> Placement:
         return Placement(device, "bfloat16", f"{why}; this CPU has native bf16 (AVX512-BF16 or AMX)")
     return Placement(device, "float32", f"{why}; this CPU has no native bf16 (AVX512-BF16 or AMX), "
                                         "so float32 is faster")
+
+
+def int8_available() -> bool:
+    """Whether this torch still has the dynamic quantization ``int8_linear`` uses (deprecated)."""
+    import torch
+
+    dynamic = getattr(getattr(torch.ao.nn, "quantized", None), "dynamic", None)
+    quantization = getattr(torch.ao, "quantization", None)
+    return dynamic is not None and quantization is not None and hasattr(quantization, "default_dynamic_qconfig")
 
 
 def int8_linear(model: Any) -> Any:
@@ -515,11 +530,11 @@ def int8_linear(model: Any) -> Any:
 
     import torch
 
-    dynamic = getattr(getattr(torch.ao.nn, "quantized", None), "dynamic", None)
-    quantization = getattr(torch.ao, "quantization", None)
-    if dynamic is None or quantization is None or not hasattr(quantization, "default_dynamic_qconfig"):
+    if not int8_available():
         raise ModelLoadError(f"model.quantize: int8 needs torch's dynamic quantization (torch.ao.quantization), "
                              f"which torch {torch.__version__} no longer has; set model.quantize: none")
+    dynamic, quantization = torch.ao.nn.quantized.dynamic, torch.ao.quantization
+
     def int8(linear: Any) -> Any:  # its float32 copy lives only in here
         linear = linear.float()
         linear.qconfig = quantization.default_dynamic_qconfig
@@ -549,9 +564,18 @@ def _give_back_freed_memory() -> None:
         pass
 
 
+# oneDNN's ISA caps below native bf16 (ONEDNN_MAX_CPU_ISA), and ATen's (ATEN_CPU_CAPABILITY)
+_NO_BF16_ISA = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+_NO_BF16_ATEN = {"default", "avx2", "avx512"}
+
+
 def cpu_has_bf16() -> bool:
-    """Native bf16 matrix instructions (AVX512-BF16 or AMX): there bf16 is the faster CPU dtype
-    (measured 2.3x on a 2-core AMD EPYC with the 256M preset); elsewhere float32 is."""
+    """Native bf16 matrix instructions (AVX512-BF16 or AMX) that torch may use: there bf16 is the
+    faster CPU dtype (measured 2.3x on a 2-core AMD EPYC with the 256M preset); elsewhere, or
+    where oneDNN or ATen are capped below them, float32 is (and int8 faster still)."""
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in _NO_BF16_ISA or \
+            os.environ.get("ATEN_CPU_CAPABILITY", "").lower() in _NO_BF16_ATEN:
+        return False
     try:
         with open("/proc/cpuinfo") as f:
             flags = next((line for line in f if line.startswith("flags")), "").split()

@@ -49,7 +49,7 @@ def test_a_config_with_only_a_folder_works(write_config, tmp_path):
      "watches[0].outputs[1]: unknown output 'yaml' (known: json, txt, xmp)"),
     ("model: {dtype: float8}\n", "model.dtype: 'float8' is not allowed (allowed: auto, float32, float16, bfloat16)"),
     ("model: {device: tpu}\n", "model.device: 'tpu' is not allowed (allowed: auto, cpu, cuda, mps)"),
-    ("model: {quantize: int4}\n", "model.quantize: 'int4' is not allowed (allowed: none, int8)"),
+    ("model: {quantize: int4}\n", "model.quantize: 'int4' is not allowed (allowed: auto, none, int8)"),
     ("model: {quantize: int8, dtype: bfloat16}\n",
      "model.quantize: int8 quantizes float32 weights; set model.dtype: auto or float32 (not bfloat16)"),
     ("model: {quantize: int8, device: cuda}\n", "model.quantize: int8 runs on the CPU only (torch's dynamic "

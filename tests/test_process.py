@@ -11,9 +11,9 @@ from PIL import Image
 
 from helpers import make_image, process_peak_mb, read_sidecar
 from smolvlm_watch.sidecar import sha256_bytes
-from smolvlm_watch.runtime import cpu_has_bf16
+from smolvlm_watch.runtime import TransformersModel, placement
 
-AUTO_CPU_DTYPE = "bfloat16" if cpu_has_bf16() else "float32"
+AUTO_CPU = placement(TransformersModel(device="cpu"))  # bf16 where the CPU has it, else int8 over float32
 SIDECAR_KEYS = {"schema", "generator", "source", "model", "tasks", "created", "outputs"}
 SOURCE_KEYS = {"path", "size", "mtime", "sha256", "kind", "width", "height"}
 TASK_KEYS = {"result", "raw", "prompt", "generation", "plugin", "plugin_version", "seconds"}
@@ -58,8 +58,8 @@ def test_process_folder_writes_expected_sidecars_and_reports_failures(tmp_path, 
         assert set(doc) == SIDECAR_KEYS
         assert set(doc["source"]) == SOURCE_KEYS and doc["source"]["kind"] == "image"
         assert doc["schema"] == 1
-        assert doc["model"] == {"id": str(tiny_model), "revision": None, "dtype": AUTO_CPU_DTYPE, "device": "cpu",
-                                "backend": "transformers"}
+        assert doc["model"] == {"id": str(tiny_model), "revision": None, "dtype": AUTO_CPU.dtype, "device": "cpu",
+                                "backend": "transformers", **({"quantize": "int8"} if AUTO_CPU.quantize else {})}
         assert set(doc["tasks"]) == {"caption", "tags", "ocr"}
         for entry in doc["tasks"].values():
             assert TASK_KEYS <= set(entry)

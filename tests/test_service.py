@@ -275,13 +275,13 @@ def test_doctor_good_and_broken(tmp_path, tiny_model, run_cli):
     from smolvlm_watch.runtime import cpu_has_bf16
 
     why = ("this CPU has native bf16 (AVX512-BF16 or AMX)" if cpu_has_bf16() else
-           "this CPU has no native bf16 (AVX512-BF16 or AMX), so float32 is faster")
-    from smolvlm_watch.doctor import INT8_VERDICT, OPENVINO_UNMEASURED, OPENVINO_VERDICT
+           "this CPU has no native bf16 (AVX512-BF16 or AMX), so int8 linear layers over float32 "
+           "(model.quantize: auto)")
+    from smolvlm_watch.doctor import OPENVINO_UNMEASURED, OPENVINO_VERDICT
 
-    hint = "" if cpu_has_bf16() else f"; model.quantize: int8 {INT8_VERDICT}"
     assert (f"ok    engine: transformers (torch {torch.__version__}) on cpu, "
             f"{'bfloat16' if cpu_has_bf16() else 'float32'}: no GPU is visible; {why}; OpenVINO is not used: "
-            f"{OPENVINO_UNMEASURED if cpu_has_bf16() else OPENVINO_VERDICT} (README, Performance){hint}\n") in out
+            f"{OPENVINO_UNMEASURED if cpu_has_bf16() else OPENVINO_VERDICT} (README, Performance)\n") in out
 
     broken = tmp_path / "broken"
     (broken / "inbox").mkdir(parents=True)
@@ -310,6 +310,10 @@ def test_doctor_says_which_engine_a_config_gets_and_why(tmp_path, run_cli, monke
         code, out, _ = run_cli("doctor", "-c", cfg)
     assert code == 0, out
     assert f"ok    engine: openai at {server.url} (model.backend: openai)" in out
+    for cap, value in (("ONEDNN_MAX_CPU_ISA", "AVX2"), ("ATEN_CPU_CAPABILITY", "avx2")):
+        with monkeypatch.context() as m:  # torch told to stay below bf16 (bench/throughput.py --isa avx2)
+            m.setenv(cap, value)
+            assert runtime.cpu_has_bf16() is False
     monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
     model = runtime.TransformersModel()
     assert runtime.placement(model) == runtime.Placement(
@@ -320,7 +324,12 @@ def test_doctor_says_which_engine_a_config_gets_and_why(tmp_path, run_cli, monke
     bf16 = doctor.check_engine(Config(model=model)).what  # OpenVINO's bf16 case was never measured
     assert bf16.endswith(f"bfloat16: no GPU is visible; this CPU has native bf16 (AVX512-BF16 or AMX); "
                          f"OpenVINO is not used: {doctor.OPENVINO_UNMEASURED} (README, Performance)"), bf16
-    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)  # a NAS CPU: int8 unless told otherwise
+    assert runtime.placement(model) == runtime.Placement(
+        "cpu", "float32", "no GPU is visible; this CPU has no native bf16 (AVX512-BF16 or AMX), so int8 linear "
+        "layers over float32 (model.quantize: auto)", "int8")
+    assert runtime.placement(runtime.TransformersModel(dtype="float32")).quantize is None  # a dtype is a choice
+    model = runtime.TransformersModel(quantize="none")
     assert runtime.placement(model).dtype == "float32"
     plain = doctor.check_engine(Config(model=model)).what
     assert plain.endswith(f"OpenVINO is not used: {doctor.OPENVINO_VERDICT} (README, Performance); "
