@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import yaml
 
-from .media.base import MEDIA_EXTENSIONS
+from .media.base import MEDIA_EXTENSIONS, Limits
 from .settings import Key, Reader, is_number, is_text, join, keys, setting, show
 
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolVLM2-256M-Video-Instruct"
@@ -406,6 +406,12 @@ class Config:
         if watch and name in watch.task_overrides:
             return watch.task_overrides[name].over(base)
         return base
+
+    def limits(self) -> Limits:
+        """What every input is held to (``media.*``, ``document.*``): the pipeline and the web
+        page's previews alike, so a preview never decodes what processing would refuse."""
+        return Limits(max_pixels=self.media.max_pixels, max_bytes=self.media.max_bytes, dpi=self.document.dpi,
+                      max_pages=self.document.max_pages, max_page_pixels=self.document.max_page_pixels)
 
     def watch_for(self, path: Path) -> WatchConfig | None:
         """The most specific watch a file lies in (the deepest folder wins)."""

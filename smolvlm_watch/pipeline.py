@@ -29,7 +29,7 @@ import structlog
 from .config import Config, WatchConfig
 from .engine import Engine, Interrupted, fingerprint
 from .kinds import Context, PageStore, Work, work_for
-from .media import Limits, MediaError, open_media
+from .media import MediaError, open_media
 from .plugins import Registry
 from .search import Passage, passages
 from .sidecar import PENDING, SidecarError, SidecarRecord, Target, WriteSet, current, read_json, writing
@@ -109,9 +109,7 @@ class Pipeline:
         self.config = config
         self.registry = registry
         self.engine = engine
-        self.limits = Limits(max_pixels=config.media.max_pixels, max_bytes=config.media.max_bytes,
-                             dpi=config.document.dpi, max_pages=config.document.max_pages,
-                             max_page_pixels=config.document.max_page_pixels)
+        self.limits = config.limits()
         self.on_page: Callable[[str, int, int], None] | None = None  # progress: (path, done, total)
 
     def planned(self, watch: WatchConfig) -> list[Planned]:

@@ -34,7 +34,7 @@ from .config import Config, ConfigError
 from .daemon_record import META_KEY, DaemonRecord
 from .httpd import Request, Response, not_found
 from .journal import Journal, JournalError
-from .media import Limits, MediaError, open_media
+from .media import MediaError, open_media
 from .search import SearchError, highlighted, plain
 from .sidecar import Target, read_json
 from .watcher import MediaFilter
@@ -386,7 +386,7 @@ class Web:
         return Response(200, cached.read_bytes(), "image/jpeg", {"Cache-Control": "private, max-age=3600"})
 
     def _render(self, path: Path, edge: int, query: dict[str, str]) -> bytes:
-        limits = Limits(self.config.media.max_pixels, self.config.media.max_bytes)
+        limits = self.config.limits()
         with open_media(path, limits) as opened:
             if opened.kind == "document":
                 index = max(0, int(query.get("page") or 1) - 1)

@@ -385,3 +385,32 @@ def test_a_documents_page_shows_each_page_with_its_own_text(site):
     first, second = text.split("<h3>page 2</h3>")
     assert "Invoice 2026 for ACME" in first.split("<h3>page 1</h3>")[1] and "Договор поставки № 17" in second
     assert "&page=2&size=1280" in second
+
+
+def test_a_documents_preview_is_held_to_the_document_limits(tmp_path):
+    """Issue 27, 8: previews rendered a document under the media limits only, so a page that
+    processing refuses (document.max_page_pixels, document.max_pages) was decoded for the web
+    page anyway; both now take their limits from one place (Config.limits)."""
+    from smolvlm_watch import config as configmod
+    from smolvlm_watch.journal import Journal
+    from smolvlm_watch.web import Web
+
+    inbox = tmp_path / "inbox"
+    pdf = text_pdf(inbox / "letter.pdf", ["one", "two", "three"])
+
+    def preview(name: str, document: dict) -> tuple[int, bytes]:
+        db = tmp_path / name / "journal.sqlite"  # a state folder, and its preview cache, of its own
+        cfg = configmod.parse({"watches": [str(inbox)], "document": document, "state": {"db": str(db)}}, tmp_path)
+        journal = Journal(db)
+        try:
+            response = Web(cfg, journal).thumb({"path": str(pdf), "page": "1"})
+        finally:
+            journal.close()
+        return response.status, response.body
+
+    assert preview("defaults", {})[0] == 200
+    code, body = preview("pixels", {"max_page_pixels": 1_000_000})  # a letter page at 200 dpi: 1700x2200
+    assert code == 404 and b"page 1: 1700x2200 = 3740000 pixels, over the document.max_page_pixels" in body, body
+    code, body = preview("pages", {"max_pages": 2})
+    assert (code, body) == (404, b"no preview: " + str(pdf).encode() + b": the document has 3 pages, over the "
+                            b"document.max_pages limit of 2\n"), body
