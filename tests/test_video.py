@@ -83,7 +83,9 @@ def test_prompt_token_ids_equal_the_processors_for_the_same_frames(clip_path, ti
     ref = processor(text=[prompt], videos=[np.stack([every[i] for i in indices])], video_metadata=[meta],
                     do_sample_frames=False, return_tensors="pt")
     assert torch.equal(ours["input_ids"], ref["input_ids"])
-    assert torch.equal(ours["pixel_values"], ref["pixel_values"])
+    frames = ours["pixels"][0].pixel_values  # in the model's dtype, as the vision tower casts them
+    assert torch.equal(frames, ref["pixel_values"][0].to(frames.dtype))
+    assert torch.equal(ours["pixels"][0].pixel_attention_mask, ref["pixel_attention_mask"][0])
     text = processor.tokenizer.decode(ours["input_ids"][0])
     assert "You are provided the following series of four frames from a 0:00:04 [H:MM:SS] video." in text
     assert [f"Frame from 00:0{s}:" in text for s in range(4)] == [True] * 4
