@@ -102,7 +102,7 @@ def measure(cfg: Path, files: int, burst: int) -> dict:
     rescan_cpu, rescan_wall = time.process_time() - cpu, time.perf_counter() - wall
     status_s = _timed(lambda: _status(daemon.config, daemon.journal))
     panel_s = _timed(lambda: Web(daemon.config, daemon.journal)._panel())
-    searches = [_timed(lambda: daemon.journal.search("beach number", limit=20)) for _ in range(20)]
+    searches = [_timed(lambda: daemon.journal.index.search("beach number", limit=20)) for _ in range(20)]
     daemon.engine.load()
     daemon.worker.start()
     loop = threading.Thread(target=daemon.supervisor.run, daemon=True)

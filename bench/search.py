@@ -91,12 +91,12 @@ def query_times(journal: Journal, runs: int) -> dict[str, dict[str, float]]:
         times = []
         for _ in range(runs):
             t0 = time.perf_counter()
-            journal.search(query, limit=20)
+            journal.index.search(query, limit=20)
             times.append((time.perf_counter() - t0) * 1000)
         times.sort()
         out[name] = {"p50_ms": round(statistics.median(times), 2),
                      "p95_ms": round(times[int(len(times) * 0.95) - 1], 2), "max_ms": round(times[-1], 2),
-                     "hits": len(journal.search(query, limit=20))}
+                     "hits": len(journal.index.search(query, limit=20))}
     return out
 
 
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         texts = [corpus.passages(i) for i in range(files)]  # made before the clock starts
         journal = Journal(Path(tmp) / "big" / "journal.sqlite")
         rate = record(journal, texts, index=True)
-        rows, size = journal.index_stats()
+        rows, size = journal.index.stats()
         print(json.dumps({"files": files, "passages": rows, "index_mb": round((size or 0) / 2**20, 1),
                           "journal_mb": round((Path(tmp) / "big" / "journal.sqlite").stat().st_size / 2**20, 1),
                           "files_indexed_per_s": round(rate, 1), "passages_per_s": round(rate * rows / files, 1)}),

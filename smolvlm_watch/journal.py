@@ -24,20 +24,19 @@ RTC battery) neither stalls nor hastens a retry. Wall-clock times are kept as hi
 from __future__ import annotations
 
 import fcntl
-import functools
 import json
 import os
 import random
 import sqlite3
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
-from collections.abc import Callable
+from typing import Any, Literal
 
 from . import jsontext
-from .search import Hit, Passage, SearchError, fts_query, snippet, terms
+from .search import Passage
+from .search_index import SearchIndex
+from .store import JournalError, JournalLocked, Store, from_db, locked, starting, to_db, under
 
 State = Literal["pending", "running", "done", "failed", "quarantined", "gone"]
 STATES: tuple[State, ...] = ("pending", "running", "done", "failed", "quarantined", "gone")
@@ -102,45 +101,6 @@ _MIGRATIONS = (
 )
 
 
-class JournalError(Exception):
-    """The state database cannot be used; the message names it and the fix."""
-
-
-class JournalLocked(JournalError):
-    """Another daemon owns this state database."""
-
-
-def to_db(path: str) -> str | bytes:
-    """A path as stored: TEXT when it is valid UTF-8, else the BLOB of its bytes."""
-    try:
-        path.encode("utf-8")
-        return path
-    except UnicodeEncodeError:
-        return os.fsencode(path)
-
-
-def from_db(value: str | bytes) -> str:
-    return value if isinstance(value, str) else os.fsdecode(value)
-
-
-def under(folder: str | None) -> tuple[str, tuple[Any, ...]]:
-    """SQL for "path is ``folder`` or lies below it": whole components, case-sensitive, no
-    wildcards (``_`` and ``%`` are ordinary characters), for TEXT and BLOB paths alike."""
-    if not folder:
-        return "1", ()
-    folder = folder.rstrip("/") or "/"
-    where, params = starting(folder if folder.endswith("/") else folder + "/")
-    return f"(path = ? OR path = ? OR {where})", (to_db(folder), os.fsencode(folder), *params)
-
-
-_STAGED = "CREATE TEMP TABLE IF NOT EXISTS staged (path, watch, kind, task, page, timestamp, text)"  # a reindex
-
-
-def starting(prefix: str) -> tuple[str, tuple[Any, ...]]:
-    """SQL for "path starts with ``prefix``", literally, for TEXT and BLOB paths alike."""
-    raw = os.fsencode(prefix)
-    return ("(substr(path, 1, ?) = ? OR (typeof(path) = 'blob' AND substr(path, 1, ?) = ?))",
-            (len(prefix), to_db(prefix), len(raw), raw))
 
 
 @dataclass(frozen=True)
@@ -206,21 +166,6 @@ class RetryPolicy:
         return min(self.max_seconds, self.base_seconds * 2 ** (attempts - 1)) * random.uniform(0.8, 1.2)
 
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _locked(method: F) -> F:
-    """Serialise access: the supervisor's and the worker's threads share one connection, and a
-    transaction must never swallow the other thread's statements."""
-
-    @functools.wraps(method)
-    def wrapper(self: Journal, *args: Any, **kwargs: Any) -> Any:
-        with self._mu:
-            return method(self, *args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
-
-
 class Journal:
     """The queue and history of every file, shared by the supervisor and the worker thread.
 
@@ -235,14 +180,20 @@ class Journal:
         self.path = Path(os.path.realpath(path))
         self.readonly = readonly
         self._lock_fd: int | None = None
-        self._mu = threading.RLock()
-        self.db: sqlite3.Connection | None = None
+        self.store = Store(self.path)  # the connection, shared with the search index
+        self._x, self._tx = self.store.x, self.store.tx
+        self.index = SearchIndex(self.store)
         self._mono0, self._base = time.monotonic(), time.time()
         if readonly:
             self._open_readonly()
         else:
             self._open(exclusive)
         self._base = max(self._base, float(self.meta("clock") or 0))
+
+    @property
+    def db(self) -> sqlite3.Connection | None:
+        """The connection itself, for bulk tools (bench/scale.py's generated library)."""
+        return self.store.db
 
     # --- opening -------------------------------------------------------------------------------
 
@@ -255,28 +206,28 @@ class Journal:
         if exclusive:
             self._take_lock()
         try:
-            self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            self.db.row_factory = sqlite3.Row
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.store.db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            self.store.db.row_factory = sqlite3.Row
+            self.store.db.execute("PRAGMA journal_mode=WAL")
+            self.store.db.execute("PRAGMA synchronous=NORMAL")
             self._migrate()
         except sqlite3.DatabaseError as exc:
             self.close()
-            raise JournalError(self._explain(exc)) from None
+            raise JournalError(self.store.explain(exc)) from None
 
     def _open_readonly(self) -> None:
         if not self.path.exists():
             raise JournalError(f"no journal at {self.path}: no daemon has run with this config yet "
                                "(start it with `smolvlm-watch run`, or check state.db)")
         try:
-            self.db = self._connect_readonly()
-            columns = {row["name"] for row in self.db.execute("PRAGMA table_info(jobs)")}
+            self.store.db = self._connect_readonly()
+            columns = {row["name"] for row in self.store.db.execute("PRAGMA table_info(jobs)")}
             if "outputs" not in columns:
                 raise JournalError(f"the journal {self.path} is from an older smolvlm-watch: start the daemon "
                                    "once to upgrade it in place")
         except sqlite3.DatabaseError as exc:
             self.close()
-            raise JournalError(self._explain(exc)) from None
+            raise JournalError(self.store.explain(exc)) from None
 
     def _connect_readonly(self) -> sqlite3.Connection:
         """Read-only, beside a daemon that writes. On a read-only disk, where SQLite cannot
@@ -297,42 +248,23 @@ class Journal:
     def _migrate(self) -> None:
         """Create a new journal, or upgrade an older one in place (``_MIGRATIONS``), in one
         transaction: two processes opening a new journal at once do it once."""
-        assert self.db is not None
+        assert self.store.db is not None
         with self._tx():
-            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            version = self.store.db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise JournalError(f"the journal {self.path} was written by a newer smolvlm-watch (schema {version}, "
                                    f"this one knows {SCHEMA_VERSION}); upgrade smolvlm-watch, or give this one its "
                                    "own state.db")
             if version == SCHEMA_VERSION:
                 return
-            fresh = self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'jobs'").fetchone() is None
+            fresh = self.store.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'jobs'").fetchone() is None
             for sql in _SCHEMA.split(";"):  # a new journal's tables; no-ops on an existing one
                 if sql.strip():
-                    self.db.execute(sql)
+                    self.store.db.execute(sql)
             for statements in _MIGRATIONS if fresh else _MIGRATIONS[version:]:
                 for sql in statements:
-                    self.db.execute(sql)
-            self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-
-    def _explain(self, exc: sqlite3.DatabaseError) -> str:
-        """One message per way a state database fails, each with the fix that is right for it."""
-        text = str(exc)
-        folder = self.path.parent
-        if "full" in text:
-            return (f"the disk holding the state database {self.path} is full ({text}); free some space there: "
-                    "the daemon keeps trying and catches up")
-        if "locked" in text or "busy" in text:
-            return (f"the state database {self.path} stayed locked by another process for 30 s ({text}); "
-                    "a backup tool or a second smolvlm-watch command may hold it")
-        if "readonly" in text or "read-only" in text:
-            return (f"the state database {self.path} is read-only ({text}); give the daemon's user write access to "
-                    f"it and to {folder} (its -wal and -shm files live there too)")
-        if "unable to open" in text or not os.access(folder, os.W_OK | os.X_OK):
-            return (f"the state database {self.path} cannot be opened ({text}): the folder {folder} is not writable "
-                    f"by this user (uid {os.getuid()}); fix its owner or mode, or set state.db to a writable place")
-        return (f"the state database {self.path} cannot be used ({text}); move it away and start again: the "
-                "journal is rebuilt by the startup scan (current sidecars are recognised and skipped)")
+                    self.store.db.execute(sql)
+            self.store.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _take_lock(self) -> None:
         lock_path = self.path.with_name(self.path.name + ".lock")
@@ -352,15 +284,15 @@ class Journal:
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._lock_fd = fd
 
-    @_locked
+    @locked
     def close(self) -> None:
-        if self.db is not None:
+        if self.store.db is not None:
             try:
                 self._save_clock()
             except JournalError:
                 pass  # a read-only, full or broken journal: nothing more to keep
-            self.db.close()
-            self.db = None
+            self.store.db.close()
+            self.store.db = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -373,13 +305,13 @@ class Journal:
 
     def _save_clock(self) -> None:
         """Persist the clock, so the next start resumes from here even if the wall clock went back."""
-        if self.db is not None and not self.readonly:
+        if self.store.db is not None and not self.readonly:
             self._x("INSERT INTO meta (key, value) VALUES ('clock', ?) "
                     "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (repr(self.now()),))
 
     # --- queueing ------------------------------------------------------------------------------
 
-    @_locked
+    @locked
     def enqueue(self, path: str, watch: str, size: int, mtime: float, priority: int = LIVE,
                 force: bool = False) -> bool:
         """Queue a file unless the journal already has it, unchanged, queued or done. A change to
@@ -405,19 +337,19 @@ class Journal:
                 (to_db(watch), size, mtime, priority, int(force or row["force"]), now, row["id"]))
         return True
 
-    @_locked
+    @locked
     def requeue(self, path: str, why: str | None = None) -> bool:
         """Queue one known file again (its sidecars are missing, say), whatever its state but
         running; ``why`` is kept as its last error until it runs."""
         return self._requeue("path = ?", (to_db(path),), why) == 1
 
-    @_locked
+    @locked
     def requeue_failed(self, under_path: str | None = None) -> int:
         """``retry``: failed and quarantined files (below ``under_path``) back to pending."""
         where, params = under(under_path)
         return self._requeue(f"state IN ('failed', 'quarantined') AND {where}", params)
 
-    @_locked
+    @locked
     def requeue_stale(self, watch: str, fingerprint: str, under_path: str | None = None) -> int:
         """``backfill --stale``: done files of ``watch`` whose results came from other settings."""
         where, params = under(under_path)
@@ -430,7 +362,7 @@ class Journal:
                       (why, time.time(), *params))
         return cur.rowcount
 
-    @_locked
+    @locked
     def recover(self, max_attempts: int) -> int:
         """At start (we hold the lock): jobs a dead daemon left running go back to pending, and
         the interruption counts as an attempt, so a file that kills or wedges the daemon every
@@ -442,7 +374,7 @@ class Journal:
             " WHERE state = 'running'", (time.time(), INTERRUPTED, max_attempts))
         return cur.rowcount
 
-    @_locked
+    @locked
     def lease(self, seconds: float) -> Job | None:
         """Take the next due job: live before backfill, oldest first; expired leases count as due."""
         now = self.now()
@@ -460,7 +392,7 @@ class Journal:
                     (now + seconds, time.time(), row["id"]))
         return Job.from_row(row)
 
-    @_locked
+    @locked
     def next_due(self) -> float | None:
         """Seconds until the next pending job is due (0: one is due now), None when none waits."""
         firsts = [self._x("SELECT MIN(next_attempt) FROM jobs WHERE state = 'pending' AND priority = ?",
@@ -468,13 +400,13 @@ class Journal:
         due = min((f for f in firsts if f is not None), default=None)
         return None if due is None else max(0.0, due - self.now())
 
-    @_locked
+    @locked
     def release(self, job_id: int) -> None:
         """Give a leased job back untouched (shutdown mid-job)."""
         self._x("UPDATE jobs SET state = 'pending', lease_until = NULL, dirty = 0 WHERE id = ? AND state = 'running'",
                 (job_id,))
 
-    @_locked
+    @locked
     def done(self, job_id: int, finished: Finished) -> State:
         """Record a job done, with what it wrote and, in the same transaction, the searchable
         passages of its results; a job whose file changed while it ran is queued again (live)
@@ -485,7 +417,7 @@ class Journal:
             if f.passages is not None:
                 row = self._x("SELECT path, watch FROM jobs WHERE id = ?", (job_id,)).fetchone()
                 if row is not None:
-                    self._index(row["path"], row["watch"], f.kind, f.passages)
+                    self.index.replace(row["path"], row["watch"], f.kind, f.passages)
         return self._state(job_id)
 
     def _done(self, job_id: int, sha256: str | None, fingerprint: str, seconds: float, size: int | None,
@@ -502,16 +434,7 @@ class Journal:
             (sha256, fingerprint, seconds, now, now, size, mtime, LIVE,
              jsontext.dumps(outputs) if outputs is not None else None, job_id))
 
-    def _index(self, path: str | bytes, watch: str | bytes, kind: str | None, passages: list[Passage]) -> None:
-        """A file's passages replaced (inside the caller's transaction)."""
-        self._x("DELETE FROM passages WHERE path = ?", (path,))
-        now = time.time()
-        self._x("UPDATE jobs SET indexed = ? WHERE path = ?", (now, path))
-        for p in passages:
-            self._x("INSERT INTO passages (path, watch, task, kind, page, timestamp, created, text)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (path, watch, p.task, kind, p.page, p.timestamp, now, p.text))
-
-    @_locked
+    @locked
     def adopt(self, old_path: str, job_id: int, sha256: str, fingerprint: str, size: int, mtime: float,
               outputs: dict[str, str]) -> None:
         """A renamed file takes over its old name's record: its sidecars were moved, its
@@ -520,99 +443,14 @@ class Journal:
         with self._tx():
             row = self._x("SELECT path FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is not None:
-                self._x("UPDATE passages SET path = ? WHERE path = ?", (row["path"], to_db(old_path)))
+                self.index.moved(to_db(old_path), row["path"])
             old = self._x("SELECT seconds, finished FROM jobs WHERE path = ?", (to_db(old_path),)).fetchone()
             self._x("DELETE FROM jobs WHERE path = ?", (to_db(old_path),))
             self._done(job_id, sha256, fingerprint, (old["seconds"] or 0.0) if old else 0.0, size, mtime, outputs)
             if old is not None and old["finished"] is not None:
                 self._x("UPDATE jobs SET finished = ? WHERE id = ?", (old["finished"], job_id))
 
-    @_locked
-    def index(self, path: str, watch: str, kind: str | None, passages: list[Passage]) -> None:
-        """A file's passages replaced, from its sidecar (``search --reindex``)."""
-        with self._tx():
-            self._index(to_db(path), to_db(watch), kind, passages)
-
-    @_locked
-    def index_stage(self, path: str, watch: str, kind: str | None, passages: list[Passage]) -> None:
-        """``search --reindex``: a file's passages, kept aside (a temp table of this connection)
-        until ``index_swap``; a kill before it leaves the live index as it was."""
-        self._x(_STAGED)
-        for p in passages:
-            self._x("INSERT INTO temp.staged VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (to_db(path), to_db(watch), kind, p.task, p.page, p.timestamp, p.text))
-        self._x("INSERT INTO temp.staged (path) VALUES (?)", (to_db(path),))  # a file with no text is indexed too
-
-    @_locked
-    def index_swap(self, under_path: str | None = None) -> None:
-        """The staged passages replace the index at or under ``under_path``, in one transaction."""
-        self._x(_STAGED)
-        where, params = under(under_path)
-        now = time.time()
-        with self._tx():
-            self._x(f"DELETE FROM passages WHERE {where}", params)
-            self._x("INSERT INTO passages (path, watch, task, kind, page, timestamp, created, text) SELECT path,"
-                    " watch, task, kind, page, timestamp, ?, text FROM temp.staged WHERE text IS NOT NULL", (now,))
-            self._x("UPDATE jobs SET indexed = ? WHERE path IN (SELECT path FROM temp.staged)", (now,))
-        self._x("DROP TABLE temp.staged")
-
-    @_locked
-    def search(self, query: str, task: str | None = None, under_path: str | None = None, kind: str | None = None,
-               limit: int = 20, budget: float | None = None) -> list[Hit]:
-        """The best ``limit`` passages matching ``query`` (bm25), of files not gone, each with a
-        snippet around its match; stopped with a SearchError past ``budget`` seconds (the web
-        page's: one heavy query must not hold a connection others need)."""
-        where, params = under(under_path)
-        where = where.replace("path", "p.path")
-        match = fts_query(query)
-        ranked = self._fts(
-            "SELECT p.path, p.task, p.kind, p.page, p.timestamp, p.text, bm25(passages_fts) AS score"
-            " FROM passages_fts JOIN passages p ON p.id = passages_fts.rowid LEFT JOIN jobs j ON j.path = p.path"
-            f" WHERE passages_fts MATCH ? AND (j.state IS NULL OR j.state != 'gone') AND {where}"
-            + (" AND p.task = ?" if task else "") + (" AND p.kind = ?" if kind else "") + " ORDER BY score LIMIT ?",
-            (match, *params, *([task] if task else []), *([kind] if kind else []), limit), query, budget)
-        looked_for = terms(match)
-        return [Hit(from_db(r["path"]), r["task"], r["kind"], r["page"], r["timestamp"],
-                    snippet(r["text"], looked_for), r["score"]) for r in ranked]
-
-    def _fts(self, sql: str, args: tuple[Any, ...], query: str, budget: float | None = None) -> list[sqlite3.Row]:
-        """A full-text query's rows; what the index cannot parse is the query's fault (SearchError)."""
-        if self.db is None:
-            raise JournalError(f"the journal {self.path} is closed")
-        if budget is not None:
-            deadline = time.monotonic() + budget
-            self.db.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
-        try:
-            return self.db.execute(sql, args).fetchall()
-        except sqlite3.OperationalError as exc:
-            if str(exc) == "interrupted" and budget is not None:
-                raise SearchError(f"the search took longer than {budget:g} s and was stopped: use fewer or longer "
-                                  "words") from None
-            if "no such table" in str(exc):
-                raise JournalError(f"the journal {self.path} has no search index yet (an older smolvlm-watch wrote "
-                                   "it): run `smolvlm-watch search --reindex`, or start the daemon once") from None
-            if any(w in str(exc) for w in ("fts5", "no such column", "unterminated string", "syntax error")):
-                raise SearchError(f"the index cannot parse {query!r}: {exc} (put words with punctuation in "
-                                  "double quotes, or drop the operators)") from None
-            raise JournalError(self._explain(exc)) from None
-        finally:
-            if budget is not None:
-                self.db.set_progress_handler(None, 0)
-
-    @_locked
-    def index_stats(self) -> tuple[int, int | None]:
-        """Passages in the index, and its size on disk in bytes (None where SQLite was built
-        without the dbstat table)."""
-        if self._x("SELECT 1 FROM sqlite_master WHERE name = 'passages'").fetchone() is None:
-            return 0, 0  # a journal from before the index, opened read-only
-        rows = self._x("SELECT COUNT(*) FROM passages").fetchone()[0]
-        try:
-            size = self._x("SELECT COALESCE(SUM(pgsize), 0) FROM dbstat WHERE name LIKE 'passages%'").fetchone()[0]
-        except sqlite3.OperationalError:
-            size = None
-        return rows, size
-
-    @_locked
+    @locked
     def failed(self, job_id: int, error: str, transient: bool, policy: RetryPolicy) -> State:
         """Record a failure: transient ones retry with exponential backoff and jitter until
         ``max_attempts`` (then quarantine); permanent ones fail at once. A job whose file
@@ -637,11 +475,11 @@ class Journal:
                 (state, attempts, next_attempt, error, now if state != "pending" else None, now, job_id))
         return state
 
-    @_locked
+    @locked
     def mark_gone(self, job_id: int) -> None:
         self._x("UPDATE jobs SET state = 'gone', lease_until = NULL, updated = ? WHERE id = ?", (time.time(), job_id))
 
-    @_locked
+    @locked
     def mark_gone_under(self, folder: str) -> int:
         """Every known file at or below ``folder`` is gone (the folder was moved or deleted)."""
         where, params = under(folder)
@@ -649,34 +487,34 @@ class Journal:
                       f"WHERE state NOT IN ('gone', 'running') AND {where}", (time.time(), *params))
         return cur.rowcount
 
-    @_locked
+    @locked
     def forget(self, path: str) -> None:
         self._x("DELETE FROM jobs WHERE path = ?", (to_db(path),))
 
     # --- reading -------------------------------------------------------------------------------
 
-    @_locked
+    @locked
     def get(self, path: str) -> Job | None:
         row = self._row(path)
         return Job.from_row(row) if row else None
 
-    @_locked
+    @locked
     def by_sha(self, sha256: str) -> list[Job]:
         return self._jobs("sha256 = ? AND state IN ('done', 'gone')", (sha256,))
 
-    @_locked
+    @locked
     def seen(self, watch: str) -> dict[str, tuple[int | None, float | None]]:
         """Every file of ``watch`` that is not gone, with the size and mtime it was queued at:
         what a rescan's walk compares against in memory, one query for the whole watch."""
         rows = self._x("SELECT path, size, mtime FROM jobs WHERE watch = ? AND state != 'gone'", (to_db(watch),))
         return {from_db(r["path"]): (r["size"], r["mtime"]) for r in rows}
 
-    @_locked
+    @locked
     def known(self, watch: str) -> list[Job]:
         """Every file of ``watch`` that is not gone: what a rescan checks against the disk."""
         return self._jobs("watch = ? AND state != 'gone'", (to_db(watch),))
 
-    @_locked
+    @locked
     def same_stem(self, path: str) -> list[Job]:
         """The other files in ``path``'s folder with its stem (``IMG_1.DNG`` and ``IMG_1.JPG``):
         the ones that may share a sidecar named after the stem (``IMG_1.xmp``, ``IMG_1.txt``)."""
@@ -685,7 +523,7 @@ class Journal:
         return [j for j in self._jobs(f"path != ? AND {where}", (to_db(path), *params))
                 if Path(j.path).parent == p.parent and Path(j.path).stem == p.stem]
 
-    @_locked
+    @locked
     def knows(self, under_path: str) -> bool:
         """Whether any file at or below ``under_path`` is in the journal."""
         where, params = under(under_path)
@@ -706,23 +544,23 @@ class Journal:
             os.close(fd)
         return False
 
-    @_locked
+    @locked
     def gone_before(self, when: float, under_path: str | None = None) -> list[Job]:
         """Files gone since before ``when`` (wall clock): their sidecars are orphans."""
         where, params = under(under_path)
         return self._jobs(f"state = 'gone' AND updated < ? AND {where}", (when, *params))
 
-    @_locked
+    @locked
     def running(self) -> list[Job]:
         return self._jobs("state = 'running'", ())
 
-    @_locked
+    @locked
     def recent(self, limit: int) -> list[Job]:
         """The files whose state changed last, newest first (the web page's "Recent")."""
         rows = self._x("SELECT * FROM jobs ORDER BY updated DESC LIMIT ?", (limit,)).fetchall()
         return [Job.from_row(r) for r in rows]
 
-    @_locked
+    @locked
     def done_per_hour(self, now: float, hours: int) -> list[int]:
         """Files processed in each of the last ``hours`` hours, oldest first."""
         out = [0] * hours
@@ -734,36 +572,36 @@ class Journal:
                 out[hours - 1 - row["ago"]] = row["n"]
         return out
 
-    @_locked
+    @locked
     def failures(self) -> list[Job]:
         return self._jobs("state IN ('failed', 'quarantined')", ())
 
-    @_locked
+    @locked
     def all(self) -> list[Job]:
         return self._jobs("1", ())
 
-    @_locked
+    @locked
     def counts(self) -> dict[State, int]:
         out: dict[State, int] = {s: 0 for s in STATES}
         for row in self._x("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state"):
             out[row["state"]] = row["n"]
         return out
 
-    @_locked
+    @locked
     def done_since(self, since: float) -> tuple[int, float]:
         """Files processed (not merely found current) since ``since`` (wall clock), and their seconds."""
         row = self._x("SELECT COUNT(*) AS n, COALESCE(SUM(seconds), 0) AS s FROM jobs"
                       " WHERE state = 'done' AND finished >= ? AND seconds > 0", (since,)).fetchone()
         return row["n"], row["s"]
 
-    @_locked
+    @locked
     def ask_rescan(self, under_path: str | None) -> None:
         """``rescan [SUBPATH]``: a request the daemon takes at its next look (``take_rescan``);
         several before it looks add up."""
         asked = set(json.loads(self.meta("rescan") or "[]"))
         self.set_meta("rescan", jsontext.dumps(sorted(asked | {under_path or ""})))
 
-    @_locked
+    @locked
     def take_rescan(self) -> list[str | None]:
         """The rescans asked for since the last look (None: every watch), and forget them."""
         with self._tx():
@@ -773,46 +611,36 @@ class Journal:
             self._x("DELETE FROM meta WHERE key = 'rescan'")
         return [p or None for p in json.loads(row["value"])]
 
-    @_locked
+    @locked
     def set_meta(self, key: str, value: str) -> None:
         self._x("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 (key, value))
         if key != "clock":
             self._save_clock()
 
-    @_locked
+    @locked
     def meta(self, key: str) -> str | None:
         row = self._x("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row["value"] if row else None
 
     # --- a long document's finished pages, kept until the whole document is done ------------------
 
-    @_locked
+    @locked
     def pages_get(self, path: str, sha256: str, key: str) -> dict[int, dict[str, Any]]:
         rows = self._x("SELECT page, data FROM pages WHERE path = ? AND sha256 = ? AND key = ?",
                        (to_db(path), sha256, key))
         return {row["page"]: json.loads(row["data"]) for row in rows}
 
-    @_locked
+    @locked
     def pages_put(self, path: str, sha256: str, key: str, index: int, record: dict[str, Any]) -> None:
         self._x("INSERT OR REPLACE INTO pages (path, sha256, key, page, data) VALUES (?, ?, ?, ?, ?)",
                 (to_db(path), sha256, key, index, jsontext.dumps(record)))
 
-    @_locked
+    @locked
     def pages_clear(self, path: str) -> None:
         self._x("DELETE FROM pages WHERE path = ?", (to_db(path),))
 
     # --- plumbing ------------------------------------------------------------------------------
-
-    def _x(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
-        if self.db is None:
-            raise JournalError(f"the journal {self.path} is closed")
-        try:
-            return self.db.execute(sql, params)
-        except (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError):
-            raise  # a bug of ours, not the disk's
-        except sqlite3.DatabaseError as exc:  # full, read-only, I/O, locked, corrupt: the disk's
-            raise JournalError(self._explain(exc)) from None
 
     def _row(self, path: str) -> sqlite3.Row | None:
         return self._x("SELECT * FROM jobs WHERE path = ?", (to_db(path),)).fetchone()
@@ -823,36 +651,3 @@ class Journal:
     def _state(self, job_id: int) -> State:
         row = self._x("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return row["state"] if row else "gone"
-
-    def _tx(self) -> _Transaction:
-        assert self.db is not None
-        return _Transaction(self.db, self._explain)
-
-
-class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT: a select-then-update happens atomically. A disk that refuses
-    the commit (full, read-only) is a JournalError like any other statement's failure."""
-
-    def __init__(self, db: sqlite3.Connection, explain: Callable[[sqlite3.DatabaseError], str]):
-        self.db, self.explain = db, explain
-
-    def _run(self, sql: str) -> None:
-        try:
-            self.db.execute(sql)
-        except sqlite3.DatabaseError as exc:
-            if sql == "ROLLBACK" and not self.db.in_transaction:
-                return  # SQLite rolled back already (an I/O error does)
-            raise JournalError(self.explain(exc)) from None
-
-    def __enter__(self) -> None:
-        self._run("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type: Any, *_: Any) -> None:
-        if exc_type is None:
-            try:
-                self._run("COMMIT")
-                return
-            except JournalError:
-                self._run("ROLLBACK")
-                raise
-        self._run("ROLLBACK")

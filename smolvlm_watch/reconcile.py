@@ -128,7 +128,7 @@ class Reconciler:
             return
         outcome, kind, found = from_sidecar(Path(job.path), watch, self.known())
         if outcome == "indexed":
-            self.journal.index(job.path, str(watch.path), kind, found)
+            self.journal.index.put(job.path, str(watch.path), kind, found)
             self.log.info("index_refreshed", path=job.path, reason="its sidecar is newer than the index")
 
     @staticmethod

@@ -31,7 +31,7 @@ from typing import Any
 from PIL import Image
 
 from .config import Config, ConfigError
-from .daemon_record import META_KEY, DaemonRecord
+from . import report
 from .httpd import Request, Response, not_found
 from .journal import Journal, JournalError
 from .media import MediaError, open_media
@@ -196,30 +196,28 @@ class Web:
 
     def _panel(self) -> str:
         j = self.reader
-        daemon = DaemonRecord.from_json(j.meta(META_KEY))
-        running = j.daemon_running()
-        counts = j.counts()
-        rows, size = self._index_stats()
+        r = report.read(self.config, j, self._index_stats())
+        rows, size = r.index
         hours = j.done_per_hour(time.time(), 24)
         top = max(hours) or 1
         bars = [(i * 10, max(1, 40 * n // top), n) for i, n in enumerate(hours)]  # SVG: no inline style (CSP)
         spark = "".join(f'<rect x="{x}" y="{40 - h}" width="8" height="{h}"><title>{n}</title></rect>'
                         for x, h, n in bars)
         watches = "".join(f"<tr><td>{e(w.path)}</td><td>{e(w.mode)}</td><td>{e(w.reason)}</td></tr>"
-                          for w in daemon.watches)
-        current = "".join(f'<li><a href="/file?path={q(r.path)}">{e(r.path)}</a></li>' for r in j.running())
-        recent = "".join(f'<tr><td><a href="/file?path={q(r.path)}">{e(Path(r.path).name)}</a></td>'
-                         f'<td class="{"ok" if r.state == "done" else ""}">{e(r.state)}</td></tr>'
-                         for r in j.recent(10))
+                          for w in r.daemon.watches)
+        current = "".join(f'<li><a href="/file?path={q(f.path)}">{e(f.path)}</a></li>' for f in j.running())
+        recent = "".join(f'<tr><td><a href="/file?path={q(f.path)}">{e(Path(f.path).name)}</a></td>'
+                         f'<td class="{"ok" if f.state == "done" else ""}">{e(f.state)}</td></tr>'
+                         for f in j.recent(10))
         fails = "".join(
-            f'<tr><td><a href="/file?path={q(r.path)}">{e(r.path)}</a></td><td>{e(r.state)}</td>'
-            f'<td class="err">{e(r.last_error)}</td><td><form method="post" action="/retry">'
+            f'<tr><td><a href="/file?path={q(f.path)}">{e(f.path)}</a></td><td>{e(f.state)}</td>'
+            f'<td class="err">{e(f.last_error)}</td><td><form method="post" action="/retry">'
             f'<input type="hidden" name="csrf" value="{e(self.csrf)}"><input type="hidden" name="path" '
-            f'value="{e(r.path)}"><button>Retry</button></form></td></tr>' for r in j.failures()[:50])
+            f'value="{e(f.path)}"><button>Retry</button></form></td></tr>' for f in r.failures[:50])
         index = f"search index {rows} passages" + (f", {size / 2**20:.1f} MiB" if size else "")
-        queue = ", ".join(f"{e(k)} {v}" for k, v in counts.items())
-        return (f"<h1>smolvlm-watch</h1><p>{self._daemon_line(daemon, running)} · {index}</p>"
-                f"<p>queue: {queue} · done in the last hour {hours[-1]}</p>"
+        queue = ", ".join(f"{e(k)} {v}" for k, v in r.queue.items())
+        return (f"<h1>smolvlm-watch</h1><p>{self._daemon_line(r)} · {index}</p>"
+                f"<p>queue: {queue} · done in the last hour {r.done_last_hour}</p>"
                 f'<svg class="spark" width="240" height="40" role="img" aria-label="files done per hour, last 24 h">'
                 f"{spark}</svg>"
                 f"<h2>Watches</h2><table><tr><th>folder</th><th>mode</th><th></th></tr>{watches}</table>"
@@ -235,15 +233,14 @@ class Web:
         refreshes every 3 s."""
         now = time.monotonic()
         if self._stats is None or now - self._stats[0] > STATS_SECONDS:
-            self._stats = (now, self.reader.index_stats())
+            self._stats = (now, self.reader.index.stats())
         return self._stats[1]
 
-    def _daemon_line(self, daemon: DaemonRecord, running: bool) -> str:
-        model = e(daemon.model or self.config.model.source)
-        loaded = "loaded" if daemon.model_loaded and running else "not loaded"
-        pid = f", pid {e(daemon.pid)}" if running else ""
-        return (f"daemon: <b>{'up' if running else 'down'}</b>{pid} · model {model} ({loaded}, device "
-                f"{e(daemon.device)})")
+    def _daemon_line(self, r: report.StatusReport) -> str:
+        loaded = "loaded" if r.daemon.model_loaded and r.running else "not loaded"
+        pid = f", pid {e(r.daemon.pid)}" if r.running else ""
+        return (f"daemon: <b>{'up' if r.running else 'down'}</b>{pid} · model {e(r.model)} ({loaded}, device "
+                f"{e(r.daemon.device)})")
 
     def retry(self, form: dict[str, str]) -> Response:
         if not hmac.compare_digest(form.get("csrf", ""), self.csrf):
@@ -273,7 +270,7 @@ class Web:
         if not text:
             return page("Search", form)
         try:
-            hits = self.reader.search(text, query.get("task") or None, None, query.get("kind") or None, 60,
+            hits = self.reader.index.search(text, query.get("task") or None, None, query.get("kind") or None, 60,
                                       budget=SEARCH_BUDGET)
         except SearchError as exc:
             return page("Search", form + f'<p class="err">{e(exc)}</p>')

@@ -68,10 +68,10 @@ def test_a_journal_from_before_the_search_index_gets_one_and_keeps_its_rows(tmp_
     old.commit()
     old.close()
     j = Journal(db)
-    assert j.get("/p/a.jpg").state == "done" and j.index_stats()[0] == 0
-    assert j.search("beach") == []
-    j.index("/p/a.jpg", "/p", "image", [Passage("caption", "a sandy beach")])
-    assert [h.path for h in j.search("beach")] == ["/p/a.jpg"]
+    assert j.get("/p/a.jpg").state == "done" and j.index.stats()[0] == 0
+    assert j.index.search("beach") == []
+    j.index.put("/p/a.jpg", "/p", "image", [Passage("caption", "a sandy beach")])
+    assert [h.path for h in j.index.search("beach")] == ["/p/a.jpg"]
     assert j.get("/p/a.jpg").indexed is not None  # schema 3: when its passages were taken
     j.close()
     assert sqlite3.connect(db).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3

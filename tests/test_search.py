@@ -207,7 +207,7 @@ def test_a_sidecar_newer_than_the_index_is_read_again_at_the_rescan(tmp_path, ti
     d = InProcess(cfg)
     try:
         d.wait_done([photo])
-        assert [h.path for h in d.journal.search("sandy")] == [str(photo)]
+        assert [h.path for h in d.journal.index.search("sandy")] == [str(photo)]
         sidecar = photo.with_name(photo.name + ".smolvlm.json")
         doc = json.loads(sidecar.read_text(encoding="utf-8"))
         doc["tasks"]["caption"]["result"] = "Grandma's birthday in Lisbon"
@@ -215,8 +215,8 @@ def test_a_sidecar_newer_than_the_index_is_read_again_at_the_rescan(tmp_path, ti
         later = time.time() + 5
         os.utime(sidecar, (later, later))  # written after the journal's row, as a restored journal sees it
         d.daemon.scan_all()
-        assert [h.path for h in d.journal.search("Lisbon")] == [str(photo)]
-        assert d.journal.search("sandy") == []
+        assert [h.path for h in d.journal.index.search("Lisbon")] == [str(photo)]
+        assert d.journal.index.search("sandy") == []
         d.daemon.scan_all()  # once: the next rescan finds it current
         assert d.journal.get(str(photo)).indexed >= later - 5
     finally:

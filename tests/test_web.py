@@ -287,10 +287,10 @@ def test_a_heavy_search_is_bounded_and_never_holds_the_daemons_journal(tmp_path,
         code, _, body = _get(base + "/search?q=" + urllib.parse.quote(" OR ".join(f"w{i:03d}" for i in range(1000))))
         assert code == 200 and b"a search takes at most 32 words and 500 characters" in body
         for i in range(3000):
-            daemon.journal.index(f"/x/{i}.png", "/x", "image", [Passage("caption", f"a sandy beach number {i}")])
+            daemon.journal.index.put(f"/x/{i}.png", "/x", "image", [Passage("caption", f"a sandy beach number {i}")])
         with pytest.raises(SearchError, match="the search took longer than 0 s and was stopped"):
-            reader.search("sandy", budget=0.0)
-        assert len(reader.search("sandy", limit=5, budget=2.0)) == 5
+            reader.index.search("sandy", budget=0.0)
+        assert len(reader.index.search("sandy", limit=5, budget=2.0)) == 5
     finally:
         daemon.stop()
         daemon.shutdown()
@@ -414,3 +414,36 @@ def test_a_documents_preview_is_held_to_the_document_limits(tmp_path):
     code, body = preview("pages", {"max_pages": 2})
     assert (code, body) == (404, b"no preview: " + str(pdf).encode() + b": the document has 3 pages, over the "
                             b"document.max_pages limit of 2\n"), body
+
+
+def test_status_and_the_web_page_say_the_same_from_one_report(tmp_path, run_cli):
+    """Issue 32, 3: `status` and the web panel each read the journal their own way: `status`
+    named the configured model where the page named the one the daemon runs. Both render one
+    StatusReport now: the same model, queue, hour's work and index."""
+    from smolvlm_watch import config as configmod
+    from smolvlm_watch.daemon_record import META_KEY, DaemonRecord
+    from smolvlm_watch.journal import Finished, Journal
+    from smolvlm_watch.search import Passage
+    from smolvlm_watch.web import Web
+
+    inbox = tmp_path / "inbox"
+    photos = [make_image(inbox / f"{n}.png") for n in ("a", "b", "c")]
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("model: {id: configured/model}\nwatches: [{path: ./inbox}]\nstate: {db: ./state/journal.sqlite}\n")
+    journal = Journal(tmp_path / "state" / "journal.sqlite")
+    for photo in photos:
+        journal.enqueue(str(photo), str(inbox), 1, 1.0)
+    for _ in range(2):
+        job = journal.lease(60)
+        journal.done(job.id, Finished("ab" * 32, "fp", 3.0, 1, 1.0, {}, [Passage("caption", "a beach")], "image"))
+    journal.set_meta(META_KEY, DaemonRecord(pid=1, model="served/model", model_loaded=True).to_json())
+    code, out, err = run_cli("status", "-c", cfg, "--json")
+    assert code == 0, err
+    status = json.loads(out)
+    assert (status["model"], status["queue"]["done"], status["queue"]["pending"], status["done_last_hour"],
+            status["index"]["passages"]) == ("served/model", 2, 1, 2, 2)
+    panel = Web(configmod.load(cfg), journal).panel({}).body.decode()
+    journal.close()
+    assert "model served/model (not loaded" in panel  # the daemon is not running: its model is not loaded
+    assert "queue: pending 1, running 0, done 2" in panel and "done in the last hour 2" in panel
+    assert "search index 2 passages" in panel

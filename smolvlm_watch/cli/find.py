@@ -36,7 +36,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     try:
-        hits = journal.search(args.query, args.task, _absolute(args.under), args.kind, args.limit)
+        hits = journal.index.search(args.query, args.task, _absolute(args.under), args.kind, args.limit)
     except SearchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -89,11 +89,11 @@ def _reindex(config: Config, registry: Registry, under: str | None) -> int:
             progress.start(path.name)
             outcome, kind, found = from_sidecar(path, watch, known)
             if outcome == "indexed":
-                journal.index_stage(str(path), str(watch.path), kind, found)
+                journal.index.stage(str(path), str(watch.path), kind, found)
             counts[outcome] += 1
             progress.advance("done" if outcome == "indexed" else "skipped")
-        journal.index_swap(root)  # one transaction: a kill before it leaves the index as it was
-        rows, size = journal.index_stats()
+        journal.index.swap(root)  # one transaction: a kill before it leaves the index as it was
+        rows, size = journal.index.stats()
     finally:
         progress.close()
         journal.close()

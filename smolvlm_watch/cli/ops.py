@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .. import doctor, jsontext
+from .. import doctor, jsontext, report
 from ..config import Config, ConfigError, WatchConfig
 from ..daemon_record import META_KEY, DaemonRecord
 from ..journal import BACKFILL, Job, Journal, JournalError
@@ -54,27 +54,23 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _status(config: Config, journal: Journal) -> dict[str, Any]:
-    counts = journal.counts()
-    failures = journal.failures()
-    done_hour, busy = journal.done_since(time.time() - 3600)
-    daemon, running = _daemon(journal)
-    watches = ([asdict(w) for w in daemon.watches]
+    r = report.read(config, journal)
+    running = r.running
+    watches = ([asdict(w) for w in r.daemon.watches]
                or [{"path": str(w.path), "mode": "not running"} for w in config.watches])
     for w in watches:
         w["scan"] = json.loads(journal.meta(f"scan:{w['path']}") or "{}")
     return {
-        "db": str(config.state.db), "daemon_running": running, "pid": daemon.pid,
-        "queue": counts, "done_last_hour": done_hour,
-        "orphans": len(journal.gone_before(time.time() - config.state.gone_grace)),
-        "index": dict(zip(("passages", "bytes"), journal.index_stats())),
-        "throughput_per_min": round(done_hour / busy * 60, 2) if busy else None,
-        "model": config.model.source, "model_loaded": daemon.model_loaded and running,
-        "model_unreachable": daemon.model_unreachable if running else None,
-        "restart_needed": daemon.restart_needed if running else None,
+        "db": str(config.state.db), "daemon_running": running, "pid": r.daemon.pid,
+        "queue": r.queue, "done_last_hour": r.done_last_hour, "orphans": r.orphans,
+        "index": dict(zip(("passages", "bytes"), r.index)), "throughput_per_min": r.throughput_per_min,
+        "model": r.model, "model_loaded": r.daemon.model_loaded and running,
+        "model_unreachable": r.daemon.model_unreachable if running else None,
+        "restart_needed": r.daemon.restart_needed if running else None,
         "watches": watches,
         "failures": [{"path": j.path, "state": j.state, "attempts": j.attempts, "error": j.last_error}
-                     for j in failures],
-        "skipped_formats": _skipped_formats(failures),
+                     for j in r.failures],
+        "skipped_formats": _skipped_formats(list(r.failures)),
     }
 
 
