@@ -45,6 +45,7 @@ from .sidecar import Target
 from .watcher import ArmedWatch, Device, WatchSet
 
 CANCEL_GRACE_SECONDS = 5.0  # after the stop grace: the model is cancelled, and has this long to let go
+RESCAN_STOP_GRACE_SECONDS = 5.0  # a rescan still walking at shutdown: waited for this long, then left to fail
 HEALTH_INTERVAL = 5.0
 STATUS_INTERVAL = 2.0
 
@@ -66,22 +67,24 @@ class Taken:
 
 class Heartbeat:
     """When the worker last made progress, and how many files it has in hand: a worker that
-    is busy and silent for longer than the files' time limits allow is wedged."""
+    is busy and silent for longer than the files' time limits allow is wedged. ``clock`` is
+    the daemon's."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
         self.busy_since: float | None = None
         self.files = 0
         self.overdue_logged = False
 
     def beat(self, files: int) -> None:
-        self.busy_since, self.files, self.overdue_logged = time.monotonic(), files, False
+        self.busy_since, self.files, self.overdue_logged = self.clock(), files, False
 
     def idle(self) -> None:
         self.busy_since, self.files = None, 0
 
     def overdue(self, item_timeout: float) -> bool:
         since = self.busy_since
-        return since is not None and time.monotonic() - since >= item_timeout * max(1, self.files)
+        return since is not None and self.clock() - since >= item_timeout * max(1, self.files)
 
 
 class JournalHealth:
@@ -212,10 +215,10 @@ class Worker:
     """The one thread that owns the pipeline and, through it, the model."""
 
     def __init__(self, queue: WorkQueue, pipeline: Pipeline, stopping: threading.Event, health: JournalHealth,
-                 log: Any):
+                 log: Any, clock: Callable[[], float] = time.monotonic):
         self.queue, self.pipeline, self.stopping, self.health, self.log = queue, pipeline, stopping, health, log
         self.wake = threading.Event()
-        self.heartbeat = Heartbeat()
+        self.heartbeat = Heartbeat(clock)
         self.outage = Outage(log)
         self.processed = 0
         self.thread: threading.Thread | None = None
@@ -310,18 +313,21 @@ class Supervisor:
     def __init__(self, daemon: Daemon):
         self.d = daemon
         self.interval = watchdog_interval()
-        now = time.monotonic()
+        now = daemon.clock()
         self.last_ping = self.last_rescan = self.last_health = self.last_status = now
         self._rescan: threading.Thread | None = None  # the safety rescan, off this loop: live files never wait for it
 
     def tick(self, now: float | None = None) -> None:
+        """Reload if asked, hand settled files to the queue, and run what is due: the health
+        check, the safety rescan (on a thread of its own), the watchdog ping, the status line
+        and the rescans asked for. ``now`` is the daemon's clock (tests pass a fake one's)."""
         d = self.d
-        now = time.monotonic() if now is None else now
+        now = d.clock() if now is None else now
         if d.reload_requested.is_set():
             d.reload_requested.clear()
             d.reload()
         for armed in d.watches.armed:
-            self._settled(armed)
+            self._settled(armed, now)
             d.reconciler.gone(armed)
         if now - self.last_health >= HEALTH_INTERVAL:
             self.last_health = now
@@ -345,6 +351,14 @@ class Supervisor:
 
     def rescanning(self) -> bool:
         return self._rescan is not None and self._rescan.is_alive()
+
+    def wait_rescan(self, timeout: float | None = None) -> bool:
+        """Wait for the rescan in progress, if any; False when it still runs after ``timeout``.
+        Shutdown waits a little, so the journal is not closed under a walk; tests wait for the
+        rescan a tick started before they look at its result."""
+        if self._rescan is not None:
+            self._rescan.join(timeout)
+        return not self.rescanning()
 
     def _asked(self, now: float) -> None:
         """``smolvlm-watch rescan [SUBPATH]`` (or the web page's Rescan): taken when no rescan
@@ -385,9 +399,9 @@ class Supervisor:
                    if a.unavailable or a.degraded]
         return "; ".join(watches) or None
 
-    def _settled(self, armed: ArmedWatch) -> None:
+    def _settled(self, armed: ArmedWatch, now: float) -> None:
         d = self.d
-        due = armed.tracker.due()
+        due = armed.tracker.due(now)
         for i, (path, forced) in enumerate(due):
             if forced:
                 d.log.warning("taken_while_changing", path=str(path), max_settle_seconds=armed.watch.max_settle_seconds)
@@ -413,8 +427,10 @@ class Daemon:
     loads the model (``model.preload``), arms every watch and reconciles the journal with the
     folders. ``serve()`` then runs the worker thread and the supervisor loop until ``stop()``."""
 
-    def __init__(self, config_path: str | Path, loader: Loader, loaded: tuple[Config, Registry] | None = None):
+    def __init__(self, config_path: str | Path, loader: Loader, loaded: tuple[Config, Registry] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.config_path = Path(config_path)
+        self.clock = clock  # settle times and the supervisor's intervals (a test's fake clock drives them)
         self.loader = loader  # read again at every reload
         self.log = structlog.get_logger("smolvlm_watch.daemon")
         self.stopping = threading.Event()
@@ -446,7 +462,7 @@ class Daemon:
         self.metrics = Metrics(DaemonView(self))
         self.queue = WorkQueue(self.journal, self.reconciler, lambda: self.config, self.log, self.metrics)
         self.health = JournalHealth(self.log)
-        self.worker = Worker(self.queue, self.pipeline, self.stopping, self.health, self.log)
+        self.worker = Worker(self.queue, self.pipeline, self.stopping, self.health, self.log, self.clock)
         self.watches = self._arm(self.config)
         self.scan_all()
         self.write_meta()
@@ -466,7 +482,7 @@ class Daemon:
 
     def _arm(self, config: Config) -> WatchSet:
         watches = WatchSet(config.watches, self.reconciler.on_dir, self.log, self._devices(),
-                           canary_dir=config.state.db.parent)
+                           canary_dir=config.state.db.parent, clock=self.clock)
         watches.start()
         return watches
 
@@ -657,6 +673,7 @@ class Daemon:
                 self.engine.cancel()
                 thread.join(timeout=CANCEL_GRACE_SECONDS)
         stuck = thread is not None and thread.is_alive()
+        self.supervisor.wait_rescan(RESCAN_STOP_GRACE_SECONDS)
         if stuck:
             self.queue.release_all("still running at shutdown")
         for server in self.http:

@@ -214,15 +214,16 @@ NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "sshfs", "afs", "ncp
 class StabilityTracker:
     """Holds candidate paths until they are quiet: no event for ``settle`` seconds, size and mtime
     unchanged between two looks, and still a regular file. After ``max_wait`` a still-changing
-    file is taken anyway (and reported as such); a vanished file is dropped silently."""
+    file is taken anyway (and reported as such); a vanished file is dropped silently. ``clock``
+    is the daemon's (a test's fake one moves only when the test says so)."""
 
-    def __init__(self, settle: float, max_wait: float):
-        self.settle, self.max_wait = settle, max_wait
+    def __init__(self, settle: float, max_wait: float, clock: Callable[[], float] = time.monotonic):
+        self.settle, self.max_wait, self.clock = settle, max_wait, clock
         self._lock = threading.Lock()
         self._seen: dict[Path, list] = {}  # path -> [first_seen, last_event, last_stat]
 
     def touch(self, path: Path, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
+        now = self.clock() if now is None else now
         with self._lock:
             entry = self._seen.get(path)
             if entry is None:
@@ -239,7 +240,7 @@ class StabilityTracker:
 
     def due(self, now: float | None = None) -> list[tuple[Path, bool]]:
         """Paths ready to hand over, each with ``forced`` (taken at max_wait while still changing)."""
-        now = time.monotonic() if now is None else now
+        now = self.clock() if now is None else now
         ready = []
         with self._lock:
             for path, entry in list(self._seen.items()):
@@ -564,14 +565,15 @@ class WatchSet:
     unmounted share is recognised at the next start too)."""
 
     def __init__(self, watches: tuple[WatchConfig, ...], on_dir: Callable[[ArmedWatch, Path], None],
-                 log: Any, devices: dict[str, Device] | None = None, canary_dir: Path | None = None):
+                 log: Any, devices: dict[str, Device] | None = None, canary_dir: Path | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.log = log
         self.on_dir = on_dir
         self.canary_dir = canary_dir  # where the native observer is proven at start (the state folder)
         self.canary_failed: str | None = None
         devices = devices or {}
-        self.armed = [ArmedWatch(w, MediaFilter(w), StabilityTracker(w.settle_seconds, w.max_settle_seconds),
-                                 device=devices.get(str(w.path)))
+        self.armed = [ArmedWatch(w, MediaFilter(w), StabilityTracker(w.settle_seconds, w.max_settle_seconds,
+                                                                     clock), device=devices.get(str(w.path)))
                       for w in watches]
 
     @property

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from smolvlm_watch.cli import load_checked
+from smolvlm_watch import daemon as daemon_module
 from smolvlm_watch.daemon import Daemon
 from smolvlm_watch.journal import Journal, JournalError
 
@@ -131,6 +132,66 @@ class InProcess:
         self.daemon.stop()
         self.thread.join(10)
         self.daemon.shutdown()
+
+
+class Clock:
+    """A monotonic clock that moves only when the test moves it."""
+
+    def __init__(self, start: float = 1000.0):
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Driven:
+    """The daemon built whole in this process (journal, model, watches, first scan) with no thread
+    of its own: ``step(seconds)`` moves a fake clock, runs one supervisor tick (settle, health
+    check, safety rescan, status, asked rescans), waits for the rescan that tick started, then
+    runs the worker's tick, which does every due job here and now. Behaviour about time is
+    then a count of steps, not a sleep. Live events still come from the real observer: wait for
+    the path to reach the tracker (``heard``) before stepping past the settle time."""
+
+    def __init__(self, cfg: Path):
+        self.clock = Clock()
+        self.daemon = Daemon(cfg, lambda: load_checked(cfg), clock=self.clock)
+
+    @property
+    def journal(self) -> Journal:
+        return self.daemon.journal
+
+    @property
+    def armed(self):
+        return self.daemon.watches.armed[0]
+
+    def state(self, path: Path) -> str | None:
+        job = self.journal.get(str(path))
+        return job.state if job else None
+
+    def step(self, seconds: float = 0.0) -> int:
+        """One round at ``seconds`` later; returns how many results the worker recorded."""
+        self.clock.now += seconds
+        self.daemon.tick(self.clock.now)
+        assert self.daemon.supervisor.wait_rescan(60), "a rescan still ran after 60 s"
+        return self.daemon.worker.tick()
+
+    def heard(self, *paths: Path, timeout: float = 10.0) -> None:
+        """Wait until the observer has reported every path to its watch's tracker."""
+        wait_for(lambda: all(any(p in a.tracker for a in self.daemon.watches.armed) for p in paths), timeout,
+                 what=f"live events for {len(paths)} file(s)")
+
+    def settle(self) -> int:
+        """Two steps past the longest settle time: the quiet period, then the confirming look."""
+        longest = max(a.watch.settle_seconds for a in self.daemon.watches.armed) + 0.01  # past it, float-safe
+        return self.step(longest) + self.step(longest)
+
+    def rescan(self) -> int:
+        """Steps past the rescan interval and the health check: one safety rescan, one look at
+        every watch's folder, and the jobs they queued."""
+        return self.step(max(self.daemon.config.state.rescan_interval, daemon_module.HEALTH_INTERVAL))
+
+    def stop(self) -> bool:
+        return self.daemon.shutdown()
 
 
 def spawn(cfg: Path, env: dict | None = None) -> subprocess.Popen:

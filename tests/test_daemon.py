@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import (InProcess, daemon_config, journal_states, make_image, read_sidecar, spawn, wait_for,
+from helpers import (Driven, InProcess, daemon_config, journal_states, make_image, read_sidecar, spawn, wait_for,
                      write_trap_plugin)
 from smolvlm_watch import daemon as daemon_module, media as media_module, watcher
 from smolvlm_watch.cli import load_checked
@@ -38,23 +38,28 @@ def running(tmp_path, tiny_model):
             d.stop()
 
 
-def test_slow_copy_is_processed_once_after_it_ends(tmp_path, running):
-    d = running()
-    src = make_image(tmp_path / "src.png", (300, 300), fmt="PNG")
-    data = src.read_bytes()
-    dst = tmp_path / "inbox" / "slow.png"
-    chunks = [data[i:i + len(data) // 8 + 1] for i in range(0, len(data), len(data) // 8 + 1)]
-    with open(dst, "wb") as f:
-        for chunk in chunks:  # ~2 s of writing, each pause shorter than settle_seconds
-            f.write(chunk)
-            f.flush()
-            time.sleep(0.25)
-            assert d.state(dst) is None, "taken before the copy ended"
-    d.wait_done([dst])
-    time.sleep(1.0)
-    job = d.journal.get(str(dst))
-    assert job.attempts == 0 and d.daemon.engine.vision_passes == 1
-    assert read_sidecar(dst)["source"]["sha256"] == job.sha256 and job.size == len(data)
+def test_slow_copy_is_processed_once_after_it_ends(tmp_path, tiny_model):
+    d = Driven(daemon_config(tmp_path, tiny_model))
+    try:
+        src = make_image(tmp_path / "src.png", (300, 300), fmt="PNG")
+        data = src.read_bytes()
+        dst = tmp_path / "inbox" / "slow.png"
+        chunks = [data[i:i + len(data) // 8 + 1] for i in range(0, len(data), len(data) // 8 + 1)]
+        with open(dst, "wb") as f:
+            for chunk in chunks:  # each pause shorter than settle_seconds (0.3), ~1.6 s in all
+                f.write(chunk)
+                f.flush()
+                d.step(0.2)
+                assert d.state(dst) is None, "taken before the copy ended"
+        d.heard(dst)
+        d.settle()
+        assert d.state(dst) == "done"
+        d.rescan()
+        job = d.journal.get(str(dst))
+        assert job.attempts == 0 and d.daemon.engine.vision_passes == 1
+        assert read_sidecar(dst)["source"]["sha256"] == job.sha256 and job.size == len(data)
+    finally:
+        d.stop()
 
 
 def test_queued_files_share_batches_and_a_live_file_is_not_held_back(tmp_path, tiny_model, monkeypatch):
@@ -128,17 +133,22 @@ def test_a_stop_mid_stream_gives_the_files_decoded_ahead_back_to_the_queue(tmp_p
         daemon.shutdown()
 
 
-def test_part_file_then_rename_is_processed_once_under_final_name(tmp_path, running):
-    d = running()
-    part = tmp_path / "inbox" / "photo.png.part"
-    make_image(part, fmt="PNG")
-    time.sleep(0.8)
-    final = tmp_path / "inbox" / "photo.png"
-    part.rename(final)
-    d.wait_done([final])
-    assert d.journal.get(str(part)) is None
-    assert sorted(p.name for p in (tmp_path / "inbox").iterdir()) == ["photo.png", "photo.png.smolvlm.json"]
-    assert d.daemon.engine.vision_passes == 1
+def test_part_file_then_rename_is_processed_once_under_final_name(tmp_path, tiny_model):
+    d = Driven(daemon_config(tmp_path, tiny_model))
+    try:
+        part = tmp_path / "inbox" / "photo.png.part"
+        make_image(part, fmt="PNG")
+        d.step(1.0)
+        d.step(1.0)  # long past the settle time: a .part file is never taken
+        final = tmp_path / "inbox" / "photo.png"
+        part.rename(final)
+        d.heard(final)
+        d.settle()
+        assert d.state(final) == "done" and d.journal.get(str(part)) is None
+        assert sorted(p.name for p in (tmp_path / "inbox").iterdir()) == ["photo.png", "photo.png.smolvlm.json"]
+        assert d.daemon.engine.vision_passes == 1
+    finally:
+        d.stop()
 
 
 def test_burst_of_500_files_is_processed_exactly_once_each(tmp_path, running):
@@ -426,7 +436,7 @@ def _inotify_watches() -> int:
     return total
 
 
-def test_excluded_and_ignored_folders_get_no_inotify_watches(tmp_path, running, tiny_model):
+def test_excluded_and_ignored_folders_get_no_inotify_watches(tmp_path, tiny_model):
     cfg = daemon_config(tmp_path, tiny_model)
     cfg.write_text(cfg.read_text().replace("settle_seconds: 0.3", "settle_seconds: 0.3\n    exclude: [private]"))
     inbox = tmp_path / "inbox"
@@ -435,16 +445,24 @@ def test_excluded_and_ignored_folders_get_no_inotify_watches(tmp_path, running, 
         (inbox / "@eaDir" / f"t{i}").mkdir(parents=True)
     (inbox / "2026" / "01").mkdir(parents=True)
     before = _inotify_watches()
-    d = running(cfg)
-    assert _inotify_watches() - before == 3  # inbox, 2026, 2026/01
-    (inbox / "private" / "later").mkdir()
-    (inbox / "2026" / "02").mkdir()
-    new = make_image(inbox / "2026" / "02" / "x.png")
-    d.wait_done([new])
-    assert _inotify_watches() - before == 4  # the new accepted folder only
-    make_image(inbox / "private" / "later" / "secret.png")
-    time.sleep(1.0)
-    assert d.journal.get(str(inbox / "private" / "later" / "secret.png")) is None
+    d = Driven(cfg)
+    try:
+        assert _inotify_watches() - before == 3  # inbox, 2026, 2026/01
+        (inbox / "private" / "later").mkdir()
+        (inbox / "2026" / "02").mkdir()
+        new = make_image(inbox / "2026" / "02" / "x.png")
+        d.heard(new)
+        d.settle()
+        assert d.state(new) == "done"
+        assert _inotify_watches() - before == 4  # the new accepted folder only
+        secret = make_image(inbox / "private" / "later" / "secret.png")
+        after = make_image(inbox / "2026" / "after.png")
+        d.heard(after)  # one inotify queue, in order: secret.png's event, had there been one, came first
+        assert secret not in d.armed.tracker
+        d.settle()
+        assert d.state(after) == "done" and d.state(secret) is None
+    finally:
+        d.stop()
 
 
 def test_inotify_exhausted_after_start_switches_the_watch_to_polling(tmp_path, running, monkeypatch):

@@ -47,7 +47,9 @@ def _value(text: str, name: str, **labels: str) -> float | None:
 
 
 def test_a_running_daemon_is_scraped_and_reports_its_health(tmp_path, tiny_model):
-    write_trap_plugin(tmp_path, "slowpoke", "slow", "slow.png", "time.sleep(6)")
+    go = tmp_path / "go"  # the slow job runs until the test has seen /healthz say so
+    write_trap_plugin(tmp_path, "slowpoke", "slow", "slow.png",
+                      f"while not __import__('os').path.exists({str(go)!r}): time.sleep(0.05)")
     cfg = daemon_config(tmp_path, tiny_model, tasks="[caption, slow]",
                         extra="metrics: {listen: '127.0.0.1:0'}\nplugins: [slowpoke]\n")
     cfg.write_text(cfg.read_text().replace("state: {", "state: {item_timeout: 2, "))
@@ -84,6 +86,7 @@ def test_a_running_daemon_is_scraped_and_reports_its_health(tmp_path, tiny_model
         make_image(inbox / "slow.png", color=(1, 200, 1))  # a job past state.item_timeout: unhealthy
         wait_for(lambda: _get(base + "/healthz")[0] == 503, 30, what="/healthz 503")
         assert _get(base + "/healthz")[1] == "unhealthy: a job has run longer than state.item_timeout (2 s)\n"
+        go.touch()
         wait_for(lambda: journal_states(db).get(str(inbox / "slow.png")) == "done", 60, what="slow done")
         assert _get(base + "/healthz") == (200, "ok\n")  # healthy again once it finished
     finally:

@@ -35,10 +35,12 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-@pytest.fixture
-def site(tmp_path, tiny_model):
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, tiny_model):
     """A daemon with web.listen on a free port, a slow task so a file can be seen in flight, and
-    three files done: a photo with a hostile name, a PDF with a text layer, a plain photo."""
+    three files done: a photo with a hostile name, a PDF with a text layer, a plain photo. One
+    per module (and xdist worker): each test adds files of its own names and looks only at them."""
+    tmp_path = tmp_path_factory.mktemp("site")
     write_trap_plugin(tmp_path, "slowpoke", "slow", "slow.png", "time.sleep(4)")
     cfg = daemon_config(tmp_path, tiny_model, tasks="[caption, ocr, slow]", outputs="[json, txt]",
                         extra="web: {listen: '127.0.0.1:0'}\nplugins: [slowpoke]\n")

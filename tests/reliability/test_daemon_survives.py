@@ -9,12 +9,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 from PIL import Image
+from structlog.testing import capture_logs
 
-from helpers import InProcess, daemon_config, journal_states, make_image, read_sidecar, spawn, wait_for
+from helpers import Driven, InProcess, daemon_config, journal_states, make_image, read_sidecar, spawn, wait_for
 from smolvlm_watch import daemon as daemon_module
 from smolvlm_watch.journal import Journal
 
@@ -78,21 +80,26 @@ def test_a_stall_outside_a_batch_stops_the_watchdog(tmp_path, tiny_model, monkey
     before its batch (hashing a file on a hung share) still earned WATCHDOG=1."""
     cfg = daemon_config(tmp_path, tiny_model)
     cfg.write_text(cfg.read_text().replace("max_attempts: 3}", "max_attempts: 3, item_timeout: 1}"))
-    real = daemon_module.sha256_file
+    real, share_back = daemon_module.sha256_file, threading.Event()
 
     def hung_share(path):
-        time.sleep(4)
+        share_back.wait(30)
         return real(path)
 
     monkeypatch.setattr(daemon_module, "sha256_file", hung_share)
-    d = InProcess(cfg)
+    make_image(tmp_path / "inbox" / "slow.png")
+    d = Driven(cfg)
+    worker = threading.Thread(target=d.daemon.worker.tick)
+    worker.start()
     try:
-        make_image(tmp_path / "inbox" / "slow.png")
         wait_for(lambda: d.daemon.worker.heartbeat.busy_since is not None, 10, what="the worker took the job")
         assert d.daemon.worker.healthy(1.0)
-        time.sleep(1.5)
+        d.clock.now += 1.5
         assert not d.daemon.worker.healthy(1.0)  # no batch yet, and still overdue
+        assert d.daemon.supervisor.trouble() == "a job has run longer than state.item_timeout (1 s)"
     finally:
+        share_back.set()
+        worker.join(30)
         d.stop()
 
 
@@ -100,24 +107,25 @@ def test_sighup_to_a_model_that_cannot_load_keeps_the_old_config(tmp_path, tiny_
     """Defect 6: the watches were stopped before the new model was loaded; its load error was
     uncaught and the daemon exited 1, though README promises the old config keeps running."""
     cfg = daemon_config(tmp_path, tiny_model)
-    db = tmp_path / "state" / "journal.sqlite"
-    proc = spawn(cfg)
+    first = make_image(tmp_path / "inbox" / "first.png")
+    d = Driven(cfg)
     try:
-        first = make_image(tmp_path / "inbox" / "first.png")
-        wait_for(lambda: journal_states(db).get(str(first)) == "done", 60, what="first done")
+        assert d.step() == 1 and d.state(first) == "done"
+        engine = d.daemon.engine
         (tmp_path / "empty-model").mkdir()
         cfg.write_text(cfg.read_text().replace(str(tiny_model), str(tmp_path / "empty-model")))
-        proc.send_signal(signal.SIGHUP)
-        time.sleep(2.0)
-        assert proc.poll() is None, "the daemon exited on a reload"
+        d.daemon.reload_requested.set()  # what SIGHUP does
+        with capture_logs() as logs:
+            d.step()
+        refused = [e for e in logs if e["event"] == "reload_refused"]
+        assert refused and "cannot load model" in refused[0]["error"] and "empty-model" in refused[0]["error"]
+        assert d.daemon.engine is engine and d.daemon.config.model.path == tiny_model
         second = make_image(tmp_path / "inbox" / "second.png")
-        wait_for(lambda: journal_states(db).get(str(second)) == "done", 30, what="second done with the old model")
+        d.heard(second)
+        d.settle()
+        assert d.state(second) == "done"  # with the old model
     finally:
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0, out[-2000:]
-    refused = [json.loads(line) for line in out.splitlines() if '"reload_refused"' in line]
-    assert refused and "cannot load model" in refused[0]["error"] and "empty-model" in refused[0]["error"]
+        d.stop()
 
 
 def test_sigterm_during_a_long_job_exits_0_and_gives_the_job_back(tmp_path, tiny_model):
@@ -203,11 +211,11 @@ def test_a_tiff_with_a_bomb_page_fails_alone_and_once(tmp_path, tiny_model):
     inbox = tmp_path / "inbox"
     tiff = _tiff_with_a_bomb_page(inbox / "scan.tif")
     good = [make_image(inbox / f"good{i}.png", color=(i, 9, 9)) for i in range(3)]
-    d = InProcess(cfg)
+    d = Driven(cfg)
     try:
-        d.wait_done(good)
-        wait_for(lambda: d.state(tiff) == "failed", 30, what="the TIFF failed")
-        time.sleep(0.5)
+        assert d.step() == 4
+        assert {d.state(p) for p in good} == {"done"} and d.state(tiff) == "failed"
+        d.rescan()  # nothing retries it
         job = d.journal.get(str(tiff))
         assert job.attempts == 1
         assert job.last_error == ("page 2: 15000x15000 = 225000000 pixels, over the document.max_page_pixels "
@@ -217,11 +225,11 @@ def test_a_tiff_with_a_bomb_page_fails_alone_and_once(tmp_path, tiny_model):
         d.stop()
     pages = read_sidecar(tiff)["pages"]
     assert [("error" in p) for p in pages] == [False, True, False]  # the other pages are read
-    d = InProcess(cfg)
+    d = Driven(cfg)
     try:
         d.journal.requeue_failed(str(tiff))
-        d.daemon.worker.wake.set()
-        wait_for(lambda: d.state(tiff) == "failed" and d.journal.get(str(tiff)).attempts == 1, 30)
+        assert d.step() == 1
+        assert d.state(tiff) == "failed" and d.journal.get(str(tiff)).attempts == 1
         assert "over the document.max_page_pixels limit of 60000000" in d.journal.get(str(tiff)).last_error
     finally:
         d.stop()

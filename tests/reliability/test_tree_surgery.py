@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import InProcess, daemon_config, make_image, read_sidecar, wait_for, write_trap_plugin
-from smolvlm_watch import daemon as daemon_module, journal as journal_module
+from helpers import Driven, InProcess, daemon_config, make_image, read_sidecar, wait_for, write_trap_plugin
+from smolvlm_watch import journal as journal_module
 from smolvlm_watch.journal import Journal, RetryPolicy
 from smolvlm_watch.sidecar import sha256_bytes
 
@@ -34,24 +34,24 @@ def _share_config(tmp_path: Path, tiny_model: Path, state: str = "") -> Path:
     return cfg
 
 
-def test_an_unmounted_share_is_unavailable_not_every_file_deleted(tmp_path, tiny_model, run_cli, monkeypatch):
+def test_an_unmounted_share_is_unavailable_not_every_file_deleted(tmp_path, tiny_model, run_cli):
     """Defect 10: an unmounted share whose mount-point folder stays behind was read as "every
     file deleted" (all rows `gone` at the next rescan while status showed the watch available),
     and on remount every file was re-read and re-hashed."""
-    monkeypatch.setattr(daemon_module, "HEALTH_INTERVAL", 0.3)
     share = tmp_path / "share"
     _mount_tmpfs(share)
     cfg = _share_config(tmp_path, tiny_model)
     try:
         photos = [make_image(share / f"p{i}.png", color=(i, 40, 40)) for i in range(3)]
-        d = InProcess(cfg)
+        d = Driven(cfg)
         try:
-            d.wait_done(photos)
+            assert d.step() == 3
             passes = d.daemon.engine.vision_passes
             kept = tmp_path / "kept"
             shutil.copytree(share, kept)  # what the server still holds
             subprocess.run(["umount", str(share)], check=True)
-            time.sleep(2.5)  # rescans and health checks of the empty mount point
+            d.rescan()
+            d.rescan()  # two health checks and rescans of the empty mount point
             assert {d.state(p) for p in photos} == {"done"}
             d.daemon.write_meta()
             code, out, _ = run_cli("status", "-c", cfg, "--json")
@@ -60,22 +60,24 @@ def test_an_unmounted_share_is_unavailable_not_every_file_deleted(tmp_path, tiny
             _mount_tmpfs(share)  # the share comes back, with the same files and sidecars
             for p in kept.iterdir():
                 shutil.copy2(p, share / p.name)
-            time.sleep(2.5)
+            d.rescan()
+            d.rescan()
             assert {d.state(p) for p in photos} == {"done"}
             assert d.daemon.engine.vision_passes == passes  # nothing re-read or re-run
+            assert d.armed.available and d.armed.mode == "native"
             new = make_image(share / "new.png")
-            d.wait_done([new])  # and the watch is live again
+            d.heard(new)  # and the watch is live again
+            d.settle()
+            assert d.state(new) == "done"
         finally:
             d.stop()
     finally:
         subprocess.run(["umount", str(share)], capture_output=True)
 
 
-def test_a_mount_point_holding_markers_is_unavailable_and_prune_removes_nothing(tmp_path, tiny_model, run_cli,
-                                                                                 monkeypatch):
+def test_a_mount_point_holding_markers_is_unavailable_and_prune_removes_nothing(tmp_path, tiny_model, run_cli):
     """Issue 25, 4: the folder under the mount holds a marker (a .stfolder, lost+found, a note):
     not empty, yet not the share. Its files must not become `gone`, nor their sidecars pruned."""
-    monkeypatch.setattr(daemon_module, "HEALTH_INTERVAL", 0.3)
     share = tmp_path / "share"
     for marker in (".stfolder", "lost+found"):
         (share / marker).mkdir(parents=True)
@@ -84,13 +86,14 @@ def test_a_mount_point_holding_markers_is_unavailable_and_prune_removes_nothing(
     cfg = _share_config(tmp_path, tiny_model, "gone_grace: 0s, ")
     try:
         photos = [make_image(share / f"p{i}.png", color=(i, 40, 40)) for i in range(3)]
-        d = InProcess(cfg)
+        d = Driven(cfg)
         try:
-            d.wait_done(photos)
+            assert d.step() == 3
             subprocess.run(["umount", str(share)], check=True)
-            time.sleep(2.5)  # rescans and health checks of the mount point with its markers
+            d.rescan()
+            d.rescan()  # health checks and rescans of the mount point with its markers
             assert {d.state(p) for p in photos} == {"done"}
-            assert d.daemon.watches.armed[0].unavailable == (
+            assert d.armed.unavailable == (
                 "the folder is no longer a mount point (an unmounted share?); waiting for it to return")
         finally:
             d.stop()
@@ -100,24 +103,24 @@ def test_a_mount_point_holding_markers_is_unavailable_and_prune_removes_nothing(
         subprocess.run(["umount", str(share)], capture_output=True)
 
 
-def test_a_share_mounted_below_the_watch_is_out_of_reach_not_gone(tmp_path, tiny_model, run_cli, monkeypatch):
+def test_a_share_mounted_below_the_watch_is_out_of_reach_not_gone(tmp_path, tiny_model, run_cli):
     """Issue 25, 4: a share mounted on a subfolder of the watch (inbox/nas). Unmounted, its files
     keep their rows and sidecars, status says why; back, it is watched live again."""
-    monkeypatch.setattr(daemon_module, "HEALTH_INTERVAL", 0.3)
     inbox, nas = tmp_path / "inbox", tmp_path / "inbox" / "nas"
     _mount_tmpfs(nas)
     cfg = daemon_config(tmp_path, tiny_model)
-    cfg.write_text(cfg.read_text().replace("state: {", "state: {rescan_interval: 1, gone_grace: 0s, "))
+    cfg.write_text(cfg.read_text().replace("state: {", "state: {gone_grace: 0s, "))
     try:
         top = make_image(inbox / "top.png")
         far = [make_image(nas / f"n{i}.png", color=(i, 9, 9)) for i in range(2)]
-        d = InProcess(cfg)
+        d = Driven(cfg)
         try:
-            d.wait_done([top, *far])
+            assert d.step() == 3
             kept = tmp_path / "kept"
             shutil.copytree(nas, kept)
             subprocess.run(["umount", str(nas)], check=True)
-            time.sleep(2.5)
+            d.rescan()
+            d.rescan()
             assert {d.state(p) for p in far} == {"done"} and d.state(top) == "done"
             d.daemon.write_meta()
             code, out, _ = run_cli("status", "-c", cfg)
@@ -128,9 +131,12 @@ def test_a_share_mounted_below_the_watch_is_out_of_reach_not_gone(tmp_path, tiny
             _mount_tmpfs(nas)
             for p in kept.iterdir():
                 shutil.copy2(p, nas / p.name)
-            wait_for(lambda: not d.daemon.watches.armed[0].missing_mounts, 10, what="the sub-mount back")
+            d.rescan()
+            assert not d.armed.missing_mounts  # the sub-mount back
             new = make_image(nas / "after.png", color=(5, 5, 5))
-            d.wait_done([new], timeout=20)
+            d.heard(new)
+            d.settle()
+            assert d.state(new) == "done"
             assert {d.state(p) for p in far} == {"done"}
         finally:
             d.stop()
@@ -157,19 +163,31 @@ def test_a_symlinked_watch_root_gets_live_events_for_its_top_level(tmp_path, tin
 
 def test_an_edit_during_the_files_own_job_is_processed_right_after(tmp_path, tiny_model, monkeypatch):
     """Defect 12: an edit landing while the file's job ran was refused ("picked up by the next
-    scan"), so its sidecar described the old version for up to 300 s."""
-    write_trap_plugin(tmp_path, "slowtask", "slow", "edit.png", "time.sleep(1.5)")
+    scan"), so its sidecar described the old version for up to 300 s. Here the photo is saved
+    again in the middle of its job, and the supervisor settles that edit while the job runs."""
+    write_trap_plugin(tmp_path, "edittask", "edit", "edit.png", "import midjob; midjob.during and midjob.during()")
+    (tmp_path / "midjob.py").write_text("during = None\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    cfg = daemon_config(tmp_path, tiny_model, tasks="[slow]", extra="plugins: [slowtask]\n")
-    d = InProcess(cfg)
-    try:
-        img = make_image(tmp_path / "inbox" / "edit.png", color=(1, 1, 1))
-        wait_for(lambda: d.state(img) == "running", 20, what="the job running")
+    cfg = daemon_config(tmp_path, tiny_model, tasks="[edit]", extra="plugins: [edittask]\n")
+    img = make_image(tmp_path / "inbox" / "edit.png", color=(1, 1, 1))
+    d = Driven(cfg)
+    import midjob
+
+    def during():
+        midjob.during = None  # once
         make_image(img, color=(250, 0, 0))  # saved again from the editor, mid-job
+        d.heard(img)
+        for _ in range(2):  # the quiet period, then the confirming look: queued while its job runs
+            d.clock.now += 0.31
+            d.daemon.tick(d.clock.now)
+
+    midjob.during = during
+    try:
+        assert d.step() == 1
+        assert d.state(img) == "pending"  # not done: the version it read is not the file's now
         new_sha = sha256_bytes(img.read_bytes())
-        wait_for(lambda: img.with_name("edit.png.smolvlm.json").exists()
-                 and read_sidecar(img)["source"]["sha256"] == new_sha, 20, what="the sidecar of the new version")
-        d.wait_done([img])
+        assert d.step() == 1
+        assert d.state(img) == "done" and read_sidecar(img)["source"]["sha256"] == new_sha
     finally:
         d.stop()
 
@@ -222,15 +240,16 @@ def test_a_symlink_out_of_the_watch_is_reported_once_not_gone_at_every_rescan(tm
     it is right; status and explain now say so."""
     elsewhere = make_image(tmp_path / "private" / "secret.png")
     cfg = daemon_config(tmp_path, tiny_model)
-    cfg.write_text(cfg.read_text().replace("state: {", "state: {rescan_interval: 1, "))
     link = tmp_path / "inbox" / "link.png"
     link.symlink_to(elsewhere)
     inside = make_image(tmp_path / "inbox" / "real.png")
     (tmp_path / "inbox" / "alias.png").symlink_to(inside)  # a link inside the watch is followed
-    d = InProcess(cfg)
+    d = Driven(cfg)
     try:
-        d.wait_done([inside, tmp_path / "inbox" / "alias.png"])
-        time.sleep(2.5)  # rescans
+        assert d.step() == 2
+        assert {d.state(p) for p in (inside, tmp_path / "inbox" / "alias.png")} == {"done"}
+        d.rescan()
+        d.rescan()
         assert d.journal.get(str(link)) is None
         d.daemon.write_meta()
     finally:
