@@ -57,8 +57,13 @@ class Reconciler:
         known = self.reader.seen(str(watch.path))
         queued, missed, walked = 0, [], set()
         walk = watch if under is None else replace(watch, path=under)
-        for path in scan(walk, armed.filter, report):
+        memo = armed.memo if under is None else None  # a rescan asked for a subpath lists it all
+        if memo is not None:
+            memo.begin()
+        for path in scan(walk, armed.filter, report, memo):
             walked.add(str(path))
+            if memo is not None and str(path.parent) in memo.recalled:
+                continue  # its folder is as it was: no file there was added, removed or renamed
             if self._changed(known, path) and self.enqueue(watch, path, BACKFILL):
                 queued += 1
                 if armed.unreported(path):
@@ -67,7 +72,7 @@ class Reconciler:
         if watch.output.output_dir is not None:
             report.temp_removed += self._sweep(watch.output.output_dir)
         if armed.check():  # still there after the walk: what is missing now is really gone
-            queued += self._settle_known(armed, walked, under)
+            queued += self._settle_known(armed, walked, under, memo.recalled if memo is not None else set())
         if under is None:
             self.journal.set_meta(f"scan:{watch.path}", jsontext.dumps(report.as_dict()))
         if report.temp_removed:
@@ -95,8 +100,12 @@ class Reconciler:
             return False  # gone meanwhile: the settle below sees it
         return seen != (st.st_size, st.st_mtime)
 
-    def _settle_known(self, armed: ArmedWatch, walked: set[str], under: Path | None = None) -> int:
+    def _settle_known(self, armed: ArmedWatch, walked: set[str], under: Path | None, recalled: set[str]) -> int:
+        """Known files the walk did not find are gone; a done file whose sidecar set is not whole
+        is queued again. A folder the walk recalled unchanged is skipped when the sidecars lie
+        beside their media: one deleted or rewritten would have changed the folder."""
         requeued, watch = 0, armed.watch
+        unchanged = recalled if watch.output.output_dir is None else set()
         for job in self.reader.known(str(watch.path)):
             if under is not None and not Path(job.path).is_relative_to(under):
                 continue
@@ -105,7 +114,7 @@ class Reconciler:
             if job.path not in walked and not os.path.lexists(job.path):
                 self.journal.mark_gone(job.id)
                 continue
-            if job.state != "done":
+            if job.state != "done" or os.path.dirname(job.path) in unchanged:
                 continue
             target = Target.for_media(Path(job.path), watch.output, watch.path)
             if (missing := missing_output(target, job.outputs, "json" in watch.outputs)) is not None:

@@ -166,36 +166,136 @@ class ScanReport:
         return {"skipped": dict(self.skipped.most_common()), "temp_removed": self.temp_removed}
 
 
+@dataclass(frozen=True)
+class Listing:
+    """One folder as a walk saw it: which folder it was (device, inode: a folder moved in under
+    the same name keeps its own old mtime) and its mtime (ns), the subfolders to walk, the input
+    files and what was passed over (counted as ``ScanReport.skipped``)."""
+
+    identity: tuple[int, int, int]
+    dirs: tuple[str, ...]
+    inputs: tuple[str, ...]
+    skipped: tuple[tuple[str, int], ...]
+
+
+FULL_WALK_EVERY = 12  # rescans: every 12th lists every folder (hourly at the default 300 s)
+QUIET_SECONDS = 2.0  # a folder changed more recently than this is listed again next time
+MTIME_SAFE_FS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "zfs", "tmpfs", "f2fs", "bcachefs"})
+
+
+class FolderMemo:
+    """What each folder of a watch held at its last listing, so a rescan need not list or stat
+    it again: adding, removing or renaming an entry changes a folder's mtime, so a folder with
+    the mtime it had holds the same names (Immich's and Syncthing's scanners lean on the same
+    fact). A file rewritten in place changes no folder; the live events report those, and every
+    ``FULL_WALK_EVERY``-th rescan lists everything. Kept only on local file systems with
+    nanosecond mtimes (``MTIME_SAFE_FS``), and a folder that changed within ``QUIET_SECONDS`` of
+    its listing is listed again (a change in the same clock tick would not move its mtime)."""
+
+    def __init__(self) -> None:
+        self.folders: dict[str, Listing] = {}
+        self.recalled: set[str] = set()  # folders the current walk took from here
+        self.rescans = 0
+        self.trusting = False
+
+    def begin(self) -> None:
+        """A new rescan: recall unchanged folders, except on every ``FULL_WALK_EVERY``-th."""
+        self.rescans += 1
+        self.trusting = self.rescans % FULL_WALK_EVERY != 0
+        self.recalled = set()
+
+    def recall(self, folder: str) -> Listing | None:
+        kept = self.folders.get(folder) if self.trusting else None
+        if kept is None:
+            return None
+        try:
+            if _identity(os.stat(folder)) != kept.identity:
+                return None
+        except OSError:
+            return None
+        self.recalled.add(folder)
+        return kept
+
+    def keep(self, folder: str, listing: Listing) -> None:
+        if time.time() - listing.identity[2] / 1e9 > QUIET_SECONDS:
+            self.folders[folder] = listing
+        else:
+            self.folders.pop(folder, None)
+
+
 def scan(watch: WatchConfig, media_filter: MediaFilter | None = None,
-         report: ScanReport | None = None) -> Iterator[Path]:
+         report: ScanReport | None = None, memo: FolderMemo | None = None) -> Iterator[Path]:
     """Every input file below the watch's folder, sorted per folder, excluded folders pruned.
     With a ``report``, also removes stale temp files of interrupted writes on the way and counts
-    what it skipped that a person may wonder about."""
+    what it skipped that a person may wonder about. With a ``memo``, a folder unchanged since its
+    last listing is taken from it (``memo.recalled`` names them) and each listing is kept there."""
     f = media_filter or MediaFilter(watch)
     top = str(watch.path)
     whole = os.path.normpath(top) == os.path.normpath(str(f.root))  # a walk from the root: folders judged on the way
-    for folder, dirs, files in os.walk(top):
+    stack = [top]
+    while stack:
+        folder = stack.pop()
+        seen = memo.recall(folder) if memo is not None else None
+        if seen is None:
+            below = "" if folder == top else os.path.relpath(folder, top).replace(os.sep, "/") + "/"
+            seen = _list(folder, below if whole else None, watch.recursive, f, report)
+            if seen is None:
+                continue
+            if memo is not None:
+                memo.keep(folder, seen)
+        if report is not None:
+            report.skipped.update(dict(seen.skipped))
         here = Path(folder)
-        below = "" if folder == top else os.path.relpath(folder, top).replace(os.sep, "/") + "/"
-        dirs[:] = sorted(d for d in dirs if watch.recursive and f.accepts_dir(here / d))
-        if report is not None and any(n.startswith(TEMP_PREFIX) for n in files):
-            report.temp_removed += len(sweep_temp(here))
-        for name in sorted(files):
-            why = f.name_reason(name)
-            if why == SIDECAR:
-                continue  # ours: never input, never counted
-            path = here / name
-            if whole:  # the name, then the globs on the path below the root the walk already has
-                why = why or f.glob_reason(below + name, name) or f._link_reason(path)
-            else:  # a folder inside the watch: every rule, its ancestors included
-                why = why or f.reason(path)
-            if why is None:
-                if path.is_file():
-                    yield path
-                elif report is not None:
-                    report.skipped["not regular files (a FIFO, socket or device under a media name)"] += 1
-            elif report is not None:
-                _count(report, path, why)
+        yield from (here / name for name in seen.inputs)
+        stack.extend(os.path.join(folder, d) for d in reversed(seen.dirs))
+
+
+def _list(folder: str, below: str | None, recursive: bool, f: MediaFilter,
+          report: ScanReport | None) -> Listing | None:
+    """List one folder: its accepted subfolders and input files, and what it passed over
+    (``below``: its path relative to the filter's root when the walk started there). With a
+    ``report``, stale temp files of interrupted writes are removed and counted there."""
+    try:
+        identity = _identity(os.stat(folder))  # before the listing: a change during it shows next time
+        with os.scandir(folder) as it:
+            entries = list(it)
+    except OSError:
+        return None
+    here = Path(folder)
+    dirs, files = [], []
+    for e in entries:
+        try:
+            is_dir = e.is_dir()
+        except OSError:
+            is_dir = False
+        if not is_dir:
+            files.append(e.name)
+        elif recursive and not e.is_symlink() and f.accepts_dir(here / e.name):
+            dirs.append(e.name)
+    if report is not None and any(n.startswith(TEMP_PREFIX) for n in files):
+        report.temp_removed += len(sweep_temp(here))
+    inputs, skipped = [], ScanReport()
+    for name in sorted(files):
+        why = f.name_reason(name)
+        if why == SIDECAR:
+            continue  # ours: never input, never counted
+        path = here / name
+        if below is not None:  # the name, then the globs on the path below the root the walk already has
+            why = why or f.glob_reason(below + name, name) or f._link_reason(path)
+        else:  # a folder inside the watch: every rule, its ancestors included
+            why = why or f.reason(path)
+        if why is None:
+            if path.is_file():
+                inputs.append(name)
+            else:
+                skipped.skipped["not regular files (a FIFO, socket or device under a media name)"] += 1
+        else:
+            _count(skipped, path, why)
+    return Listing(identity, tuple(sorted(dirs)), tuple(inputs), tuple(skipped.skipped.items()))
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int]:
+    return st.st_dev, st.st_ino, st.st_mtime_ns
 
 
 def _count(report: ScanReport, path: Path, why: str) -> None:
@@ -513,6 +613,7 @@ class ArmedWatch:
     gone: deque[Path] = field(default_factory=deque)  # moved or deleted paths, for the supervisor to check
     missed: int = 0  # files a rescan found that the native observer never reported
     missing_mounts: tuple[str, ...] = ()  # sub-mounts last seen below the folder, not mounted now
+    memo: FolderMemo | None = None  # its folders as last listed, where mtimes can be trusted (rescans)
 
     @property
     def available(self) -> bool:
@@ -599,6 +700,7 @@ class WatchSet:
         if mode == "native" and self.canary_failed:
             mode, reason = "polling", f"live events failed their test at start: {self.canary_failed}"
         armed.armed_at = time.time()
+        armed.memo = FolderMemo() if filesystem_type(w.path) in MTIME_SAFE_FS else None
         if "max_user_watches" in reason:
             self.log.warning("inotify_limit", watch=str(w.path), reason=reason, fix=INOTIFY_FIX)
         try:

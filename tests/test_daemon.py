@@ -706,3 +706,60 @@ def test_rescan_subpath_asks_the_running_daemon(tmp_path, tiny_model, run_cli, m
     finally:
         daemon.stop()
         daemon.shutdown()
+
+
+def _age(*folders: Path) -> None:
+    """Folders last changed a minute ago, as in a library that is not being written to."""
+    old = time.time() - 60
+    for folder in folders:
+        os.utime(folder, (old, old))
+
+
+def test_a_rescan_takes_unchanged_folders_from_memory_and_lists_changed_ones(tmp_path, tiny_model, monkeypatch):
+    """Issue 28, 2: a rescan lists and stats only folders whose identity or mtime moved; an
+    addition, a deletion, a deleted sidecar and a folder swapped in under the same name are all
+    seen; a file rewritten in place with no live event waits for the full walk."""
+    inbox = tmp_path / "inbox"
+    albums = [inbox / "2019", inbox / "2020", inbox / "spare"]
+    photos = {a.name: make_image(a / "p.png", color=(i, 7, 7)) for i, a in enumerate(albums)}
+    d = Driven(daemon_config(tmp_path, tiny_model))
+    try:
+        assert d.step() == 3
+        _age(inbox, *albums)
+        d.rescan()  # lists everything once more (the folders were fresh at the first look) and keeps it
+        memo = d.armed.memo
+        assert memo is not None and memo.recalled == set()
+        monkeypatch.setattr(watcher._Handler, "on_any_event", lambda self, event: None)  # deaf: only rescans see
+        stats = []
+        real_stat = Path.stat
+        monkeypatch.setattr(Path, "stat", lambda self, **kw: stats.append(self) or real_stat(self, **kw))
+        d.rescan()
+        assert memo.recalled == {str(inbox), *map(str, albums)}
+        assert [p for p in stats if p.parent in albums] == []  # not one file stat'ed
+
+        added = make_image(albums[1] / "new.png", color=(1, 99, 1))
+        (albums[0] / "p.png.smolvlm.json").unlink()  # a person deleted a sidecar
+        swapped = make_image(tmp_path / "elsewhere" / "q.png", color=(5, 5, 99))
+        _age(swapped.parent)
+        albums[2].rename(tmp_path / "spare.old")
+        swapped.parent.rename(albums[2])  # another folder under the old name, with its own old mtime
+        d.rescan()
+        assert memo.recalled == set()  # the top folder changed too: the rename
+        assert d.state(added) == "done" and d.state(albums[2] / "q.png") == "done"
+        assert d.state(photos["spare"]) == "gone" and (albums[0] / "p.png.smolvlm.json").exists()
+
+        _age(inbox, *albums)
+        d.rescan()  # kept again
+        edited = photos["2020"]
+        before = albums[1].stat().st_mtime_ns
+        make_image(edited, color=(250, 250, 0))  # rewritten in place: the folder does not change
+        assert albums[1].stat().st_mtime_ns == before
+        passes = d.daemon.engine.vision_passes
+        while memo.rescans % watcher.FULL_WALK_EVERY != watcher.FULL_WALK_EVERY - 1:
+            d.rescan()
+            assert str(albums[1]) in memo.recalled and d.daemon.engine.vision_passes == passes
+        d.rescan()  # the full walk
+        assert memo.recalled == set() and d.daemon.engine.vision_passes == passes + 1
+        assert read_sidecar(edited)["source"]["sha256"] == d.journal.get(str(edited)).sha256
+    finally:
+        d.stop()
