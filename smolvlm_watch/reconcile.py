@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 from pathlib import Path
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from . import jsontext
@@ -26,6 +26,7 @@ from .sidecar import Target, missing_output, relocate
 from .watcher import ArmedWatch, ScanReport, scan
 
 
+FEW = 2000  # known files a rescan reads one by one; more, and it reads the watch's rows in one query
 INDEX_SLACK = 2.0  # seconds between a sidecar's write and its journal row's, in one commit
 
 
@@ -60,10 +61,8 @@ class Reconciler:
         memo = armed.memo if under is None else None  # a rescan asked for a subpath lists it all
         if memo is not None:
             memo.begin()
-        for path in scan(walk, armed.filter, report, memo):
+        for path in scan(walk, armed.filter, report, memo):  # a folder as it was yields nothing
             walked.add(str(path))
-            if memo is not None and str(path.parent) in memo.recalled:
-                continue  # its folder is as it was: no file there was added, removed or renamed
             if self._changed(known, path) and self.enqueue(watch, path, BACKFILL):
                 queued += 1
                 if armed.unreported(path):
@@ -72,7 +71,8 @@ class Reconciler:
         if watch.output.output_dir is not None:
             report.temp_removed += self._sweep(watch.output.output_dir)
         if armed.check():  # still there after the walk: what is missing now is really gone
-            queued += self._settle_known(armed, walked, under, memo.recalled if memo is not None else set())
+            recalled = memo.recalled if memo is not None else set()
+            queued += self._settle_known(armed, walked, under, self._to_settle(watch, known, recalled), recalled)
         if under is None:
             self.journal.set_meta(f"scan:{watch.path}", jsontext.dumps(report.as_dict()))
         if report.temp_removed:
@@ -100,21 +100,31 @@ class Reconciler:
             return False  # gone meanwhile: the settle below sees it
         return seen != (st.st_size, st.st_mtime)
 
-    def _settle_known(self, armed: ArmedWatch, walked: set[str], under: Path | None, recalled: set[str]) -> int:
-        """Known files the walk did not find are gone; a done file whose sidecar set is not whole
-        is queued again. A folder the walk recalled unchanged is skipped when the sidecars lie
-        beside their media: one deleted or rewritten would have changed the folder."""
+    def _to_settle(self, watch: WatchConfig, known: dict[str, Any], recalled: set[str]) -> Iterable[Job]:
+        """The known files a walk must settle: all of them, but for the files of folders it
+        recalled unchanged when their sidecars lie beside them (one deleted or rewritten would
+        have changed the folder). A few are read one by one, many in one query."""
+        if not recalled or watch.output.output_dir is not None:
+            return self.reader.known(str(watch.path))
+        paths = [p for p in known if os.path.dirname(p) not in recalled]
+        if len(paths) > FEW:
+            return (j for j in self.reader.known(str(watch.path)) if os.path.dirname(j.path) not in recalled)
+        return (j for j in map(self.reader.get, paths) if j is not None)
+
+    def _settle_known(self, armed: ArmedWatch, walked: set[str], under: Path | None, jobs: Iterable[Job],
+                      recalled: set[str]) -> int:
+        """Known files the walk did not find are gone (but for those of folders it recalled: they
+        hold the names they held); a done file whose sidecar set is not whole is queued again."""
         requeued, watch = 0, armed.watch
-        unchanged = recalled if watch.output.output_dir is None else set()
-        for job in self.reader.known(str(watch.path)):
+        for job in jobs:
             if under is not None and not Path(job.path).is_relative_to(under):
                 continue
             if not armed.reachable(job.path):
                 continue  # below a share that is not mounted now: out of reach, not gone
-            if job.path not in walked and not os.path.lexists(job.path):
+            if job.path not in walked and os.path.dirname(job.path) not in recalled and not os.path.lexists(job.path):
                 self.journal.mark_gone(job.id)
                 continue
-            if job.state != "done" or os.path.dirname(job.path) in unchanged:
+            if job.state != "done":
                 continue
             target = Target.for_media(Path(job.path), watch.output, watch.path)
             if (missing := missing_output(target, job.outputs, "json" in watch.outputs)) is not None:

@@ -228,7 +228,8 @@ def scan(watch: WatchConfig, media_filter: MediaFilter | None = None,
     """Every input file below the watch's folder, sorted per folder, excluded folders pruned.
     With a ``report``, also removes stale temp files of interrupted writes on the way and counts
     what it skipped that a person may wonder about. With a ``memo``, a folder unchanged since its
-    last listing is taken from it (``memo.recalled`` names them) and each listing is kept there."""
+    last listing is taken from it and yields nothing (its files are as they were; ``memo.recalled``
+    names those folders), and each new listing is kept there."""
     f = media_filter or MediaFilter(watch)
     top = str(watch.path)
     whole = os.path.normpath(top) == os.path.normpath(str(f.root))  # a walk from the root: folders judged on the way
@@ -236,6 +237,7 @@ def scan(watch: WatchConfig, media_filter: MediaFilter | None = None,
     while stack:
         folder = stack.pop()
         seen = memo.recall(folder) if memo is not None else None
+        fresh = seen is None
         if seen is None:
             below = "" if folder == top else os.path.relpath(folder, top).replace(os.sep, "/") + "/"
             seen = _list(folder, below if whole else None, watch.recursive, f, report)
@@ -245,8 +247,9 @@ def scan(watch: WatchConfig, media_filter: MediaFilter | None = None,
                 memo.keep(folder, seen)
         if report is not None:
             report.skipped.update(dict(seen.skipped))
-        here = Path(folder)
-        yield from (here / name for name in seen.inputs)
+        if fresh:
+            here = Path(folder)
+            yield from (here / name for name in seen.inputs)
         stack.extend(os.path.join(folder, d) for d in reversed(seen.dirs))
 
 

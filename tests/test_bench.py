@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from smolvlm_watch.runtime import TransformersModel, placement
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "throughput.py"
@@ -63,6 +65,7 @@ def test_remote_bench_quick_prints_both_clients_and_their_ratios(tmp_path):
         assert row["ratio_bytes"] > 1 and row["ratio_cpu"] > 0 and row["now"]["photos_per_s"][0] > 0
 
 
+@pytest.mark.long  # two torch.compile passes of the vision tower: ~2 minutes of CPU; .ci/run runs it in test-long
 def test_engines_bench_quick_prints_every_engine_with_its_ratios_and_parts(tmp_path):
     rows = _quick("engines.py")
     photos = [r for r in rows if r["kind"] == "photo"]
