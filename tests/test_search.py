@@ -99,10 +99,10 @@ def test_search_finds_results_and_stays_true_to_the_sidecars(tmp_path, tiny_mode
         assert json.loads(out)["index"]["passages"] >= 6
 
         fixed["caption"] = "A snowy mountain"  # a new prompt: re-processed, the old text goes
+        before = json.loads(d.journal.meta("daemon"))["fingerprints"]
         cfg.write_text(cfg.read_text().replace("Describe this image in detail.", "What is in this photo?"))
         d.daemon.reload_requested.set()
-        wait_for(lambda: json.loads(d.journal.meta("daemon"))["fingerprints"] != {}, 10)
-        time.sleep(1)
+        wait_for(lambda: json.loads(d.journal.meta("daemon"))["fingerprints"] != before, 10, what="the reload")
         code, out, err = run_cli("backfill", "-c", cfg, "--stale")
         assert code == 0, out + err
         d.daemon.worker.wake.set()
