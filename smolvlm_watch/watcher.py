@@ -168,13 +168,13 @@ class ScanReport:
 
 @dataclass(frozen=True)
 class Listing:
-    """One folder as a walk saw it: which folder it was (device, inode: a folder moved in under
-    the same name keeps its own old mtime) and its mtime (ns), the subfolders to walk, the input
-    files and what was passed over (counted as ``ScanReport.skipped``)."""
+    """What a rescan needs of a folder it does not list again: which folder it was (device,
+    inode: a folder moved in under the same name keeps its own old mtime) and its mtime (ns),
+    the subfolders to walk and what was passed over (counted as ``ScanReport.skipped``). Not its
+    files: a folder as it was yields none."""
 
     identity: tuple[int, int, int]
     dirs: tuple[str, ...]
-    inputs: tuple[str, ...]
     skipped: tuple[tuple[str, int], ...]
 
 
@@ -199,10 +199,13 @@ class FolderMemo:
         self.trusting = False
 
     def begin(self) -> None:
-        """A new rescan: recall unchanged folders, except on every ``FULL_WALK_EVERY``-th."""
+        """A new rescan: recall unchanged folders, except on every ``FULL_WALK_EVERY``-th, which
+        starts the memory afresh (folders deleted since are forgotten with it)."""
         self.rescans += 1
         self.trusting = self.rescans % FULL_WALK_EVERY != 0
         self.recalled = set()
+        if not self.trusting:
+            self.folders = {}
 
     def recall(self, folder: str) -> Listing | None:
         kept = self.folders.get(folder) if self.trusting else None
@@ -237,25 +240,23 @@ def scan(watch: WatchConfig, media_filter: MediaFilter | None = None,
     while stack:
         folder = stack.pop()
         seen = memo.recall(folder) if memo is not None else None
-        fresh = seen is None
         if seen is None:
             below = "" if folder == top else os.path.relpath(folder, top).replace(os.sep, "/") + "/"
-            seen = _list(folder, below if whole else None, watch.recursive, f, report)
-            if seen is None:
+            listed = _list(folder, below if whole else None, watch.recursive, f, report)
+            if listed is None:
                 continue
+            seen, inputs = listed
             if memo is not None:
                 memo.keep(folder, seen)
+            yield from (Path(folder) / name for name in inputs)
         if report is not None:
             report.skipped.update(dict(seen.skipped))
-        if fresh:
-            here = Path(folder)
-            yield from (here / name for name in seen.inputs)
         stack.extend(os.path.join(folder, d) for d in reversed(seen.dirs))
 
 
 def _list(folder: str, below: str | None, recursive: bool, f: MediaFilter,
-          report: ScanReport | None) -> Listing | None:
-    """List one folder: its accepted subfolders and input files, and what it passed over
+          report: ScanReport | None) -> tuple[Listing, list[str]] | None:
+    """List one folder: its accepted subfolders and what it passed over, and its input files
     (``below``: its path relative to the filter's root when the walk started there). With a
     ``report``, stale temp files of interrupted writes are removed and counted there."""
     try:
@@ -294,7 +295,7 @@ def _list(folder: str, below: str | None, recursive: bool, f: MediaFilter,
                 skipped.skipped["not regular files (a FIFO, socket or device under a media name)"] += 1
         else:
             _count(skipped, path, why)
-    return Listing(identity, tuple(sorted(dirs)), tuple(inputs), tuple(skipped.skipped.items()))
+    return Listing(identity, tuple(sorted(dirs)), tuple(skipped.skipped.items())), inputs
 
 
 def _identity(st: os.stat_result) -> tuple[int, int, int]:

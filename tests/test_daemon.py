@@ -755,11 +755,18 @@ def test_a_rescan_takes_unchanged_folders_from_memory_and_lists_changed_ones(tmp
         make_image(edited, color=(250, 250, 0))  # rewritten in place: the folder does not change
         assert albums[1].stat().st_mtime_ns == before
         passes = d.daemon.engine.vision_passes
+        empty = inbox / "emptied"
+        empty.mkdir()
+        _age(empty, inbox)
+        d.rescan()
+        empty.rmdir()  # a folder that goes: its listing stays in memory until the full walk
         while memo.rescans % watcher.FULL_WALK_EVERY != watcher.FULL_WALK_EVERY - 1:
             d.rescan()
             assert str(albums[1]) in memo.recalled and d.daemon.engine.vision_passes == passes
+        assert str(empty) in memo.folders
         d.rescan()  # the full walk
         assert memo.recalled == set() and d.daemon.engine.vision_passes == passes + 1
+        assert str(empty) not in memo.folders
         assert read_sidecar(edited)["source"]["sha256"] == d.journal.get(str(edited)).sha256
     finally:
         d.stop()
