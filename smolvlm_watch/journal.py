@@ -31,6 +31,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, Literal
 
 from . import jsontext
@@ -43,6 +44,7 @@ STATES: tuple[State, ...] = ("pending", "running", "done", "failed", "quarantine
 INTERRUPTED = "interrupted: the daemon stopped or crashed while running it"
 LIVE, BACKFILL = 0, 1
 SCHEMA_VERSION = 3
+KNOWN_PAGE = 5000  # rows per read when a rescan goes through every file of a watch
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -509,10 +511,18 @@ class Journal:
         rows = self._x("SELECT path, size, mtime FROM jobs WHERE watch = ? AND state != 'gone'", (to_db(watch),))
         return {from_db(r["path"]): (r["size"], r["mtime"]) for r in rows}
 
+    def known(self, watch: str) -> Iterator[Job]:
+        """Every file of ``watch`` that is not gone: what a rescan checks against the disk. Read
+        ``KNOWN_PAGE`` rows at a time (a million Jobs at once would be a gigabyte), each page
+        under the lock on its own, so a write between pages is never held up for the whole watch."""
+        after = 0
+        while page := self._known_page(watch, after):
+            yield from page
+            after = page[-1].id
+
     @locked
-    def known(self, watch: str) -> list[Job]:
-        """Every file of ``watch`` that is not gone: what a rescan checks against the disk."""
-        return self._jobs("watch = ? AND state != 'gone'", (to_db(watch),))
+    def _known_page(self, watch: str, after: int) -> list[Job]:
+        return self._jobs("id > ? AND watch = ? AND state != 'gone'", (after, to_db(watch)), limit=KNOWN_PAGE)
 
     @locked
     def same_stem(self, path: str) -> list[Job]:
@@ -645,8 +655,9 @@ class Journal:
     def _row(self, path: str) -> sqlite3.Row | None:
         return self._x("SELECT * FROM jobs WHERE path = ?", (to_db(path),)).fetchone()
 
-    def _jobs(self, where: str, params: tuple[Any, ...]) -> list[Job]:
-        return [Job.from_row(r) for r in self._x(f"SELECT * FROM jobs WHERE {where} ORDER BY id", params)]
+    def _jobs(self, where: str, params: tuple[Any, ...], limit: int = -1) -> list[Job]:
+        return [Job.from_row(r) for r in self._x(f"SELECT * FROM jobs WHERE {where} ORDER BY id LIMIT ?",
+                                                 (*params, limit))]
 
     def _state(self, job_id: int) -> State:
         row = self._x("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()

@@ -23,7 +23,7 @@ from .journal import BACKFILL, Job, Journal
 from .search import PassageSource, from_sidecar
 from .atomic import TEMP_PREFIX, sweep_temp
 from .sidecar import Target, missing_output, relocate
-from .watcher import ArmedWatch, ScanReport, scan
+from .watcher import ArmedWatch, ScanReport, scan, walk
 
 
 FEW = 2000  # known files a rescan reads one by one; more, and it reads the watch's rows in one query
@@ -57,13 +57,13 @@ class Reconciler:
         watch, report = armed.watch, ScanReport()
         known = self.reader.seen(str(watch.path))
         queued, missed, walked = 0, [], set()
-        walk = watch if under is None else replace(watch, path=under)
+        tree = watch if under is None else replace(watch, path=under)
         memo = armed.memo if under is None else None  # a rescan asked for a subpath lists it all
         if memo is not None:
             memo.begin()
-        for path in scan(walk, armed.filter, report, memo):  # a folder as it was yields nothing
-            walked.add(str(path))
-            if self._changed(known, path) and self.enqueue(watch, path, BACKFILL):
+        for entry in walk(tree, armed.filter, report, memo):  # a folder as it was yields nothing
+            walked.add(entry.path)
+            if self._changed(known, entry) and self.enqueue(watch, path := Path(entry.path), BACKFILL):
                 queued += 1
                 if armed.unreported(path):
                     missed.append(path)
@@ -89,13 +89,13 @@ class Reconciler:
                              example=str(missed[0]), missed_so_far=armed.missed)
 
     @staticmethod
-    def _changed(known: dict[str, tuple[int | None, float | None]], path: Path) -> bool:
+    def _changed(known: dict[str, tuple[int | None, float | None]], entry: os.DirEntry[str]) -> bool:
         """Whether a walked file is new or changed since the journal saw it (then it is queued)."""
-        seen = known.get(str(path))
+        seen = known.get(entry.path)
         if seen is None:
             return True
         try:
-            st = path.stat()
+            st = entry.stat()
         except OSError:
             return False  # gone meanwhile: the settle below sees it
         return seen != (st.st_size, st.st_mtime)
@@ -140,7 +140,7 @@ class Reconciler:
         if "json" not in watch.outputs:
             return
         try:
-            written = os.stat(target.json_path).st_mtime
+            written = os.stat(os.path.join(target.folder, target.json_name)).st_mtime
         except OSError:
             return
         if written <= (job.indexed or job.finished or 0) + INDEX_SLACK:

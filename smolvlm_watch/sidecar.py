@@ -238,8 +238,12 @@ class Target:
         return self.folder / f"{base}{suffix}"
 
     @property
+    def json_name(self) -> str:
+        return self.media.name + self.output.json_suffix
+
+    @property
     def json_path(self) -> Path:
-        return self.path(self.output.json_suffix)
+        return self.folder / self.json_name
 
     def name_problem(self) -> str | None:
         """Why this file's sidecars cannot be named after it (too long for the file system),
@@ -365,9 +369,10 @@ def missing_output(target: Target, recorded: dict[str, str] | None, writes_json:
     """The first file of a done job's sidecar set that is no longer there (deleted by hand, a
     backup restored without its sidecars), or None. One lstat per file: cheap enough for every
     rescan. A job recorded before sets were kept in the journal is checked for its JSON."""
-    names = list(recorded) if recorded else ([target.json_path.name] if writes_json else [])
+    names = list(recorded) if recorded else ([target.json_name] if writes_json else [])
+    folder = str(target.folder)  # joined as strings: a rescan asks this of every done file
     for name in names:
-        if not os.path.lexists(target.folder / name):
+        if not os.path.lexists(os.path.join(folder, name)):
             return name
     return None
 

@@ -37,6 +37,9 @@ DEFAULT_IGNORED_FILES = (
     ".syncthing.*.tmp", f"{TEMP_PREFIX}*", "*.smolvlm.json", "*.xmp",
 )
 DEFAULT_IGNORED_DIRS = ("@eaDir", ".stfolder", ".stversions", ".Trashes", "__MACOSX")
+# The default ignores as one compiled pattern: a scan asks it of every name (one match instead of
+# a dozen fnmatch calls); which pattern matched is looked up only for a name it ignores.
+_IGNORED_FILES = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in DEFAULT_IGNORED_FILES))
 
 
 class MediaFilter:
@@ -75,8 +78,7 @@ class MediaFilter:
 
     def _ocr_text(self, name: str) -> bool:
         """``photo.jpg.txt``: the OCR text we write beside a media file (named after it whole)."""
-        stem = name[: -len(self.ocr_suffix)] if name.endswith(self.ocr_suffix) else ""
-        return Path(stem).suffix.lower() in MEDIA_EXTENSIONS
+        return name.endswith(self.ocr_suffix) and Path(name[: -len(self.ocr_suffix)]).suffix.lower() in MEDIA_EXTENSIONS
 
     def reason_on_disk(self, path: Path) -> str | None:
         """``reason``, and for a file that exists, whether it is one a scan takes: a FIFO or a
@@ -107,7 +109,7 @@ class MediaFilter:
             parent = parent / part
             if not self.accepts_dir(parent):
                 return f"inside an ignored or excluded folder ({parent})"
-        return self.glob_reason(rel, name) or self._link_reason(path)
+        return self.glob_reason(rel, name) or self.link_reason(path)
 
     def name_reason(self, name: str) -> str | None:
         """The rules a file's name alone decides (hidden, ours, ignored, not media): a scan asks
@@ -116,9 +118,9 @@ class MediaFilter:
             return "hidden file"
         if name.endswith(self.json_suffix) or name.startswith(TEMP_PREFIX) or self._ocr_text(name):
             return SIDECAR
-        for pattern in DEFAULT_IGNORED_FILES:
-            if fnmatch.fnmatch(name, pattern):
-                return f"ignored by default ({pattern})"
+        if _IGNORED_FILES.match(name):
+            pattern = next(p for p in DEFAULT_IGNORED_FILES if fnmatch.fnmatchcase(name, p))
+            return f"ignored by default ({pattern})"
         suffix = os.path.splitext(name)[1]
         if suffix.lower() not in MEDIA_EXTENSIONS:
             return f"extension {suffix or '(none)'!r} is not a media extension"
@@ -132,7 +134,7 @@ class MediaFilter:
             return f"matches an exclude glob {list(self.exclude)}"
         return None
 
-    def _link_reason(self, path: Path) -> str | None:
+    def link_reason(self, path: Path) -> str | None:
         """Symlinks are followed only to files inside the watch: one pointing elsewhere would let
         a watch reach (and write sidecars beside) files it was never given."""
         if not path.is_symlink():
@@ -228,7 +230,14 @@ class FolderMemo:
 
 def scan(watch: WatchConfig, media_filter: MediaFilter | None = None,
          report: ScanReport | None = None, memo: FolderMemo | None = None) -> Iterator[Path]:
-    """Every input file below the watch's folder, sorted per folder, excluded folders pruned.
+    """Every input file below the watch's folder (see ``walk``), as paths."""
+    return (Path(entry.path) for entry in walk(watch, media_filter, report, memo))
+
+
+def walk(watch: WatchConfig, media_filter: MediaFilter | None = None,
+         report: ScanReport | None = None, memo: FolderMemo | None = None) -> Iterator[os.DirEntry[str]]:
+    """Every input file below the watch's folder, sorted per folder, excluded folders pruned, as
+    the directory entries the listing gave (their ``stat()`` is the one call a caller needs).
     With a ``report``, also removes stale temp files of interrupted writes on the way and counts
     what it skipped that a person may wonder about. With a ``memo``, a folder unchanged since its
     last listing is taken from it and yields nothing (its files are as they were; ``memo.recalled``
@@ -248,17 +257,19 @@ def scan(watch: WatchConfig, media_filter: MediaFilter | None = None,
             seen, inputs = listed
             if memo is not None:
                 memo.keep(folder, seen)
-            yield from (Path(folder) / name for name in inputs)
+            yield from inputs
         if report is not None:
             report.skipped.update(dict(seen.skipped))
         stack.extend(os.path.join(folder, d) for d in reversed(seen.dirs))
 
 
 def _list(folder: str, below: str | None, recursive: bool, f: MediaFilter,
-          report: ScanReport | None) -> tuple[Listing, list[str]] | None:
+          report: ScanReport | None) -> tuple[Listing, list[os.DirEntry[str]]] | None:
     """List one folder: its accepted subfolders and what it passed over, and its input files
     (``below``: its path relative to the filter's root when the walk started there). With a
-    ``report``, stale temp files of interrupted writes are removed and counted there."""
+    ``report``, stale temp files of interrupted writes are removed and counted there. The
+    entries' own types answer "folder?", "symlink?" and "regular file?" without a call per
+    file where the file system reports types (a symlink is still followed to judge it)."""
     try:
         identity = _identity(os.stat(folder))  # before the listing: a change during it shows next time
         with os.scandir(folder) as it:
@@ -273,29 +284,44 @@ def _list(folder: str, below: str | None, recursive: bool, f: MediaFilter,
         except OSError:
             is_dir = False
         if not is_dir:
-            files.append(e.name)
+            files.append(e)
         elif recursive and not e.is_symlink() and f.accepts_dir(here / e.name):
             dirs.append(e.name)
-    if report is not None and any(n.startswith(TEMP_PREFIX) for n in files):
+    if report is not None and any(e.name.startswith(TEMP_PREFIX) for e in files):
         report.temp_removed += len(sweep_temp(here))
     inputs, skipped = [], ScanReport()
-    for name in sorted(files):
-        why = f.name_reason(name)
+    for e in sorted(files, key=lambda e: e.name):
+        why = f.name_reason(e.name)
         if why == SIDECAR:
             continue  # ours: never input, never counted
-        path = here / name
         if below is not None:  # the name, then the globs on the path below the root the walk already has
-            why = why or f.glob_reason(below + name, name) or f._link_reason(path)
+            why = why or f.glob_reason(below + e.name, e.name) or _entry_link_reason(e, f)
         else:  # a folder inside the watch: every rule, its ancestors included
-            why = why or f.reason(path)
+            why = why or f.reason(Path(e.path))
         if why is None:
-            if path.is_file():
-                inputs.append(name)
+            if _is_file(e):
+                inputs.append(e)
             else:
                 skipped.skipped["not regular files (a FIFO, socket or device under a media name)"] += 1
         else:
-            _count(skipped, path, why)
+            _count(skipped, Path(e.path), why)
     return Listing(identity, tuple(sorted(dirs)), tuple(skipped.skipped.items())), inputs
+
+
+def _entry_link_reason(entry: os.DirEntry[str], f: MediaFilter) -> str | None:
+    """``link_reason``, asked only of an entry the listing says is a symlink."""
+    try:
+        link = entry.is_symlink()
+    except OSError:  # gone since the listing: the regular-file check counts it
+        return None
+    return f.link_reason(Path(entry.path)) if link else None
+
+
+def _is_file(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
 
 
 def _identity(st: os.stat_result) -> tuple[int, int, int]:
