@@ -48,6 +48,7 @@ CANCEL_GRACE_SECONDS = 5.0  # after the stop grace: the model is cancelled, and 
 RESCAN_STOP_GRACE_SECONDS = 5.0  # a rescan still walking at shutdown: waited for this long, then left to fail
 HEALTH_INTERVAL = 5.0
 STATUS_INTERVAL = 2.0
+QUIET_RESCAN_CEILING = 3600.0  # seconds: how far quiet rescans stretch the interval (Syncthing rescans hourly)
 
 Loader = Callable[[], "tuple[Config, Registry]"]
 
@@ -307,11 +308,33 @@ class Worker:
         return self.trouble(item_timeout) is None
 
 
+class RescanPace:
+    """How long the safety rescan waits. ``state.rescan_interval`` is the shortest wait and the
+    first: a rescan that queues nothing (every change reached us as an event) doubles the wait, up
+    to an hour (``QUIET_RESCAN_CEILING``, or the configured interval when that is longer); one that
+    queues files (events missed them, or a sidecar was deleted by hand), or a watch on polling (a
+    share, where changes are the likeliest to slip by), brings it back to the configured interval.
+    Where events work, rescans are a safety net: a library left alone costs a walk an hour."""
+
+    def __init__(self) -> None:
+        self.stretch = 1.0  # the wait, in configured intervals
+
+    def wait(self, interval: float) -> float:
+        return min(interval * self.stretch, max(interval, QUIET_RESCAN_CEILING))
+
+    def after(self, interval: float, queued: int, polling: bool) -> float:
+        """Record how a rescan went; the next wait."""
+        quiet = not queued and not polling
+        self.stretch = min(self.stretch * 2, max(1.0, QUIET_RESCAN_CEILING / interval)) if quiet else 1.0
+        return self.wait(interval)
+
+
 class Supervisor:
     """The main loop's one tick, and what it keeps between ticks."""
 
     def __init__(self, daemon: Daemon):
         self.d = daemon
+        self.pace = RescanPace()
         self.interval = watchdog_interval()
         now = daemon.clock()
         self.last_ping = self.last_rescan = self.last_health = self.last_status = now
@@ -332,9 +355,9 @@ class Supervisor:
         if now - self.last_health >= HEALTH_INTERVAL:
             self.last_health = now
             d.watches.healthy()
-        if now - self.last_rescan >= d.config.state.rescan_interval and not self.rescanning():
+        if now - self.last_rescan >= self.pace.wait(d.config.state.rescan_interval) and not self.rescanning():
             self.last_rescan = now
-            self._start_rescan()
+            self._start_rescan(paced=True)
         healthy = d.worker.healthy(d.config.state.item_timeout)
         if self.interval and now - self.last_ping >= self.interval and healthy:
             self.last_ping = now
@@ -373,18 +396,24 @@ class Supervisor:
             self.last_rescan = now
         self._start_rescan(None if None in asked else [a for a in asked if a is not None])
 
-    def _start_rescan(self, under: list[str] | None = None) -> None:
-        """A rescan (of every watch, or of the folders ``under``) on a thread of its own."""
-        self._rescan = threading.Thread(target=self._scan_all, args=(under,), name="rescan", daemon=True)
+    def _start_rescan(self, under: list[str] | None = None, paced: bool = False) -> None:
+        """A rescan (of every watch, or of the folders ``under``) on a thread of its own; a
+        ``paced`` one (the safety rescan) sets the wait before the next (``RescanPace``)."""
+        self._rescan = threading.Thread(target=self._scan_all, args=(under, paced), name="rescan", daemon=True)
         self._rescan.start()
 
-    def _scan_all(self, under: list[str] | None) -> None:
+    def _scan_all(self, under: list[str] | None, paced: bool) -> None:
+        d = self.d
         try:
-            self.d.scan_all(under)
+            queued = d.scan_all(under)
+            if paced:
+                interval = d.config.state.rescan_interval
+                wait = self.pace.after(interval, queued, any(a.mode == "polling" for a in d.watches.armed))
+                d.log.debug("rescan_paced", next_in_seconds=wait, configured=interval)
         except JournalError as exc:
-            self.d.health.down(exc)
+            d.health.down(exc)
         except Exception as exc:  # the next rescan tries again; the daemon must not lose its loop
-            self.d.log.exception("rescan_failed", error=str(exc))
+            d.log.exception("rescan_failed", error=str(exc))
 
     def trouble(self) -> str | None:
         """What is wrong in words (``/healthz``): None while all is well. Only a stuck worker

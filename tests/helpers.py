@@ -186,9 +186,10 @@ class Driven:
         return self.step(longest) + self.step(longest)
 
     def rescan(self) -> int:
-        """Steps past the rescan interval and the health check: one safety rescan, one look at
-        every watch's folder, and the jobs they queued."""
-        return self.step(max(self.daemon.config.state.rescan_interval, daemon_module.HEALTH_INTERVAL))
+        """Steps past the rescan's wait (its pace stretches while rescans find nothing) and the
+        health check: one safety rescan, one look at every watch's folder, the jobs they queued."""
+        wait = self.daemon.supervisor.pace.wait(self.daemon.config.state.rescan_interval)
+        return self.step(max(wait, daemon_module.HEALTH_INTERVAL))
 
     def stop(self) -> bool:
         return self.daemon.shutdown()

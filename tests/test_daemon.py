@@ -730,12 +730,12 @@ def test_a_rescan_takes_unchanged_folders_from_memory_and_lists_changed_ones(tmp
         memo = d.armed.memo
         assert memo is not None and memo.recalled == set()
         monkeypatch.setattr(watcher._Handler, "on_any_event", lambda self, event: None)  # deaf: only rescans see
-        stats = []
-        real_stat = Path.stat
-        monkeypatch.setattr(Path, "stat", lambda self, **kw: stats.append(self) or real_stat(self, **kw))
+        listed, real_scandir = [], os.scandir
+        monkeypatch.setattr(os, "scandir", lambda path=".": listed.append(Path(path)) or real_scandir(path))
         d.rescan()
         assert memo.recalled == {str(inbox), *map(str, albums)}
-        assert [p for p in stats if p.parent in albums] == []  # not one file stat'ed
+        assert [p for p in listed if p in albums or p == inbox] == []  # not one folder listed, so no file stat'ed
+        monkeypatch.setattr(os, "scandir", real_scandir)
 
         added = make_image(albums[1] / "new.png", color=(1, 99, 1))
         (albums[0] / "p.png.smolvlm.json").unlink()  # a person deleted a sidecar
@@ -768,5 +768,48 @@ def test_a_rescan_takes_unchanged_folders_from_memory_and_lists_changed_ones(tmp
         assert memo.recalled == set() and d.daemon.engine.vision_passes == passes + 1
         assert str(empty) not in memo.folders
         assert read_sidecar(edited)["source"]["sha256"] == d.journal.get(str(edited)).sha256
+    finally:
+        d.stop()
+
+
+def test_quiet_rescans_stretch_their_wait_to_an_hour_and_one_that_finds_files_resets_it(tmp_path, tiny_model,
+                                                                                         monkeypatch):
+    """Issue 28, 2: the rescan's pace. ``state.rescan_interval`` is the first and shortest wait;
+    each rescan that queues nothing doubles it, up to an hour; one that finds a file no event
+    reported goes back to the configured interval; a watch on polling never stretches it."""
+    from smolvlm_watch.reconcile import Reconciler
+
+    scans, real = [], Reconciler.scan
+    monkeypatch.setattr(Reconciler, "scan", lambda self, armed, under=None: scans.append(1) or real(self, armed, under))
+    cfg = daemon_config(tmp_path, tiny_model)
+    cfg.write_text(cfg.read_text().replace("state: {", "state: {rescan_interval: 600, "))
+    d = Driven(cfg)
+    try:
+        pace = d.daemon.supervisor.pace
+        assert len(scans) == 1  # the startup scan
+        d.step(599)
+        assert len(scans) == 1
+        waits = []
+        for _ in range(5):
+            d.rescan()
+            waits.append(pace.wait(600))
+        assert len(scans) == 6 and waits == [1200, 2400, 3600, 3600, 3600]
+        d.step(3599)
+        assert len(scans) == 6  # not before the hour
+
+        monkeypatch.setattr(watcher._Handler, "on_any_event", lambda self, event: None)  # deaf: only rescans see
+        unseen = make_image(tmp_path / "inbox" / "unseen.png")
+        assert d.step(1) == 1 and d.state(unseen) == "done"
+        assert len(scans) == 7 and pace.wait(600) == 600
+    finally:
+        d.stop()
+
+    cfg.write_text(cfg.read_text().replace("poll_interval: 0.3", "poll_interval: 0.3\n    polling: on"))
+    d = Driven(cfg)
+    try:
+        assert d.armed.mode == "polling"
+        d.rescan()
+        d.rescan()
+        assert d.daemon.supervisor.pace.wait(600) == 600
     finally:
         d.stop()

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from helpers import InProcess, daemon_config, make_image, read_sidecar, wait_for
-from smolvlm_watch import atomic
+from smolvlm_watch import atomic, daemon as daemon_module
 from smolvlm_watch.atomic import TEMP_PREFIX
 from smolvlm_watch.sidecar import PENDING, sha256_bytes
 
@@ -157,13 +157,14 @@ def test_outputs_no_longer_produced_are_removed_when_still_ours(tmp_path, tiny_m
     assert "a.txt" not in _complete_set(a)["outputs"]
 
 
-def test_a_file_restored_with_its_old_size_and_mtime_is_processed_again(tmp_path, tiny_model):
+def test_a_file_restored_with_its_old_size_and_mtime_is_processed_again(tmp_path, tiny_model, monkeypatch):
     """Defect 2: a file that comes back unchanged (restored with cp -a, sidecars deleted by hand)
     kept its `done` row and was never processed again; the rescan now checks that the sidecars
     a done row recorded are still there, and `explain` and `backfill --missing` agree."""
     cfg = daemon_config(tmp_path, tiny_model, tasks="[caption, ocr]", outputs="[json, txt]",
                         extra="", extra_watch="")
     cfg.write_text(cfg.read_text().replace("state: {", "state: {rescan_interval: 1, "))
+    monkeypatch.setattr(daemon_module, "QUIET_RESCAN_CEILING", 0)  # a rescan every second, quiet or not
     d = InProcess(cfg)
     try:
         img = make_image(tmp_path / "inbox" / "kept.png")
