@@ -45,10 +45,20 @@ def under(folder: str | None) -> tuple[str, tuple[Any, ...]]:
 
 
 def starting(prefix: str) -> tuple[str, tuple[Any, ...]]:
-    """SQL for "path starts with ``prefix``", literally, for TEXT and BLOB paths alike."""
-    raw = os.fsencode(prefix)
-    return ("(substr(path, 1, ?) = ? OR (typeof(path) = 'blob' AND substr(path, 1, ?) = ?))",
-            (len(prefix), to_db(prefix), len(raw), raw))
+    """SQL for "path starts with ``prefix``", literally, for TEXT and BLOB paths alike: a range
+    of the path index, ``prefix <= path < the next prefix`` (SQLite compares TEXT bytewise and
+    orders every BLOB after every TEXT, so each range holds its own kind). ``substr(path, 1, n)
+    = prefix`` read every row of the table instead: 0.3 s per deleted file at a million rows."""
+    text, raw = to_db(prefix), os.fsencode(prefix)
+    return "((path >= ? AND path < ?) OR (path >= ? AND path < ?))", (text, _after(text), raw, _after(raw))
+
+
+def _after(prefix: str | bytes) -> str | bytes:
+    """The smallest value greater than every value starting with ``prefix``: its last character
+    (or byte) one higher. Every prefix asked for here ends in "/" or ".", never the highest."""
+    if isinstance(prefix, bytes):
+        return prefix[:-1] + bytes([prefix[-1] + 1])
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
 
 
 class Store:

@@ -122,3 +122,17 @@ def test_the_daemon_record_reads_what_an_older_daemon_wrote():
     assert record.watches == (WatchRecord("/w", "native", "ext4 file system", True, 0),)
     assert DaemonRecord.from_json(record.to_json()) == record
     assert DaemonRecord.from_json(None) == DaemonRecord()
+
+
+def test_a_folder_and_a_prefix_read_a_range_of_the_path_index_not_every_row(tmp_path):
+    """Issue 28, 1: a deleted file (``mark_gone_under``), a pair's stem and ``--under`` asked
+    ``substr(path, ...)`` of every row: 0.3 s per deleted file at a million rows, under the lock
+    the worker writes through. Each is a range of the path index now, for TEXT and BLOB paths."""
+    from smolvlm_watch.store import starting, under
+
+    j = Journal(tmp_path / "j.sqlite")
+    for where, params in (under("/photos/a"), under(os.fsdecode(b"/photos/caf\xe9")), starting("/photos/IMG_1.")):
+        for table, index in (("jobs", "sqlite_autoindex_jobs_1"), ("passages", "passages_path")):
+            plan = [row[3] for row in j.db.execute(f"EXPLAIN QUERY PLAN SELECT * FROM {table} WHERE {where}", params)]
+            assert not any(step.startswith("SCAN") for step in plan) and any(index in step for step in plan), plan
+    j.close()
