@@ -48,6 +48,7 @@ CANCEL_GRACE_SECONDS = 5.0  # after the stop grace: the model is cancelled, and 
 RESCAN_STOP_GRACE_SECONDS = 5.0  # a rescan still walking at shutdown: waited for this long, then left to fail
 HEALTH_INTERVAL = 5.0
 STATUS_INTERVAL = 2.0
+STARTUP_SCAN_EXTEND_USEC = 1_800_000_000  # the start time systemd grants the catch-up scan (TimeoutStartSec)
 QUIET_RESCAN_CEILING = 3600.0  # seconds: how far quiet rescans stretch the interval (Syncthing rescans hourly)
 
 Loader = Callable[[], "tuple[Config, Registry]"]
@@ -493,9 +494,19 @@ class Daemon:
         self.health = JournalHealth(self.log)
         self.worker = Worker(self.queue, self.pipeline, self.stopping, self.health, self.log, self.clock)
         self.watches = self._arm(self.config)
-        self.scan_all()
+        self._catch_up()
         self.write_meta()
         self.supervisor = Supervisor(self)
+
+    def _catch_up(self) -> None:
+        """The startup scan, before READY=1. A million files take about a minute on a warm disk
+        and longer cold: systemd is asked for half an hour more of start time first, so a big
+        library's start is never killed at ``TimeoutStartSec`` and restarted into the same scan."""
+        notify(f"EXTEND_TIMEOUT_USEC={STARTUP_SCAN_EXTEND_USEC}\nSTATUS=scanning "
+               + ", ".join(str(w.path) for w in self.config.watches) + " for changes since the last run")
+        start = time.monotonic()
+        queued = self.scan_all()
+        self.log.info("startup_scan_done", files_queued=queued, seconds=round(time.monotonic() - start, 1))
 
     def _engine(self, config: Config, registry: Registry) -> Engine:
         engine = registry.engine(config)

@@ -181,6 +181,9 @@ def test_sd_notify_ready_watchdog_stopping_and_wedged_worker(tmp_path, tiny_mode
         ready = sock.until("READY=1", 60)
         names = [m for _, m in sock.messages]
         assert names.index("EXTEND_TIMEOUT_USEC=600000000") < names.index("READY=1")
+        scanning = names.index("EXTEND_TIMEOUT_USEC=1800000000")  # the startup scan's own time: a big library's
+        assert scanning < names.index("READY=1")
+        assert names[scanning + 1] == f"STATUS=scanning {tmp_path / 'inbox'} for changes since the last run"
         from smolvlm_watch.journal import Journal
 
         j = Journal(tmp_path / "state" / "journal.sqlite")
