@@ -56,7 +56,7 @@ $(LATEST_STAMP): pyproject.toml constraints.txt
 test-latest: $(LATEST_STAMP)
 	@echo "newest versions the ranges allow:"
 	@$(LATEST)/bin/python -m pip list --format=freeze --disable-pip-version-check | grep -iE \
-	  '^(torch|torchvision|transformers|tokenizers|pillow|pillow.heif|pyyaml|pluggy|structlog|av|watchdog|inotify.simple|pypdfium2|httpx|rawpy|prometheus.client|num2words)=='
+	  '^(torch|torchvision|transformers|tokenizers|pillow|pillow.heif|pyyaml|pluggy|structlog|av|watchdog|inotify.simple|pypdfium2|httpx|rawpy|prometheus.client|num2words|reverse.geocode|scipy)=='
 	$(LATEST)/bin/python -m pytest -q -m smoke
 
 demo: $(RUN_STAMP)

@@ -77,11 +77,14 @@ class XmpWriter(Writer):
             "PluginVersions": ", ".join(f"{name}={entry.get('plugin_version')}"
                                         for name, entry in sorted(record.tasks.items())),
         }
+        context = record.extra.get("context") or {}
+        # the capture time of a photo is in its own EXIF already; a video's comes from its container
+        taken = context.get("taken_at") if record.source.get("kind") == "video" else None
         try:
             packet = xmp.seeded(own.xmp, own.description, own.keywords) if own is not None else None
             data = xmp.merge(existing, record.by_role("description"), tags if isinstance(tags, list) else None,
                              ocr if isinstance(ocr, str) else None, provenance, target.output.xmp_keyword_parent,
-                             packet)
+                             packet, place=context.get("place"), taken_at=taken)
         except xmp.XmpError as exc:
             raise SidecarError(f"{path}: {exc}; the file is left alone (fix or move it away)") from None
         return {path: target.write_bytes(path, data)}

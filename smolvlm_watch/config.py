@@ -369,6 +369,20 @@ class MediaConfig:
     max_bytes: int = setting(4 * 1024**3, minimum=1)
 
 
+GpsPolicy = Literal["keep", "place-only", "off"]
+
+
+def _off_is_a_word(r: Reader, data: dict, where: str, key: str, default: Any, got: dict) -> Any:
+    """A choice that includes ``off``: YAML 1.1 reads a bare ``off`` as false, taken as the word."""
+    data = {**data, key: "off"} if data.get(key) is False else data
+    return r.value(data, where, key, Key(), GpsPolicy, default, got)
+
+
+@dataclass(frozen=True)
+class ContextConfig:
+    gps: GpsPolicy = setting("place-only", read=_off_is_a_word)  # what of a photo's position leaves it
+
+
 def _auto_bool(r: Reader, data: dict, where: str, key: str, default: Any, got: dict) -> bool | None:
     value = r.value(data, where, key, Key(check=lambda v: v == "auto" or isinstance(v, bool),
                                           expect="auto, true or false"), bool, "auto", got)
@@ -397,6 +411,7 @@ class Config:
     document: DocumentConfig = setting(DocumentConfig())
     metrics: MetricsConfig = setting(MetricsConfig())
     web: WebConfig = setting(WebConfig())
+    context: ContextConfig = setting(ContextConfig())
     plugins: tuple[str, ...] = setting(())
     source: Path | None = None
 
@@ -426,13 +441,14 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "outputs": keys(OutputConfig), "watches[]": keys(WatchConfig), "state": keys(StateConfig),
     "logging": keys(LoggingConfig), "metrics": keys(MetricsConfig), "web": keys(WebConfig),
     "media": keys(MediaConfig), "runtime": keys(RuntimeConfig), "video": keys(VideoConfig),
-    "document": keys(DocumentConfig),
+    "document": keys(DocumentConfig), "context": keys(ContextConfig),
 }
 
 
+# the sections read as they are declared, nothing inherited
 _SECTIONS: dict[str, type] = {"state": StateConfig, "logging": LoggingConfig, "media": MediaConfig,
                               "runtime": RuntimeConfig, "document": DocumentConfig, "metrics": MetricsConfig,
-                              "web": WebConfig}  # the ones read as they are declared, nothing inherited
+                              "web": WebConfig, "context": ContextConfig}
 
 
 def task(r: Reader, raw: Any, where: str) -> TaskConfig:

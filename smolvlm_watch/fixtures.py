@@ -7,7 +7,7 @@ of what real libraries hold, so the tests and benchmarks use these. Every image 
 same call writes the same pixels. The content is a gradient with shapes, text and sensor noise,
 so JPEG and HEVC work as hard as on a photo (a flat colour compresses to nothing).
 
-    python -m smolvlm_watch.testing photos DIR
+    python -m smolvlm_watch.testing photos DIR   # with GPS and capture times: lisbon.jpg, IMG_0003.HEIC, IMG_0004.MP4
 """
 
 from __future__ import annotations
@@ -48,15 +48,38 @@ def scene(size: tuple[int, int], seed: int = 0) -> Image.Image:
     return img
 
 
-def exif(orientation: int = 1, make: str = "Acme", model: str = "Field Camera", description: str | None = None
-         ) -> Image.Exif:
-    """EXIF a camera writes: make, model, orientation, the time the photo was taken."""
+LISBON = (38.716667, -9.139722)  # a street corner in the Baixa, as a phone's GPS writes it
+LISBON_TAKEN = ("2019:07:14 18:03:22", "+01:00")
+
+
+def exif(orientation: int = 1, make: str = "Acme", model: str = "Field Camera", description: str | None = None,
+         taken: tuple[str, str | None] | None = None, gps: tuple[float, float] | None = None) -> Image.Exif:
+    """EXIF a camera writes: make, model, orientation, the time the file was written; ``taken``
+    (EXIF time, UTC offset or None) as DateTimeOriginal, ``gps`` (latitude, longitude) as the
+    GPS block a phone writes (degrees, minutes, seconds and N/S/E/W)."""
     data = Image.Exif()
     data[0x010F], data[0x0110], data[0x0112] = make, model, orientation
     data[0x0132] = "2026:06:01 10:20:30"
     if description:
         data[0x010E] = description
+    if taken:
+        ifd = data.get_ifd(0x8769)
+        ifd[0x9003] = taken[0]
+        if taken[1]:
+            ifd[0x9011] = taken[1]
+    if gps:
+        block = data.get_ifd(0x8825)
+        block[1], block[2] = ("N" if gps[0] >= 0 else "S"), _dms(abs(gps[0]))
+        block[3], block[4] = ("E" if gps[1] >= 0 else "W"), _dms(abs(gps[1]))
     return data
+
+
+def _dms(value: float) -> tuple[Any, Any, Any]:
+    from PIL.TiffImagePlugin import IFDRational
+
+    degrees, rest = divmod(value * 3600, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return IFDRational(int(degrees)), IFDRational(int(minutes)), IFDRational(round(seconds * 100), 100)
 
 
 def iptc(keywords: list[str], caption: str | None = None) -> bytes:
@@ -76,12 +99,14 @@ def iptc(keywords: list[str], caption: str | None = None) -> bytes:
 
 def camera_jpeg(path: str | Path, size: tuple[int, int] = CAMERA, seed: int = 0, orientation: int = 1,
                 keywords: list[str] | None = None, description: str | None = None, xmp: bytes | None = None,
-                quality: int = 92) -> Path:
+                quality: int = 92, taken: tuple[str, str | None] | None = None,
+                gps: tuple[float, float] | None = None) -> Path:
     """A JPEG as a camera (or a photo manager after it) writes it; ``keywords`` go to IPTC,
-    ``description`` to EXIF, ``xmp`` is embedded as an APP1 packet."""
+    ``description``, ``taken`` and ``gps`` to EXIF, ``xmp`` is embedded as an APP1 packet."""
     path = _folder(path)
     buf = io.BytesIO()
-    scene(size, seed).save(buf, "JPEG", quality=quality, exif=exif(orientation, description=description), xmp=xmp)
+    tags = exif(orientation, description=description, taken=taken, gps=gps)
+    scene(size, seed).save(buf, "JPEG", quality=quality, exif=tags, xmp=xmp)
     data = buf.getvalue()
     if keywords:
         block = iptc(keywords)
@@ -91,7 +116,8 @@ def camera_jpeg(path: str | Path, size: tuple[int, int] = CAMERA, seed: int = 0,
 
 
 def heic(path: str | Path, size: tuple[int, int] = (4032, 3024), seed: int = 0, orientation: int = 1,
-         ten_bit: bool = False, extra_images: int = 0) -> Path:
+         ten_bit: bool = False, extra_images: int = 0, taken: tuple[str, str | None] | None = None,
+         gps: tuple[float, float] | None = None) -> Path:
     """A HEIC as an iPhone writes it: the pixels stored as the sensor saw them and an EXIF
     orientation saying how to turn them; ``ten_bit`` stores 10 bits per channel;
     ``extra_images`` adds smaller images after the primary one (bursts, depth maps)."""
@@ -106,7 +132,8 @@ def heic(path: str | Path, size: tuple[int, int] = (4032, 3024), seed: int = 0, 
         heif = pillow_heif.from_pillow(img)
     for i in range(extra_images):
         heif.add_from_pillow(scene((size[0] // 4, size[1] // 4), seed + 100 + i))
-    heif.save(path, quality=85, exif=exif(orientation, make="Apple", model="iPhone 15").tobytes(), primary_index=0)
+    tags = exif(orientation, make="Apple", model="iPhone 15", taken=taken, gps=gps)
+    heif.save(path, quality=85, exif=tags.tobytes(), primary_index=0)
     return path
 
 
@@ -178,6 +205,27 @@ def _append_preview(path: Path, image: Image.Image) -> None:
     path.write_bytes(bytes(data))
 
 
+def phone_video(path: str | Path, location: tuple[float, float] | None = LISBON,
+                created: str | None = "2019-07-14T17:05:00.000000Z", seconds: int = 2) -> Path:
+    """An MP4 as a phone writes it: its creation time in the movie header and its position as
+    the ISO 6709 ``location`` (QuickTime's ``©xyz``), a few frames of a moving ``scene``."""
+    import av
+
+    path = _folder(path)
+    with av.open(str(path), "w") as out:
+        if location:
+            out.metadata["location"] = f"{location[0]:+08.4f}{location[1]:+09.4f}/"
+        if created:
+            out.metadata["creation_time"] = created
+        stream = out.add_stream("mpeg4", rate=4)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        for i in range(4 * seconds):
+            frame = av.VideoFrame.from_image(scene((320, 240), seed=i))
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    return path
+
+
 def photos(out_dir: str | Path) -> list[Path]:
     """One of each: what a family library holds (the ``photos`` command)."""
     out = Path(out_dir)
@@ -185,4 +233,8 @@ def photos(out_dir: str | Path) -> list[Path]:
     return [camera_jpeg(out / "camera-24mp.jpg", keywords=["Ferien", "Strand"], description="Am Meer"),
             heic(out / "IMG_0001.HEIC", orientation=6), heic(out / "IMG_0002.HEIC", ten_bit=True, extra_images=2),
             avif(out / "photo.avif", orientation=3), dng(out / "raw-preview.dng", (1200, 800), preview=(1200, 800)),
-            dng(out / "raw-mosaic.dng", (1200, 800), orientation=6)]
+            dng(out / "raw-mosaic.dng", (1200, 800), orientation=6),
+            camera_jpeg(out / "lisbon.jpg", (1600, 1200), seed=7, taken=LISBON_TAKEN, gps=LISBON),
+            heic(out / "IMG_0003.HEIC", (1600, 1200), seed=8, taken=("2024:07:20 11:30:00", "+02:00"),
+                 gps=(45.8992, 6.1294)),
+            phone_video(out / "IMG_0004.MP4")]

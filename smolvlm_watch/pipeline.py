@@ -30,6 +30,7 @@ from .config import Config, WatchConfig
 from .engine import Engine, Interrupted, fingerprint
 from .kinds import Context, PageStore, Work, work_for
 from .media import MediaError, open_media
+from .places import context_record
 from .plugins import Registry
 from .search import Passage, passages
 from .sidecar import PENDING, SidecarError, SidecarRecord, Target, WriteSet, current, read_json, writing
@@ -276,8 +277,10 @@ class Pipeline:
         folded = item.work.folded()
         watch = item.watch
         kept = dict(item.kept_from["tasks"]) if item.kept_from and watch.output.policy == "merge" else {}
+        context = context_record(folded.capture, self.config.context.gps)
         record = SidecarRecord(source=folded.source, model=self.engine.info().as_dict(),
-                               tasks={**kept, **item.copied, **folded.tasks}, extra=folded.extra)
+                               tasks={**kept, **item.copied, **folded.tasks},
+                               extra={**folded.extra, **({"context": context} if context else {})})
         record, written = self._write(record, item.target, item.existing, watch, {*item.copied, *folded.tasks})
         errors = [f"{name}: {data['error']}" for name, data in folded.tasks.items() if "error" in data]
         # A task error (out of memory, a flaky plugin) may pass next time: retried, then quarantined.
@@ -295,7 +298,7 @@ class Pipeline:
     def _passages(self, record: SidecarRecord) -> tuple[Passage, ...]:
         """The searchable passages of a record, as each task declares them."""
         pages = record.extra.get("pages") or []
-        return tuple(passages(record.tasks, pages, self.registry.task_objects))
+        return tuple(passages(record.tasks, pages, self.registry.task_objects, record.extra.get("context")))
 
     def _write(self, record: SidecarRecord, target: Target, existing: dict[str, Any] | None,
                watch: WatchConfig, ran: Iterable[str] = ()) -> tuple[SidecarRecord, dict[str, str]]:

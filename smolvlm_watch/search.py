@@ -18,6 +18,7 @@ results shaped ``[{"timestamp", "text"}]``.
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -96,16 +97,38 @@ def default_passages(task: str, entry: dict[str, Any], pages: Sequence[dict[str,
 
 
 def passages(tasks: Mapping[str, dict[str, Any]], pages: Sequence[dict[str, Any]],
-             known: Mapping[str, PassageSource]) -> list[Passage]:
-    """Every passage of a sidecar record's tasks; a task no plugin provides now (its plugin was
-    removed) gets the default."""
-    out: list[Passage] = []
+             known: Mapping[str, PassageSource], context: Mapping[str, Any] | None = None) -> list[Passage]:
+    """Every passage of a sidecar record's tasks (a task no plugin provides now, its plugin
+    removed, gets the default), and one of its ``context``: where and when it was taken."""
+    out: list[Passage] = context_passages(context)
     for name, entry in tasks.items():
         if not isinstance(entry, dict):
             continue
         source = known.get(name)
         out += source.passages(entry, pages) if source is not None else default_passages(name, entry, pages)
     return out
+
+
+def context_passages(context: Mapping[str, Any] | None) -> list[Passage]:
+    """A file's place and capture date as one passage (task ``context``), so ``search Lisbon``
+    and ``search 2019-07`` find a photo whatever its caption says: the town, its region and
+    country, the date as written (``2019-07-14``) and in words (``July 2019``), the camera."""
+    if not context:
+        return []
+    words: list[str] = []
+    place = context.get("place")
+    if isinstance(place, dict):
+        words += [str(place[k]) for k in ("city", "state", "country", "country_code") if place.get(k)]
+    taken = context.get("taken_at")
+    if isinstance(taken, str) and len(taken) >= 10:
+        try:
+            day = datetime.date.fromisoformat(taken[:10])
+        except ValueError:
+            day = None
+        words += [taken[:10], day.strftime("%B %Y")] if day else []
+    if isinstance(context.get("camera"), str):
+        words.append(context["camera"])
+    return [Passage("context", " · ".join(words))] if words else []
 
 
 _SYNTAX = re.compile(r'["():*^]|\b(AND|OR|NOT|NEAR)\b')
@@ -196,4 +219,5 @@ def from_sidecar(path: Path, watch: WatchConfig, known: Mapping[str, PassageSour
     source = doc.get("source") or {}
     if source.get("size") != st.st_size or abs(float(source.get("mtime") or 0) - st.st_mtime) > 1e-3:
         return "stale sidecar", None, []
-    return "indexed", source.get("kind"), passages(doc.get("tasks") or {}, doc.get("pages") or [], known)
+    return "indexed", source.get("kind"), passages(doc.get("tasks") or {}, doc.get("pages") or [], known,
+                                                   doc.get("context"))

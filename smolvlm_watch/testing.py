@@ -358,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("samples", help="write seeded sample images")
     s.add_argument("dir")
     s.add_argument("--count", type=int, default=6)
-    ph = sub.add_parser("photos", help="write seeded field photos: 24 MP JPEG, HEIC, AVIF, DNG")
+    ph = sub.add_parser("photos", help="write seeded field photos: 24 MP JPEG, HEIC, AVIF, DNG; with GPS and "
+                        "capture times: JPEG, HEIC, MP4")
     ph.add_argument("dir")
     srv = sub.add_parser("instant-server", help="an OpenAI-compatible server that answers at once, until stdin "
                          "closes; prints its URL, then the size of each request as JSON")

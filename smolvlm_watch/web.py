@@ -31,7 +31,7 @@ from typing import Any
 from PIL import Image
 
 from .config import Config, ConfigError
-from . import report
+from . import places, report
 from .httpd import Request, Response, not_found
 from .journal import Journal, JournalError
 from .media import MediaError, open_media
@@ -49,7 +49,7 @@ header{background:#234;color:#fff;padding:.6em 1em}header a{color:#fff;margin-ri
 main{padding:1em;overflow-wrap:anywhere;max-width:1280px}
 table{border-collapse:collapse;max-width:100%}td,th{padding:.2em .6em;border-bottom:1px solid #ddd;text-align:left}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(240px,1fr));gap:1em}
-.card{background:#fff;border:1px solid #ddd;padding:.5em}
+.card{background:#fff;border:1px solid #ddd;padding:.5em}.ctx{color:#555;font-size:.9em;margin:.2em 0}
 .card img{width:100%;height:180px;object-fit:contain;background:#eee}
 .preview{max-width:100%;max-height:70vh;height:auto}@media (max-width:600px){td,th{padding:.2em .3em}}
 .err{color:#a00}.ok{color:#070}mark{background:#fe6}
@@ -290,7 +290,7 @@ class Web:
                         if _short(result))
         return (f'<div class="card"><a href="/file?path={q(hit.path)}"><img src="{e(thumb)}" '
                 f'alt="{e(plain(hit.snippet))}" loading="lazy"></a><div><b>{e(Path(hit.path).name)}</b> '
-                f"{e(hit.task)} {e(_where(hit))}</div><div>{marked}</div>{extra}</div>")
+                f"{e(hit.task)} {e(_where(hit))}</div>{_when_where(doc)}<div>{marked}</div>{extra}</div>")
 
     # --- one file --------------------------------------------------------------------------------
 
@@ -323,7 +323,7 @@ class Web:
                    if job is None or job.state != "failed" and job.state != "quarantined" else "")
         used = ", ".join(e(v) for v in (model.get("backend"), model.get("device")) if v)
         about = f"<p>model {e(model.get('id'))}" + (f" ({used})" if used else "") + "</p>" if model.get("id") else ""
-        body = (f"<h1>{e(path.name)}</h1><p>{e(path)}</p>{preview}{history}{about}{rows}"
+        body = (f"<h1>{e(path.name)}</h1><p>{e(path)}</p>{_when_where(doc)}{preview}{history}{about}{rows}"
                 f"{self._pages(path, doc.get('pages') or [])}<h2>Sidecars</h2><ul>{links}</ul>")
         return page(path.name, body)
 
@@ -439,6 +439,17 @@ def _where(hit: Any) -> str:
     if hit.page is not None:
         return f"page {hit.page}"
     return f"at {hit.timestamp:.1f} s" if hit.timestamp is not None else ""
+
+
+def _when_where(doc: dict[str, Any]) -> str:
+    """Where and when the file was taken, and with what (its sidecar's ``context``), in a line."""
+    found = doc.get("context")
+    context: dict[str, Any] = found if isinstance(found, dict) else {}
+    taken = context.get("taken_at")
+    parts = [places.place_label(context), taken.replace("T", " ") if isinstance(taken, str) else None,
+             context.get("camera") if isinstance(context.get("camera"), str) else None]
+    shown = " · ".join(e(p) for p in parts if p)
+    return f'<p class="ctx">{shown}</p>' if shown else ""
 
 
 def _history(job: Any) -> str:

@@ -22,6 +22,9 @@ NS = {
     "xmp": "http://ns.adobe.com/xap/1.0/",
     "digiKam": "http://www.digikam.org/ns/1.0/",
     "lr": "http://ns.adobe.com/lightroom/1.0/",
+    "photoshop": "http://ns.adobe.com/photoshop/1.0/",
+    "Iptc4xmpCore": "http://iptc.org/std/Iptc4xmpCore/1.0/xmlns/",
+    "exif": "http://ns.adobe.com/exif/1.0/",
     "smolvlm": "https://github.com/smolvlm-watch/ns/1.0/",
 }
 XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
@@ -225,7 +228,13 @@ def _spell(prefix: str, spelling: str, parent: str, tag: str) -> str:
     return spelling.format(parent=parent, tag=tag if prefix == "dc" else tag.translate(LEVEL_SAFE))
 
 
-SEEDED = ("dc", "lr", "digiKam")  # what a new sidecar takes over from the photo's own XMP
+SEEDED = ("dc", "lr", "digiKam", "photoshop", "Iptc4xmpCore")  # what a new sidecar takes over from the photo's XMP
+# The standard fields of a file's context (``places.context_record``) we fill: only while empty
+# or still holding what we wrote there (our copy kept as smolvlm:PREFIX_NAME), never a value a
+# person, a photo manager or the camera put in.
+PLACE_FIELDS = (("photoshop", "City", "city"), ("photoshop", "State", "state"), ("photoshop", "Country", "country"),
+                ("Iptc4xmpCore", "CountryCode", "country_code"))
+TAKEN_FIELD = ("exif", "DateTimeOriginal")
 
 
 def seeded(embedded_xmp: bytes | None, description: str | None, keywords: Iterable[str]) -> Packet:
@@ -279,6 +288,9 @@ def unmerge(data: bytes) -> bytes | None:
         existing = p.items(prefix, name)
         if ours and existing:
             p.set_list(prefix, name, [k for k in existing if k.casefold() not in ours])
+    for prefix, name in [(f[0], f[1]) for f in PLACE_FIELDS] + [TAKEN_FIELD]:
+        if (filled := p.text("smolvlm", f"{prefix}_{name}")) is not None and p.text(prefix, name) == filled:
+            p.set_text(prefix, name, None)
     for desc in p.rdf.findall(_q("rdf", "Description")):
         for key in [k for k in desc.attrib if k.startswith("{" + NS["smolvlm"] + "}")]:
             del desc.attrib[key]
@@ -287,6 +299,15 @@ def unmerge(data: bytes) -> bytes | None:
     if created or not _holds_anything(p):
         return None
     return p.serialize()
+
+
+def _fill(p: Packet, prefix: str, name: str, value: str | None) -> None:
+    """A standard field set to ``value`` (removed for None) while it is empty or ours."""
+    mine = f"{prefix}_{name}"
+    current = p.text(prefix, name)
+    if current is None or current == p.text("smolvlm", mine):
+        p.set_text(prefix, name, value)
+        p.set_text("smolvlm", mine, value)
 
 
 def _holds_anything(p: Packet) -> bool:
@@ -298,10 +319,15 @@ def _holds_anything(p: Packet) -> bool:
 
 
 def merge(data: bytes | None, caption: str | None, tags: list[str] | None, ocr: str | None,
-          provenance: dict[str, Any], parent: str = "AI", packet: Packet | None = None) -> bytes:
+          provenance: dict[str, Any], parent: str = "AI", packet: Packet | None = None,
+          place: dict[str, Any] | None = None, taken_at: str | None = None) -> bytes:
     """The sidecar ``data`` (or ``packet``, a new one already seeded, or an empty one) with our
-    results merged in."""
+    results merged in; ``place`` (a context's) and ``taken_at`` into the standard fields photo
+    managers read, where no one else's value is."""
     p = packet or Packet(data)
+    for prefix, name, key in PLACE_FIELDS:
+        _fill(p, prefix, name, str(place[key]) if place and place.get(key) else None)
+    _fill(p, *TAKEN_FIELD, taken_at)
     if caption is not None:
         current = p.lang_alt("dc", "description")
         if not current or current == p.text("smolvlm", "Caption"):

@@ -92,10 +92,13 @@ def test_no_import_circle_anywhere_in_the_package():
 
 
 def test_decoders_import_only_the_media_base():
+    """A decoder knows the media base and the capture reader (EXIF and container tags: a leaf
+    that imports nothing of ours), never another decoder or anything above media."""
     graph = _graph()
+    assert {m for m in graph["smolvlm_watch.media.capture"] if m.startswith("smolvlm_watch")} == set()
     for decoder in ("image", "video", "document"):
         ours = {m for m in graph[f"smolvlm_watch.media.{decoder}"] if m.startswith("smolvlm_watch")}
-        assert ours <= {"smolvlm_watch.media.base"}, (decoder, ours)
+        assert ours <= {"smolvlm_watch.media.base", "smolvlm_watch.media.capture"}, (decoder, ours)
 
 
 def test_no_function_is_longer_than_60_lines():

@@ -23,7 +23,9 @@ from typing import Any, BinaryIO
 
 from PIL import Image, IptcImagePlugin, features
 
+from . import capture
 from .base import Media, MediaError, broken, check_pixels, source_info, undecodable, upright_rgb
+from .capture import Capture
 
 try:  # HEIC/HEIF is a plugin of Pillow's; without it a HEIC is a clear, counted failure
     import pillow_heif
@@ -151,7 +153,16 @@ def decode(img: Image.Image, f: BinaryIO, path: Path, st: os.stat_result, sha256
     except Exception as exc:  # noqa: BLE001 - whatever a damaged file makes Pillow raise
         raise broken(path, "corrupt or truncated image", exc) from None
     info = source_info(path, st, sha256, "image", width, height)
-    return Media(info=info, images=(rgb,))
+    return Media(info=info, images=(rgb,), capture=captured(img))
+
+
+def captured(img: Image.Image) -> Capture:
+    """What the photo's EXIF says of its taking; an EXIF Pillow cannot parse is a note."""
+    try:
+        exif = img.getexif()
+    except Exception as exc:  # noqa: BLE001 - whatever a damaged EXIF block makes Pillow raise
+        return Capture(notes=(f"EXIF unreadable ({exc.__class__.__name__}: {exc})",))
+    return capture.from_exif(exif)
 
 
 def _orientation(img: Image.Image) -> int:
