@@ -29,7 +29,8 @@ import structlog
 from .config import Config, WatchConfig
 from .engine import Engine, Interrupted, fingerprint
 from .kinds import Context, PageStore, Work, work_for
-from .media import MediaError, open_media
+from . import prompts
+from .media import MediaError, Opened, open_media
 from .places import context_record
 from .plugins import Registry
 from .search import Passage, passages
@@ -207,7 +208,7 @@ class Pipeline:
             # an unfinished write set (a crash mid-commit) or a page that failed is redone whole
             kept = existing if (existing is not None and PENDING not in existing and not _page_errors(existing)
                                 and (existing.get("source") or {}).get("sha256") == opened.sha256) else None
-            planned = self.planned(watch)
+            planned = self._for_file(self.planned(watch), opened)
             todo = planned if force or kept is None else [p for p in planned if not _current(kept, p)]
             if not todo:  # results current: the set is rendered again from them, no model run
                 assert kept is not None
@@ -224,6 +225,15 @@ class Pipeline:
         if self.engine.prepares_ahead:
             preprocess(work.ahead(), self.engine)
         return Prepared(path, watch, target, todo, kept, existing, work, start, copied)
+
+    def _for_file(self, planned: list[Planned], opened: Opened) -> list[Planned]:
+        """The tasks as this file asks them: prompts with placeholders filled with what the file
+        records (read from its header or container before anything is decoded, since the
+        rendered prompt decides whether its results are current)."""
+        if not any(p.templated for p in planned):
+            return planned
+        known = prompts.values(opened.capture(), self.config.context.gps)
+        return [p.for_file(known) for p in planned]
 
     def _context(self, watch: WatchConfig, pages: PageStore | None) -> Context:
         return Context(self.limits, watch, self.engine.video_sampling, self.engine.image_edge, self.config.document,

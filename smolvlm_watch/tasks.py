@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from . import prompts
 from .config import ImageSettings, TaskConfig
 from .engine import Answer, Engine, GenerationSettings, Request, fingerprint, question
 from .media import Media
@@ -171,18 +172,36 @@ class Planned:
     fingerprint: str
     video: dict[str, Any] = field(default_factory=dict)  # the task's own video sampling, if any
     gate: str | None = None  # ``when: text-seen``: the yes/no question asked first about a photo
+    fingerprint_of: Callable[[str], str] | None = field(default=None, compare=False, repr=False)  # of a prompt
+
+    @property
+    def templated(self) -> bool:
+        """Its prompt has placeholders a file fills (``prompts``)."""
+        return prompts.templated(self.spec.prompt)
+
+    def for_file(self, known: Mapping[str, Any]) -> Planned:
+        """The task as one file asks it: its prompt rendered with the file's values, and the
+        fingerprint of that prompt, so a file is stale only when its own question changed."""
+        if not self.templated or self.fingerprint_of is None:
+            return self
+        prompt = prompts.render(self.spec.prompt, known)
+        return replace(self, spec=replace(self.spec, prompt=prompt), fingerprint=self.fingerprint_of(prompt))
 
 
 def plan(task: Task, config: TaskConfig, plugin: str, plugin_version: str, model_id: str,
          model_revision: str | None, model_image: ImageSettings) -> Planned:
     spec = task.spec(config)
     gate = (config.gate_prompt or GATE_PROMPT) if config.when == "text-seen" else None
-    fp = fingerprint(task.name, plugin, plugin_version, spec.prompt, spec.generation.as_dict(),
-                     spec.image.over(model_image).as_dict(), spec.options, model_id, model_revision,
-                     *([config.video] if config.video else []),
-                     *([{"gate": gate, "tokens": GATE_TOKENS, "image": GATE_IMAGE.as_dict()}] if gate else []))
-    return Planned(task=task, spec=spec, plugin=plugin, plugin_version=plugin_version, fingerprint=fp,
-                   video=dict(config.video), gate=gate)
+
+    def fingerprint_of(prompt: str) -> str:
+        return fingerprint(task.name, plugin, plugin_version, prompt, spec.generation.as_dict(),
+                           spec.image.over(model_image).as_dict(), spec.options, model_id, model_revision,
+                           *([config.video] if config.video else []),
+                           *([{"gate": gate, "tokens": GATE_TOKENS, "image": GATE_IMAGE.as_dict()}] if gate else []))
+
+    return Planned(task=task, spec=spec, plugin=plugin, plugin_version=plugin_version,
+                   fingerprint=fingerprint_of(spec.prompt), video=dict(config.video), gate=gate,
+                   fingerprint_of=fingerprint_of)
 
 
 # --- the gate (``tasks.NAME.when: text-seen``) -------------------------------------------------------

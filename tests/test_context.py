@@ -135,9 +135,13 @@ def test_the_daemon_indexes_place_and_date_and_off_keeps_coordinates_out_of_the_
     inbox = tmp_path / "inbox"
     lisbon = fixtures.camera_jpeg(inbox / "lisbon.jpg", (320, 240), taken=fixtures.LISBON_TAKEN, gps=fixtures.LISBON)
     cfg = daemon_config(tmp_path, tiny_model, extra="context: {gps: keep}\n")
+    cfg.write_text(cfg.read_text().replace("caption: {max_new_tokens: 2}",
+                                           f'caption: {{max_new_tokens: 2, prompt: "{CONTEXT_PROMPT}"}}'))
     d = Driven(cfg)
     try:
         assert d.step() == 1 and d.state(lisbon) == "done"
+        caption = read_sidecar(lisbon)["tasks"]["caption"]
+        assert caption["prompt"] == "Describe this photo, taken in Lisbon, Portugal in July 2019."
         body = Web(d.daemon.config, d.journal).file({"path": str(lisbon)}).body.decode()
         assert '<p class="ctx">Lisbon, Portugal · 2019-07-14 18:03:22+01:00 · Acme Field Camera</p>' in body
     finally:
@@ -177,3 +181,39 @@ def _offline(monkeypatch):
         raise AssertionError("a network connection was attempted")
 
     monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+CONTEXT_PROMPT = "Describe this photo[, taken in {place}][ in {taken_at:%B %Y}]."
+
+
+def test_a_prompt_is_filled_per_file_and_a_missing_value_drops_its_clause(tmp_path, tiny_model, run_cli):
+    """Issue 30, 4: the exact prompt each file was asked, and the fingerprint of that prompt:
+    changing the template makes stale only the files whose question it changes."""
+    photos = tmp_path / "photos"
+    lisbon = fixtures.camera_jpeg(photos / "lisbon.jpg", (320, 240), taken=fixtures.LISBON_TAKEN, gps=fixtures.LISBON)
+    plain = make_image(photos / "plain.jpg", fmt="JPEG")
+    data = fixtures.exif(taken=fixtures.LISBON_TAKEN)
+    data.get_ifd(0x8825).update({1: "N", 2: (IFDRational(38), IFDRational(43)), 3: "W", 4: (IFDRational(9),)})
+    broken = photos / "broken.jpg"
+    Image.new("RGB", (64, 48), (9, 9, 9)).save(broken, "JPEG", exif=data)
+    cfg = _config(tmp_path, tiny_model)
+    cfg.write_text(cfg.read_text().replace("caption: {max_new_tokens: 2}",
+                                           'caption: {max_new_tokens: 2, prompt: "Describe this photo."}'))
+    [first] = _process(run_cli, cfg, lisbon, plain, broken)
+    assert sorted(first["done"]) == sorted(map(str, (lisbon, plain, broken)))
+    before = {p: read_sidecar(p)["tasks"]["caption"]["fingerprint"] for p in (lisbon, plain, broken)}
+
+    cfg.write_text(cfg.read_text().replace('"Describe this photo."', f'"{CONTEXT_PROMPT}"'))
+    [again] = _process(run_cli, cfg, lisbon, plain, broken)
+    asked = {p.name: read_sidecar(p)["tasks"]["caption"]["prompt"] for p in (lisbon, plain, broken)}
+    assert asked == {"lisbon.jpg": "Describe this photo, taken in Lisbon, Portugal in July 2019.",
+                     "plain.jpg": "Describe this photo.",  # no EXIF: both clauses dropped, no date invented
+                     "broken.jpg": "Describe this photo in July 2019."}  # its GPS block unreadable
+    assert (sorted(again["done"]), again["skipped"]) == (sorted([str(lisbon), str(broken)]), [str(plain)])
+    assert read_sidecar(plain)["tasks"]["caption"]["fingerprint"] == before[plain]  # the same question
+    assert read_sidecar(broken)["context"]["notes"] == [
+        "EXIF GPS unreadable (ValueError: not enough values to unpack (expected 3, got 2))"]
+
+    cfg.write_text(cfg.read_text() + "context: {gps: off}\n")
+    _process(run_cli, cfg, lisbon, "--force")
+    assert read_sidecar(lisbon)["tasks"]["caption"]["prompt"] == "Describe this photo in July 2019."

@@ -17,6 +17,7 @@ from typing import BinaryIO
 from PIL import Image
 
 from . import document, image, raw, video
+from .capture import Capture
 from .base import (HEAD_BYTES, KINDS, MEDIA_EXTENSIONS, RAW_EXTENSIONS, Kind, Limits, Media, MediaError, SourceInfo,
                    check_size, frame_count, is_undecodable, open_input, sha256_file, sha256_of, source_info,
                    undecodable)
@@ -89,6 +90,18 @@ class Opened:
         info = source_info(self.path, self.stat, self.sha256, "image", width, height, decoded="pair",
                            pair=twin.name)
         return Media(info=info, images=seen.images)
+
+    def capture(self) -> Capture | None:
+        """What the file says of its taking, from its header or container (no pixel decoded);
+        None for a kind that records none here (documents, camera RAW)."""
+        if self.kind == "video":
+            return video.capture_of(self.file, self.path)
+        if self.kind != "image" or self.format == "RAW":
+            return None
+        try:
+            return image.captured(self._pillow or image.open_pillow(self.file, self.path, None))
+        except MediaError as exc:  # a header Pillow cannot read: decoding will fail it with the reason
+            return Capture(notes=(exc.reason,))
 
     def video(self, sampling: Sampling) -> Media:
         return video.load_video(self.file, self.path, self.stat, self.sha256, sampling)

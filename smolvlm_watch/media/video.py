@@ -251,6 +251,18 @@ def _decode(dec: _Decoder, sampling: Sampling) -> Clip:
                 extra={"codec": codec, "rotation": dec.rotation, "container_tags": dict(dec.container.metadata)})
 
 
+def capture_of(f: BinaryIO, path: Path) -> capture.Capture:
+    """A video's capture from its container's tags alone (no frame decoded)."""
+    import av
+
+    f.seek(0)
+    try:
+        with av.open(f, timeout=30) as container:
+            return capture.from_container(dict(container.metadata))
+    except av.error.FFmpegError as exc:
+        return capture.Capture(notes=(f"container unreadable ({_said(exc)})",))
+
+
 def load_video(f: BinaryIO, path: Path, st: os.stat_result, sha256: str, sampling: Sampling) -> Media:
     """A video as Media: sampled frames as images, the clip for the runtime, sidecar sections."""
     clip = decode(f, sampling, path)
