@@ -145,10 +145,11 @@ def avif(path: str | Path, size: tuple[int, int] = (3000, 2000), seed: int = 0, 
 
 
 def dng(path: str | Path, size: tuple[int, int] = (1200, 800), preview: tuple[int, int] | None = None,
-        seed: int = 0, orientation: int = 1) -> Path:
+        seed: int = 0, orientation: int = 1, taken: str | None = None) -> Path:
     """A DNG LibRaw reads as a camera RAW: a 12-bit RGGB Bayer mosaic of ``scene`` (so the
-    demosaiced picture is the scene), camera orientation, and when ``preview`` is given an
-    embedded JPEG preview of that size, as cameras and Adobe's converter write."""
+    demosaiced picture is the scene), camera orientation, ``taken`` as its DateTimeOriginal, and
+    when ``preview`` is given an embedded JPEG preview of that size, as cameras and Adobe's
+    converter write."""
     from pidng.core import RAW2DNG, DNGTags, Tag
     from pidng.defs import CalibrationIlluminant, CFAPattern, DNGVersion, PhotometricInterpretation
 
@@ -167,7 +168,7 @@ def dng(path: str | Path, size: tuple[int, int] = (1200, 800), preview: tuple[in
         (Tag.ColorMatrix1, [[1, 1], [0, 1], [0, 1], [0, 1], [1, 1], [0, 1], [0, 1], [0, 1], [1, 1]]),
         (Tag.CalibrationIlluminant1, CalibrationIlluminant.D65), (Tag.AsShotNeutral, [[1, 1], [1, 1], [1, 1]]),
         (Tag.Make, "Acme"), (Tag.Model, "Field Camera"), (Tag.DNGVersion, DNGVersion.V1_4),
-        (Tag.DNGBackwardVersion, DNGVersion.V1_2)]
+        (Tag.DNGBackwardVersion, DNGVersion.V1_2), *([(Tag.DateTimeOriginal, taken)] if taken else [])]
     for tag, value in values:
         tags.set(tag, value)
     converter = RAW2DNG()
@@ -233,7 +234,7 @@ def photos(out_dir: str | Path) -> list[Path]:
     return [camera_jpeg(out / "camera-24mp.jpg", keywords=["Ferien", "Strand"], description="Am Meer"),
             heic(out / "IMG_0001.HEIC", orientation=6), heic(out / "IMG_0002.HEIC", ten_bit=True, extra_images=2),
             avif(out / "photo.avif", orientation=3), dng(out / "raw-preview.dng", (1200, 800), preview=(1200, 800)),
-            dng(out / "raw-mosaic.dng", (1200, 800), orientation=6),
+            dng(out / "raw-mosaic.dng", (1200, 800), orientation=6, taken=LISBON_TAKEN[0]),
             camera_jpeg(out / "lisbon.jpg", (1600, 1200), seed=7, taken=LISBON_TAKEN, gps=LISBON),
             heic(out / "IMG_0003.HEIC", (1600, 1200), seed=8, taken=("2024:07:20 11:30:00", "+02:00"),
                  gps=(45.8992, 6.1294)),

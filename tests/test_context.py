@@ -63,6 +63,19 @@ def test_a_broken_gps_block_is_a_note_and_the_date_still_counts():
     assert got.notes == ("EXIF GPS unreadable (ValueError: not enough values to unpack (expected 3, got 2))",)
 
 
+def test_a_raw_gives_its_time_and_a_tiff_directory_its_position(tmp_path):
+    """A TIFF-based RAW is read from its TIFF directories (Pillow cannot open the mosaic)."""
+    from smolvlm_watch.media import raw
+
+    dng = fixtures.dng(tmp_path / "a.dng", (400, 300), taken="2019:07:14 18:03:22")
+    with open(dng, "rb") as f:
+        assert raw.captured(f, dng) == capture.Capture("2019-07-14T18:03:22", "Acme Field Camera")
+    directories = fixtures.exif(gps=fixtures.LISBON).tobytes()[6:]  # past "Exif\0\0": TIFF directories, as a RAW's
+    assert directories[:4] == b"MM\x00*"
+    assert raw.captured(io.BytesIO(directories), dng).gps == (38.716667, -9.139722)
+    assert raw.captured(io.BytesIO(b"\x00\x00\x00\x0cftypcrx "), dng) == capture.Capture()  # a CR3: not TIFF
+
+
 def test_a_phone_videos_creation_time_and_iso6709_location():
     got = capture.from_container({"creation_time": "2019-07-14T17:05:00.000000Z", "location": "+38.7167-009.1397/",
                                   "com.apple.quicktime.make": "Apple", "com.apple.quicktime.model": "iPhone 15"})
@@ -88,12 +101,14 @@ def test_process_records_the_place_not_the_coordinates_and_keeps_a_persons_city(
     photos = tmp_path / "photos"
     lisbon = fixtures.camera_jpeg(photos / "lisbon.jpg", (320, 240), taken=fixtures.LISBON_TAKEN, gps=fixtures.LISBON)
     plain = make_image(photos / "plain.jpg", fmt="JPEG")
+    dng = fixtures.dng(photos / "raw.dng", (400, 300), taken="2019:07:14 18:03:22")
     mine = fixtures.camera_jpeg(photos / "mine.jpg", (320, 240), seed=3, gps=fixtures.LISBON)
     (photos / "mine.jpg.xmp").write_text(
         '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
         '<rdf:Description rdf:about="" xmlns:photoshop="http://ns.adobe.com/photoshop/1.0/"'
         ' photoshop:City="Lisboa (Oma)"/></rdf:RDF></x:xmpmeta>', encoding="utf-8")
-    _process(run_cli, _config(tmp_path, tiny_model), lisbon, plain, mine)
+    _process(run_cli, _config(tmp_path, tiny_model), lisbon, plain, mine, dng)
+    assert read_sidecar(dng)["context"] == {"taken_at": "2019-07-14T18:03:22", "camera": "Acme Field Camera"}
 
     ctx = read_sidecar(lisbon)["context"]
     assert set(ctx) == {"taken_at", "camera", "place"} and ctx["taken_at"] == "2019-07-14T18:03:22+01:00"

@@ -89,14 +89,16 @@ class Opened:
             seen = opened.image(limits, edge)
         info = source_info(self.path, self.stat, self.sha256, "image", width, height, decoded="pair",
                            pair=twin.name)
-        return Media(info=info, images=seen.images)
+        return Media(info=info, images=seen.images, capture=raw.captured(self.file, self.path))
 
     def capture(self) -> Capture | None:
         """What the file says of its taking, from its header or container (no pixel decoded);
-        None for a kind that records none here (documents, camera RAW)."""
+        None for a document."""
         if self.kind == "video":
             return video.capture_of(self.file, self.path)
-        if self.kind != "image" or self.format == "RAW":
+        if self.format == "RAW":
+            return raw.captured(self.file, self.path)
+        if self.kind != "image":
             return None
         try:
             return image.captured(self._pillow or image.open_pillow(self.file, self.path, None))

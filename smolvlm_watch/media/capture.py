@@ -46,7 +46,8 @@ def from_exif(exif: Any) -> Capture:
     """The capture of an image's EXIF (Pillow's ``Image.Exif``); each block read on its own, so a
     broken GPS block still leaves the date."""
     notes: list[str] = []
-    taken = _guarded(notes, "EXIF date", lambda: _exif_time(exif.get_ifd(EXIF_IFD)))
+    # DateTimeOriginal lives in the Exif directory; a DNG may carry it in its first directory
+    taken = _guarded(notes, "EXIF date", lambda: _exif_time(exif.get_ifd(EXIF_IFD)) or _exif_time(exif))
     camera = _guarded(notes, "EXIF camera", lambda: _camera(exif.get(MAKE), exif.get(MODEL)))
     gps = _guarded(notes, "EXIF GPS", lambda: _exif_gps(exif.get_ifd(GPS_IFD)))
     return Capture(taken, camera, gps, tuple(notes))

@@ -19,6 +19,7 @@ from typing import Any, BinaryIO
 
 from PIL import Image
 
+from . import capture
 from .base import Limits, Media, MediaError, check_pixels, source_info, undecodable, upright_rgb
 
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
@@ -103,7 +104,27 @@ def decode(f: BinaryIO, path: Path, st: os.stat_result, sha256: str, limits: Lim
     if flip in (5, 6):
         width, height = height, width
     info = source_info(path, st, sha256, "image", width, height, decoded=how)
-    return Media(info=info, images=(image,))
+    return Media(info=info, images=(image,), capture=captured(f, path))
+
+
+RAW_EXIF_BYTES = 1 << 20  # where a TIFF-based RAW keeps its IFDs: the first megabyte (its pixels follow)
+
+
+def captured(f: BinaryIO, path: Path) -> capture.Capture:
+    """What a TIFF-based RAW (DNG, CR2, NEF, ARW, ORF, PEF, RW2, SRW) records of its taking,
+    from the TIFF directories at its start, read by Pillow's EXIF parser (Pillow cannot open
+    the mosaic itself). LibRaw hands over the time but not the GPS block; a CR3 or RAF (not
+    TIFF inside) records nothing here."""
+    f.seek(0)
+    head = f.read(RAW_EXIF_BYTES)
+    if head[:4] not in TIFF_MAGIC:
+        return capture.Capture()
+    exif = Image.Exif()
+    try:
+        exif.load(head)
+    except Exception as exc:  # noqa: BLE001 - whatever a damaged directory makes Pillow raise
+        return capture.Capture(notes=(f"EXIF unreadable ({exc.__class__.__name__}: {exc})",))
+    return capture.from_exif(exif)
 
 
 def _rejected(path: Path, exc: BaseException) -> MediaError:
