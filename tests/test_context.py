@@ -129,8 +129,9 @@ def test_keep_records_the_coordinates_and_off_leaves_them_nowhere(tmp_path, tiny
     ctx = read_sidecar(lisbon)["context"]
     assert ctx["gps"] == {"lat": 38.716667, "lon": -9.139722} and _place(ctx) == LISBON_PLACE
 
-    cfg = _config(tmp_path, tiny_model, "context: {gps: off}\n")
-    _process(run_cli, cfg, lisbon, "--force")
+    cfg = _config(tmp_path, tiny_model, "context: {gps: off}\nlogging: {level: debug}\n")
+    code, out, err = run_cli("process", lisbon, "--force", "-c", cfg, "--json", "-v")
+    assert code == 0 and "38.7" not in out + err and "Lisbon" not in out + err  # nor in any log line
     assert read_sidecar(lisbon)["context"] == {"taken_at": "2019-07-14T18:03:22+01:00", "camera": "Acme Field Camera"}
     for sidecar in photos.glob("lisbon.jpg.*"):
         assert "38.71" not in sidecar.read_text(encoding="utf-8") and "Lisbon" not in sidecar.read_text()
