@@ -145,11 +145,12 @@ def avif(path: str | Path, size: tuple[int, int] = (3000, 2000), seed: int = 0, 
 
 
 def dng(path: str | Path, size: tuple[int, int] = (1200, 800), preview: tuple[int, int] | None = None,
-        seed: int = 0, orientation: int = 1, taken: str | None = None) -> Path:
+        seed: int = 0, orientation: int = 1, taken: str | None = None,
+        gps: tuple[float, float] | None = None) -> Path:
     """A DNG LibRaw reads as a camera RAW: a 12-bit RGGB Bayer mosaic of ``scene`` (so the
-    demosaiced picture is the scene), camera orientation, ``taken`` as its DateTimeOriginal, and
-    when ``preview`` is given an embedded JPEG preview of that size, as cameras and Adobe's
-    converter write."""
+    demosaiced picture is the scene), camera orientation, ``taken`` as its DateTimeOriginal,
+    ``gps`` as a GPS directory, and when ``preview`` is given an embedded JPEG preview of that
+    size, as cameras and Adobe's converter write."""
     from pidng.core import RAW2DNG, DNGTags, Tag
     from pidng.defs import CalibrationIlluminant, CFAPattern, DNGVersion, PhotometricInterpretation
 
@@ -168,17 +169,47 @@ def dng(path: str | Path, size: tuple[int, int] = (1200, 800), preview: tuple[in
         (Tag.ColorMatrix1, [[1, 1], [0, 1], [0, 1], [0, 1], [1, 1], [0, 1], [0, 1], [0, 1], [1, 1]]),
         (Tag.CalibrationIlluminant1, CalibrationIlluminant.D65), (Tag.AsShotNeutral, [[1, 1], [1, 1], [1, 1]]),
         (Tag.Make, "Acme"), (Tag.Model, "Field Camera"), (Tag.DNGVersion, DNGVersion.V1_4),
-        (Tag.DNGBackwardVersion, DNGVersion.V1_2), *([(Tag.DateTimeOriginal, taken)] if taken else [])]
+        (Tag.DNGBackwardVersion, DNGVersion.V1_2), *([(Tag.DateTimeOriginal, taken)] if taken else []),
+        *([(GPS_INFO, 0)] if gps else [])]  # pointed at the GPS directory appended below
     for tag, value in values:
         tags.set(tag, value)
     converter = RAW2DNG()
     converter.options(tags, path="", compress=False)
     written = Path(converter.convert(mosaic, filename=str(path.with_suffix(""))))
+    if gps:
+        _append_gps(written, gps)
     if preview:
         _append_preview(written, scene(size, seed).resize(preview, Image.Resampling.LANCZOS))
     if written != path:
         written.replace(path)
     return path
+
+
+GPS_INFO = (34853, (4, 4))  # pidng's form of a tag: its number and type (LONG, 4 bytes)
+
+
+def _append_gps(path: Path, gps: tuple[float, float]) -> None:
+    """Append a GPS directory (latitude and longitude, degrees-minutes-seconds as rationals) and
+    point IFD0's GPSInfo entry at it, as a camera's DNG holds its position."""
+    data = bytearray(path.read_bytes())
+    ifd0 = struct.unpack_from("<I", data, 4)[0]
+    entry = next(ifd0 + 2 + 12 * i for i in range(struct.unpack_from("<H", data, ifd0)[0])
+                 if struct.unpack_from("<H", data, ifd0 + 2 + 12 * i)[0] == GPS_INFO[0])
+    data += b"\0" * (-len(data) % 4)
+    at = len(data)
+    numbers = at + 2 + 4 * 12 + 4  # the rationals follow the directory
+    refs = [b"N\0" if gps[0] >= 0 else b"S\0", b"E\0" if gps[1] >= 0 else b"W\0"]
+    data += struct.pack("<H", 4)
+    for i in range(2):
+        data += struct.pack("<HHI", 1 + 2 * i, 2, 2) + refs[i].ljust(4, b"\0")
+        data += struct.pack("<HHII", 2 + 2 * i, 5, 3, numbers + 24 * i)
+    data += struct.pack("<I", 0)
+    for value in gps:
+        degrees, rest = divmod(abs(value) * 3600, 3600)
+        minutes, seconds = divmod(rest, 60)
+        data += struct.pack("<6I", int(degrees), 1, int(minutes), 1, round(seconds * 100), 100)
+    struct.pack_into("<I", data, entry + 8, at)
+    path.write_bytes(bytes(data))
 
 
 def _append_preview(path: Path, image: Image.Image) -> None:
@@ -234,7 +265,7 @@ def photos(out_dir: str | Path) -> list[Path]:
     return [camera_jpeg(out / "camera-24mp.jpg", keywords=["Ferien", "Strand"], description="Am Meer"),
             heic(out / "IMG_0001.HEIC", orientation=6), heic(out / "IMG_0002.HEIC", ten_bit=True, extra_images=2),
             avif(out / "photo.avif", orientation=3), dng(out / "raw-preview.dng", (1200, 800), preview=(1200, 800)),
-            dng(out / "raw-mosaic.dng", (1200, 800), orientation=6, taken=LISBON_TAKEN[0]),
+            dng(out / "raw-mosaic.dng", (1200, 800), orientation=6, taken=LISBON_TAKEN[0], gps=LISBON),
             camera_jpeg(out / "lisbon.jpg", (1600, 1200), seed=7, taken=LISBON_TAKEN, gps=LISBON),
             heic(out / "IMG_0003.HEIC", (1600, 1200), seed=8, taken=("2024:07:20 11:30:00", "+02:00"),
                  gps=(45.8992, 6.1294)),

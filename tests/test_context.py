@@ -67,9 +67,13 @@ def test_a_raw_gives_its_time_and_a_tiff_directory_its_position(tmp_path):
     """A TIFF-based RAW is read from its TIFF directories (Pillow cannot open the mosaic)."""
     from smolvlm_watch.media import raw
 
-    dng = fixtures.dng(tmp_path / "a.dng", (400, 300), taken="2019:07:14 18:03:22")
+    dng = fixtures.dng(tmp_path / "a.dng", (400, 300), taken="2019:07:14 18:03:22", gps=fixtures.LISBON)
     with open(dng, "rb") as f:
-        assert raw.captured(f, dng) == capture.Capture("2019-07-14T18:03:22", "Acme Field Camera")
+        assert raw.captured(f, dng) == capture.Capture("2019-07-14T18:03:22", "Acme Field Camera",
+                                                       (38.716667, -9.139722))
+    heic = fixtures.heic(tmp_path / "b.heic", (64, 48), taken=("2024:07:20 11:30:00", "+02:00"), gps=(45.8992, 6.1294))
+    assert captured(Image.open(heic)) == capture.Capture("2024-07-20T11:30:00+02:00", "Apple iPhone 15",
+                                                         (45.8992, 6.1294))
     directories = fixtures.exif(gps=fixtures.LISBON).tobytes()[6:]  # past "Exif\0\0": TIFF directories, as a RAW's
     assert directories[:4] == b"MM\x00*"
     assert raw.captured(io.BytesIO(directories), dng).gps == (38.716667, -9.139722)
@@ -101,14 +105,16 @@ def test_process_records_the_place_not_the_coordinates_and_keeps_a_persons_city(
     photos = tmp_path / "photos"
     lisbon = fixtures.camera_jpeg(photos / "lisbon.jpg", (320, 240), taken=fixtures.LISBON_TAKEN, gps=fixtures.LISBON)
     plain = make_image(photos / "plain.jpg", fmt="JPEG")
-    dng = fixtures.dng(photos / "raw.dng", (400, 300), taken="2019:07:14 18:03:22")
+    dng = fixtures.dng(photos / "raw.dng", (400, 300), taken="2019:07:14 18:03:22", gps=fixtures.LISBON)
     mine = fixtures.camera_jpeg(photos / "mine.jpg", (320, 240), seed=3, gps=fixtures.LISBON)
     (photos / "mine.jpg.xmp").write_text(
         '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
         '<rdf:Description rdf:about="" xmlns:photoshop="http://ns.adobe.com/photoshop/1.0/"'
         ' photoshop:City="Lisboa (Oma)"/></rdf:RDF></x:xmpmeta>', encoding="utf-8")
     _process(run_cli, _config(tmp_path, tiny_model), lisbon, plain, mine, dng)
-    assert read_sidecar(dng)["context"] == {"taken_at": "2019-07-14T18:03:22", "camera": "Acme Field Camera"}
+    raw_ctx = read_sidecar(dng)["context"]
+    assert (raw_ctx["taken_at"], raw_ctx["camera"], _place(raw_ctx)) == ("2019-07-14T18:03:22", "Acme Field Camera",
+                                                                        LISBON_PLACE)
 
     ctx = read_sidecar(lisbon)["context"]
     assert set(ctx) == {"taken_at", "camera", "place"} and ctx["taken_at"] == "2019-07-14T18:03:22+01:00"
@@ -158,8 +164,11 @@ def test_the_daemon_indexes_place_and_date_and_off_keeps_coordinates_out_of_the_
         assert d.step() == 1 and d.state(lisbon) == "done"
         caption = read_sidecar(lisbon)["tasks"]["caption"]
         assert caption["prompt"] == "Describe this photo, taken in Lisbon, Portugal in July 2019."
-        body = Web(d.daemon.config, d.journal).file({"path": str(lisbon)}).body.decode()
-        assert '<p class="ctx">Lisbon, Portugal · 2019-07-14 18:03:22+01:00 · Acme Field Camera</p>' in body
+        web = Web(d.daemon.config, d.journal)
+        line = '<p class="ctx">Lisbon, Portugal · 2019-07-14 18:03:22+01:00 · Acme Field Camera</p>'
+        assert line in web.file({"path": str(lisbon)}).body.decode()
+        card = web.search({"q": "Lisbon"}).body.decode()
+        assert "1 hit(s)" in card and line in card
     finally:
         d.stop()
     for query in ("Lisbon", "2019-07", "July 2019"):
