@@ -64,19 +64,25 @@ def context_record(capture: Capture | None, gps: GpsPolicy) -> dict[str, Any] | 
         out["taken_at"] = capture.taken_at
     if capture.camera:
         out["camera"] = capture.camera
-    if capture.gps is not None and gps != "off":
-        if gps == "keep":
-            out["gps"] = {"lat": capture.gps[0], "lon": capture.gps[1]}
-        place = nearest(*capture.gps)
-        if place is not None:
-            out["place"] = asdict(place)
+    if capture.gps is not None and gps == "keep":
+        out["gps"] = {"lat": capture.gps[0], "lon": capture.gps[1]}
+    if (place := where(capture, gps)) is not None:
+        out["place"] = asdict(place)
     if capture.notes:
         out["notes"] = list(capture.notes)
     return out or None
 
 
+def where(capture: Capture | None, gps: GpsPolicy) -> Place | None:
+    """The file's town, where it records a position and ``context.gps`` lets it be used."""
+    if capture is None or capture.gps is None or gps == "off":
+        return None
+    return nearest(*capture.gps)
+
+
 def place_label(context: dict[str, Any] | None) -> str | None:
-    """``Lisbon, Portugal`` from a recorded ``context`` (a sidecar's), or None."""
+    """``Lisbon, Portugal`` from a ``context`` (a sidecar's, or ``context_record``'s), or None:
+    what prompts, search cards and the file page call the place."""
     place = (context or {}).get("place")
     if not isinstance(place, dict):
         return None

@@ -19,13 +19,14 @@ placeholder renders to itself: its fingerprint is what it always was.
 from __future__ import annotations
 
 import re
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 from collections.abc import Mapping
 
 from .config import GpsPolicy
 from .media.capture import Capture
-from .places import nearest
+from .places import place_label, where
 
 PLACEHOLDER = re.compile(r"\{(place|camera|taken_at)(?::([^{}\[\]]*))?\}")
 CLAUSE = re.compile(r"\[([^\[\]]*)\]")
@@ -41,9 +42,8 @@ def values(capture: Capture | None, gps: GpsPolicy) -> dict[str, Any]:
     none under ``context.gps: off``), its camera, its capture time (None where unknown)."""
     if capture is None:
         return {"place": None, "camera": None, "taken_at": None}
-    place = nearest(*capture.gps) if capture.gps is not None and gps != "off" else None
-    label = ", ".join(p for p in (place.city, place.country) if p) if place is not None else ""
-    return {"place": label or None, "camera": capture.camera,
+    place = where(capture, gps)
+    return {"place": place_label({"place": asdict(place)}) if place is not None else None, "camera": capture.camera,
             "taken_at": datetime.fromisoformat(capture.taken_at) if capture.taken_at else None}
 
 
