@@ -56,6 +56,7 @@ class Hit:
     timestamp: float | None
     snippet: str  # the match between MARK_START and MARK_END
     score: float  # bm25: lower is better
+    ranked: bool = True  # False: too many matches to rank in time, the newest were taken (``RANK_SECONDS``)
 
     def as_json(self) -> dict[str, Any]:
         return {"path": self.path, "task": self.task, "page": self.page, "timestamp": self.timestamp,

@@ -275,7 +275,9 @@ class Web:
         except SearchError as exc:
             return page("Search", form + f'<p class="err">{e(exc)}</p>')
         cards = "".join(self._card(h) for h in hits)
-        return page(f"Search: {text}", form + f"<p>{len(hits)} hit(s)</p><div class='grid'>{cards}</div>")
+        order = "" if not hits or hits[0].ranked else (" (more matches than could be ranked in time: the newest "
+                                                       "first; add words to narrow the search)")
+        return page(f"Search: {text}", form + f"<p>{len(hits)} hit(s){order}</p><div class='grid'>{cards}</div>")
 
     def _card(self, hit: Any) -> str:
         """A hit: its preview (the page, the frame at its time), the match, and the file's other

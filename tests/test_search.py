@@ -221,3 +221,35 @@ def test_a_sidecar_newer_than_the_index_is_read_again_at_the_rescan(tmp_path, ti
         assert d.journal.get(str(photo)).indexed >= later - 5
     finally:
         d.stop()
+
+
+def test_a_word_too_many_files_hold_to_rank_in_time_shows_the_newest_first(tmp_path, monkeypatch, run_cli):
+    """A word a million captions hold took 2.6 s to rank (bm25 orders every match), and the web
+    page's search failed at its 2 s budget; the newest matches take a millisecond. Past
+    ``RANK_SECONDS`` a search shows those, and says so in the CLI and on the web page."""
+    from smolvlm_watch import search_index
+    from smolvlm_watch.journal import Journal
+    from smolvlm_watch.search import Passage
+    from smolvlm_watch.web import Web
+    from smolvlm_watch.cli import load_checked
+
+    (tmp_path / "p").mkdir()
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"watches: [{{path: {tmp_path / 'p'}}}]\nstate: {{db: {tmp_path / 'j.sqlite'}}}\n")
+    journal = Journal(tmp_path / "j.sqlite")
+    for i in range(3000):
+        journal.index.put(str(tmp_path / "p" / f"{i:05d}.jpg"), str(tmp_path / "p"), "image",
+                          [Passage("caption", f"a beach photo {i}" + " beach" * (i % 7))])
+    best = journal.index.search("beach", limit=3)
+    assert all(h.ranked for h in best) and [h.score for h in best] == sorted(h.score for h in best)
+    monkeypatch.setattr(search_index, "RANK_SECONDS", 0.0)  # as if the index were a thousand times bigger
+    newest = journal.index.search("beach", limit=3)
+    assert [h.path for h in newest] == [str(tmp_path / "p" / f"{i:05d}.jpg") for i in (2999, 2998, 2997)]
+    assert not any(h.ranked for h in newest)
+    page = Web(load_checked(cfg)[0], journal).search({"q": "beach"}).body.decode()
+    assert "60 hit(s) (more matches than could be ranked in time: the newest first" in page
+    journal.close()
+    code, out, err = run_cli("search", "-c", cfg, "beach", "--limit", "2")
+    assert code == 0 and len(out.splitlines()) == 2 and out.startswith(str(tmp_path / "p" / "02999.jpg"))
+    assert err == ("note: more matches than could be ranked by relevance in 0 s: the newest 2 are shown (add words "
+                   "to narrow the search)\n")

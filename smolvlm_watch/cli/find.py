@@ -17,6 +17,7 @@ from ..jsontext import printable
 from ..plugins import Registry
 from ..progress import Progress
 from ..search import Hit, SearchError, from_sidecar, highlighted, plain
+from .. import search_index
 from ..watcher import MediaFilter, scan
 from .common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, config_arg, load_checked
 
@@ -63,6 +64,9 @@ def _where(hit: Hit) -> str:
 
 
 def _print(hits: list[Hit], as_json: bool) -> None:
+    if hits and not hits[0].ranked:
+        print(f"note: more matches than could be ranked by relevance in {search_index.RANK_SECONDS:g} s: the newest "
+              f"{len(hits)} are shown (add words to narrow the search)", file=sys.stderr)
     tty = sys.stdout.isatty()
     for hit in hits:
         if as_json:
