@@ -99,6 +99,7 @@ def test_the_context_passage_holds_place_date_and_camera():
     assert context_passages(None) == [] and context_passages({"notes": ["x"]}) == []
 
 
+@pytest.mark.smoke
 def test_process_records_the_place_not_the_coordinates_and_keeps_a_persons_city(tmp_path, tiny_model, run_cli):
     """The default ``context.gps: place-only``: the town in JSON and XMP, no coordinates; a
     photo without EXIF gets no invented date; a person's own photoshop:City stays."""
