@@ -412,6 +412,8 @@ class Supervisor:
                 wait = self.pace.after(interval, queued, any(a.mode == "polling" for a in d.watches.armed))
                 d.log.debug("rescan_paced", next_in_seconds=wait, configured=interval)
         except JournalError as exc:
+            if d.stopping.is_set():
+                return  # a walk that outlived the stop grace: the journal closed under it, nothing was lost
             d.health.down(exc)
         except Exception as exc:  # the next rescan tries again; the daemon must not lose its loop
             d.log.exception("rescan_failed", error=str(exc))

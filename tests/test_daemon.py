@@ -813,3 +813,31 @@ def test_quiet_rescans_stretch_their_wait_to_an_hour_and_one_that_finds_files_re
         assert d.daemon.supervisor.pace.wait(600) == 600
     finally:
         d.stop()
+
+
+def test_a_rescan_that_outlives_the_stop_ends_quietly(tmp_path, tiny_model, monkeypatch):
+    """Shutdown waits ``RESCAN_STOP_GRACE_SECONDS`` for a rescan still walking, then closes the
+    journal under it: the walk then fails, and that is the stop, not an unwritable journal (it
+    logged `journal_unwritable` at error level on every slow stop)."""
+    from structlog.testing import capture_logs
+
+    from smolvlm_watch.reconcile import Reconciler
+
+    go, real = threading.Event(), Reconciler.scan
+
+    def held(self, armed, under=None):
+        go.wait(10)
+        return real(self, armed, under)
+
+    cfg = daemon_config(tmp_path, tiny_model)
+    d = Driven(cfg)
+    monkeypatch.setattr(Reconciler, "scan", held)
+    monkeypatch.setattr(daemon_module, "RESCAN_STOP_GRACE_SECONDS", 0.1)
+    supervisor = d.daemon.supervisor
+    supervisor._start_rescan(paced=True)
+    with capture_logs() as logs:
+        d.daemon.stop()
+        assert d.stop()  # the grace passed with the walk still held
+        go.set()
+        assert supervisor.wait_rescan(10)
+    assert [e for e in logs if e["log_level"] == "error"] == [] and d.daemon.health.problem is None
