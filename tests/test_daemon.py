@@ -337,6 +337,17 @@ def test_kill_9_mid_run_then_restart_leaves_exactly_one_complete_sidecar_set(tmp
         assert (img.parent / f"{img.name}.txt").read_text() == doc["tasks"]["ocr"]["result"]
 
 
+def _watches_recorded(db: Path) -> set[str]:
+    """The watches the running daemon says it has armed (its record in the journal)."""
+    from smolvlm_watch.daemon_record import DaemonRecord
+
+    j = Journal(db, readonly=True)
+    try:
+        return {w.path for w in DaemonRecord.from_json(j.meta("daemon")).watches}
+    finally:
+        j.close()
+
+
 def test_sighup_reload_valid_and_invalid_and_sigterm_exits_0(tmp_path, tiny_model):
     cfg = daemon_config(tmp_path, tiny_model)
     db = tmp_path / "state" / "journal.sqlite"
@@ -356,7 +367,7 @@ def test_sighup_reload_valid_and_invalid_and_sigterm_exits_0(tmp_path, tiny_mode
         cfg.write_text(good_text.replace("state:", "  - {path: ./more, tasks: [caption], outputs: [json], "
                                                   "settle_seconds: 0.3}\nstate:"))
         proc.send_signal(signal.SIGHUP)
-        time.sleep(1.5)
+        wait_for(lambda: str(tmp_path / "more") in _watches_recorded(db), 30, what="the reload's new watch armed")
         third = make_image(tmp_path / "more" / "third.png")
         wait_for(lambda: journal_states(db).get(str(third)) == "done", 30, what="third done")
     finally:
