@@ -19,7 +19,6 @@ from typing import Any, Protocol
 from .config import DocumentConfig, ImageSettings, WatchConfig
 from .engine import fingerprint
 from .media import Limits, Media, MediaError, Opened, Sampling
-from .media.capture import Capture
 from .media.document import Document, page_media, pages_media
 from .tasks import GATE_SUFFIX, Outcome, Planned, TaskEntry, Unit, gate_probe, skipped, text_seen
 
@@ -42,7 +41,6 @@ class Folded:
     extra: dict[str, Any]
     page_errors: list[str] = field(default_factory=list)
     pages_resumed: int = 0
-    capture: Capture | None = None  # what the file says of its taking (the pipeline records it as ``context``)
 
 
 @dataclass(frozen=True)
@@ -121,8 +119,7 @@ class _Once(Work):
         self.entries.update((o.name, o.data) for o in outcomes)
 
     def folded(self) -> Folded:
-        return Folded(self.entries, self.media.info.as_dict(), dict(self.media.sidecar_extra),
-                      capture=self.media.capture)
+        return Folded(self.entries, self.media.info.as_dict(), dict(self.media.sidecar_extra))
 
 
 class ImageWork(_Once):

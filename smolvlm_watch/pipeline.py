@@ -30,7 +30,8 @@ from .config import Config, WatchConfig
 from .engine import Engine, Interrupted, fingerprint
 from .kinds import Context, PageStore, Work, work_for
 from . import prompts
-from .media import MediaError, Opened, open_media
+from .media import MediaError, open_media
+from .media.capture import Capture
 from .places import context_record
 from .plugins import Registry
 from .search import Passage, passages
@@ -82,6 +83,7 @@ class Prepared:
     work: Work
     start: float
     copied: dict[str, dict[str, Any]] = field(default_factory=dict)  # a RAW's entries taken from its twin
+    capture: Capture | None = None  # what the file says of its taking (recorded as the sidecar's ``context``)
 
 
 def _guarded(path: Path, start: float, step: Callable[[], Any]) -> Any:
@@ -208,7 +210,10 @@ class Pipeline:
             # an unfinished write set (a crash mid-commit) or a page that failed is redone whole
             kept = existing if (existing is not None and PENDING not in existing and not _page_errors(existing)
                                 and (existing.get("source") or {}).get("sha256") == opened.sha256) else None
-            planned = self._for_file(self.planned(watch), opened)
+            planned = self.planned(watch)
+            # read once, from the header or container: before the currency check when a prompt needs it
+            capture = opened.capture() if any(p.templated for p in planned) else None
+            planned = self._for_file(planned, capture)
             todo = planned if force or kept is None else [p for p in planned if not _current(kept, p)]
             if not todo:  # results current: the set is rendered again from them, no model run
                 assert kept is not None
@@ -218,21 +223,22 @@ class Pipeline:
                                   sha256=opened.sha256, outputs=outputs, passages=self._passages(record),
                                   kind=record.source.get("kind"))
             copied = _from_twin(opened.pair, watch, todo) if watch.raw_pairs == "prefer-jpeg" else {}
+            capture = capture or opened.capture()
             work = work_for(opened, [p for p in todo if p.task.name not in copied], self._context(watch, pages))
         except BaseException:
             opened.close()
             raise
         if self.engine.prepares_ahead:
             preprocess(work.ahead(), self.engine)
-        return Prepared(path, watch, target, todo, kept, existing, work, start, copied)
+        return Prepared(path, watch, target, todo, kept, existing, work, start, copied, capture)
 
-    def _for_file(self, planned: list[Planned], opened: Opened) -> list[Planned]:
+    def _for_file(self, planned: list[Planned], capture: Capture | None) -> list[Planned]:
         """The tasks as this file asks them: prompts with placeholders filled with what the file
-        records (read from its header or container before anything is decoded, since the
-        rendered prompt decides whether its results are current)."""
+        records (read before anything is decoded: the rendered prompt decides whether its
+        results are current)."""
         if not any(p.templated for p in planned):
             return planned
-        known = prompts.values(opened.capture(), self.config.context.gps)
+        known = prompts.values(capture, self.config.context.gps)
         return [p.for_file(known) for p in planned]
 
     def _context(self, watch: WatchConfig, pages: PageStore | None) -> Context:
@@ -287,7 +293,7 @@ class Pipeline:
         folded = item.work.folded()
         watch = item.watch
         kept = dict(item.kept_from["tasks"]) if item.kept_from and watch.output.policy == "merge" else {}
-        context = context_record(folded.capture, self.config.context.gps)
+        context = context_record(item.capture, self.config.context.gps)
         record = SidecarRecord(source=folded.source, model=self.engine.info().as_dict(),
                                tasks={**kept, **item.copied, **folded.tasks},
                                extra={**folded.extra, **({"context": context} if context else {})})

@@ -89,7 +89,7 @@ class Opened:
             seen = opened.image(limits, edge)
         info = source_info(self.path, self.stat, self.sha256, "image", width, height, decoded="pair",
                            pair=twin.name)
-        return Media(info=info, images=seen.images, capture=raw.captured(self.file, self.path))
+        return Media(info=info, images=seen.images)
 
     def capture(self) -> Capture | None:
         """What the file says of its taking, from its header or container (no pixel decoded);

@@ -20,8 +20,6 @@ from typing import Any, BinaryIO, Literal
 
 from PIL import Image, ImageOps
 
-from .capture import Capture
-
 # Pillow refuses, at open, any image over twice Image.MAX_IMAGE_PIXELS (~179 MP), whatever
 # media.max_pixels says, and names a limit the user cannot set. Every Image.open in these
 # decoders is followed by ``check_pixels`` against the configured limit before a pixel is
@@ -100,7 +98,6 @@ class Media:
     images: tuple[Image.Image, ...]
     sidecar_extra: dict[str, Any] = field(default_factory=dict)  # top-level sidecar sections of this kind
     clip: Any = None  # a video's sampled frames and timing (media.video.Clip)
-    capture: Capture | None = None  # when, with what and where the file says it was taken
 
     @property
     def kind(self) -> Kind:

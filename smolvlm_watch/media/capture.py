@@ -64,11 +64,16 @@ def from_container(tags: Mapping[str, str]) -> Capture:
     return Capture(taken, _camera(make, model), gps, tuple(notes))
 
 
+def unreadable(what: str, exc: BaseException) -> str:
+    """The note for a block that could not be read (``EXIF GPS unreadable (ValueError: ...)``)."""
+    return f"{what} unreadable ({exc.__class__.__name__}: {exc})"
+
+
 def _guarded(notes: list[str], what: str, read: Any) -> Any:
     try:
         return read()
     except (ValueError, TypeError, KeyError, IndexError, ZeroDivisionError, OverflowError, AttributeError) as exc:
-        notes.append(f"{what} unreadable ({exc.__class__.__name__}: {exc})")
+        notes.append(unreadable(what, exc))
         return None
 
 

@@ -153,7 +153,7 @@ def decode(img: Image.Image, f: BinaryIO, path: Path, st: os.stat_result, sha256
     except Exception as exc:  # noqa: BLE001 - whatever a damaged file makes Pillow raise
         raise broken(path, "corrupt or truncated image", exc) from None
     info = source_info(path, st, sha256, "image", width, height)
-    return Media(info=info, images=(rgb,), capture=captured(img))
+    return Media(info=info, images=(rgb,))
 
 
 def captured(img: Image.Image) -> Capture:
@@ -161,7 +161,7 @@ def captured(img: Image.Image) -> Capture:
     try:
         exif = img.getexif()
     except Exception as exc:  # noqa: BLE001 - whatever a damaged EXIF block makes Pillow raise
-        return Capture(notes=(f"EXIF unreadable ({exc.__class__.__name__}: {exc})",))
+        return Capture(notes=(capture.unreadable("EXIF", exc),))
     return capture.from_exif(exif)
 
 

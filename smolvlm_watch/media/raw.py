@@ -104,7 +104,7 @@ def decode(f: BinaryIO, path: Path, st: os.stat_result, sha256: str, limits: Lim
     if flip in (5, 6):
         width, height = height, width
     info = source_info(path, st, sha256, "image", width, height, decoded=how)
-    return Media(info=info, images=(image,), capture=captured(f, path))
+    return Media(info=info, images=(image,))
 
 
 RAW_EXIF_BYTES = 1 << 20  # where a TIFF-based RAW keeps its IFDs: the first megabyte (its pixels follow)
@@ -123,7 +123,7 @@ def captured(f: BinaryIO, path: Path) -> capture.Capture:
     try:
         exif.load(head)
     except Exception as exc:  # noqa: BLE001 - whatever a damaged directory makes Pillow raise
-        return capture.Capture(notes=(f"EXIF unreadable ({exc.__class__.__name__}: {exc})",))
+        return capture.Capture(notes=(capture.unreadable("EXIF", exc),))
     return capture.from_exif(exif)
 
 

@@ -247,8 +247,7 @@ def _decode(dec: _Decoder, sampling: Sampling) -> Clip:
     frames = tuple(img for img, _ in picked)
     return Clip(frames=frames, timestamps=tuple(round(t, 3) for _, t in picked), duration=round(duration, 3),
                 fps=round(avg, 3) if avg else 0.0, total_frames=int(total),
-                width=dec.size[0], height=dec.size[1],
-                extra={"codec": codec, "rotation": dec.rotation, "container_tags": dict(dec.container.metadata)})
+                width=dec.size[0], height=dec.size[1], extra={"codec": codec, "rotation": dec.rotation})
 
 
 def capture_of(f: BinaryIO, path: Path) -> capture.Capture:
@@ -269,8 +268,7 @@ def load_video(f: BinaryIO, path: Path, st: os.stat_result, sha256: str, samplin
     info = source_info(path, st, sha256, "video", clip.width, clip.height, duration=clip.duration, fps=clip.fps,
                        frame_count=clip.total_frames, codec=clip.extra["codec"])
     extra = {"video": {"sampled_timestamps": list(clip.timestamps), "sampling": sampling.as_dict()}}
-    return Media(info=info, images=clip.frames, sidecar_extra=extra, clip=clip,
-                 capture=capture.from_container(clip.extra["container_tags"]))
+    return Media(info=info, images=clip.frames, sidecar_extra=extra, clip=clip)
 
 
 def frame_at(f: BinaryIO, path: Path, t: float) -> Image.Image:
