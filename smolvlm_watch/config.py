@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import MISSING, dataclass, field, fields, replace
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -224,6 +225,19 @@ def _watch_tasks(r: Reader, data: dict, where: str, key: str, default: Any, got:
     return tuple(names)
 
 
+def _on_off_as_words(choices: Any) -> Callable[..., Any]:
+    """A choice among words with ``on``/``off``: YAML 1.1 reads those bare as booleans; words here."""
+    def read(r: Reader, data: dict, where: str, key: str, default: Any, got: dict) -> Any:
+        if isinstance(value := data.get(key), bool):
+            data = {**data, key: "on" if value else "off"}
+        return r.value(data, where, key, Key(), choices, default, got)
+    return read
+
+
+Polling = Literal["auto", "on", "off"]
+GpsPolicy = Literal["keep", "place-only", "off"]
+
+
 @dataclass(frozen=True)
 class WatchConfig:
     path: Path = setting()
@@ -233,7 +247,7 @@ class WatchConfig:
     tasks: tuple[str, ...] = setting(DEFAULT_TASKS, read=_watch_tasks)
     task_overrides: dict[str, TaskConfig] = field(default_factory=dict)
     outputs: tuple[str, ...] = setting(DEFAULT_OUTPUTS)
-    polling: Literal["auto", "on", "off"] = setting("auto")
+    polling: Polling = setting("auto", read=_on_off_as_words(Polling))
     poll_interval: float = setting(10.0, minimum=0.1)
     settle_seconds: float = setting(2.0)
     max_settle_seconds: float = setting(600.0, minimum=1)
@@ -369,18 +383,9 @@ class MediaConfig:
     max_bytes: int = setting(4 * 1024**3, minimum=1)
 
 
-GpsPolicy = Literal["keep", "place-only", "off"]
-
-
-def _off_is_a_word(r: Reader, data: dict, where: str, key: str, default: Any, got: dict) -> Any:
-    """A choice that includes ``off``: YAML 1.1 reads a bare ``off`` as false, taken as the word."""
-    data = {**data, key: "off"} if data.get(key) is False else data
-    return r.value(data, where, key, Key(), GpsPolicy, default, got)
-
-
 @dataclass(frozen=True)
 class ContextConfig:
-    gps: GpsPolicy = setting("place-only", read=_off_is_a_word)  # what of a photo's position leaves it
+    gps: GpsPolicy = setting("place-only", read=_on_off_as_words(GpsPolicy))  # what of a photo's position leaves it
 
 
 def _auto_bool(r: Reader, data: dict, where: str, key: str, default: Any, got: dict) -> bool | None:
@@ -478,8 +483,6 @@ def _check_suffixes(r: Reader, where: str, out: OutputConfig, given: set[str]) -
 def _watch(r: Reader, raw: Any, where: str, outputs: OutputConfig, video: VideoConfig) -> WatchConfig | None:
     """A watch: a bare string is its path; its outputs and video settings inherit the global ones."""
     data = r.mapping({"path": raw} if isinstance(raw, str) else raw, where, SECTIONS["watches[]"])
-    if isinstance(data.get("polling"), bool):  # YAML 1.1 reads a bare on/off as a boolean
-        data = {**data, "polling": "on" if data["polling"] else "off"}
     got = r.values(WatchConfig, data, where, {**_watch_defaults(), "output": outputs, "video": video})
     _check_suffixes(r, where, got["output"], set(data))
     if got["path"] is None:
