@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import MISSING, dataclass, field, fields, replace
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
 from .media.base import MEDIA_EXTENSIONS, Limits
-from .settings import Key, Reader, is_number, is_text, join, keys, setting, show
+from .settings import (Key, Reader, auto_bool, duration, file_mode, is_text, join, keys, on_off_as_words,
+                       setting, show)
 
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolVLM2-256M-Video-Instruct"
 DEFAULT_TASKS = ("caption", "tags")
@@ -150,35 +150,6 @@ class TaskConfig:
         )
 
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def _duration(r: Reader, data: dict, where: str, key: str, default: float, got: dict) -> float:
-    """Seconds, written as a number or as "7d", "12h", "30m", "45s"."""
-    value = data.get(key)
-    if value is None:
-        return default
-    if isinstance(value, str) and len(value) > 1 and value[-1] in _UNITS and value[:-1].strip().isdigit():
-        return float(value[:-1]) * _UNITS[value[-1]]
-    if is_number(value) and value >= 0:
-        return float(value)
-    r.fail(join(where, key), f"expected seconds or a duration such as \"7d\", \"12h\", \"30m\", got {show(value)}")
-    return default
-
-
-def _mode(r: Reader, data: dict, where: str, key: str, default: int, got: dict) -> int:
-    """A file mode, written as YAML's octal ``0644`` (read as a number) or as a string "0644"."""
-    value = data.get(key)
-    if value is None:
-        return default
-    if isinstance(value, str) and value.strip().lstrip("0o").isdigit() and set(value.strip()) <= set("0o1234567"):
-        value = int(value.strip().replace("0o", "0"), 8)
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0o777:
-        return value
-    r.fail(join(where, key), f"expected a file mode such as 0644 or \"0640\", got {show(value)}")
-    return default
-
-
 @dataclass(frozen=True)
 class OutputConfig:
     policy: Literal["merge", "skip", "overwrite"] = setting("merge")
@@ -186,7 +157,7 @@ class OutputConfig:
     json_suffix: str = setting(".smolvlm.json", **_SUFFIX)
     ocr_suffix: str = setting(".txt", **_SUFFIX)
     caption_txt: bool = setting(False)
-    mode: int = setting(0o644, read=_mode)  # of new sidecars (a replaced one keeps its own; a default ACL wins)
+    mode: int = setting(0o644, read=file_mode)  # of new sidecars (a replaced one keeps its own; a default ACL wins)
     xmp_replace_extension: bool = setting(False)  # photo.xmp (Lightroom) instead of photo.jpg.xmp
     xmp_keyword_parent: str = setting("AI")  # tags go under it in lr:hierarchicalSubject / digiKam:TagsList
 
@@ -225,15 +196,6 @@ def _watch_tasks(r: Reader, data: dict, where: str, key: str, default: Any, got:
     return tuple(names)
 
 
-def _on_off_as_words(choices: Any) -> Callable[..., Any]:
-    """A choice among words with ``on``/``off``: YAML 1.1 reads those bare as booleans; words here."""
-    def read(r: Reader, data: dict, where: str, key: str, default: Any, got: dict) -> Any:
-        if isinstance(value := data.get(key), bool):
-            data = {**data, key: "on" if value else "off"}
-        return r.value(data, where, key, Key(), choices, default, got)
-    return read
-
-
 Polling = Literal["auto", "on", "off"]
 GpsPolicy = Literal["keep", "place-only", "off"]
 
@@ -247,7 +209,7 @@ class WatchConfig:
     tasks: tuple[str, ...] = setting(DEFAULT_TASKS, read=_watch_tasks)
     task_overrides: dict[str, TaskConfig] = field(default_factory=dict)
     outputs: tuple[str, ...] = setting(DEFAULT_OUTPUTS)
-    polling: Polling = setting("auto", read=_on_off_as_words(Polling))
+    polling: Polling = setting("auto", read=on_off_as_words(Polling))
     poll_interval: float = setting(10.0, minimum=0.1)
     settle_seconds: float = setting(2.0)
     max_settle_seconds: float = setting(600.0, minimum=1)
@@ -368,7 +330,7 @@ class StateConfig:
     item_timeout: float = setting(1800.0, minimum=1)
     rescan_interval: float = setting(300.0, minimum=1)
     stop_grace_seconds: float = setting(20.0)  # at a stop, a running job may finish within this; then cancelled
-    gone_grace: float = setting(7 * 86400.0, read=_duration)  # a vanished file's sidecars are kept this long
+    gone_grace: float = setting(7 * 86400.0, read=duration)  # a vanished file's sidecars are kept this long
 
 
 @dataclass(frozen=True)
@@ -385,13 +347,7 @@ class MediaConfig:
 
 @dataclass(frozen=True)
 class ContextConfig:
-    gps: GpsPolicy = setting("place-only", read=_on_off_as_words(GpsPolicy))  # what of a photo's position leaves it
-
-
-def _auto_bool(r: Reader, data: dict, where: str, key: str, default: Any, got: dict) -> bool | None:
-    value = r.value(data, where, key, Key(check=lambda v: v == "auto" or isinstance(v, bool),
-                                          expect="auto, true or false"), bool, "auto", got)
-    return None if value == "auto" else value
+    gps: GpsPolicy = setting("place-only", read=on_off_as_words(GpsPolicy))  # what of a photo's position leaves it
 
 
 @dataclass(frozen=True)
@@ -399,7 +355,7 @@ class RuntimeConfig:
     max_batch: int | None = setting(None, minimum=1)  # None: an automatic default per device
     prefetch: int | None = setting(None, minimum=1)  # None: enough to fill a batch (4 on CPU, the batch on a GPU)
     compile: bool = setting(False)  # static KV cache + torch.compile of the decode step
-    prepare_ahead: bool | None = setting(None, read=_auto_bool)  # pixels prepared in the prefetch threads; auto: GPU
+    prepare_ahead: bool | None = setting(None, read=auto_bool)  # pixels prepared in the prefetch threads; auto: GPU
 
 
 @dataclass(frozen=True)

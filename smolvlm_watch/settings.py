@@ -179,3 +179,50 @@ class Reader:
         if kind in (int, float) and value < key.minimum:
             return f"{show(value)} is too small (minimum {key.minimum:g})"
         return None
+
+
+# Readers of the real special cases (``setting(..., read=...)``), shared by every section.
+
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(r: Reader, data: dict, where: str, key: str, default: float, got: dict) -> float:
+    """Seconds, written as a number or as "7d", "12h", "30m", "45s"."""
+    value = data.get(key)
+    if value is None:
+        return default
+    if isinstance(value, str) and len(value) > 1 and value[-1] in UNITS and value[:-1].strip().isdigit():
+        return float(value[:-1]) * UNITS[value[-1]]
+    if is_number(value) and value >= 0:
+        return float(value)
+    r.fail(join(where, key), f"expected seconds or a duration such as \"7d\", \"12h\", \"30m\", got {show(value)}")
+    return default
+
+
+def file_mode(r: Reader, data: dict, where: str, key: str, default: int, got: dict) -> int:
+    """A file mode, written as YAML's octal ``0644`` (read as a number) or as a string "0644"."""
+    value = data.get(key)
+    if value is None:
+        return default
+    if isinstance(value, str) and value.strip().lstrip("0o").isdigit() and set(value.strip()) <= set("0o1234567"):
+        value = int(value.strip().replace("0o", "0"), 8)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0o777:
+        return value
+    r.fail(join(where, key), f"expected a file mode such as 0644 or \"0640\", got {show(value)}")
+    return default
+
+
+def on_off_as_words(choices: Any) -> Callable[..., Any]:
+    """A choice among words with ``on``/``off``: YAML 1.1 reads those bare as booleans; words here."""
+    def read(r: Reader, data: dict, where: str, key: str, default: Any, got: dict) -> Any:
+        if isinstance(value := data.get(key), bool):
+            data = {**data, key: "on" if value else "off"}
+        return r.value(data, where, key, Key(), choices, default, got)
+    return read
+
+
+def auto_bool(r: Reader, data: dict, where: str, key: str, default: Any, got: dict) -> bool | None:
+    """``auto``, true or false; ``auto`` is None: the part that uses the key decides."""
+    value = r.value(data, where, key, Key(check=lambda v: v == "auto" or isinstance(v, bool),
+                                          expect="auto, true or false"), bool, "auto", got)
+    return None if value == "auto" else value
