@@ -45,7 +45,7 @@ class Ocr(Task):
         if media.kind != "video":
             return super().requests(media, spec)
         return [Request(images=(frame,), messages=question(spec.prompt), generation=spec.generation,
-                        image=spec.image) for frame in media.images]
+                        image=spec.image, frames=True) for frame in media.images]
 
     def parse(self, answers, spec, media):
         """Text; on a document page {text, source}; on a video [{timestamp, text}], with repeats of

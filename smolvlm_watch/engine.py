@@ -68,6 +68,10 @@ class Request:
     generation: GenerationSettings = GenerationSettings()
     image: ImageSettings = ImageSettings()
     video: Any = None  # a video.Clip: its frames and timestamps stand for the conversation's video item
+    # ``images`` are a video's frames, asked about one by one: a backend never upscales them past
+    # their own size (SmolVLM's docs: "videos should not be upsampled"; the frames were decoded
+    # at the size the model looks at a video in, so upscaling adds tiles, not detail)
+    frames: bool = False
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,14 @@ class ModelInfo:
         if self.quantize:
             out["quantize"] = self.quantize
         return out
+
+
+def frame_edge(images: Sequence[Image.Image], edge: int, tile: int) -> int:
+    """The longest edge a video's frames are resized to before tiling (``Request.frames``): their
+    own, rounded up to whole tiles, never past ``edge``. A 512-pixel frame is then one tile where
+    a photo's default (2048) would make it 13 tiles of the same pixels upscaled."""
+    own = max(max(image.size) for image in images)
+    return min(edge, -(-own // tile) * tile)
 
 
 def question(prompt: str, images: int = 1, video: bool = False) -> tuple[dict[str, Any], ...]:

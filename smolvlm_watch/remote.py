@@ -45,7 +45,7 @@ from PIL import Image
 from .config import ImageSettings, ModelConfig, RuntimeConfig
 from .settings import setting
 from .media.image import AS_IS
-from .engine import Answer, InferenceError, Interrupted, ModelInfo, ModelLoadError, Request, Unreachable
+from .engine import Answer, InferenceError, Interrupted, ModelInfo, ModelLoadError, Request, Unreachable, frame_edge
 
 RETRIES = 3  # tries of one request (a blip); a longer outage pauses the queue instead
 BACKOFF_BASE = 1.0
@@ -54,6 +54,7 @@ RETRY_AFTER_CAP = 30.0  # a longer Retry-After pauses the queue rather than hold
 BODY_BASE = 64 * 1024  # bytes of an answer beyond what its tokens can need: JSON, usage, ids
 BODY_PER_TOKEN = 256  # a generous ceiling per requested token, escapes and all
 LONGEST_EDGE = 2048  # SmolVLM2's processor default (size.longest_edge), unless the config sets one
+TILE = 512  # SmolVLM2's tile (max_image_size.longest_edge), unless the config sets one
 JPEG_QUALITY = 95
 
 
@@ -348,20 +349,24 @@ class RemoteRuntime:
         body: dict[str, Any] = {"model": self.config.name,
                                 "messages": to_openai(request, url or (lambda img: self._ahead.url(img, edge))),
                                 "max_tokens": request.generation.max_new_tokens, "temperature": 0.0, "stream": False}
-        kwargs = self._processor_kwargs(request.image)
+        kwargs = self._processor_kwargs(request)
         if kwargs:
             body["mm_processor_kwargs"] = kwargs
         return body
 
-    def _processor_kwargs(self, settings: ImageSettings) -> dict[str, Any]:
-        """vLLM passes these to the model's HF processor, per request."""
-        s = settings.over(self.config.image)
+    def _processor_kwargs(self, request: Request) -> dict[str, Any]:
+        """vLLM passes these to the model's HF processor, per request (a video's frames at their
+        own tiles, ``Request.frames``; another server scales them as its processor does)."""
+        s = request.image.over(self.config.image)
         if self.server != "vllm":
             return {}
         out: dict[str, Any] = {}
         if s.splitting is not None:
             out["do_image_splitting"] = s.splitting
-        if s.longest_edge is not None:
+        if request.frames:
+            edge = frame_edge(request.images, self.image_edge(request.image) or LONGEST_EDGE, s.max_image_size or TILE)
+            out["size"] = {"longest_edge": edge}
+        elif s.longest_edge is not None:
             out["size"] = {"longest_edge": s.longest_edge}
         if s.max_image_size is not None:
             out["max_image_size"] = {"longest_edge": s.max_image_size}

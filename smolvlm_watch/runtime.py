@@ -14,7 +14,7 @@ import threading
 import time
 import warnings
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 from collections.abc import Sequence
 from urllib.parse import urlparse
@@ -25,7 +25,7 @@ from . import logs
 from .config import ImageSettings, ModelConfig, RuntimeConfig
 from .settings import setting
 from .batching import Cancelled, LoopGuard, batch_for_memory, image_ids, padded, plan, shared_prefixes, until_end
-from .engine import (Answer, InferenceError, Interrupted, ModelInfo, ModelLoadError, Request)
+from .engine import (Answer, InferenceError, Interrupted, ModelInfo, ModelLoadError, Request, frame_edge)
 
 
 GPU_TILES_PER_PASS = 64  # vision tower tiles per forward on a GPU (13 per 1024x768 photo)
@@ -205,17 +205,23 @@ class Runtime:
             return {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"], "pixels": pixels}
         if not any(r.images for r in requests):
             return dict(self.processor(text=prompts, padding=True, return_tensors="pt").to(self.device))
-        pixels = [self.pixels(r.images, r.image) for r in requests]
+        pixels = [self.pixels(r.images, r.image, r.frames) for r in requests]
         texts, _ = self.processor.get_text_with_replacements(prompts, [t for p in pixels for t in p.replacements])
         tokens = self.processor.tokenizer(texts, padding=True, return_tensors="pt")
         return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"], "pixels": pixels}
 
-    def pixels(self, images: Sequence[Image.Image], settings: ImageSettings) -> Pixels:
+    def pixels(self, images: Sequence[Image.Image], settings: ImageSettings, frames: bool = False) -> Pixels:
         """Images resized, tiled and normalised by the processor's image processor, with the image
         tokens that stand for them in a prompt. Kept while the images live, so the questions of
         every task about one photo share one preparation, and a prefetch thread can prepare it
-        (``preprocess``) while the model is busy with earlier files."""
-        key = (image_ids(images), settings.over(self.config.image))
+        (``preprocess``) while the model is busy with earlier files. A video's ``frames`` are not
+        upscaled past their own tiles (``engine.frame_edge``)."""
+        settings = settings.over(self.config.image)
+        if frames:
+            tile = settings.max_image_size or self.processor.image_processor.max_image_size["longest_edge"]
+            edge = frame_edge(images, self.image_edge(settings) or tile, tile)
+            settings = replace(settings, longest_edge=edge)
+        key = (image_ids(images), settings)
         with self._pixels_lock:
             found = self._pixels.get(key)
         if found is not None:
@@ -252,7 +258,7 @@ class Runtime:
         for r in requests:
             if r.images and r.video is None:
                 try:
-                    self.pixels(r.images, r.image)
+                    self.pixels(r.images, r.image, r.frames)
                 except Exception:  # noqa: BLE001 - reported where it matters, by generate
                     continue
 

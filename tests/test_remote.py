@@ -226,6 +226,24 @@ def test_a_vllm_server_gets_the_tasks_own_image_settings(tmp_path, run_cli):
     assert doc["tasks"]["caption"]["generation"]["image"]["splitting"] is False  # applied as asked
 
 
+def test_a_vllm_server_reads_a_videos_frames_at_their_own_tiles(tmp_path, run_cli):
+    """OCR's question about each frame asks the server not to upscale it (``Request.frames``): a
+    320x240 frame is read at 512 (one tile), not at a photo's 2048 (13 tiles of the same pixels)."""
+    from smolvlm_watch import fixtures
+    from smolvlm_watch.testing import InstantServer
+
+    clip = fixtures.phone_video(tmp_path / "photos" / "clip.mp4")
+    with InstantServer() as server:
+        cfg = _instant_config(tmp_path, server.url, ", server: vllm")
+        code, out, err = run_cli("process", clip, "-c", cfg, "--json")
+        assert code == 0, out + err
+        bodies = [r["json"] for r in server.requests]
+    frames = [b for b in bodies if b["messages"][0]["content"][-1]["text"].startswith("Extract all text")]
+    assert len(frames) == 2, bodies
+    assert [b["mm_processor_kwargs"] for b in frames] == [{"size": {"longest_edge": 512}}] * 2
+    assert [_decoded(u).size for b in frames for u in _sent_images({"json": b})] == [(320, 240)] * 2
+
+
 def _decoded(url: str):
     import base64
     import io

@@ -63,6 +63,37 @@ def test_keyframes_mode_is_bounded_and_close(clip_path):
     assert all(abs(t - round(t)) < 1e-6 for t in clip.timestamps)  # gop 10 at 10 fps: keyframes on the second
 
 
+def test_ocr_reads_each_frame_at_its_own_tiles_never_upscaled_to_a_photos(tmp_path, tiny_model):
+    """SmolVLM's docs: "videos should not be upsampled". OCR asks about each sampled frame as an
+    image, and the processor first scales an image up to a photo's longest edge: a 512-pixel
+    frame became 13 tiles of the same pixels on the real presets (2,309 MB and 160 s for a 10 s
+    clip's OCR on a NAS CPU). A frame keeps its own tiles, rounded up; a photo is unchanged."""
+    from smolvlm_watch_plugins.ocr import Ocr
+
+    from smolvlm_watch.config import ImageSettings
+    from smolvlm_watch.tasks import TaskSpec
+
+    runtime = Runtime(TransformersModel(path=tiny_model, threads=1, dtype="float32"))
+    edge = runtime.video_sampling()["edge"]  # frames are decoded no larger than the video processor looks
+    tile = runtime.processor.image_processor.max_image_size["longest_edge"]
+    assert (edge, tile, runtime.image_edge(ImageSettings())) == (64, 64, 256)  # the tiny preset: 512/2048 scaled
+    media = load(make_clip(tmp_path / "wide.mp4", seconds=2, size=(320, 180)),
+                 sampling=Sampling(fps=1, max_frames=4, edge=edge))
+    requests = Ocr().requests(media, TaskSpec(prompt="Read it.", max_new_tokens=4, image=ImageSettings()))
+    assert len(requests) == 2 and all(r.frames and len(r.images) == 1 for r in requests)
+    assert requests[0].images[0].size == (64, 36)
+    frame = runtime.pixels(requests[0].images, requests[0].image, frames=True)
+    assert frame.pixel_values.shape[0] == 1  # one tile: the frame as decoded
+    assert frame.replacements[0].count("<image>") == runtime.processor.image_seq_len
+    photo = runtime.pixels(requests[0].images, requests[0].image)  # the same pixels as a photo: upscaled
+    assert photo.pixel_values.shape[0] == 4 * 3 + 1  # 256x144 in 64-pixel tiles, and the whole
+    wider = runtime.pixels((requests[0].images[0].resize((100, 56)),), ImageSettings(), frames=True)
+    assert wider.pixel_values.shape[0] == 2 * 2 + 1  # 128x72, each side up to whole tiles, and the whole
+    answers = runtime.generate(requests)
+    assert [a.error for a in answers] == [None, None]
+    assert answers[0].prompt_tokens < 2 * runtime.processor.image_seq_len + 40
+
+
 def test_prompt_token_ids_equal_the_processors_for_the_same_frames(clip_path, tiny_model):
     from transformers import AutoProcessor
     from transformers.video_utils import VideoMetadata
