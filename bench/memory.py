@@ -30,7 +30,10 @@ sys.path.insert(0, str(HERE))
 from throughput import ISA_CAP, model_dir  # noqa: E402
 
 TARGET_MB = 2048
-VARIANTS = {"auto": {}, "float32": {"dtype": "float32", "quantize": "none"}, "int8": {"quantize": "int8"}}
+# each variant's config sections over the defaults ("auto")
+VARIANTS: dict[str, dict[str, dict]] = {
+    "auto": {}, "float32": {"model": {"dtype": "float32", "quantize": "none"}}, "int8": {"model": {"quantize": "int8"}},
+    "batch4": {"runtime": {"max_batch": 4}}, "batch1": {"runtime": {"max_batch": 1}}}
 
 _CHILD = """
 import json, resource, sys, time
@@ -68,9 +71,10 @@ def household(folder: Path, quick: bool) -> list[Path]:
 
 
 def run(folder: Path, model: Path, variant: dict, env: dict, out: Path) -> dict:
-    settings = ", ".join(f"{k}: {v}" for k, v in {"path": str(model), **variant}.items())
+    sections = {**variant, "model": {"path": str(model), **variant.get("model", {})}}
     cfg = out / "config.yaml"
-    cfg.write_text(f"model: {{{settings}}}\nstate: {{db: {out / 'state.db'}}}\n"
+    cfg.write_text("".join(f"{name}: {json.dumps(keys)}\n" for name, keys in sections.items()) +
+                   f"state: {{db: {out / 'state.db'}}}\n"
                    f"watches: [{{path: {folder}, tasks: [caption, tags, ocr], outputs: [json, txt], "
                    f"output_dir: {out / 'sidecars'}}}]\n")
     proc = subprocess.run([sys.executable, "-c", _CHILD, str(folder), str(cfg)], capture_output=True, text=True,
@@ -86,7 +90,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="256M", choices=["tiny", "256M", "500M", "2.2B"])
     p.add_argument("--runs", type=int, default=1)
-    p.add_argument("--variants", default="auto,float32,int8")
+    p.add_argument("--variants", default="auto,float32,int8", help=f"any of {', '.join(VARIANTS)}")
     p.add_argument("--isa", choices=["avx2"], default=None, help="cap the CPU instruction set (a NAS CPU)")
     p.add_argument("--quick", action="store_true", help="tiny model, small media, one run: a CI smoke run")
     args = p.parse_args()

@@ -353,7 +353,7 @@ class ContextConfig:
 @dataclass(frozen=True)
 class RuntimeConfig:
     max_batch: int | None = setting(None, minimum=1)  # None: an automatic default per device
-    prefetch: int | None = setting(None, minimum=1)  # None: enough to fill a batch (4 on CPU, the batch on a GPU)
+    prefetch: int | None = setting(None, minimum=1)  # None: 4 on CPU (at least a batch), the batch on a GPU
     compile: bool = setting(False)  # static KV cache + torch.compile of the decode step
     prepare_ahead: bool | None = setting(None, read=auto_bool)  # pixels prepared in the prefetch threads; auto: GPU
 

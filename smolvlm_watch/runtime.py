@@ -65,6 +65,12 @@ class Pixels:
     replacements: tuple[str, ...]  # per image: its image tokens, as the processor writes them
 
 
+# Requests per forward pass on a CPU. Measured on a NAS-class CPU (AVX2, int8, 256M preset,
+# README "Performance"): a household's mix (camera JPEG, HEIC, video, scanned PDF) peaks ~0.5 GB
+# lower at 2 than at 4 in the same time; four photos take 4-7% longer. A 4 GB box needs the first.
+CPU_BATCH = 2
+
+
 class Runtime:
     """Owns the processor and model. Thread-safe to call, but meant for one worker thread."""
 
@@ -282,12 +288,12 @@ class Runtime:
         return {"fps": sampling.get("fps", 1), "max_frames": sampling.get("max_frames", 64), "edge": edge}
 
     def max_batch(self) -> int:
-        """Requests per batch: ``runtime.max_batch``, else 4 on CPU and, on a GPU, as many as
-        the free memory holds (see ``batch_for_memory``), measured once after loading."""
+        """Requests per batch: ``runtime.max_batch``, else ``CPU_BATCH`` on a CPU and, on a GPU, as
+        many as the free memory holds (see ``batch_for_memory``), measured once after loading."""
         if self.runtime_config.max_batch:
             return self.runtime_config.max_batch
         if self.device != "cuda":
-            return 4
+            return CPU_BATCH
         if self._gpu_batch is None:
             import torch
 

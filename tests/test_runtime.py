@@ -356,7 +356,7 @@ def test_on_cpu_the_model_thread_prepares_pixels_once_per_image_and_settings(tin
 
 
 def test_the_prefetch_window_fills_a_batch_by_default(tmp_path, tiny_model):
-    """Unset, runtime.prefetch follows the batch size (4 on CPU; a GPU's larger batch is not
+    """Unset, runtime.prefetch follows the batch size (4 files on CPU, at least a batch; a GPU's larger batch is not
     starved by a 4-file window), and still bounds the files decoded ahead."""
     import time as timer
 
@@ -368,7 +368,9 @@ def test_the_prefetch_window_fills_a_batch_by_default(tmp_path, tiny_model):
     raw = {"model": {"path": str(tiny_model), "threads": 1}, "tasks": {"caption": {"max_new_tokens": 1}},
            "watches": [{"path": str(tmp_path), "tasks": ["caption"], "outputs": ["json"]}]}
     cpu = configmod.parse(raw, tmp_path)
-    assert Pipeline(cpu, Registry(entrypoints=False), Registry(entrypoints=False).engine(cpu)).prefetch() == 4
+    engine = Registry(entrypoints=False).engine(cpu)
+    assert engine.max_batch() == 2  # a CPU's batch (measured: bench/memory.py, README "Performance")
+    assert Pipeline(cpu, Registry(entrypoints=False), engine).prefetch() == 4
     config = configmod.parse({**raw, "runtime": {"max_batch": 8}}, tmp_path)
     pipeline = Pipeline(config, Registry(entrypoints=False), Registry(entrypoints=False).engine(config))
     assert pipeline.prefetch() == 8
