@@ -18,11 +18,14 @@ from PIL import Image
 from .engine import Request
 
 
-def plan(requests: Sequence[Request], size: int) -> list[list[int]]:
+def plan(requests: Sequence[Request], size: int, whole: bool = False) -> list[list[int]]:
     """Group requests that can share a forward pass: same image settings, image count and
     decoding rules (``max_new_tokens`` may differ: each answer is cut to its own). Requests
     about the same images are packed whole into one batch where they fit, so their images
-    and shared prompt prefix are computed once. Batches hold at most ``size`` requests."""
+    and shared prompt prefix are computed once. Batches hold at most ``size`` requests; with
+    ``whole`` the questions about one image set are never split, and more of them than ``size``
+    make a batch of their own (on a CPU, whose small batch bounds memory: splitting them would
+    prefill their image twice to save one row of cache)."""
     groups: dict[Any, dict[tuple, list[int]]] = {}
     for i, r in enumerate(requests):
         frames = len(r.video.frames) if r.video is not None else None
@@ -32,8 +35,9 @@ def plan(requests: Sequence[Request], size: int) -> list[list[int]]:
     for by_images in groups.values():
         current: list[int] = []
         for members in by_images.values():
-            for k in range(0, len(members), size):
-                chunk = members[k:k + size]
+            step = len(members) if whole else size
+            for k in range(0, len(members), step):
+                chunk = members[k:k + step]
                 if current and len(current) + len(chunk) > size:
                     batches.append(current)
                     current = []

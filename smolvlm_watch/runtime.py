@@ -318,7 +318,7 @@ class Runtime:
         self.load()
         answers: list[Answer | None] = [None] * len(requests)
         features: dict[tuple, Any] = {}  # per image set, for this call: a split group is still encoded once
-        for batch in plan(requests, self.max_batch()):
+        for batch in plan(requests, self.max_batch(), whole=self.device != "cuda"):
             if self._cancelled.is_set():
                 raise Interrupted("the model was stopped before these requests were answered")
             for index, answer in zip(batch, self._run_batch([requests[i] for i in batch], features)):

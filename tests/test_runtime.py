@@ -228,12 +228,17 @@ def test_questions_split_across_batches_still_encode_their_photo_once(tiny_model
     photos = [Image.new("RGB", (160, 120), (10, 90, 200)), Image.new("RGB", (90, 90), (200, 200, 0))]
     requests = [Request(images=(photo,), messages=question(q), generation=GenerationSettings(max_new_tokens=6))
                 for photo in photos for q in ("Caption it.", "Keywords?", "Text?")]
-    # a photo's questions are not mixed with the next's
+    # a photo's questions are not mixed with the next's; on a CPU (whole) they are not split either
     assert plan(requests, rt.max_batch()) == [[0, 1], [2], [3, 4], [5]]
+    assert plan(requests, rt.max_batch(), whole=True) == [[0, 1, 2], [3, 4, 5]]
     separate = [rt.generate([r])[0].token_ids for r in requests]
-    rt.vision_passes = 0
+    rt.vision_passes, rt.prefill_tokens = 0, 0
     assert [a.token_ids for a in rt.generate(requests)] == separate
     assert rt.vision_passes == 2
+    whole = rt.prefill_tokens  # each photo's prefix once
+    rt.prefill_tokens = 0
+    split = [a for batch in plan(requests, 2) for a in rt._generate([requests[i] for i in batch], {})]
+    assert [a.token_ids for a in split] == separate and whole < rt.prefill_tokens
 
 
 def test_compiled_static_cache_decoding_gives_the_same_answers(tiny_model):
