@@ -575,9 +575,12 @@ def _listed(value: Any) -> list[tuple[int, Any]]:
 
 
 def with_model(config: Config, model: str) -> Config:
-    """The config with ``--model`` applied: an existing folder is a local path, anything else a hub id."""
+    """The config with ``--model`` applied: an existing folder is a local path, a hub id
+    (``NAME`` or ``NAMESPACE/NAME``) the hub's; what can only be a path names a missing folder."""
     if Path(model).expanduser().is_dir():
         m = replace(config.model, path=Path(model).expanduser().resolve())
+    elif model.startswith(("/", ".", "~")) or model.count("/") > 1 or Path(model).exists():
+        raise ConfigError([f"--model {model}: no such folder (a Hugging Face Hub id is NAME or NAMESPACE/NAME)"])
     else:
         m = replace(config.model, id=model, path=None)
     return replace(config, model=m)

@@ -27,7 +27,7 @@ from typing import Any, Literal
 import structlog
 
 from .config import Config, WatchConfig
-from .engine import Engine, Interrupted, fingerprint
+from .engine import Engine, Interrupted, ModelLoadError, fingerprint
 from .kinds import Context, PageStore, Work, work_for
 from . import prompts
 from .media import MediaError, open_media
@@ -89,10 +89,12 @@ class Prepared:
 def _guarded(path: Path, start: float, step: Callable[[], Any]) -> Any:
     """Run one file's step; its failures become that file's FileResult, never its neighbours'.
     Expected ones say what happened; anything else (a bug, a decoder raising what it should
-    not) is an internal error, retried and then quarantined, with its traceback in the log."""
+    not) is an internal error, retried and then quarantined, with its traceback in the log. A
+    model that cannot load is the run's failure, never one file's: it stops the run with its
+    one clear message (``process``), as it stops ``run`` at start."""
     try:
         return step()
-    except Interrupted:
+    except (Interrupted, ModelLoadError):
         raise
     except MediaError as exc:
         return FileResult(str(path), "failed", exc.reason, transient=exc.transient,

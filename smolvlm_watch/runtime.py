@@ -128,10 +128,9 @@ class Runtime:
         kwargs: dict[str, Any] = dict(revision=self.config.revision, local_files_only=self.config.local_files_only,
                                       trust_remote_code=False)
         source = self.config.source
-        if self.config.path is None and not self._hub_usable():
-            raise ModelLoadError(self._explain_load_failure(source, ConnectionError(
-                "the Hugging Face Hub cannot be reached and the model is not in the local cache")))
         try:
+            if self.config.path is None and not self._hub_usable():
+                raise ConnectionError("the Hugging Face Hub cannot be reached and the model is not in the local cache")
             processor = AutoProcessor.from_pretrained(source, **kwargs)
             model = AutoModelForImageTextToText.from_pretrained(  # int8: from the checkpoint's own dtype
                 source, dtype="auto" if where.quantize else getattr(torch, dtype), use_safetensors=True,
@@ -164,6 +163,9 @@ class Runtime:
         local = self.config.path is not None
         first_line = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else ""
         why = f"{type(exc).__name__}: {first_line}"
+        if isinstance(exc, ImportError):  # transformers' requires_backends: e.g. torchvision, for the video processor
+            return (f"cannot load model {source!r}: a library it needs is not installed ({why}). Fix: install it "
+                    "into the Python environment smolvlm-watch runs in (torchvision: the build that matches torch)")
         if local and not os.path.isdir(source):
             why = "the folder does not exist"
         elif local:

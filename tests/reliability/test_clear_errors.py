@@ -137,3 +137,45 @@ def test_sidecar_suffixes_that_would_hide_media_or_collide_are_refused(tmp_path,
     cfg = write_config("watches:\n  - {path: ./photos, ocr_suffix: .smolvlm.json}\n")
     code, _, err = run_cli("config", "check", cfg)
     assert code == 2 and "watches[0].ocr_suffix: '.smolvlm.json' is also outputs.json_suffix" in err
+
+
+def test_a_model_that_cannot_load_stops_process_with_one_clear_error(tmp_path, run_cli):
+    """`process` on a machine without the model (offline, not cached) failed every file with
+    "internal error: ModelLoadError" and a traceback each, and exited 1 as if the files were
+    at fault; `--model` with a missing folder said "HFValidationError: Repo id must be in the
+    form ..." per file. The run stops at once with the one message that says what to do."""
+    img = make_image(tmp_path / "inbox" / "one.png")
+    code, out, err = run_cli("process", img, "--task", "caption", "--json")
+    assert code == 1, out + err
+    assert "cannot load model 'HuggingFaceTB/SmolVLM2-256M-Video-Instruct': offline mode is on" in err
+    assert "Fix: point model.path at a local folder" in err
+    assert "internal error" not in out + err and "Traceback" not in err and "file_crashed" not in err
+    assert not (tmp_path / "inbox" / "one.png.smolvlm.json").exists()
+    code, out, err = run_cli("process", img, "--model", str(tmp_path / "models" / "missing"), "--json")
+    assert code == 2, out + err
+    assert f"--model {tmp_path / 'models' / 'missing'}: no such folder (a Hugging Face Hub id is NAME or" in err
+    code, out, err = run_cli("process", img, "--model", "not/a/hub/id", "--json")
+    assert code == 2 and "--model not/a/hub/id: no such folder" in err
+
+
+def test_a_library_the_processor_needs_is_named_not_blamed_on_the_folder(tiny_model, monkeypatch):
+    """Without torchvision (a CPU-only torch from elsewhere, say) transformers refuses SmolVLM's
+    video processor with an ImportError; it was reported as "the folder has no loadable model",
+    which sends the user after the weights instead of the package."""
+    import transformers
+
+    from smolvlm_watch.engine import ModelLoadError
+    from smolvlm_watch.runtime import Runtime, TransformersModel
+
+    def refuse(*args, **kwargs):
+        raise ImportError("\nSmolVLMVideoProcessor requires the Torchvision library but it was not found in your "
+                          "environment. Check out the instructions on the\ninstallation page")
+
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", refuse)
+    with pytest.raises(ModelLoadError) as caught:
+        Runtime(TransformersModel(path=tiny_model)).load()
+    assert str(caught.value) == (
+        f"cannot load model {str(tiny_model)!r}: a library it needs is not installed (ImportError: "
+        "SmolVLMVideoProcessor requires the Torchvision library but it was not found in your environment. "
+        "Check out the instructions on the). Fix: install it into the Python environment smolvlm-watch runs in "
+        "(torchvision: the build that matches torch)")
