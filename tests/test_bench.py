@@ -111,3 +111,14 @@ def test_the_scale_bench_prints_its_contract_keys():
         assert row[key] > 0, key
     assert 0 <= row["rescan_cpu_s"] < row["rescan_full_cpu_s"]  # unchanged folders from memory
     assert row["live_latency_during_rescan_s"] < 5
+
+
+@pytest.mark.long  # two `process` runs in fresh interpreters; .ci/run runs it in test-long
+def test_the_memory_bench_compares_the_default_with_a_variant_in_one_run():
+    """Issue 27, 4: `bench/memory.py --quick` runs the household mix at the defaults and at
+    another variant (here the old CPU batch of 4) and prints each one's peaks and times."""
+    *_, report = _quick("memory.py", "--variants", "auto,batch4")
+    assert report["preset"] == "tiny" and set(report["variants"]) == {"auto", "batch4"}
+    for row in report["variants"].values():
+        assert row["done_files"] == [4] and row["failed_files"] == 0
+        assert 0 < row["peak_mb"][0] < 2048 and row["within_2gb"] is True and row["seconds"][0] > 0
