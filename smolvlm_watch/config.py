@@ -580,7 +580,8 @@ def with_model(config: Config, model: str) -> Config:
     if Path(model).expanduser().is_dir():
         m = replace(config.model, path=Path(model).expanduser().resolve())
     elif model.startswith(("/", ".", "~")) or model.count("/") > 1 or Path(model).exists():
-        raise ConfigError([f"--model {model}: no such folder (a Hugging Face Hub id is NAME or NAMESPACE/NAME)"])
+        what = "not a folder" if Path(model).expanduser().exists() else "no such folder"
+        raise ConfigError([f"--model {model}: {what} (a Hugging Face Hub id is NAME or NAMESPACE/NAME)"])
     else:
         m = replace(config.model, id=model, path=None)
     return replace(config, model=m)

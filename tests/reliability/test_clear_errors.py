@@ -156,6 +156,8 @@ def test_a_model_that_cannot_load_stops_process_with_one_clear_error(tmp_path, r
     assert f"--model {tmp_path / 'models' / 'missing'}: no such folder (a Hugging Face Hub id is NAME or" in err
     code, out, err = run_cli("process", img, "--model", "not/a/hub/id", "--json")
     assert code == 2 and "--model not/a/hub/id: no such folder" in err
+    code, out, err = run_cli("process", img, "--model", str(img), "--json")
+    assert code == 2 and f"--model {img}: not a folder (a Hugging Face Hub id is" in err
 
 
 def test_a_library_the_processor_needs_is_named_not_blamed_on_the_folder(tiny_model, monkeypatch):
