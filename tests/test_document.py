@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import structlog.testing
 from PIL import Image, ImageDraw
 
-from helpers import daemon_config, journal_states, process_peak_mb, read_sidecar, spawn, text_pdf, wait_for
+from helpers import InProcess, daemon_config, process_peak_mb, read_sidecar, spawn, text_pdf, wait_for
 from smolvlm_watch.media import Document, Limits
 from smolvlm_watch.media import MediaError
 from smolvlm_watch.engine import Request, question
@@ -199,13 +200,13 @@ def test_kill_9_mid_document_resumes_without_redoing_finished_pages(tmp_path, ti
         proc.wait(10)
     before = saved_pages()
     assert 6 <= before < 40
-    proc = spawn(cfg)
-    try:
-        wait_for(lambda: journal_states(db).get(str(target)) == "done", 180, what="document done")
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=30)
-    done = [json.loads(line) for line in out.splitlines() if '"job_done"' in line]
+    with structlog.testing.capture_logs() as logged:  # the restart, in this process: it sees what the kill left
+        d = InProcess(cfg)
+        try:
+            d.wait_done([target], 180)
+        finally:
+            d.stop()
+    done = [e for e in logged if e["event"] == "job_done"]
     assert done and done[-1]["pages_resumed"] >= before
     assert saved_pages() == 0  # kept only until the document is complete
     doc = read_sidecar(target)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import signal
 import sqlite3
@@ -147,22 +146,27 @@ def test_a_kill_during_a_burst_leaves_index_and_sidecars_agreeing(tmp_path, tiny
     cfg.write_text(cfg.read_text().replace("tasks: [caption, ocr]", "tasks: [caption]"))
     db = tmp_path / "state" / "journal.sqlite"
     images = [make_image(tmp_path / "staging" / f"b{i:02d}.png", color=(i * 9, 40, 200 - i * 9)) for i in range(14)]
-    rng = random.Random(7)
-    for round_ in range(3):
+    def done() -> int:
+        return sum(s == "done" for s in journal_states(db).values())
+
+    for round_ in range(3):  # each kill lands as a file is recorded, with the next ones in flight
+        before = done()
         proc = spawn(cfg)
         if round_ == 0:
             for img in images:
                 shutil.copy2(img, inbox / img.name)
-        time.sleep(rng.uniform(4, 9))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    proc = spawn(cfg)
+        try:
+            wait_for(lambda before=before, proc=proc: done() > before or proc.poll() is not None, 60,
+                     what="one more file done")
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+    assert done() < len(images), "killed too late to test anything"
+    d = InProcess(cfg)  # the restart after the kills: what they left is all it sees
     try:
-        wait_for(lambda: all(journal_states(db).get(str(inbox / i.name)) == "done" for i in images), 180,
-                 what="every file done after the kills")
+        d.wait_done([inbox / i.name for i in images], 180)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
+        d.stop()
     with sqlite3.connect(db) as conn:
         rows = dict(conn.execute("SELECT path, text FROM passages WHERE task = 'caption'").fetchall())
     for img in images:
