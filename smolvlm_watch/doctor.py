@@ -186,18 +186,19 @@ def mem_available(meminfo: str = "/proc/meminfo") -> int | None:
 
 
 def expected_peak(config: Config, weights_on_disk: int) -> int:
-    """A run's peak memory on the CPU, from the measured peaks (bench/throughput.py, 256M at 13
-    tiles: 2.5 GiB in float32, 1.65 GiB with int8): the runtime's own 0.5 GiB, the weights at
-    the precision they run in, and activations of about 4 bytes per parameter in float32
-    (2 in bfloat16) whatever the weights' precision."""
+    """A run's peak memory on the CPU: the runtime's own 0.5 GiB, the weights at the precision
+    they run in (int8 linears plus the float32 rest: ~1.5 bytes a parameter), and ~5.5 bytes a
+    parameter of pixels, activations and KV caches whatever the precision. Fitted to the
+    household mix of ``bench/memory.py`` (camera JPEG, HEIC, video, scanned PDF; 2026-12-05,
+    256M preset): float32 2,406 MB, int8 2,040 MB, bfloat16 2,016 MB; this gives 2,579, 2,035 and
+    2,144 MB for them."""
     from .runtime import placement
 
     stored = 4 if _stored_dtype(config) == "float32" else 2
     params = weights_on_disk / stored
     where = placement(_transformers(config))
-    width = 4 if where.dtype == "float32" else 2
-    weights = params * (1.1 if where.quantize == "int8" else width)  # int8 linears plus the float32 rest
-    return int(0.5 * 2**30 + weights + params * width)
+    weights = params * (1.5 if where.quantize == "int8" else 4 if where.dtype == "float32" else 2)
+    return int(0.5 * 2**30 + weights + params * 5.5)
 
 
 def _stored_dtype(config: Config) -> str | None:
