@@ -67,7 +67,7 @@ class Pixels:
 
 # Requests per forward pass on a CPU. Measured on a NAS-class CPU (AVX2, int8, 256M preset,
 # README "Performance"): a household's mix (camera JPEG, HEIC, video, scanned PDF) peaks ~0.5 GB
-# lower at 2 than at 4 in the same time; four photos take 4-7% longer. A 4 GB box needs the first.
+# lower at 2 than at 4, in less time; four photos take 4-7% longer. A 4 GB box needs the first.
 CPU_BATCH = 2
 
 
