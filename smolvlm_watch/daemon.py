@@ -245,6 +245,9 @@ class Worker:
             self.outage.down(str(exc), exc.retry_after)
         except Interrupted:
             self.queue.release_all("the model was stopped while it ran (the daemon is stopping)")
+        except ModelLoadError as exc:  # model.preload off: the first file found the model unloadable
+            self.log.error("model_load_failed", error=str(exc))
+            self.queue.fail_all(str(exc))  # transient: retried with back-off, and quarantined if it lasts
         except JournalError:
             self.queue.taken.clear()  # still `running` in the journal: taken again when their lease runs out
             raise

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import structlog.testing
 
 from helpers import (Driven, InProcess, daemon_config, journal_states, make_image, read_sidecar, spawn, wait_for,
                      write_trap_plugin)
@@ -850,3 +851,24 @@ def test_a_rescan_that_outlives_the_stop_ends_quietly(tmp_path, tiny_model, monk
         go.set()
         assert supervisor.wait_rescan(10)
     assert [e for e in logs if e["log_level"] == "error"] == [] and d.daemon.health.problem is None
+
+
+def test_a_model_that_cannot_load_at_its_first_file_fails_the_files_with_its_own_message(tmp_path, tiny_model):
+    """With ``model.preload: false`` the model loads when the first file needs it. A model that
+    cannot load is not the files' bug: each taken file records the load's own message (retried
+    with back-off), never "internal error: ModelLoadError" and a traceback per file."""
+    empty = tmp_path / "no-model"
+    empty.mkdir()
+    cfg = daemon_config(tmp_path, empty)
+    cfg.write_text(cfg.read_text().replace("threads: 1}", "threads: 1, preload: false}"))
+    img = make_image(tmp_path / "inbox" / "a.png")
+    with structlog.testing.capture_logs() as logged:
+        d = Driven(cfg)
+        try:
+            d.step()  # the startup scan queued the file; this tick runs it
+            job = d.journal.get(str(img))
+        finally:
+            d.daemon.shutdown()
+    assert job is not None and job.state in ("pending", "failed"), job
+    assert job.last_error.startswith(f"cannot load model '{empty}': the folder has no loadable model"), job.last_error
+    assert [e["event"] for e in logged if e["log_level"] == "error"] == ["model_load_failed"]
