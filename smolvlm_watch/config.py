@@ -577,10 +577,11 @@ def _listed(value: Any) -> list[tuple[int, Any]]:
 def with_model(config: Config, model: str) -> Config:
     """The config with ``--model`` applied: an existing folder is a local path, a hub id
     (``NAME`` or ``NAMESPACE/NAME``) the hub's; what can only be a path names a missing folder."""
-    if Path(model).expanduser().is_dir():
-        m = replace(config.model, path=Path(model).expanduser().resolve())
-    elif model.startswith(("/", ".", "~")) or model.count("/") > 1 or Path(model).exists():
-        what = "not a folder" if Path(model).expanduser().exists() else "no such folder"
+    path = Path(model).expanduser()
+    if path.is_dir():
+        m = replace(config.model, path=path.resolve())
+    elif model.startswith(("/", ".", "~")) or model.count("/") > 1 or path.exists():
+        what = "not a folder" if path.exists() else "no such folder"
         raise ConfigError([f"--model {model}: {what} (a Hugging Face Hub id is NAME or NAMESPACE/NAME)"])
     else:
         m = replace(config.model, id=model, path=None)

@@ -183,7 +183,7 @@ class Reader:
 
 # Readers of the real special cases (``setting(..., read=...)``), shared by every section.
 
-UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def duration(r: Reader, data: dict, where: str, key: str, default: float, got: dict) -> float:
@@ -191,8 +191,8 @@ def duration(r: Reader, data: dict, where: str, key: str, default: float, got: d
     value = data.get(key)
     if value is None:
         return default
-    if isinstance(value, str) and len(value) > 1 and value[-1] in UNITS and value[:-1].strip().isdigit():
-        return float(value[:-1]) * UNITS[value[-1]]
+    if isinstance(value, str) and len(value) > 1 and value[-1] in _UNITS and value[:-1].strip().isdigit():
+        return float(value[:-1]) * _UNITS[value[-1]]
     if is_number(value) and value >= 0:
         return float(value)
     r.fail(join(where, key), f"expected seconds or a duration such as \"7d\", \"12h\", \"30m\", got {show(value)}")

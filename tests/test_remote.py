@@ -130,8 +130,7 @@ def test_server_going_away_mid_run_is_retried_until_it_is_back(tmp_path, run_cli
         cfg = _instant_config(tmp_path, server.url)
         code, out, _ = run_cli("process", first, "-c", cfg, "--json")
         assert code == 0, out
-    port = int(server.url.rsplit(":", 1)[1].split("/")[0])
-    back = InstantServer(port=port)
+    back = InstantServer(port=server.httpd.server_address[1])
     later = make_image(tmp_path / "photos" / "b.png", color=(200, 2, 3))
     timer = threading.Timer(2.0, back.__enter__)
     timer.start()
