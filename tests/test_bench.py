@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from smolvlm_watch.runtime import TransformersModel, placement
+from zygote import script_run
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "throughput.py"
 KEYS = {"preset", "device", "tasks", "images", "images_per_s", "reference_images_per_s", "ratio", "vision_passes",
@@ -17,11 +16,7 @@ KEYS = {"preset", "device", "tasks", "images", "images_per_s", "reference_images
 
 
 def test_bench_quick_prints_json_lines():
-    proc = subprocess.run([sys.executable, str(BENCH), "--quick"], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert len(lines) == 1
-    row = lines[0]
+    row, = _quick("throughput.py")
     assert KEYS <= set(row)
     assert row["preset"] == "tiny" and row["tasks"] == ["caption", "tags", "ocr"] and row["images"] == 2
     # The reference loop encodes each image once per task; smolvlm-watch once per image.
@@ -33,9 +28,8 @@ def test_bench_quick_prints_json_lines():
 
 
 def _quick(name: str, *args: str) -> list[dict]:
-    """A bench's --quick run: its JSON lines."""
-    proc = subprocess.run([sys.executable, str(BENCH.with_name(name)), "--quick", *args], capture_output=True,
-                          text=True, timeout=600)
+    """A bench's --quick run (a child of the warmed interpreter: tests/zygote.py): its JSON lines."""
+    proc = script_run(BENCH.with_name(name), ["--quick", *args], BENCH.parent, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [json.loads(line) for line in proc.stdout.splitlines()]
 

@@ -176,7 +176,7 @@ def test_sd_notify_ready_watchdog_stopping_and_wedged_worker(tmp_path, tiny_mode
     cfg.write_text(cfg.read_text().replace("max_attempts: 3}", "max_attempts: 3, item_timeout: 1}"))
     sock = NotifySocket(tmp_path / "notify.sock")
     env = {"NOTIFY_SOCKET": str(sock.path), "WATCHDOG_USEC": "1000000", "PYTHONPATH": str(tmp_path)}
-    proc = spawn(cfg, env)
+    proc = spawn(cfg, env, fresh=True)
     try:
         ready = sock.until("READY=1", 60)
         names = [m for _, m in sock.messages]
@@ -211,7 +211,7 @@ def test_sd_notify_ready_watchdog_stopping_and_wedged_worker(tmp_path, tiny_mode
 def test_logs_are_json_with_path_and_job_id_on_every_line_about_a_file(tmp_path, tiny_model):
 
     cfg = daemon_config(tmp_path, tiny_model, tasks="[caption, ocr]", outputs="[json, txt]")
-    proc = spawn(cfg, {"NOTIFY_SOCKET": "@smolvlm-watch-test-nobody-listens"})  # abstract address
+    proc = spawn(cfg, {"NOTIFY_SOCKET": "@smolvlm-watch-test-nobody-listens"}, fresh=True)  # abstract address
     db = tmp_path / "state" / "journal.sqlite"
     broken = tmp_path / "inbox" / "broken.png"
     try:
@@ -236,7 +236,7 @@ def test_logs_are_json_with_path_and_job_id_on_every_line_about_a_file(tmp_path,
 def test_reloading_ready_on_sighup_and_stopping_on_sigterm(tmp_path, tiny_model):
     cfg = daemon_config(tmp_path, tiny_model)
     sock = NotifySocket(tmp_path / "n.sock")
-    proc = spawn(cfg, {"NOTIFY_SOCKET": str(sock.path)})
+    proc = spawn(cfg, {"NOTIFY_SOCKET": str(sock.path)}, fresh=True)
     try:
         first_ready = sock.until("READY=1", 60)
         proc.send_signal(signal.SIGHUP)

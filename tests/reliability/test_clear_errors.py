@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from PIL import Image
 from helpers import InProcess, daemon_config, journal_states, make_image, read_sidecar, spawn, wait_for
 from smolvlm_watch.journal import Journal
 from smolvlm_watch.testing import InstantServer
+from zygote import cli_run
 
 
 def test_credentials_in_base_url_are_used_but_never_recorded(tmp_path, run_cli, write_config):
@@ -85,8 +85,7 @@ def _tmpfs(where: Path) -> None:
 
 
 def _run(cfg: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "smolvlm_watch.cli", *args, "-c", str(cfg)], capture_output=True,
-                          text=True, timeout=120)
+    return cli_run([*args, "-c", str(cfg)], cfg.parent, timeout=120)
 
 
 def test_read_only_and_unwritable_journals_get_their_own_fix(tmp_path, tiny_model):

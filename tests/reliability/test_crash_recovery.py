@@ -6,12 +6,9 @@ its content, no temp file is left, and the journal agrees with the disk (issue 2
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from helpers import daemon_config, make_image
+from zygote import cli_killed_at_rename, cli_process
 from smolvlm_watch.journal import Journal
 from smolvlm_watch.atomic import TEMP_PREFIX
 from smolvlm_watch.sidecar import PENDING, sha256_bytes
@@ -32,11 +30,9 @@ class Daemon:
     """`smolvlm-watch run` in a subprocess whose JSON log is read as it is written."""
 
     def __init__(self, cfg: Path, kill_at_rename: int | None = None):
-        cmd = [sys.executable, "-m", "smolvlm_watch.cli", "run", "-c", str(cfg)]
-        if kill_at_rename is not None:
-            cmd = [shutil.which("strace") or "strace", "-f", "-qq", "-o", os.devnull, "-e",
-                   f"inject=rename,renameat,renameat2:signal=SIGKILL:when={kill_at_rename}", *cmd]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cfg.parent)
+        args = ["run", "-c", str(cfg)]
+        self.proc = cli_process(args, cfg.parent) if kill_at_rename is None else \
+            cli_killed_at_rename(args, cfg.parent, kill_at_rename)
         self.events: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

@@ -17,6 +17,7 @@ from PIL import Image
 from structlog.testing import capture_logs
 
 from helpers import Driven, InProcess, daemon_config, journal_states, make_image, read_sidecar, spawn, wait_for
+from zygote import cli_run
 from smolvlm_watch import daemon as daemon_module
 from smolvlm_watch.journal import Journal
 
@@ -191,8 +192,7 @@ def test_a_4_gib_file_of_zeros_is_refused_after_its_head(tmp_path, tiny_model):
     exact = make_image(tmp_path / "exact.png")
     limit = exact.stat().st_size
     cfg.write_text(f"model: {{path: {tiny_model}, threads: 1}}\nmedia: {{max_bytes: {limit}}}\n")
-    proc = subprocess.run([sys.executable, "-m", "smolvlm_watch.cli", "process", str(exact), "-c", str(cfg),
-                           "--task", "caption", "--json"], capture_output=True, text=True, timeout=300)
+    proc = cli_run(["process", str(exact), "-c", str(cfg), "--task", "caption", "--json"], tmp_path, timeout=300)
     assert json.loads(proc.stdout)["failed"][0]["error"] == (
         f"file is {limit} bytes, at or over the media.max_bytes limit of {limit}")
 

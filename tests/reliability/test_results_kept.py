@@ -9,13 +9,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from helpers import InProcess, daemon_config, make_image, read_sidecar, wait_for
+from zygote import cli_killed_at_rename, cli_run
 from smolvlm_watch import atomic, daemon as daemon_module
 from smolvlm_watch.atomic import TEMP_PREFIX
 from smolvlm_watch.sidecar import PENDING, sha256_bytes
@@ -42,16 +42,15 @@ def _config(tmp_path: Path, tiny_model: Path) -> Path:
 
 
 def _process(cfg: Path, *paths: Path, kill_at_rename: int | None = None) -> subprocess.CompletedProcess:
-    """`smolvlm-watch process` in a fresh interpreter; with ``kill_at_rename`` strace kills it with
-    SIGKILL as it enters its Nth rename (that rename does not happen)."""
-    cmd = [sys.executable, "-m", "smolvlm_watch.cli", "process", *map(str, paths), "-c", str(cfg), "--json"]
-    if kill_at_rename is not None:
-        strace = shutil.which("strace")
-        if strace is None:
-            pytest.skip("strace is not installed (.ci/run installs Debian's strace)")
-        cmd = [strace, "-f", "-qq", "-o", os.devnull,
-               "-e", f"inject=rename,renameat,renameat2:signal=SIGKILL:when={kill_at_rename}", *cmd]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    """`smolvlm-watch process` as a real process (a child of the warmed interpreter); with
+    ``kill_at_rename`` strace kills it with SIGKILL as it enters its Nth rename (that rename does
+    not happen)."""
+    args = ["process", *map(str, paths), "-c", str(cfg), "--json"]
+    if kill_at_rename is None:
+        return cli_run(args, cfg.parent, timeout=300)
+    proc = cli_killed_at_rename(args, cfg.parent, kill_at_rename, stderr_apart=True)
+    out, err = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess(args, proc.wait(), out, err)
 
 
 def _complete_set(img: Path) -> dict:
