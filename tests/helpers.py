@@ -193,6 +193,23 @@ def spawn(cfg: Path, env: dict | None = None, fresh: bool = False) -> Forked | s
     return cli_process(["run", "-c", str(cfg)], cfg.parent, env, fresh)
 
 
+def log_events(proc: Forked | subprocess.Popen) -> list[dict]:
+    """A JSON-logging daemon's events as they arrive, read by a thread so a test can wait on one
+    (every line must be JSON, or the reader fails loudly)."""
+    events: list[dict] = []
+
+    def read() -> None:
+        for line in proc.stdout:
+            events.append(json.loads(line))
+
+    threading.Thread(target=read, daemon=True).start()
+    return events
+
+
+def names(events: list[dict]) -> list[str]:
+    return [e["event"] for e in events]
+
+
 def journal_states(db: Path) -> dict[str, str]:
     if not db.exists():
         return {}

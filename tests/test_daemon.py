@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import structlog.testing
 
-from helpers import (Driven, InProcess, daemon_config, journal_states, make_image, read_sidecar, spawn, wait_for,
-                     write_trap_plugin)
+from helpers import (Driven, InProcess, daemon_config, journal_states, log_events, make_image, names, read_sidecar,
+                     spawn, wait_for, write_trap_plugin)
 from smolvlm_watch import daemon as daemon_module, media as media_module, watcher
 from smolvlm_watch.cli import load_checked
 from smolvlm_watch.daemon import Daemon
@@ -351,6 +351,7 @@ def test_sighup_reload_valid_and_invalid_and_sigterm_exits_0(tmp_path, tiny_mode
     cfg = daemon_config(tmp_path, tiny_model)
     db = tmp_path / "state" / "journal.sqlite"
     proc = spawn(cfg)
+    events = log_events(proc)
     try:
         first = make_image(tmp_path / "inbox" / "first.png")
         wait_for(lambda: journal_states(db).get(str(first)) == "done", 60, what="first done")
@@ -358,7 +359,7 @@ def test_sighup_reload_valid_and_invalid_and_sigterm_exits_0(tmp_path, tiny_mode
         good_text = cfg.read_text()
         cfg.write_text(good_text.replace("tasks: [caption]", "tasks: [capton]"))
         proc.send_signal(signal.SIGHUP)
-        time.sleep(1.0)
+        wait_for(lambda: "reload_refused" in names(events), 30, what="the reload refused")
         second = make_image(tmp_path / "inbox" / "second.png")
         wait_for(lambda: journal_states(db).get(str(second)) == "done", 30, what="second done")
         # valid: a new watch is armed
@@ -371,13 +372,12 @@ def test_sighup_reload_valid_and_invalid_and_sigterm_exits_0(tmp_path, tiny_mode
         wait_for(lambda: journal_states(db).get(str(third)) == "done", 30, what="third done")
     finally:
         proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0, out
-    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        proc.wait(timeout=30)
+    wait_for(lambda: events and events[-1]["event"] == "stopped", 10, what="the last line read")
+    assert proc.returncode == 0, names(events)
     refused = [e for e in events if e["event"] == "reload_refused"]
     assert refused and "watches[0].tasks[0]: unknown task 'capton'" in refused[0]["error"]
     assert any(e["event"] == "reloaded" for e in events)
-    assert events[-1]["event"] == "stopped"
     for e in events:
         if e["event"] == "job_done":
             assert e["path"] and e["job_id"]

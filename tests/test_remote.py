@@ -504,6 +504,10 @@ def test_an_outage_pauses_the_queue_and_it_resumes_by_itself(tmp_path, monkeypat
     monkeypatch.setattr(remote, "BACKOFF_BASE", 0.05)
     monkeypatch.setattr(engine.Outage, "FIRST_WAIT", 0.2)
     monkeypatch.setattr(engine.Outage, "MAX_WAIT", 0.5)
+    downs: list[str] = []  # the outage noticed, then each probe that failed
+    noticed = engine.Outage.down
+    monkeypatch.setattr(engine.Outage, "down", lambda self, error, *a, **k: (downs.append(error),
+                                                                             noticed(self, error, *a, **k))[1])
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens there yet
@@ -513,8 +517,7 @@ def test_an_outage_pauses_the_queue_and_it_resumes_by_itself(tmp_path, monkeypat
     stub = None
     try:
         photos = [make_image(tmp_path / "remote" / f"p{i}.png", color=(i, 9, 9)) for i in range(3)]
-        wait_for(lambda: d.daemon.worker.outage.since is not None, 20, what="the outage noticed")
-        time.sleep(1.5)  # several probes
+        wait_for(lambda: len(downs) >= 3, 20, what="the outage noticed and two probes failed")
         jobs = [d.journal.get(str(p)) for p in photos]
         assert all(j is not None and j.state == "pending" and j.attempts == 0 for j in jobs), jobs
         why = d.daemon.supervisor.trouble()

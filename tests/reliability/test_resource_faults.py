@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import InProcess, daemon_config, journal_states, make_image, spawn, wait_for
+from helpers import InProcess, daemon_config, journal_states, log_events, make_image, names, spawn, wait_for
 from smolvlm_watch.runtime import Runtime
 from smolvlm_watch.atomic import TEMP_PREFIX
 from smolvlm_watch.sidecar import PENDING, sha256_bytes
@@ -105,18 +104,6 @@ def test_a_model_out_of_memory_splits_the_batch_and_completes(tmp_path, tiny_mod
     assert code == 0  # the same answer as an unconstrained run, not an error recorded as a result
 
 
-def _events(proc: subprocess.Popen) -> list[str]:
-    """The daemon's log events as they arrive, read by a thread so a test can wait on one."""
-    events: list[str] = []
-
-    def read() -> None:
-        for line in proc.stdout:
-            events.append(json.loads(line)["event"])  # every line is JSON, or this fails loudly
-
-    threading.Thread(target=read, daemon=True).start()
-    return events
-
-
 def test_a_journal_that_cannot_be_written_stops_nothing_and_catches_up(tmp_path, tiny_model):
     state = tmp_path / "state"
     _tmpfs(state, "1m")
@@ -124,7 +111,7 @@ def test_a_journal_that_cannot_be_written_stops_nothing_and_catches_up(tmp_path,
         cfg = daemon_config(tmp_path, tiny_model)
         cfg.write_text(cfg.read_text().replace("state: {", "state: {lease_seconds: 1, "))
         proc = spawn(cfg)
-        events = _events(proc)
+        events = log_events(proc)
         db = state / "journal.sqlite"
         try:
             first = make_image(tmp_path / "inbox" / "first.png")
@@ -135,15 +122,15 @@ def test_a_journal_that_cannot_be_written_stops_nothing_and_catches_up(tmp_path,
             wait_for(lambda: done(first), 60, what="first done")
             filler = _fill(state, 0)  # the state disk fills up
             during = [make_image(tmp_path / "inbox" / f"during{i}.png", color=(i, 99, 9)) for i in range(3)]
-            wait_for(lambda: "journal_unwritable" in events, 60, what="a journal write refused")
+            wait_for(lambda: "journal_unwritable" in names(events), 60, what="a journal write refused")
             time.sleep(2)
             assert proc.poll() is None, "the daemon died with its journal"
             filler.unlink()
             wait_for(lambda: all(done(p) for p in during), 60, what="caught up once the journal took writes")
-            wait_for(lambda: "journal_writable_again" in events, 30, what="the journal back")
+            wait_for(lambda: "journal_writable_again" in names(events), 30, what="the journal back")
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
-        assert proc.returncode == 0, events[-20:]
+        assert proc.returncode == 0, names(events)[-20:]
     finally:
         subprocess.run(["umount", str(state)], capture_output=True)

@@ -222,15 +222,17 @@ def test_retry_delays_survive_a_wall_clock_step(tmp_path, monkeypatch):
     j.enqueue(str(tmp_path / "a.png"), str(tmp_path), 1, 1.0)
     job = j.lease(60)
     assert j.failed(job.id, "flaky", True, RetryPolicy(5, 0.3, 0.3)) == "pending"
-    real = time.time
-    monkeypatch.setattr(journal_module.time, "time", lambda: real() - 3600)  # NTP steps back an hour
+    real, ticking = time.time, time.monotonic
+    waited = [0.0]  # seconds that pass, on both clocks, without a sleep
+    monkeypatch.setattr(journal_module.time, "monotonic", lambda: ticking() + waited[0])
+    monkeypatch.setattr(journal_module.time, "time", lambda: real() - 3600 + waited[0])  # NTP steps back an hour
     assert j.lease(60) is None
-    time.sleep(0.5)
+    waited[0] += 0.5
     assert j.lease(60) is not None  # due after its 0.3 s, not an hour
     assert j.failed(job.id, "flaky", True, RetryPolicy(5, 0.3, 0.3)) == "pending"
     j.close()
     j = Journal(db, exclusive=True)  # a restart under the stepped-back clock
-    time.sleep(0.5)
+    waited[0] += 0.5
     assert j.lease(60) is not None
     j.close()
 
