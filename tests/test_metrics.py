@@ -3,27 +3,14 @@ running daemon (issue 17)."""
 
 from __future__ import annotations
 
-import json
 import signal
-import threading
 import time
 import urllib.error
 import urllib.request
 
 import pytest
 
-from helpers import daemon_config, journal_states, make_image, spawn, wait_for, write_trap_plugin
-
-
-def _follow(proc) -> list[dict]:
-    events: list[dict] = []
-
-    def read() -> None:
-        for line in proc.stdout:
-            events.append(json.loads(line))
-
-    threading.Thread(target=read, daemon=True).start()
-    return events
+from helpers import daemon_config, journal_states, log_events, make_image, spawn, wait_for, write_trap_plugin
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -54,7 +41,7 @@ def test_a_running_daemon_is_scraped_and_reports_its_health(tmp_path, tiny_model
                         extra="metrics: {listen: '127.0.0.1:0'}\nplugins: [slowpoke]\n")
     cfg.write_text(cfg.read_text().replace("state: {", "state: {item_timeout: 2, "))
     proc = spawn(cfg, {"PYTHONPATH": str(tmp_path)})
-    events = _follow(proc)
+    events = log_events(proc)
     db = tmp_path / "state" / "journal.sqlite"
     inbox = tmp_path / "inbox"
     try:

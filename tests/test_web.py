@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import daemon_config, journal_states, make_image, spawn, text_pdf, wait_for, write_trap_plugin
+from helpers import daemon_config, journal_states, log_events, make_image, spawn, text_pdf, wait_for, write_trap_plugin
 
 HOSTILE = "<img src=x onerror=alert(1)>.png"
 
@@ -50,8 +49,7 @@ def site(tmp_path_factory, tiny_model):
     files = [make_image(inbox / HOSTILE), make_image(inbox / "beach.png", color=(20, 120, 220)),
              text_pdf(inbox / "contract.pdf", ["Invoice 2026 for ACME", "Договор поставки № 17"])]
     proc = spawn(cfg, {"PYTHONPATH": str(tmp_path)})
-    events: list[dict] = []
-    threading.Thread(target=lambda: [events.append(json.loads(line)) for line in proc.stdout], daemon=True).start()
+    events = log_events(proc)
     db = tmp_path / "state" / "journal.sqlite"
     try:
         wait_for(lambda: any(e["event"] == "http_listening" for e in events), 120, what="the web listener")
