@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import textwrap
 import threading
@@ -18,7 +20,7 @@ from smolvlm_watch.cli import load_checked
 from smolvlm_watch import daemon as daemon_module
 from smolvlm_watch.daemon import Daemon
 from smolvlm_watch.journal import Journal, JournalError
-from zygote import Forked, cli_process
+from zygote import ZYGOTE, Forked, cli_process
 
 
 
@@ -59,8 +61,8 @@ def process_peak_mb(path: Path, config: Path) -> float:
     """`process PATH -c CONFIG --json` as a real process, a child of the warmed interpreter; its
     peak RSS in MB (it must succeed). That is ~300 MB under a fresh interpreter's (library pages
     the child never touches are not its own), so compare it only with another run's figure."""
-    proc = cli_process(["process", str(path), "-c", str(config), "--json"], config.parent, stderr_apart=True)
-    assert isinstance(proc, Forked), "the test's environment differs from the zygote's"
+    proc = ZYGOTE.popen(["process", str(path), "-c", str(config), "--json"], dict(os.environ), config.parent,
+                        stderr_apart=True)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, (err or "")[-2000:]
     assert json.loads(out)["failed"] == []
@@ -191,6 +193,34 @@ def spawn(cfg: Path, env: dict | None = None, fresh: bool = False) -> Forked | s
     the warmed interpreter (tests/zygote.py), or a fresh one with ``fresh`` where the subject is
     what the interpreter's start does (its first log lines, sd_notify)."""
     return cli_process(["run", "-c", str(cfg)], cfg.parent, env, fresh)
+
+
+def cli_killed_at_rename(args: list[str], cwd: Path, rename: int, stderr_apart: bool = False) -> Forked:
+    """The command line as a child of the warmed interpreter under strace, which kills it with
+    SIGKILL as it enters its ``rename``-th rename from the command's start (that rename does not
+    happen). The child stops itself before it runs; strace attaches (``-p``), then it goes on."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed (.ci/run installs Debian's strace)")
+    proc = ZYGOTE.popen(args, dict(os.environ), cwd, stderr_apart, stopped=True)
+    wait_for(lambda: _proc_field(proc.pid, "State:").startswith("T"), 30, 0.01, what="the child to stop")
+    tracer = proc.tracer = subprocess.Popen([strace, "-f", "-qq", "-o", os.devnull, "-p", str(proc.pid), "-e",
+                                             f"inject=rename,renameat,renameat2:signal=SIGKILL:when={rename}"])
+    wait_for(lambda: _proc_field(proc.pid, "TracerPid:") != "0" or tracer.poll() is not None, 30, 0.01,
+             what="strace to attach")
+    if tracer.poll() is not None:
+        proc.kill()
+        raise AssertionError(f"strace could not attach to {proc.pid} (exit {tracer.returncode})")
+    os.kill(proc.pid, signal.SIGCONT)
+    return proc
+
+
+def _proc_field(pid: int, name: str) -> str:
+    """A line of /proc/PID/status, without its name."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(name):
+            return line.split(maxsplit=1)[1]
+    raise KeyError(name)
 
 
 def log_events(proc: Forked | subprocess.Popen) -> list[dict]:

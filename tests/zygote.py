@@ -11,15 +11,14 @@ normal exit (atexit, non-daemon threads joined) or dying the way the test makes 
 What a child cannot show is the interpreter's own start: a warning printed while torch is
 imported, an environment variable read at import time. Tests about those (JSON-only logs,
 sd_notify, the example config) start a fresh interpreter (``spawn(..., fresh=True)``), and a
-command whose environment differs from the zygote's in anything but the keys read at run time
-(``RUNTIME_KEYS``) gets a fresh interpreter too.
+command whose environment differs from the session's in a key read at import
+(``IMPORT_TIME_PREFIXES``) gets a fresh interpreter too.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -28,13 +27,21 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
+# Environment variables the imported libraries read at import (huggingface_hub's and transformers'
+# paths and offline flags, torch's and the BLAS/OpenMP runtimes' settings, the interpreter's and
+# the C library's own): a child whose environment differs in one would not see what a fresh
+# interpreter sees, so it gets a fresh one. Anything else is read when the code runs, in the child
+# (NOTIFY_SOCKET, STATE_DIRECTORY, ...; PYTHONPATH is put on sys.path as the interpreter would),
+# or is what libraries write into the test worker's own environment as they run
+# (TORCHINDUCTOR_CACHE_DIR, TOKENIZERS_PARALLELISM), which a fresh interpreter would inherit too.
+IMPORT_TIME_PREFIXES = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TORCH_", "PYTORCH_", "OMP_", "MKL_", "OPENBLAS_",
+                        "KMP_", "CUDA_", "LD_", "MALLOC_", "LC_", "PYTHON")
+IMPORT_TIME_KEYS = frozenset({"LANG", "HOME", "XDG_CACHE_HOME"})
 
-# Environment variables smolvlm-watch reads when it runs, never at import: a child may differ from
-# the zygote in these (PYTHONPATH is put on sys.path the way the interpreter would).
-# PYTEST_CURRENT_TEST changes with every test and is nobody's business.
-RUNTIME_KEYS = frozenset({"PYTHONPATH", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "SMOLVLM_WATCH_CONFIG",
-                          "STATE_DIRECTORY", "XDG_STATE_HOME", "PYTEST_CURRENT_TEST"})
+
+def _read_at_import(key: str) -> bool:
+    return key != "PYTHONPATH" and (key in IMPORT_TIME_KEYS or key.startswith(IMPORT_TIME_PREFIXES))
+
 
 _SERVER = r"""
 import json, os, runpy, signal, socket, sys
@@ -46,14 +53,14 @@ import transformers.models.smolvlm.modeling_smolvlm, transformers.models.smolvlm
 import transformers.models.smolvlm.video_processing_smolvlm  # noqa: F401
 ctl.sendall(b'{"ready": true}\n')
 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-children = {}
+children = set()
 
 def reap():
     while children:
         pid, status, usage = os.wait4(-1, os.WNOHANG)
         if pid == 0:
             return
-        children.pop(pid, None)
+        children.discard(pid)
         ctl.sendall(json.dumps({"exit": pid, "code": os.waitstatus_to_exitcode(status),
                                 "peak_kb": usage.ru_maxrss}).encode() + b"\n")
 
@@ -129,7 +136,7 @@ while True:
         child(request, fds)  # never returns
     for fd in fds:
         os.close(fd)
-    children[pid] = True
+    children.add(pid)
     ctl.sendall(json.dumps({"pid": pid}).encode() + b"\n")
 """
 
@@ -137,21 +144,19 @@ while True:
 class Zygote:
     """The warmed interpreter of one test worker, started on first use."""
 
-    def __init__(self) -> None:
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env  # what it imports under, whenever it (re)starts
         self._lock = threading.Lock()
         self._ctl: socket.socket | None = None
         self._proc: subprocess.Popen | None = None
-        self._env: dict[str, str] = {}
         self._pids: list[int] = []
-        self._exits: dict[int, int] = {}
-        self._peaks: dict[int, int] = {}
+        self._ended: dict[int, tuple[int, int]] = {}  # pid: (exit status, peak RSS in kB)
         self._changed = threading.Condition()
 
     def _start(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self._env = dict(os.environ)
         self._proc = subprocess.Popen([sys.executable, "-c", _SERVER, str(theirs.fileno())], pass_fds=[theirs.fileno()],
-                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=self._env,
+                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=self.env,
                                       cwd="/")
         theirs.close()
         self._ctl = ours
@@ -167,20 +172,21 @@ class Zygote:
                 if "pid" in reply:
                     self._pids.append(reply["pid"])
                 else:
-                    self._exits[reply["exit"]] = reply["code"]
-                    self._peaks[reply["exit"]] = reply["peak_kb"]
+                    self._ended[reply["exit"]] = (reply["code"], reply["peak_kb"])
                 self._changed.notify_all()
 
-    def can_run(self, env: dict[str, str]) -> bool:
-        """Whether a child would see the environment a fresh interpreter would (see RUNTIME_KEYS)."""
-        base = self._env if self._proc else dict(os.environ)
-        return all(env.get(k) == base.get(k) for k in set(env) | set(base) if k not in RUNTIME_KEYS)
+    def differences(self, env: dict[str, str]) -> list[str]:
+        """The keys read at import in which ``env`` differs from the zygote's: a child would not see
+        what a fresh interpreter with ``env`` sees."""
+        return sorted(k for k in set(env) | set(self.env) if _read_at_import(k) and env.get(k) != self.env.get(k))
 
     def popen(self, args: list[str], env: dict[str, str], cwd: Path, stderr_apart: bool = False,
               stopped: bool = False, script: Path | None = None) -> Forked:
         """``python -m smolvlm_watch.cli ARGS`` (or ``python SCRIPT ARGS``) as a child: its stdout
         and stderr on one pipe, or on two with ``stderr_apart``; with ``stopped`` it stops itself
         (SIGSTOP) just before the command line runs."""
+        if differ := self.differences(env):
+            raise AssertionError(f"a child would not see {differ} as a fresh interpreter does: start one instead")
         pipes = [os.pipe() for _ in range(1 + stderr_apart)]
         with self._lock:
             if self._proc is None or self._proc.poll() is not None:
@@ -199,15 +205,11 @@ class Zygote:
         out, *err = (os.fdopen(read, "r", encoding="utf-8", errors="replace") for read, _ in pipes)
         return Forked(self, pid, out, err[0] if err else None)
 
-    def peak_mb(self, pid: int) -> float:
-        """An exited child's peak resident memory (its own, as getrusage reports it)."""
+    def ended(self, pid: int, timeout: float | None) -> tuple[int, int] | None:
+        """A child's exit status and peak RSS in kB (its own, as wait4 reports it); None while it runs."""
         with self._changed:
-            return self._peaks[pid] / 1024
-
-    def exit_code(self, pid: int, timeout: float | None) -> int | None:
-        with self._changed:
-            self._changed.wait_for(lambda: pid in self._exits, timeout)
-            return self._exits.get(pid)
+            self._changed.wait_for(lambda: pid in self._ended, timeout)
+            return self._ended.get(pid)
 
 
 class Forked:
@@ -222,23 +224,23 @@ class Forked:
         self.tracer: subprocess.Popen | None = None  # strace, where it runs under one
 
     def poll(self) -> int | None:
-        if self.returncode is None:
-            self.returncode = self._zygote.exit_code(self.pid, 0)
+        ended = self._zygote.ended(self.pid, 0)
+        self.returncode = None if ended is None else ended[0]
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
-        if self.returncode is None:
-            self.returncode = self._zygote.exit_code(self.pid, timeout)
-            if self.returncode is None:
-                raise subprocess.TimeoutExpired(["smolvlm_watch.cli"], timeout or 0)
+        ended = self._zygote.ended(self.pid, timeout)
+        if ended is None:
+            raise subprocess.TimeoutExpired(["smolvlm_watch.cli"], timeout or 0)
         if self.tracer is not None:
             self.tracer.wait(30)  # it exits with its tracee
+        self.returncode = ended[0]
         return self.returncode
 
     def peak_mb(self) -> float:
         """Its peak RSS in MB, once it has exited."""
         self.wait()
-        return self._zygote.peak_mb(self.pid)
+        return self._zygote.ended(self.pid, 0)[1] / 1024
 
     def send_signal(self, sig: int) -> None:
         if self.poll() is None:
@@ -269,7 +271,9 @@ class Forked:
         return texts[0], texts.get(1)
 
 
-ZYGOTE = Zygote()
+# The environment the session starts with (conftest.py has set its keys by now), not whatever a
+# test has patched in when the first child is asked for: a patched key gets a fresh interpreter.
+ZYGOTE = Zygote(dict(os.environ))
 
 
 def cli_process(args: list[str], cwd: Path, env: dict[str, str] | None = None, fresh: bool = False,
@@ -277,7 +281,7 @@ def cli_process(args: list[str], cwd: Path, env: dict[str, str] | None = None, f
     """``python -m smolvlm_watch.cli ARGS``: a child of the zygote where it can be one, else (or
     with ``fresh``) a fresh interpreter; stdout and stderr on one text pipe unless ``stderr_apart``."""
     full = {**os.environ, **(env or {})}
-    if not fresh and ZYGOTE.can_run(full):
+    if not fresh and not ZYGOTE.differences(full):
         return ZYGOTE.popen(args, full, cwd, stderr_apart)
     return subprocess.Popen([sys.executable, "-m", "smolvlm_watch.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE if stderr_apart else subprocess.STDOUT, text=True, env=full,
@@ -287,51 +291,20 @@ def cli_process(args: list[str], cwd: Path, env: dict[str, str] | None = None, f
 def cli_run(args: list[str], cwd: Path, timeout: float, env: dict[str, str] | None = None,
             fresh: bool = False) -> subprocess.CompletedProcess:
     """``subprocess.run`` of the same command line, stdout and stderr captured apart."""
-    proc = cli_process(args, cwd, env, fresh, stderr_apart=True)
+    return completed(cli_process(args, cwd, env, fresh, stderr_apart=True), args, timeout)
+
+
+def script_run(script: Path, args: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
+    """``python SCRIPT ARGS`` as a child (a bench's parent process: what it starts itself is fresh)."""
+    proc = ZYGOTE.popen(args, dict(os.environ), cwd, stderr_apart=True, script=script)
+    return completed(proc, [str(script), *args], timeout)
+
+
+def completed(proc: Forked | subprocess.Popen, args: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """What ``subprocess.run`` returns, once ``proc`` has ended (killed if it outlives ``timeout``)."""
     try:
         out, err = proc.communicate(timeout=timeout)
     finally:
         if proc.poll() is None:
             proc.kill()
     return subprocess.CompletedProcess(args, proc.wait(), out, err)
-
-
-def script_run(script: Path, args: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
-    """``python SCRIPT ARGS`` as a child (a bench's parent process: what it starts itself is fresh)."""
-    proc = ZYGOTE.popen(args, dict(os.environ), cwd, stderr_apart=True, script=script)
-    out, err = proc.communicate(timeout=timeout)
-    return subprocess.CompletedProcess([str(script), *args], proc.wait(), out, err)
-
-
-def cli_killed_at_rename(args: list[str], cwd: Path, rename: int, stderr_apart: bool = False) -> Forked:
-    """The command line as a child under strace, which kills it with SIGKILL as it enters its
-    ``rename``-th rename from the command's start (that rename does not happen)."""
-    strace = shutil.which("strace")
-    if strace is None:
-        pytest.skip("strace is not installed (.ci/run installs Debian's strace)")
-    proc = ZYGOTE.popen(args, dict(os.environ), cwd, stderr_apart, stopped=True)
-    _until(lambda: _proc_field(proc.pid, "State:").startswith("T"), "the child to stop")
-    proc.tracer = subprocess.Popen([strace, "-f", "-qq", "-o", os.devnull, "-p", str(proc.pid), "-e",
-                                    f"inject=rename,renameat,renameat2:signal=SIGKILL:when={rename}"])
-    tracer = proc.tracer
-    _until(lambda: _proc_field(proc.pid, "TracerPid:") != "0" or tracer.poll() is not None, "strace to attach")
-    if tracer.poll() is not None:
-        proc.kill()
-        raise AssertionError(f"strace could not attach to {proc.pid} (exit {tracer.returncode})")
-    os.kill(proc.pid, signal.SIGCONT)
-    return proc
-
-
-def _proc_field(pid: int, name: str) -> str:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(name):
-            return line.split(maxsplit=1)[1]
-    raise KeyError(name)
-
-
-def _until(predicate, what: str, timeout: float = 30.0) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import daemon_config, make_image
-from zygote import cli_killed_at_rename, cli_process
+from helpers import cli_killed_at_rename, daemon_config, make_image
+from zygote import cli_process
 from smolvlm_watch.journal import Journal
 from smolvlm_watch.atomic import TEMP_PREFIX
 from smolvlm_watch.sidecar import PENDING, sha256_bytes

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import InProcess, daemon_config, make_image, read_sidecar, wait_for
-from zygote import cli_killed_at_rename, cli_run
+from helpers import InProcess, cli_killed_at_rename, daemon_config, make_image, read_sidecar, wait_for
+from zygote import cli_run, completed
 from smolvlm_watch import atomic, daemon as daemon_module
 from smolvlm_watch.atomic import TEMP_PREFIX
 from smolvlm_watch.sidecar import PENDING, sha256_bytes
@@ -48,9 +48,7 @@ def _process(cfg: Path, *paths: Path, kill_at_rename: int | None = None) -> subp
     args = ["process", *map(str, paths), "-c", str(cfg), "--json"]
     if kill_at_rename is None:
         return cli_run(args, cfg.parent, timeout=300)
-    proc = cli_killed_at_rename(args, cfg.parent, kill_at_rename, stderr_apart=True)
-    out, err = proc.communicate(timeout=300)
-    return subprocess.CompletedProcess(args, proc.wait(), out, err)
+    return completed(cli_killed_at_rename(args, cfg.parent, kill_at_rename, stderr_apart=True), args, 300)
 
 
 def _complete_set(img: Path) -> dict:
